@@ -1,0 +1,163 @@
+"""One standard naming of the parts nnct patches, over many architectures.
+
+Causal tracing touches six parts of a decoder: the token embeddings (noise goes on their
+output), the decoder layers (the residual stream after layer l is a layer's output), each
+layer's attention and MLP outputs, the final norm and the unembedding. Their module paths
+differ per family; `LAYOUTS` maps each family once, and `Adapter.check` resolves every
+path when the model loads, so a renamed module fails there with the missing path named,
+not deep inside a trace. Some modules return tuples (attention everywhere, GPT-J's
+decoder layer); `first` takes the tensor that is the part's output.
+
+Models come from three places: the embedded default (`smollm2-135m`, see `embedded`), a
+local directory, or a hub id (only for users whose machine reaches a hub).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import embedded
+from .errors import ConfigError, ModelNotFound, UnsupportedModel
+
+
+@dataclass(frozen=True)
+class Layout:
+    embed: str
+    layers: str
+    attn: str  # inside a layer
+    mlp: str  # inside a layer
+    norm: str
+    unembed: str
+
+
+LLAMA = Layout("model.embed_tokens", "model.layers", "self_attn", "mlp", "model.norm", "lm_head")
+GPT2 = Layout("transformer.wte", "transformer.h", "attn", "mlp", "transformer.ln_f", "lm_head")
+NEOX = Layout("gpt_neox.embed_in", "gpt_neox.layers", "attention", "mlp", "gpt_neox.final_layer_norm", "lm_head")
+
+LAYOUTS: dict[str, Layout] = {
+    "llama": LLAMA,
+    "mistral": LLAMA,
+    "qwen2": LLAMA,
+    "gemma": LLAMA,
+    "gemma2": LLAMA,
+    "gemma3_text": LLAMA,
+    "gpt2": GPT2,
+    "gptj": GPT2,
+    "gpt_neox": NEOX,
+}
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def first(output: Any) -> Any:
+    """The tensor a module outputs (attention modules return (output, weights))."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _resolve(root: Any, path: str) -> Any:
+    node = root
+    for name in path.split("."):
+        node = getattr(node, name)
+    return node
+
+
+def _missing(module, layout: Layout, n_layers: int) -> list[str]:
+    missing = []
+    for path in (layout.embed, layout.layers, layout.norm, layout.unembed):
+        try:
+            module.get_submodule(path)
+        except AttributeError:
+            missing.append(path)
+    if layout.layers not in missing:
+        layers = module.get_submodule(layout.layers)
+        if len(layers) != n_layers:
+            missing.append(f"{layout.layers} ({len(layers)} layers, config says {n_layers})")
+        for part in (layout.attn, layout.mlp):
+            if not hasattr(layers[0], part):
+                missing.append(f"{layout.layers}.0.{part}")
+    return missing
+
+
+class Adapter:
+    """A loaded model behind nnct's standard parts, wrapped for nnsight tracing."""
+
+    def __init__(self, hf_model, tokenizer, name: str, revision: str = "", device: str = "cpu"):
+        from nnsight import TransformersModel
+
+        config = hf_model.config
+        self.model_type = config.model_type
+        self.n_layers = int(getattr(config, "num_hidden_layers", None) or config.n_layer)
+        self.d_model = int(getattr(config, "hidden_size", None) or config.n_embd)
+        self.layout = self.check(hf_model, self.model_type, self.n_layers)
+        self.hf = hf_model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.revision = revision
+        self.device = device
+        self.dtype = str(next(hf_model.parameters()).dtype).removeprefix("torch.")
+        self.nn = TransformersModel(hf_model, tokenizer=tokenizer)
+        self.embed = _resolve(self.nn, self.layout.embed)
+        self.layers = list(_resolve(self.nn, self.layout.layers))
+        self.attn = [getattr(layer, self.layout.attn) for layer in self.layers]
+        self.mlp = [getattr(layer, self.layout.mlp) for layer in self.layers]
+        self.unembed = _resolve(self.nn, self.layout.unembed)
+
+    @staticmethod
+    def check(module, model_type: str, n_layers: int) -> Layout:
+        """The layout whose every part resolves, or UnsupportedModel naming what is missing."""
+        candidates = [LAYOUTS[model_type]] if model_type in LAYOUTS else list(dict.fromkeys(LAYOUTS.values()))
+        gaps = {}
+        for layout in candidates:
+            missing = _missing(module, layout, n_layers)
+            if not missing:
+                return layout
+            gaps[layout] = missing
+        best = min(gaps.values(), key=len)
+        known = ", ".join(sorted(LAYOUTS))
+        raise UnsupportedModel(
+            f"model type '{model_type}' ({type(module).__name__}) lacks the parts nnct patches: "
+            f"missing {', '.join(best)}; supported families: {known}"
+        )
+
+    def embedding_matrix(self):
+        return self.hf.get_submodule(self.layout.embed).weight
+
+
+def _device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown device '{device}': use cpu, cuda or auto")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda, but torch sees no CUDA device")
+    return device
+
+
+def load(name: str = embedded.NAME, device: str = "cpu", dtype: str = "float32") -> Adapter:
+    """The embedded default, a local directory, or a hub id, as an Adapter."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype '{dtype}': use {', '.join(DTYPES)}")
+    device = _device(device)
+    if name == embedded.NAME:
+        source, revision = str(embedded.local_dir()), embedded.revision()
+    elif Path(name).is_dir():
+        source, revision = str(Path(name).resolve()), "local"
+    elif name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelNotFound(f"{name}: no such model directory")
+    else:
+        source, revision = name, ""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        hf = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype))
+    except (OSError, ValueError) as exc:
+        raise ModelNotFound(f"cannot load model '{name}': {str(exc).splitlines()[0]}") from None
+    if not revision:
+        revision = str(getattr(hf.config, "_commit_hash", "") or "")
+    return Adapter(hf.to(device), tokenizer, name=name, revision=revision, device=device)

@@ -1,0 +1,224 @@
+"""A trace over a data set: records -> examples -> engine -> cube, resumable at any point.
+
+A run keeps its finished examples in `<out>.partial/` beside the output: `run.json` (the
+settings and everything derived from the whole data set, such as the noise level) and one
+file per finished example, each written atomically. A run killed at any moment (kill -9
+included) therefore keeps every example it finished; `resume=True` checks that the
+settings are the same, skips what is done, and assembles the same cube an uninterrupted
+run would have written (same noise, same batches, same `created`). The cube is written
+to a temporary file and renamed over `out`, and only then is the partial directory
+removed.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import __version__, cube, noise, spans
+from .data import load_records
+from .errors import ConfigError, RecordError, ResumeMismatch, SpanNotFound
+from .plan import components as parse_components
+from .prompts import Example, examples_for, experiment
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: str
+    out: str
+    model: str = "smollm2-135m"
+    experiment: str = "subject"
+    prompt_format: str | None = None  # None: the experiment's default
+    samples: int = 10
+    window: int = 10
+    noise: str = "s3"
+    seed: int = 0
+    components: str = "hidden,mlp,attn"
+    max_cf: int = 1
+    max_examples: int | None = None  # counts records, as the seed's --max_datapoints
+    replace: bool = False
+    reverse: bool = False
+    batch_rows: int = 128
+    device: str = "cpu"
+    dtype: str = "float32"
+    resume: bool = False
+
+
+@dataclass
+class Item:
+    """An example ready to trace."""
+
+    example: Example
+    tokens: spans.Tokens
+    span: list[int]
+    answers: tuple[int, int]
+    segments: list[str]
+
+
+@dataclass
+class Summary:
+    out: str
+    records: int
+    examples: int
+    skipped: list[RecordError] = field(default_factory=list)
+    resumed: int = 0
+    noise_level: float = 0.0
+
+
+class Progress:
+    """Callbacks a front end may implement; the default does nothing."""
+
+    def start(self, total_examples: int, total_cells: int, done_examples: int, done_cells: int) -> None: ...
+
+    def example(self, example_id: str) -> None: ...
+
+    def cells(self, n: int) -> None: ...
+
+
+def _validate(cfg: RunConfig) -> None:
+    if cfg.samples < 1:
+        raise ConfigError(f"--samples {cfg.samples}: need at least 1")
+    if cfg.window < 1:
+        raise ConfigError(f"--window {cfg.window}: need at least 1")
+    if cfg.max_cf < 0:
+        raise ConfigError(f"--max-cf {cfg.max_cf}: cannot be negative")
+    if cfg.batch_rows < 1:
+        raise ConfigError(f"--batch-size {cfg.batch_rows}: need at least 1 row")
+
+
+def prepare(adapter, cfg: RunConfig) -> tuple[list[Item], list[RecordError], int]:
+    """The items of a run, the records skipped with their reasons, and the records used."""
+    exp = experiment(cfg.experiment)
+    fmt = cfg.prompt_format or exp.prompt_format
+    loaded = load_records(cfg.data)
+    problems = list(loaded.problems)
+    records = loaded.records[: cfg.max_examples] if cfg.max_examples is not None else loaded.records
+    items: list[Item] = []
+    for record in records:
+        try:
+            made = []
+            for ex in examples_for(record, exp, fmt, cfg.max_cf, loaded.path):
+                tokens = spans.tokenize(adapter.tokenizer, ex.prompt)
+                try:
+                    span = spans.span_positions(tokens, ex)
+                    answers = (spans.answer_token(adapter.tokenizer, ex.target), spans.answer_token(adapter.tokenizer, ex.alt))
+                except SpanNotFound as exc:
+                    raise RecordError(loaded.path, record.line, exp.span, str(exc)) from None
+                made.append(Item(ex, tokens, span, answers, spans.segments(tokens, ex)))
+        except RecordError as exc:
+            problems.append(exc)
+            continue
+        items.extend(made)
+    problems.sort(key=lambda p: p.line)
+    return items, problems, len(records)
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def partial_dir(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.name + ".partial")
+
+
+def _settings(cfg: RunConfig, adapter) -> dict:
+    """What must match for a resumed run to complete the same cube."""
+    s = asdict(cfg)
+    for k in ("out", "resume", "device"):
+        s.pop(k)
+    s["prompt_format"] = cfg.prompt_format or experiment(cfg.experiment).prompt_format
+    s["experiment"] = experiment(cfg.experiment).name
+    s["components"] = ",".join(parse_components(cfg.components))
+    s["data"] = str(Path(cfg.data).resolve())
+    s["data_sha256"] = _sha256(cfg.data)
+    s["model_revision"] = adapter.revision
+    return s
+
+
+def _open_partial(cfg: RunConfig, settings: dict) -> tuple[Path, dict]:
+    pdir = partial_dir(cfg.out)
+    meta = pdir / "run.json"
+    if meta.is_file():
+        if not cfg.resume:
+            raise ResumeMismatch(f"{pdir} holds an unfinished run: add --resume to complete it, or delete it to start over")
+        stored = json.loads(meta.read_text())
+        diff = {k: (stored["settings"].get(k), v) for k, v in settings.items() if stored["settings"].get(k) != v}
+        if diff:
+            lines = "; ".join(f"{k}: stored {a!r}, now {b!r}" for k, (a, b) in diff.items())
+            raise ResumeMismatch(f"{pdir}: cannot resume with other settings ({lines})")
+        return pdir, stored
+    pdir.mkdir(parents=True, exist_ok=True)
+    return pdir, {"settings": settings, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def trace(cfg: RunConfig, adapter=None, progress: Progress | None = None) -> Summary:
+    """Run (or resume) a trace and write its cube to `cfg.out`."""
+    from . import models
+    from .engine import Engine, Prepared, Settings
+
+    _validate(cfg)
+    comps = parse_components(cfg.components)
+    spec = noise.parse(cfg.noise)
+    if Path(cfg.out).suffix != ".nc":
+        raise ConfigError(f"--out {cfg.out}: the cube is a NetCDF file, name it *.nc")
+    adapter = adapter or models.load(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    progress = progress or Progress()
+    items, problems, n_records = prepare(adapter, cfg)
+    if not items:
+        raise ConfigError(f"{cfg.data}: no record could be traced ({len(problems)} skipped)")
+    settings = _settings(cfg, adapter)
+    pdir, meta = _open_partial(cfg, settings)
+    if "noise_level" not in meta:
+        std = noise.embedding_std(adapter, [[it.tokens.ids[i] for i in it.span] for it in items]) if spec.multiplier else None
+        meta["noise_level"] = spec.level(std)
+        meta["examples"] = [it.example.id for it in items]
+        tmp = pdir / "run.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=1))
+        tmp.replace(pdir / "run.json")
+    level = float(meta["noise_level"])
+
+    engine = Engine(adapter, Settings(comps, cfg.samples, cfg.window, cfg.replace, cfg.reverse, cfg.batch_rows))
+    files = [pdir / f"{i:06d}.npz" for i in range(len(items))]
+    n_cells = [len(it.tokens) * adapter.n_layers * len(comps) for it in items]
+    done = [f.is_file() for f in files]
+    progress.start(len(items), sum(n_cells), sum(done), sum(n for n, d in zip(n_cells, done) if d))
+    for item, path, finished in zip(items, files, done):
+        if finished:
+            continue
+        progress.example(item.example.id)
+        prep = Prepared(
+            ids=item.tokens.ids, span=tuple(item.span), answers=item.answers,
+            noise=noise.draw(cfg.seed, cfg.samples, len(item.span), adapter.d_model, level),
+        )
+        result = engine.trace(prep, on_batch=progress.cells)
+        ex = item.example
+        cube.ExampleRecord(
+            example=ex.id, record_id=ex.record_id, variant=ex.variant, prompt=ex.prompt,
+            target_str=ex.target, alt_str=ex.alt, token_ids=list(item.tokens.ids),
+            token_str=[adapter.tokenizer.decode([t]) for t in item.tokens.ids], segment=item.segments,
+            span=item.span, p_clean=result.p_clean, p_corrupt=result.p_corrupt, p_restored=result.p_restored,
+        ).save(path)
+
+    attrs = {
+        "model": cfg.model, "model_revision": adapter.revision, "nnct_version": __version__,
+        "experiment": settings["experiment"], "prompt_format": settings["prompt_format"],
+        "samples": cfg.samples, "window": cfg.window, "noise_rule": spec.rule, "noise_level": level,
+        "seed": cfg.seed, "replace": int(cfg.replace), "reverse_patching": int(cfg.reverse),
+        "dtype": adapter.dtype, "backend": "local", "device": adapter.device, "created": meta["created"],
+        "components": settings["components"], "max_cf": cfg.max_cf, "data": settings["data"],
+        "answer_token": "first token of ' ' + answer",
+    }
+    ds = cube.assemble([cube.ExampleRecord.load(f) for f in files], adapter.n_layers, comps, attrs)
+    cube.write(ds, cfg.out)
+    shutil.rmtree(pdir)
+    return Summary(cfg.out, n_records, len(items), problems, sum(done), level)

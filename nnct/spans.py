@@ -1,0 +1,104 @@
+"""From characters to token positions: the corrupted span and the segment of each token.
+
+The one place that maps a mention to tokens (METHOD.md): a token belongs to a mention if
+its characters overlap the mention's. Special tokens (BOS) have empty offsets and never
+belong to a span, whatever the tokenizer prepends; byte-level tokenizers put the leading
+space inside a token (" Paris"), which still overlaps "Paris". Segment labels name the
+region a token is in, for ROME's averaged figure (no context) or the context layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import SpanNotFound
+from .prompts import CharRange, Example
+
+
+@dataclass(frozen=True)
+class Tokens:
+    ids: tuple[int, ...]
+    offsets: tuple[CharRange, ...]
+    special: tuple[bool, ...]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def tokenize(tokenizer, text: str) -> Tokens:
+    """Token ids of `text` as the model sees it (special tokens included), with offsets."""
+    enc = tokenizer(text, return_offsets_mapping=True, return_special_tokens_mask=True, add_special_tokens=True)
+    return Tokens(
+        ids=tuple(enc["input_ids"]),
+        offsets=tuple((int(a), int(b)) for a, b in enc["offset_mapping"]),
+        special=tuple(bool(s) for s in enc["special_tokens_mask"]),
+    )
+
+
+def answer_token(tokenizer, answer: str) -> int:
+    """The first token of " " + answer, without special tokens (ROME's choice)."""
+    ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise SpanNotFound(f"answer {answer!r} has no tokens")
+    return int(ids[0])
+
+
+def overlapping(tokens: Tokens, ranges) -> list[int]:
+    """Positions of the non-special tokens whose characters overlap any of `ranges`."""
+    return [
+        i
+        for i, ((a, b), special) in enumerate(zip(tokens.offsets, tokens.special))
+        if not special and b > a and any(a < e and s < b for s, e in ranges)
+    ]
+
+
+def span_positions(tokens: Tokens, example: Example) -> list[int]:
+    positions = overlapping(tokens, example.span)
+    if not positions:
+        raise SpanNotFound(f"{example.id}: the span {example.span} covers no token of {example.prompt!r}")
+    if positions[-1] == len(tokens) - 1:
+        raise SpanNotFound(f"{example.id}: the span reaches the last token, which must stay clean to read the answer")
+    return positions
+
+
+def _part(name: str, index: int, count: int) -> str:
+    if index == count - 1:
+        return f"{name}_last"
+    return f"{name}_first" if index == 0 else f"{name}_middle"
+
+
+def segments(tokens: Tokens, example: Example) -> list[str]:
+    """A label for each token (METHOD.md's segments). A one-token mention is `_last`."""
+    subj = overlapping(tokens, [example.subject]) if example.subject else []
+    obj = overlapping(tokens, [example.object]) if example.object else []
+    rel = set(overlapping(tokens, example.relation))
+    question = set(overlapping(tokens, [example.question]))
+    marked = sorted(set(subj) | set(obj) | rel)
+    labels = []
+    for i in range(len(tokens)):
+        if i == len(tokens) - 1:
+            labels.append("last")
+        elif tokens.special[i]:
+            labels.append("bos")
+        elif example.context is None:
+            if i in subj:
+                labels.append(_part("subject", subj.index(i), len(subj)))
+            elif subj and i == subj[-1] + 1:
+                labels.append("subsequent_first")
+            elif subj and i > subj[-1]:
+                labels.append("subsequent_further")
+            else:
+                labels.append("prefix")
+        elif i in subj:
+            labels.append(_part("subject", subj.index(i), len(subj)))
+        elif i in obj:
+            labels.append(_part("object", obj.index(i), len(obj)))
+        elif i in rel:
+            labels.append("relation")
+        elif i in question:
+            labels.append("question")
+        elif not marked or i < marked[0]:
+            labels.append("context_before")
+        else:
+            labels.append("context_after")
+    return labels
