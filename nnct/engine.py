@@ -85,7 +85,8 @@ class Engine:
                         out[write[0], write[1]] = write[2]
                     if component in saved:
                         saved[component].append(out.save())
-            probs = a.unembed.output[:, -1].float().softmax(-1)[:, list(answers)].save()
+            # The model's own logits, not the unembedding's output: Gemma 2/3 soft-cap after it.
+            probs = a.nn.output.logits[:, -1].float().softmax(-1)[:, list(answers)].save()
         states = {c: torch.stack(v, dim=1) for c, v in saved.items()}
         return probs.double().cpu(), states
 

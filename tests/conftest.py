@@ -1,0 +1,103 @@
+"""Shared fixtures: tiny random-weight models of each supported family, built from configs,
+and a tiny word-level tokenizer that prepends a BOS token (so span location meets one)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+WORDS = (
+    "<s> </s> <unk> C : . , ? the of is in a to by and was at on part city capital located "
+    "Paris France Eiffel Tower Rome Italy Vinson Massif Antarctica Africa Europe Asia Beats Music "
+    "Apple owned property Amazon continent belongs people speak English French language spoken "
+    "which where who what big small red blue green one two three four five six seven eight nine"
+).split()
+VOCAB = 128  # model vocab; the tokenizer uses the first len(WORDS) ids
+
+FAMILIES = ("llama", "mistral", "qwen2", "gemma", "gemma2", "gpt2", "gptj", "gpt_neox")
+
+
+def make_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def make_config(family: str, n_layers: int = 4, d_model: int = 32):
+    import transformers as T
+
+    common = dict(vocab_size=VOCAB, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    llama_like = dict(hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers,
+                      num_attention_heads=4, num_key_value_heads=2, **common)
+    return {
+        "llama": lambda: T.LlamaConfig(**llama_like),
+        "mistral": lambda: T.MistralConfig(**llama_like),
+        "qwen2": lambda: T.Qwen2Config(**llama_like),
+        "gemma": lambda: T.GemmaConfig(head_dim=d_model // 4, **llama_like),
+        "gemma2": lambda: T.Gemma2Config(head_dim=d_model // 4, **llama_like),
+        "gpt2": lambda: T.GPT2Config(n_embd=d_model, n_layer=n_layers, n_head=4, **common),
+        "gptj": lambda: T.GPTJConfig(n_embd=d_model, n_layer=n_layers, n_head=4, rotary_dim=4, **common),
+        "gpt_neox": lambda: T.GPTNeoXConfig(hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers,
+                                            num_attention_heads=4, **common),
+    }[family]()
+
+
+def make_hf_model(family: str, seed: int = 0, **kw):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(make_config(family, **kw), attn_implementation="eager")
+    # Random init predicts close to uniformly; larger weights make peaked predictions whose
+    # probabilities move visibly under noise and restoration.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(3.0)
+        head = model.get_output_embeddings()
+        # A tied head scaled up would only echo the input token back; give it its own weights.
+        head.weight = torch.nn.Parameter(torch.randn_like(head.weight) * 0.6)
+        model.config.tie_word_embeddings = False
+    return model.eval()
+
+
+def make_adapter(family: str = "llama", **kw):
+    from nnct.models import Adapter
+
+    return Adapter(make_hf_model(family, **kw), make_tokenizer(), name=f"tiny-{family}")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny llama saved as a local model directory (what `--model DIR` loads)."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    make_hf_model("llama").save_pretrained(path)
+    make_tokenizer().save_pretrained(path)
+    return path
+
+
+RECORDS = [
+    {"id": "r1", "subj": "Eiffel Tower", "obj": "Paris", "prompt_wo_ctx": "the Eiffel Tower is located in the city of",
+     "passages": [{"text": "the Eiffel Tower is in Paris .", "title": ""}], "obj_cf": ["Rome", "Asia"],
+     "question": "where is the Eiffel Tower ?", "answers": ["Paris"], "prop": "P1"},
+    {"id": "r2", "subj": "Vinson Massif", "obj": "Antarctica", "prompt_wo_ctx": "Vinson Massif is located in the continent of",
+     "passages": [{"text": "Vinson Massif is part of Antarctica .", "title": ""}], "obj_cf": ["Africa", "Europe"],
+     "question": "which continent is Vinson Massif on ?", "answers": ["Antarctica"], "prop": "P30"},
+    {"id": "r3", "subj": "Beats Music", "obj": "Apple", "prompt_wo_ctx": "Beats Music is owned by",
+     "passages": [{"text": "Beats Music is a property of Apple .", "title": ""}], "obj_cf": ["Amazon"],
+     "question": "who owns Beats Music ?", "answers": ["Apple"], "prop": "P127"},
+]
+
+
+@pytest.fixture
+def tiny_data(tmp_path) -> Path:
+    """Three good records in the METHOD.md schema, in words the tiny tokenizer knows."""
+    path = tmp_path / "facts.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    return path
