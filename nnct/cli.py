@@ -65,7 +65,7 @@ def main():
 @click.option("--out", "out", type=click.Path(), help="The cube to write (FILE.nc).")
 @click.option("--output-dir", "--output_dir", "output_dir", type=click.Path(), help="Write DIR/effects.nc instead of --out.")
 @click.option("--prompt-format", "--prompt_format", "prompt_format", default=None,
-              help='Prompt template with {context}, {prompt}, {question} [default: the experiment\'s, "C: {context} {prompt}" with context].')
+              help="Prompt template with {context}, {prompt}, {question} [default: the experiment's own].")
 @click.option("--samples", default=10, show_default=True, type=int, help="Noise samples S per example.")
 @click.option("--window", default=10, show_default=True, type=int, help="Layer window for mlp/attn restoration.")
 @click.option("--noise-level", "--noise_level", "noise", default="s3", show_default=True,

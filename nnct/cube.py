@@ -144,7 +144,7 @@ def effects(ds):
     """
     te = ds.p_clean - ds.p_corrupt
     if int(ds.attrs.get("reverse_patching", 0)):
-        return ds.p_clean - ds.p_restored, te
+        return (ds.p_clean - ds.p_restored).transpose(*ds.p_restored.dims), te
     return ds.p_restored - ds.p_corrupt, te
 
 

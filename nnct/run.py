@@ -18,7 +18,6 @@ import json
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from . import __version__, cube, noise, spans
 from .data import load_records

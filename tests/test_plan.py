@@ -1,0 +1,54 @@
+"""Planning: the window, the cells, the batches and the writes, against hand-made cases."""
+
+import pytest
+
+from nnct.errors import ConfigError
+from nnct.plan import Cell, batches, cells, components, patches, window_layers
+
+
+@pytest.mark.parametrize(
+    "layer, window, n_layers, expected",
+    [
+        (0, 10, 30, [0, 1, 2, 3, 4]),  # clipped below: l-5 .. l+4
+        (29, 10, 30, [24, 25, 26, 27, 28, 29]),  # clipped above
+        (15, 10, 30, list(range(10, 20))),
+        (15, 1, 30, [15]),
+        (15, 3, 30, [14, 15, 16]),  # odd: one each side
+        (15, 4, 30, [13, 14, 15, 16]),  # even: one more below
+        (1, 40, 4, [0, 1, 2, 3]),  # wider than the model
+    ],
+)
+def test_window_layers(layer, window, n_layers, expected):
+    assert list(window_layers(layer, window, n_layers)) == expected
+
+
+def test_components_parse_and_order():
+    assert components("attn,hidden") == ("hidden", "attn")
+    assert components(" mlp ") == ("mlp",)
+    with pytest.raises(ConfigError, match="resid"):
+        components("hidden,resid")
+    with pytest.raises(ConfigError):
+        components("")
+
+
+def test_cells_cover_every_token_layer_component_once():
+    got = cells(3, 2, ("hidden", "mlp"))
+    assert len(got) == 12 and len(set(got)) == 12
+    assert {c.component for c in got} == {"hidden", "mlp"}
+
+
+def test_batches_hold_whole_cells():
+    all_cells = cells(5, 2, ("hidden",))  # 10 cells
+    assert [len(b) for b in batches(all_cells, samples=3, batch_rows=7)] == [2, 2, 2, 2, 2]
+    assert [len(b) for b in batches(all_cells, samples=3, batch_rows=2)] == [1] * 10  # at least one cell
+    assert sum(batches(all_cells, 3, 100), []) == all_cells
+
+
+def test_patches_rows_and_window():
+    batch = [Cell(4, 0, "hidden"), Cell(2, 1, "mlp")]
+    got = patches(batch, samples=2, window=2, n_layers=3)
+    # hidden cell: rows 0,1 at layer 0; mlp cell (window 2 around layer 1 = layers 0, 1): rows 2,3.
+    assert set(got) == {(0, "hidden"), (0, "mlp"), (1, "mlp")}
+    assert got[(0, "hidden")].rows == [0, 1] and got[(0, "hidden")].tokens == [4, 4]
+    assert got[(0, "hidden")].samples == [0, 1]
+    assert got[(1, "mlp")].rows == [2, 3] and got[(1, "mlp")].tokens == [2, 2] and got[(1, "mlp")].samples == [0, 1]
