@@ -21,7 +21,7 @@ from pathlib import Path
 
 from . import __version__, cube, noise, spans
 from .data import load_records
-from .errors import ConfigError, RecordError, ResumeMismatch, SpanNotFound
+from .errors import ConfigError, DataError, RecordError, ResumeMismatch, SpanNotFound
 from .plan import components as parse_components
 from .prompts import Example, examples_for, experiment
 
@@ -62,7 +62,7 @@ class Item:
 @dataclass
 class Summary:
     out: str
-    records: int
+    records: int  # records traced
     examples: int
     skipped: list[RecordError] = field(default_factory=list)
     resumed: int = 0
@@ -88,10 +88,17 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError(f"--max-cf {cfg.max_cf}: cannot be negative")
     if cfg.batch_rows < 1:
         raise ConfigError(f"--batch-size {cfg.batch_rows}: need at least 1 row")
+    if Path(cfg.out).suffix != ".nc":
+        raise ConfigError(f"--out {cfg.out}: the cube is a NetCDF file, name it *.nc")
+    if not Path(cfg.data).is_file():
+        raise DataError(f"{cfg.data}: no such data file")
+    experiment(cfg.experiment)
+    parse_components(cfg.components)
+    noise.parse(cfg.noise)
 
 
-def prepare(adapter, cfg: RunConfig) -> tuple[list[Item], list[RecordError], int]:
-    """The items of a run, the records skipped with their reasons, and the records used."""
+def prepare(adapter, cfg: RunConfig) -> tuple[list[Item], list[RecordError]]:
+    """The items of a run and the records skipped, with their reasons."""
     exp = experiment(cfg.experiment)
     fmt = cfg.prompt_format or exp.prompt_format
     loaded = load_records(cfg.data)
@@ -114,7 +121,7 @@ def prepare(adapter, cfg: RunConfig) -> tuple[list[Item], list[RecordError], int
             continue
         items.extend(made)
     problems.sort(key=lambda p: p.line)
-    return items, problems, len(records)
+    return items, problems
 
 
 def _sha256(path: str) -> str:
@@ -165,14 +172,12 @@ def trace(cfg: RunConfig, adapter=None, progress: Progress | None = None) -> Sum
     from . import models
     from .engine import Engine, Prepared, Settings
 
-    _validate(cfg)
+    _validate(cfg)  # before the model loads, so that a typo fails at once
     comps = parse_components(cfg.components)
     spec = noise.parse(cfg.noise)
-    if Path(cfg.out).suffix != ".nc":
-        raise ConfigError(f"--out {cfg.out}: the cube is a NetCDF file, name it *.nc")
     adapter = adapter or models.load(cfg.model, device=cfg.device, dtype=cfg.dtype)
     progress = progress or Progress()
-    items, problems, n_records = prepare(adapter, cfg)
+    items, problems = prepare(adapter, cfg)
     if not items:
         raise ConfigError(f"{cfg.data}: no record could be traced ({len(problems)} skipped)")
     settings = _settings(cfg, adapter)
@@ -220,4 +225,5 @@ def trace(cfg: RunConfig, adapter=None, progress: Progress | None = None) -> Sum
     ds = cube.assemble([cube.ExampleRecord.load(f) for f in files], adapter.n_layers, comps, attrs)
     cube.write(ds, cfg.out)
     shutil.rmtree(pdir)
+    n_records = len({it.example.record_id for it in items})
     return Summary(cfg.out, n_records, len(items), problems, sum(done), level)
