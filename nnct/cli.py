@@ -24,6 +24,15 @@ def _fail(message: str, code: int = 2):
     sys.exit(code)
 
 
+def _rows(value: str) -> int | None:
+    if value == "auto":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        _fail(f"--batch-size {value!r}: a number of rows, or auto")
+
+
 class _Bar:
     """tqdm over cells, with the example count in its postfix (implements run.Progress)."""
 
@@ -79,7 +88,8 @@ def main():
               help="Replace the span's embeddings by the noise instead of adding it (flag, or 0/1).")
 @click.option("--reverse-patching", "--reverse_patching", "reverse", type=BOOL01, is_flag=False, flag_value="1", default="0",
               show_default=True, help="Noising: write corrupted states into clean runs (flag, or 0/1).")
-@click.option("--batch-size", "--batch_size", "batch_rows", default=128, show_default=True, type=int, help="Rows per forward pass.")
+@click.option("--batch-size", "--batch_size", "batch_rows", default="auto", show_default=True,
+              help="Rows per forward pass, or auto (from the memory available).")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
 @click.option("--resume", is_flag=True, help="Complete the unfinished run of the same settings at --out.")
@@ -91,6 +101,7 @@ def trace(output_dir, out, replace, reverse, quiet, **options):
     if bool(out) == bool(output_dir):
         _fail("give exactly one of --out FILE.nc and --output-dir DIR")
     out = out or str(Path(output_dir) / "effects.nc")
+    options["batch_rows"] = _rows(options["batch_rows"])
     cfg = run.RunConfig(out=out, replace=replace == "1", reverse=reverse == "1", **options)
     bar = _Bar(quiet)
     try:
@@ -124,6 +135,36 @@ def info(cube_path, examples):
     except (OSError, ValueError) as exc:
         _fail(f"{cube_path}: not a readable NetCDF cube ({exc})")
     click.echo(report.describe(ds, max_examples=examples))
+
+
+@main.command()
+@click.option("--model", default="smollm2-135m", show_default=True)
+@click.option("--data", default="experiments/data/known_smollm2.jsonl", show_default=True, type=click.Path(exists=True),
+              help="Records whose passages build the prompt.")
+@click.option("--tokens", default=25, show_default=True, help="Prompt length (the first record's passage plus others).")
+@click.option("--components", default="hidden,mlp,attn", show_default=True)
+@click.option("--samples", default=10, show_default=True)
+@click.option("--window", default=10, show_default=True)
+@click.option("--batch-size", "batch_rows", default="auto", show_default=True)
+@click.option("--plain-cells", default=30, show_default=True, help="Cells the plain ROME loop is timed on.")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the measurements as JSON.")
+def bench(model, data, tokens, components, samples, window, batch_rows, plain_cells, device, dtype, json_out):
+    """Time nnct's engine against the plain ROME loop on one prompt, side by side."""
+    import json
+
+    from . import bench as bench_lib, models
+    from .plan import components as parse_components
+
+    try:
+        adapter = models.load(model, device=device, dtype=dtype)
+        result = bench_lib.run(adapter, data, tokens, parse_components(components), samples, window, _rows(batch_rows), plain_cells)
+    except NnctError as exc:
+        _fail(str(exc))
+    click.echo(bench_lib.table(result))
+    if json_out:
+        Path(json_out).write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,17 +1,21 @@
 """Execution: a plan's forward passes as nnsight interventions, locally.
 
-Every forward pass is one `_forward`: the prompt repeated over `rows`, optional noise on
-the span's input embeddings, then, layer by layer in the order the model runs them, the
-writes the plan asks for (one indexed assignment per (layer, component)), and the
-probabilities of the two answers at the last position. Only the answer probabilities
-leave the trace, except in the clean (and, for reverse patching, corrupted) run, whose
-states are the values later written back.
+An example costs two full forwards, then one forward per batch of the schedule (`plan`):
+- the clean run (1 row) and the corrupted run (S rows, noise on the span's input
+  embeddings). One of them is the **base** of the restored runs: the corrupted run when
+  restoring, the clean run when reverse patching. The other is the **source** of the values
+  written into cells. The base run keeps its residual stream after every layer and its
+  key/value cache; the source run keeps the states of the components being traced.
+- each batch runs its cells' rows (S per cell; row j*S + s is cell j's sample s) only from
+  position `start` on, over the base run's cache cropped to `start` positions, and only
+  from layer `first_layer` on: every earlier decoder layer is skipped (nnsight's `skip`),
+  its output being the base run's residual stream. From there, layer by layer in the order
+  the model runs them, one indexed assignment per (layer, component) writes the source
+  values, and only the answers' probabilities at the last position leave the trace.
+Cells before the first corrupted token need no forward: their value is the base run's.
 
-An example costs one clean forward (1 row), one corrupted forward (S rows) and the
-restored forwards, each of at most `batch_rows` rows (several cells per forward). The
-source of every write is a state saved from one of the first two runs: the clean run for
-restoring (METHOD.md's forward direction), the corrupted run of the same sample for
-reverse patching, whose rows are then clean.
+Everything inside a trace is an nnsight intervention on the model's own modules, so the
+same forwards can be sent to a remote backend.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import numpy as np
 import torch
 
 from .models import Adapter, first
-from .plan import FORWARD_ORDER, Cell, batches, cells, patches
+from .plan import FORWARD_ORDER, Batch, cells, patches, schedule
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,7 @@ class Settings:
     window: int = 10
     replace: bool = False
     reverse: bool = False
-    batch_rows: int = 128
+    batch_rows: int | None = None  # None: `auto_batch_rows` for each example
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,7 @@ class Prepared:
     """An example as the model sees it."""
 
     ids: tuple[int, ...]
-    span: tuple[int, ...]  # corrupted token positions
+    span: tuple[int, ...]  # corrupted token positions, ascending
     answers: tuple[int, int]  # target, alt token ids
     noise: torch.Tensor  # [sample, span token, d_model], float32, CPU
 
@@ -53,7 +57,42 @@ class Result:
     p_restored: np.ndarray  # [token, layer, component, answer]
 
 
-States = dict[str, torch.Tensor]  # component -> [row, layer, token, d_model]
+def auto_batch_rows(adapter: Adapter, n_tokens: int, samples: int, budget: int | None = None) -> int:
+    """Rows per forward that keep a batch's working memory within `budget` bytes (default:
+    a quarter of the available memory, at most 1 GiB): the copied key/value cache and its
+    extension, the activations, the attention scores and the float32 softmax over the
+    vocabulary, per row. Whole cells only, and between one cell and 512 rows."""
+    c = adapter.hf.config
+    heads = getattr(c, "num_attention_heads", None) or c.n_head
+    kv = getattr(c, "num_key_value_heads", None) or heads
+    d_kv = kv * (getattr(c, "head_dim", None) or adapter.d_model // heads)
+    d_ff = getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * adapter.d_model
+    elt = next(adapter.hf.parameters()).element_size()
+    per_row = elt * n_tokens * (4 * adapter.n_layers * d_kv + 6 * adapter.d_model + 3 * d_ff + heads * n_tokens)
+    per_row += 8 * c.vocab_size
+    if budget is None:
+        budget = min(1 << 30, _available_memory() // 4)
+    rows = max(samples, min(512, budget // per_row))
+    return rows - rows % samples
+
+
+def _available_memory() -> int:
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 << 30
+
+
+@dataclass
+class Run:
+    """What a full forward leaves for the batches."""
+
+    probs: torch.Tensor  # [row, answer], float64, CPU
+    states: dict[str, torch.Tensor]  # component -> [row, layer, token, d_model]
+    cache: object = None  # the model's key/value cache of every position
 
 
 class Engine:
@@ -65,17 +104,30 @@ class Engine:
         a = self.adapter
         return {"hidden": a.layers, "mlp": a.mlp, "attn": a.attn}[component][layer]
 
-    def _forward(self, ids, rows, answers, span=None, noise=None, writes=None, save=()):
-        """One forward of `rows` copies of `ids` -> (probs [row, answer], states)."""
+    def _forward(self, ids, rows, answers, *, noise=None, writes=None, save=(), keep_cache=False,
+                 start=0, first_layer=0, cache=None, skip_value=None) -> Run:
+        """One nnsight trace over `rows` copies of ids[start:].
+
+        noise: (positions relative to start, values [row, position, d_model]) added to (or,
+        `replace`, written over) the input embeddings; writes: (layer, component) ->
+        (rows, positions relative to start, values); layers before `first_layer` are
+        skipped and output `skip_value`; `cache` holds the first `start` positions.
+        """
         a, writes = self.adapter, writes or {}
-        replace = self.settings.replace
-        x = torch.tensor(ids, device=a.device)[None].expand(rows, -1)
+        x = torch.tensor(ids[start:], device=a.device)[None].expand(rows, -1)
         saved: dict[str, list] = {c: [] for c in save}
-        with torch.no_grad(), a.nn.trace(x, logits_to_keep=1):
+        kwargs = {"logits_to_keep": 1, "use_cache": keep_cache or cache is not None}
+        if cache is not None:
+            kwargs["past_key_values"] = cache
+        kept = None  # only values saved in the trace come out of it
+        with torch.no_grad(), a.nn.trace(x, **kwargs):
             if noise is not None:
+                positions, values = noise
                 emb = a.embed.output
-                emb[:, span] = noise if replace else emb[:, span] + noise
-            for layer in range(a.n_layers):
+                emb[:, positions] = values if self.settings.replace else emb[:, positions] + values
+            for layer in range(first_layer):
+                a.layers[layer].skip((skip_value,) if a.layout.layer_tuple else skip_value)
+            for layer in range(first_layer, a.n_layers):
                 for component in FORWARD_ORDER:
                     write = writes.get((layer, component))
                     if write is None and component not in saved:
@@ -86,40 +138,78 @@ class Engine:
                     if component in saved:
                         saved[component].append(out.save())
             # The model's own logits, not the unembedding's output: Gemma 2/3 soft-cap after it.
-            probs = a.nn.output.logits[:, -1].float().softmax(-1)[:, list(answers)].save()
+            output = a.nn.output
+            probs = output.logits[:, -1].float().softmax(-1)[:, list(answers)].save()
+            if keep_cache:
+                kept = output.past_key_values.save()
         states = {c: torch.stack(v, dim=1) for c, v in saved.items()}
-        return probs.double().cpu(), states
+        return Run(probs.double().cpu(), states, kept)
 
-    def _writes(self, batch: list[Cell], source: States, reverse: bool):
+    def _batch_inputs(self, batch: Batch, prep: Prepared, noise, base: Run, source: Run) -> dict:
+        """The keyword arguments of `_forward` for one batch of the schedule."""
         a, s = self.adapter, self.settings
-        out = {}
-        for (layer, component), p in patches(batch, s.samples, s.window, a.n_layers).items():
-            src_rows = torch.tensor(p.samples) if reverse else torch.zeros(len(p.rows), dtype=torch.long)
-            tokens = torch.tensor(p.tokens)
-            values = source[component][src_rows, layer, tokens]
-            out[(layer, component)] = (torch.tensor(p.rows, device=a.device), tokens.to(a.device), values)
+        S, rows, start, first_layer = s.samples, len(batch.cells) * s.samples, batch.start, batch.first_layer
+        sample = torch.arange(rows, device=a.device) % S  # the noise sample of each row
+        zeros = torch.zeros(rows, dtype=torch.long, device=a.device)
+        base_row, source_row = (zeros, sample) if s.reverse else (sample, zeros)
+
+        writes = {}
+        for (layer, component), p in patches(batch.cells, S, s.window, a.n_layers).items():
+            rows_at, tokens = torch.tensor(p.rows, device=a.device), torch.tensor(p.tokens, device=a.device)
+            writes[(layer, component)] = (rows_at, tokens - start, source.states[component][source_row[rows_at], layer, tokens])
+        kwargs = {"writes": writes, "start": start, "first_layer": first_layer}
+
+        noisy = [k for k, t in enumerate(prep.span) if t >= start]
+        if not s.reverse and first_layer == 0 and noisy:
+            kwargs["noise"] = ([prep.span[k] - start for k in noisy], noise[sample][:, noisy])
+        if first_layer > 0:
+            kwargs["skip_value"] = base.states["hidden"][base_row, first_layer - 1, start:]
+        if start > 0:
+            kwargs["cache"] = self._cropped_cache(base.cache, base_row, start, first_layer)
+        return kwargs
+
+    @staticmethod
+    def _cropped_cache(cache, base_row, start: int, first_layer: int):
+        """The base run's keys and values of the first `start` positions, one row per batch row.
+        Skipped layers never read theirs, but the first layer's length tells the model where
+        the new positions are: a broadcast view keeps it without a copy."""
+        from transformers import DynamicCache
+
+        rows, out = len(base_row), DynamicCache()
+        for layer, kv in enumerate(cache.layers):
+            if layer < first_layer:
+                keys, values = (t[:1, :, :start].expand(rows, -1, -1, -1) for t in (kv.keys, kv.values))
+            else:
+                keys, values = (t[base_row, :, :start] for t in (kv.keys, kv.values))
+            out.update(keys, values, layer)
         return out
 
     def trace(self, prep: Prepared, on_batch: Callable[[int], None] | None = None) -> Result:
         a, s = self.adapter, self.settings
         n_tokens, S = len(prep.ids), s.samples
-        span = torch.tensor(prep.span, device=a.device)
         dtype = next(a.hf.parameters()).dtype
         noise = prep.noise.to(a.device, dtype)
-        needed = s.components
-        p_clean, clean = self._forward(prep.ids, 1, prep.answers, save=() if s.reverse else needed)
-        p_corr, corrupt = self._forward(prep.ids, S, prep.answers, span, noise, save=needed if s.reverse else ())
-        source = corrupt if s.reverse else clean
+        span = list(prep.span)
+        base_save, source_save = ("hidden",), s.components
+        clean = self._forward(prep.ids, 1, prep.answers, save=base_save if s.reverse else source_save, keep_cache=s.reverse)
+        corrupt = self._forward(prep.ids, S, prep.answers, noise=(span, noise),
+                                save=source_save if s.reverse else base_save, keep_cache=not s.reverse)
+        base, source = (clean, corrupt) if s.reverse else (corrupt, clean)
+        p_base = base.probs.mean(dim=0).numpy()
 
         p_restored = np.full((n_tokens, a.n_layers, len(s.components), 2), np.nan)
         comp_index = {c: i for i, c in enumerate(s.components)}
-        for batch in batches(cells(n_tokens, a.n_layers, s.components), S, s.batch_rows):
-            rows = len(batch) * S
-            batch_noise = None if s.reverse else noise.repeat(len(batch), 1, 1)
-            probs, _ = self._forward(prep.ids, rows, prep.answers, span, batch_noise, self._writes(batch, source, s.reverse))
-            means = probs.view(len(batch), S, 2).mean(dim=1).numpy()
-            for cell, mean in zip(batch, means):
+        rows = s.batch_rows or auto_batch_rows(a, n_tokens, S)
+        plan = schedule(cells(n_tokens, a.n_layers, s.components), S, rows, s.window, a.n_layers, min(span))
+        for cell in plan.unchanged:
+            p_restored[cell.token, cell.layer, comp_index[cell.component]] = p_base
+        if on_batch and plan.unchanged:
+            on_batch(len(plan.unchanged))
+        for batch in plan.batches:
+            run = self._forward(prep.ids, len(batch.cells) * S, prep.answers, **self._batch_inputs(batch, prep, noise, base, source))
+            means = run.probs.view(len(batch.cells), S, 2).mean(dim=1).numpy()
+            for cell, mean in zip(batch.cells, means):
                 p_restored[cell.token, cell.layer, comp_index[cell.component]] = mean
             if on_batch:
-                on_batch(len(batch))
-        return Result(p_clean[0].numpy(), p_corr.mean(dim=0).numpy(), p_restored.astype(np.float32))
+                on_batch(len(batch.cells))
+        return Result(clean.probs[0].numpy(), corrupt.probs.mean(dim=0).numpy(), p_restored.astype(np.float32))

@@ -6,7 +6,8 @@ layer's attention and MLP outputs, the final norm and the unembedding. Their mod
 differ per family; `LAYOUTS` maps each family once, and `Adapter.check` resolves every
 path when the model loads, so a renamed module fails there with the missing path named,
 not deep inside a trace. Some modules return tuples (attention everywhere, GPT-J's
-decoder layer); `first` takes the tensor that is the part's output.
+decoder layer); `first` takes the tensor that is the part's output, and
+`Layout.layer_tuple` says what a skipped layer must return in its place.
 
 Models come from three places: the embedded default (`smollm2-135m`, see `embedded`), a
 local directory, or a hub id (only for users whose machine reaches a hub).
@@ -30,10 +31,12 @@ class Layout:
     mlp: str  # inside a layer
     norm: str
     unembed: str
+    layer_tuple: bool = False  # a decoder layer returns (hidden, ...) rather than hidden
 
 
 LLAMA = Layout("model.embed_tokens", "model.layers", "self_attn", "mlp", "model.norm", "lm_head")
 GPT2 = Layout("transformer.wte", "transformer.h", "attn", "mlp", "transformer.ln_f", "lm_head")
+GPTJ = Layout("transformer.wte", "transformer.h", "attn", "mlp", "transformer.ln_f", "lm_head", layer_tuple=True)
 NEOX = Layout("gpt_neox.embed_in", "gpt_neox.layers", "attention", "mlp", "gpt_neox.final_layer_norm", "lm_head")
 
 LAYOUTS: dict[str, Layout] = {
@@ -44,7 +47,7 @@ LAYOUTS: dict[str, Layout] = {
     "gemma2": LLAMA,
     "gemma3_text": LLAMA,
     "gpt2": GPT2,
-    "gptj": GPT2,
+    "gptj": GPTJ,
     "gpt_neox": NEOX,
 }
 

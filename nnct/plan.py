@@ -6,9 +6,22 @@ A cell (token t, layer l, component c) occupies `samples` consecutive rows of a 
 pass, one per noise sample (or, reverse patching, one per corrupted sample whose value is
 written into a clean row). Restoring `hidden` writes the residual stream after layer l at
 t; restoring `mlp` or `attn` writes that sublayer's output at t in every layer of the
-window around l (METHOD.md). A batch is a list of cells; its patches are grouped by
-(layer, component) so that the engine makes one indexed write per module it touches, in
-the order the model runs them.
+window around l (METHOD.md). A batch's patches are grouped by (layer, component) so that
+the engine makes one indexed write per module it touches, in the order the model runs them.
+
+What an exact trace must compute is much less than a full forward per cell, and the plan
+says what can be left out (the engine supplies it from the base run, the corrupted run,
+or for reverse patching the clean one, computed once per example):
+- a write at position t cannot change any position before t (causal attention), so a
+  batch runs only positions from its smallest t on, the earlier ones coming from the base
+  run's key/value cache;
+- nothing changes before the first layer a cell writes to, so a batch runs only from its
+  first written layer on, the layers before it skipped and replaced by the base run's
+  residual stream;
+- positions before the first corrupted token are the same in the clean and corrupted
+  runs, so writing them is a no-op: those cells take the base run's probabilities and
+  need no forward at all.
+Cells are grouped by their first layer and sorted by token, so each batch wastes little.
 """
 
 from __future__ import annotations
@@ -46,10 +59,39 @@ def cells(n_tokens: int, n_layers: int, comps: tuple[str, ...]) -> list[Cell]:
     return [Cell(t, l, c) for c in comps for t in range(n_tokens) for l in range(n_layers)]
 
 
-def batches(all_cells: list[Cell], samples: int, batch_rows: int) -> list[list[Cell]]:
-    """Consecutive groups of cells of at most `batch_rows` rows (at least one cell)."""
+def first_layer(cell: Cell, window: int, n_layers: int) -> int:
+    """The first layer a cell writes to."""
+    return cell.layer if cell.component == "hidden" else window_layers(cell.layer, window, n_layers).start
+
+
+@dataclass(frozen=True)
+class Batch:
+    cells: list[Cell]
+    start: int  # first position run; earlier ones come from the base run's cache
+    first_layer: int  # first layer run; earlier ones are skipped
+
+
+@dataclass(frozen=True)
+class Schedule:
+    batches: list[Batch]
+    unchanged: list[Cell]  # before the first corrupted token: the base run's result, exactly
+
+
+def schedule(all_cells: list[Cell], samples: int, batch_rows: int, window: int, n_layers: int, first_corrupted: int) -> Schedule:
+    """Batches of at most `batch_rows` rows (at least one cell) sharing a first layer."""
     per = max(1, batch_rows // samples)
-    return [all_cells[i : i + per] for i in range(0, len(all_cells), per)]
+    unchanged = [c for c in all_cells if c.token < first_corrupted]
+    groups: dict[int, list[Cell]] = {}
+    for c in all_cells:
+        if c.token >= first_corrupted:
+            groups.setdefault(first_layer(c, window, n_layers), []).append(c)
+    out = []
+    for layer, group in sorted(groups.items()):
+        group.sort(key=lambda c: (c.token, c.layer, c.component))
+        for i in range(0, len(group), per):
+            chunk = group[i : i + per]
+            out.append(Batch(chunk, start=min(c.token for c in chunk), first_layer=layer))
+    return Schedule(out, unchanged)
 
 
 @dataclass(frozen=True)
@@ -62,7 +104,7 @@ class Patch:
 
 
 def patches(batch: list[Cell], samples: int, window: int, n_layers: int) -> dict[tuple[int, str], Patch]:
-    """(layer, component) -> the writes of this batch there."""
+    """(layer, component) -> the writes of these cells there (absolute positions)."""
     acc: dict[tuple[int, str], tuple[list[int], list[int], list[int]]] = {}
     for j, cell in enumerate(batch):
         layers = [cell.layer] if cell.component == "hidden" else window_layers(cell.layer, window, n_layers)

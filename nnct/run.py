@@ -42,7 +42,7 @@ class RunConfig:
     max_examples: int | None = None  # counts records, as the seed's --max_datapoints
     replace: bool = False
     reverse: bool = False
-    batch_rows: int = 128
+    batch_rows: int | None = None  # None: chosen from the memory available
     device: str = "cpu"
     dtype: str = "float32"
     resume: bool = False
@@ -86,7 +86,7 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError(f"--window {cfg.window}: need at least 1")
     if cfg.max_cf < 0:
         raise ConfigError(f"--max-cf {cfg.max_cf}: cannot be negative")
-    if cfg.batch_rows < 1:
+    if cfg.batch_rows is not None and cfg.batch_rows < 1:
         raise ConfigError(f"--batch-size {cfg.batch_rows}: need at least 1 row")
     if Path(cfg.out).suffix != ".nc":
         raise ConfigError(f"--out {cfg.out}: the cube is a NetCDF file, name it *.nc")

@@ -3,7 +3,7 @@
 import pytest
 
 from nnct.errors import ConfigError
-from nnct.plan import Cell, batches, cells, components, patches, window_layers
+from nnct.plan import Cell, cells, components, first_layer, patches, schedule, window_layers
 
 
 @pytest.mark.parametrize(
@@ -37,11 +37,26 @@ def test_cells_cover_every_token_layer_component_once():
     assert {c.component for c in got} == {"hidden", "mlp"}
 
 
-def test_batches_hold_whole_cells():
-    all_cells = cells(5, 2, ("hidden",))  # 10 cells
-    assert [len(b) for b in batches(all_cells, samples=3, batch_rows=7)] == [2, 2, 2, 2, 2]
-    assert [len(b) for b in batches(all_cells, samples=3, batch_rows=2)] == [1] * 10  # at least one cell
-    assert sum(batches(all_cells, 3, 100), []) == all_cells
+def test_first_layer():
+    assert first_layer(Cell(0, 7, "hidden"), window=10, n_layers=30) == 7
+    assert first_layer(Cell(0, 7, "mlp"), window=10, n_layers=30) == 2
+    assert first_layer(Cell(0, 3, "attn"), window=10, n_layers=30) == 0
+
+
+def test_schedule_groups_by_first_layer_and_skips_the_clean_prefix():
+    all_cells = cells(5, 2, ("hidden", "mlp"))  # 20 cells; mlp window 3 starts at layer 0 for both layers
+    plan = schedule(all_cells, samples=3, batch_rows=7, window=3, n_layers=2, first_corrupted=2)
+    assert sorted(plan.unchanged, key=str) == sorted([c for c in all_cells if c.token < 2], key=str)
+    traced = [c for b in plan.batches for c in b.cells]
+    assert sorted(traced + plan.unchanged, key=str) == sorted(all_cells, key=str)  # every cell once
+    for b in plan.batches:
+        assert len(b.cells) <= 2  # 7 rows hold two cells of 3 samples
+        assert b.start == min(c.token for c in b.cells) >= 2
+        assert all(first_layer(c, 3, 2) == b.first_layer for c in b.cells)
+    # first layer 0: hidden@0 and mlp@0, mlp@1 (3 tokens each = 9 cells); first layer 1: hidden@1 (3 cells)
+    assert [b.first_layer for b in plan.batches] == [0] * 5 + [1] * 2
+    one = schedule(all_cells, samples=3, batch_rows=2, window=3, n_layers=2, first_corrupted=0)
+    assert all(len(b.cells) == 1 for b in one.batches) and len(one.batches) == 20  # at least one cell a batch
 
 
 def test_patches_rows_and_window():

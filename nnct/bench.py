@@ -1,0 +1,234 @@
+"""`nnct bench`: nnct's engine against the plain ROME loop, measured side by side in one run.
+
+The plain loop is ROME's `trace_with_patch` as `experiments/causal_trace.py` runs it: for
+every cell, one forward of S+1 rows (row 0 clean, rows 1..S noisy), plain PyTorch forward
+hooks add the noise and copy row 0's state into the other rows at the cell, and the
+probability is read from logits over every position. It runs on a random sample of the
+example's cells (`plain_cells`; the whole example would take the plain loop an hour), so
+its time per cell is extrapolated to all cells; nnct traces the whole example, and the two
+are compared on the sampled cells (max |difference|).
+
+FLOPs are counted for the matrix multiplications of each forward (projections, MLP,
+attention scores and sums over the keys actually attended, the unembedding at the
+positions whose logits are computed). The **floor** is what an exact trace cannot avoid:
+the clean and corrupted runs once, and for each cell not before the first corrupted token,
+S rows over the positions from t on and the layers from the first one whose output
+changes (l + 1 for hidden, the window's first layer for mlp/attn), with logits at the last
+position only.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import noise, spans
+from .data import load_records
+from .engine import Engine, Prepared, Settings, auto_batch_rows
+from .models import Adapter, first
+from .plan import COMPONENTS, Cell, cells, first_layer, schedule, window_layers
+from .prompts import examples_for, experiment
+
+
+# -- the plain ROME loop ------------------------------------------------------------------
+
+def rome_loop(adapter: Adapter, prep: Prepared, todo: list[Cell], window: int, replace_noise: bool = False) -> dict:
+    """ROME's loop: p_restored[answer] per cell, one forward of S+1 rows each, plain hooks."""
+    hf, layout, L = adapter.hf, adapter.layout, adapter.n_layers
+    S = prep.noise.shape[0]
+    noise_rows = prep.noise.to(adapter.device, next(hf.parameters()).dtype)
+    x = torch.tensor([prep.ids] * (S + 1), device=adapter.device)
+    span = list(prep.span)
+    blocks = hf.get_submodule(layout.layers)
+
+    def module(layer, component):
+        block = blocks[layer]
+        return {"hidden": block, "mlp": getattr(block, layout.mlp), "attn": getattr(block, layout.attn)}[component]
+
+    def add_noise(mod, inp, out):
+        out[1:, span] = noise_rows if replace_noise else out[1:, span] + noise_rows
+        return out
+
+    def restore(token):
+        def hook(mod, inp, out):
+            h = first(out)
+            h[1:, token] = h[0, token]
+            return out
+        return hook
+
+    results = {}
+    with torch.no_grad():
+        for cell in todo:
+            layers = [cell.layer] if cell.component == "hidden" else window_layers(cell.layer, window, L)
+            hooks = [hf.get_submodule(layout.embed).register_forward_hook(add_noise)]
+            hooks += [module(layer, cell.component).register_forward_hook(restore(cell.token)) for layer in layers]
+            try:
+                logits = hf(x).logits
+            finally:
+                for h in hooks:
+                    h.remove()
+            probs = torch.softmax(logits[1:, -1].float(), dim=-1).mean(dim=0)
+            results[cell] = probs[list(prep.answers)].double().cpu().numpy()
+    return results
+
+
+# -- counting -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Shape:
+    d: int
+    d_q: int
+    d_kv: int
+    d_ff: int
+    mlp_mats: int  # 3 for gated MLPs (Llama family), 2 otherwise
+    vocab: int
+    n_layers: int
+
+    @classmethod
+    def of(cls, adapter: Adapter) -> "Shape":
+        c = adapter.hf.config
+        heads = getattr(c, "num_attention_heads", None) or c.n_head
+        head_dim = getattr(c, "head_dim", None) or adapter.d_model // heads
+        kv = getattr(c, "num_key_value_heads", None) or heads
+        d_ff = getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * adapter.d_model
+        gated = hasattr(adapter.hf.get_submodule(adapter.layout.layers)[0].get_submodule(adapter.layout.mlp), "gate_proj")
+        return cls(adapter.d_model, heads * head_dim, kv * head_dim, d_ff, 3 if gated else 2, c.vocab_size, adapter.n_layers)
+
+    def forward(self, rows: int, n_tokens: int, start: int = 0, first: int = 0, logits_at: int = 1) -> float:
+        """FLOPs of `rows` rows over positions [start, n_tokens) and layers [first, L)."""
+        per_pos = 2 * self.d * (2 * self.d_q + 2 * self.d_kv) + 2 * self.mlp_mats * self.d * self.d_ff
+        positions = n_tokens - start
+        keys = sum(p + 1 for p in range(start, n_tokens))  # causal attention reads p+1 keys at p
+        layer = positions * per_pos + 4 * self.d_q * keys
+        return float(rows) * ((self.n_layers - first) * layer + logits_at * 2 * self.d * self.vocab)
+
+
+def floor_flops(shape: Shape, n_tokens: int, samples: int, todo: list[Cell], window: int, first_corrupted: int) -> float:
+    total = shape.forward(1 + samples, n_tokens)
+    for c in todo:
+        if c.token >= first_corrupted:
+            needed = c.layer + 1 if c.component == "hidden" else first_layer(c, window, shape.n_layers)
+            total += shape.forward(samples, n_tokens, start=c.token, first=needed)
+    return total
+
+
+def engine_flops(shape: Shape, n_tokens: int, samples: int, todo: list[Cell], window: int, first_corrupted: int, rows: int) -> float:
+    plan = schedule(todo, samples, rows, window, shape.n_layers, first_corrupted)
+    total = shape.forward(1, n_tokens) + shape.forward(samples, n_tokens)
+    for b in plan.batches:
+        total += shape.forward(len(b.cells) * samples, n_tokens, start=b.start, first=b.first_layer)
+    return total
+
+
+def matmul_gflops(seconds: float = 1.0, n: int = 1024) -> float:
+    """This machine's float32 matrix-multiply rate, measured now."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    count, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        torch.mm(a, b)
+        count += 1
+    return count * 2 * n**3 / (time.perf_counter() - t0) / 1e9
+
+
+class PeakMemory:
+    """Peak resident memory of this process within the block (Linux: VmHWM after a reset)."""
+
+    def __enter__(self):
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+        return self
+
+    def __exit__(self, *exc):
+        self.bytes = 0
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                self.bytes = int(line.split()[1]) * 1024
+        return False
+
+
+# -- the benchmark -----------------------------------------------------------------------------
+
+def bench_example(adapter: Adapter, data: str, n_tokens: int):
+    """A context prompt of about `n_tokens` tokens: the first record's passage, then
+    passages of the following records until the prompt is long enough; the subject of the
+    first passage is the span (so the span sits near the start, the least favourable
+    case for skipping positions)."""
+    records = load_records(data).records
+    base, fillers = records[0], [p for r in records[1:] for p in r.passages]
+    exp = experiment("subject")
+    passages = list(base.passages)
+    while True:
+        ex = examples_for(replace(base, passages=tuple(passages)), exp, exp.prompt_format, 0)[0]
+        tokens = spans.tokenize(adapter.tokenizer, ex.prompt)
+        if len(tokens) >= n_tokens or not fillers:
+            return ex, tokens
+        passages.append(fillers.pop(0))
+
+
+def run(adapter: Adapter, data: str, n_tokens: int = 25, components=COMPONENTS, samples: int = 10, window: int = 10,
+        batch_rows: int | None = None, plain_cells: int = 30, seed: int = 0) -> dict:
+    ex, tokens = bench_example(adapter, data, n_tokens)
+    span = spans.span_positions(tokens, ex)
+    level = 3 * noise.embedding_std(adapter, [[tokens.ids[i] for i in span]])
+    answers = (spans.answer_token(adapter.tokenizer, ex.target), spans.answer_token(adapter.tokenizer, ex.alt))
+    prep = Prepared(tokens.ids, tuple(span), answers, noise.draw(seed, samples, len(span), adapter.d_model, level))
+    T, L = len(tokens), adapter.n_layers
+    todo = cells(T, L, tuple(components))
+    rows = batch_rows or auto_batch_rows(adapter, T, samples)
+    sampled = random.Random(seed).sample(todo, min(plain_cells, len(todo)))
+    shape = Shape.of(adapter)
+
+    rate = matmul_gflops()
+    with PeakMemory() as mem_plain:
+        t0 = time.perf_counter()
+        plain = rome_loop(adapter, prep, sampled, window)
+        t_plain_cell = (time.perf_counter() - t0) / len(sampled)
+    with PeakMemory() as mem_nnct:
+        t0 = time.perf_counter()
+        result = Engine(adapter, Settings(tuple(components), samples, window, batch_rows=rows)).trace(prep)
+        t_nnct = time.perf_counter() - t0
+
+    comp = {c: i for i, c in enumerate(components)}
+    diff = max(float(np.abs(result.p_restored[c.token, c.layer, comp[c.component]] - p).max()) for c, p in plain.items())
+    t_plain = t_plain_cell * len(todo)
+    f_plain = len(todo) * shape.forward(samples + 1, T, logits_at=T)
+    f_nnct = engine_flops(shape, T, samples, todo, window, min(span), rows)
+    f_floor = floor_flops(shape, T, samples, todo, window, min(span))
+    return {
+        "model": adapter.name, "tokens": T, "span": [min(span), max(span) + 1], "components": ",".join(components),
+        "samples": samples, "window": window, "cells": len(todo), "plain_cells_timed": len(sampled), "batch_rows": rows,
+        "device": adapter.device, "dtype": adapter.dtype, "threads": torch.get_num_threads(),
+        "matmul_gflops": rate,
+        "plain": {"seconds": t_plain, "cells_per_s": len(todo) / t_plain, "gflop": f_plain / 1e9,
+                  "gflops": f_plain / t_plain / 1e9, "peak_mib": mem_plain.bytes / 2**20},
+        "nnct": {"seconds": t_nnct, "cells_per_s": len(todo) / t_nnct, "gflop": f_nnct / 1e9,
+                 "gflops": f_nnct / t_nnct / 1e9, "peak_mib": mem_nnct.bytes / 2**20},
+        "floor_gflop": f_floor / 1e9, "speedup": t_plain / t_nnct, "max_abs_diff": diff,
+    }
+
+
+def table(r: dict) -> str:
+    head = (f"{r['model']} | {r['tokens']} tokens (span {r['span'][0]}..{r['span'][1]}) | {r['components']} | S={r['samples']} "
+            f"w={r['window']} | {r['cells']} cells | {r['device']} {r['dtype']} {r['threads']} threads | "
+            f"matmul {r['matmul_gflops']:.1f} GFLOP/s")
+    rows = [("engine", "seconds", "cells/s", "GFLOP", "GFLOP/s", "% of matmul", "peak MiB")]
+    for name in ("plain", "nnct"):
+        m = r[name]
+        rows.append((name if name == "nnct" else f"plain ROME loop (timed on {r['plain_cells_timed']} cells)",
+                     f"{m['seconds']:.1f}", f"{m['cells_per_s']:.2f}", f"{m['gflop']:.0f}", f"{m['gflops']:.1f}",
+                     f"{100 * m['gflops'] / r['matmul_gflops']:.0f}%", f"{m['peak_mib']:.0f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [head] + ["  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths))) for row in rows]
+    lines.append(f"speedup {r['speedup']:.1f}x | max |difference| {r['max_abs_diff']:.2e} | "
+                 f"exact-trace floor {r['floor_gflop']:.0f} GFLOP: nnct computes {r['nnct']['gflop'] / r['floor_gflop']:.2f}x the floor, "
+                 f"the plain loop {r['plain']['gflop'] / r['floor_gflop']:.1f}x")
+    return "\n".join(lines)
+
