@@ -1,0 +1,63 @@
+"""The fast engine against the plain ROME loop, every cell, on tiny models of every family;
+the plain loop against the independent reference; the FLOP model against hand counts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import FAMILIES, make_adapter
+from reference import Reference
+from test_engine import IDS, SPAN, TOL, prepared
+from nnct.bench import Shape, floor_flops, rome_loop, table
+from nnct.engine import Engine, Settings
+from nnct.plan import COMPONENTS, Cell, cells
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("window", [1, 3, 10])
+@pytest.mark.parametrize("replace", [False, True], ids=["add", "replace"])
+def test_engine_equals_plain_loop_everywhere(family, window, replace):
+    adapter = make_adapter(family)
+    prep = prepared(adapter)
+    todo = cells(len(IDS), adapter.n_layers, COMPONENTS)
+    plain = rome_loop(adapter, prep, todo, window, replace_noise=replace)
+    got = Engine(adapter, Settings(samples=3, window=window, replace=replace, batch_rows=9)).trace(prep)
+    for cell, p in plain.items():
+        np.testing.assert_allclose(got.p_restored[cell.token, cell.layer, COMPONENTS.index(cell.component)], p, atol=TOL,
+                                   err_msg=f"{family} {cell}")
+
+
+def test_plain_loop_matches_reference():
+    adapter = make_adapter("llama")
+    prep = prepared(adapter)
+    todo = [Cell(3, 1, "hidden"), Cell(4, 2, "mlp"), Cell(2, 0, "attn")]
+    plain = rome_loop(adapter, prep, todo, window=3)
+    ref = Reference(adapter)
+    for c in todo:
+        expected = ref.cell(IDS, SPAN, prep.noise, prep.answers, c.token, c.layer, c.component, window=3)
+        np.testing.assert_allclose(plain[c], expected.numpy(), atol=TOL)
+
+
+def test_flop_model_by_hand():
+    # d=4, q=4, kv=2, ff=8, gated, vocab 10, 2 layers
+    s = Shape(d=4, d_q=4, d_kv=2, d_ff=8, mlp_mats=3, vocab=10, n_layers=2)
+    per_pos = 2 * 4 * (4 + 2 + 2 + 4) + 3 * 2 * 4 * 8  # q, k, v, o projections + 3 MLP matrices = 96 + 192
+    # 3 tokens, positions 0..2 read 1, 2, 3 keys: scores + sums = 4 * d_q * keys
+    one_layer = 3 * per_pos + 4 * 4 * (1 + 2 + 3)
+    assert s.forward(1, 3) == 2 * one_layer + 2 * 4 * 10
+    assert s.forward(5, 3, logits_at=3) == 5 * (2 * one_layer + 3 * 2 * 4 * 10)
+    # from position 2 and layer 1: one layer, one position reading 3 keys
+    assert s.forward(1, 3, start=2, first=1) == per_pos + 4 * 4 * 3 + 2 * 4 * 10
+    # floor: the two base runs, plus a hidden cell at layer 0 (runs layer 1 only) from token 2;
+    # a cell before the first corrupted token costs nothing
+    assert floor_flops(s, 3, 2, [Cell(2, 0, "hidden"), Cell(0, 1, "mlp")], 2, 1) == s.forward(3, 3) + s.forward(2, 3, start=2, first=1)
+
+
+def test_table_reports_the_ratio():
+    m = {"seconds": 1.0, "cells_per_s": 1.0, "gflop": 1.0, "gflops": 1.0, "peak_mib": 1.0}
+    r = {"model": "m", "tokens": 25, "span": [3, 5], "components": "hidden", "samples": 10, "window": 10, "cells": 750,
+         "plain_cells_timed": 30, "batch_rows": 100, "device": "cpu", "dtype": "float32", "threads": 2, "matmul_gflops": 50.0,
+         "plain": {**m, "seconds": 60.0, "gflop": 90.0}, "nnct": m, "floor_gflop": 0.5, "speedup": 60.0, "max_abs_diff": 1e-7}
+    text = table(r)
+    assert "speedup 60.0x" in text and "2.00x the floor" in text and "180.0x" in text
