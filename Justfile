@@ -20,5 +20,9 @@ test *args:
 test-fast *args:
     python -m pytest -q -m "not embedded" {{args}}
 
+# nnct's engine against the plain ROME loop, side by side (prints a table; --json FILE to keep it).
+bench *args:
+    nnct bench {{args}}
+
 lint:
     ruff check nnct tests experiments

@@ -14,7 +14,8 @@ positions whose logits are computed). The **floor** is what an exact trace canno
 the clean and corrupted runs once, and for each cell not before the first corrupted token,
 S rows over the positions from t on and the layers from the first one whose output
 changes (l + 1 for hidden, the window's first layer for mlp/attn), with logits at the last
-position only.
+position only. (Finer savings are left out of it: the last layer needs only the last
+position, and a window's first layer needs only its MLP for an mlp cell.)
 """
 
 from __future__ import annotations
@@ -112,8 +113,7 @@ def floor_flops(shape: Shape, n_tokens: int, samples: int, todo: list[Cell], win
     total = shape.forward(1 + samples, n_tokens)
     for c in todo:
         if c.token >= first_corrupted:
-            needed = c.layer + 1 if c.component == "hidden" else first_layer(c, window, shape.n_layers)
-            total += shape.forward(samples, n_tokens, start=c.token, first=needed)
+            total += shape.forward(samples, n_tokens, start=c.token, first=first_layer(c, window, shape.n_layers))
     return total
 
 

@@ -15,9 +15,10 @@ or for reverse patching the clean one, computed once per example):
 - a write at position t cannot change any position before t (causal attention), so a
   batch runs only positions from its smallest t on, the earlier ones coming from the base
   run's key/value cache;
-- nothing changes before the first layer a cell writes to, so a batch runs only from its
-  first written layer on, the layers before it skipped and replaced by the base run's
-  residual stream;
+- nothing changes before the first layer whose output a cell changes, so a batch runs only
+  from there on, the layers before it skipped: their output is the base run's residual
+  stream (for a hidden cell at layer l, that stream after layer l with the clean value
+  written at t, so layer l itself need not run either);
 - positions before the first corrupted token are the same in the clean and corrupted
   runs, so writing them is a no-op: those cells take the base run's probabilities and
   need no forward at all.
@@ -60,8 +61,9 @@ def cells(n_tokens: int, n_layers: int, comps: tuple[str, ...]) -> list[Cell]:
 
 
 def first_layer(cell: Cell, window: int, n_layers: int) -> int:
-    """The first layer a cell writes to."""
-    return cell.layer if cell.component == "hidden" else window_layers(cell.layer, window, n_layers).start
+    """The first layer that must run for a cell: the one after a hidden write (whose own
+    output is the write), the window's first for mlp and attn (their sublayer runs there)."""
+    return cell.layer + 1 if cell.component == "hidden" else window_layers(cell.layer, window, n_layers).start
 
 
 @dataclass(frozen=True)

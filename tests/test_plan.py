@@ -38,7 +38,8 @@ def test_cells_cover_every_token_layer_component_once():
 
 
 def test_first_layer():
-    assert first_layer(Cell(0, 7, "hidden"), window=10, n_layers=30) == 7
+    assert first_layer(Cell(0, 7, "hidden"), window=10, n_layers=30) == 8  # layer 7's output is the write
+    assert first_layer(Cell(0, 29, "hidden"), window=10, n_layers=30) == 30  # every layer skipped
     assert first_layer(Cell(0, 7, "mlp"), window=10, n_layers=30) == 2
     assert first_layer(Cell(0, 3, "attn"), window=10, n_layers=30) == 0
 
@@ -53,8 +54,8 @@ def test_schedule_groups_by_first_layer_and_skips_the_clean_prefix():
         assert len(b.cells) <= 2  # 7 rows hold two cells of 3 samples
         assert b.start == min(c.token for c in b.cells) >= 2
         assert all(first_layer(c, 3, 2) == b.first_layer for c in b.cells)
-    # first layer 0: hidden@0 and mlp@0, mlp@1 (3 tokens each = 9 cells); first layer 1: hidden@1 (3 cells)
-    assert [b.first_layer for b in plan.batches] == [0] * 5 + [1] * 2
+    # first layer 0: mlp@0, mlp@1 (6 cells); 1: hidden@0 (3 cells); 2 (none run): hidden@1 (3 cells)
+    assert [b.first_layer for b in plan.batches] == [0] * 3 + [1] * 2 + [2] * 2
     one = schedule(all_cells, samples=3, batch_rows=2, window=3, n_layers=2, first_corrupted=0)
     assert all(len(b.cells) == 1 for b in one.batches) and len(one.batches) == 20  # at least one cell a batch
 
@@ -67,3 +68,16 @@ def test_patches_rows_and_window():
     assert got[(0, "hidden")].rows == [0, 1] and got[(0, "hidden")].tokens == [4, 4]
     assert got[(0, "hidden")].samples == [0, 1]
     assert got[(1, "mlp")].rows == [2, 3] and got[(1, "mlp")].tokens == [2, 2] and got[(1, "mlp")].samples == [0, 1]
+
+
+def test_auto_batch_rows_whole_cells_within_budget():
+    from conftest import make_adapter
+    from nnct.engine import auto_batch_rows
+
+    adapter = make_adapter("llama")
+    for n_tokens in (5, 25, 100, 1000):
+        rows = auto_batch_rows(adapter, n_tokens, samples=10)
+        assert rows >= 10 and rows % 10 == 0
+    assert auto_batch_rows(adapter, 25, 10) >= auto_batch_rows(adapter, 100, 10)
+    assert auto_batch_rows(adapter, 25, 10, budget=1) == 10  # never less than one cell
+    assert auto_batch_rows(adapter, 25, 7, budget=1) == 7
