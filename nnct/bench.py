@@ -30,6 +30,7 @@ import torch
 
 from . import noise, spans
 from .data import load_records
+from .errors import DataError
 from .engine import Engine, Prepared, Settings, auto_batch_rows
 from .models import Adapter, first
 from .plan import COMPONENTS, Cell, cells, first_layer, schedule, window_layers
@@ -91,14 +92,9 @@ class Shape:
     n_layers: int
 
     @classmethod
-    def of(cls, adapter: Adapter) -> "Shape":
-        c = adapter.hf.config
-        heads = getattr(c, "num_attention_heads", None) or c.n_head
-        head_dim = getattr(c, "head_dim", None) or adapter.d_model // heads
-        kv = getattr(c, "num_key_value_heads", None) or heads
-        d_ff = getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * adapter.d_model
-        gated = hasattr(adapter.hf.get_submodule(adapter.layout.layers)[0].get_submodule(adapter.layout.mlp), "gate_proj")
-        return cls(adapter.d_model, heads * head_dim, kv * head_dim, d_ff, 3 if gated else 2, c.vocab_size, adapter.n_layers)
+    def of(cls, a: Adapter) -> "Shape":
+        gated = hasattr(a.hf.get_submodule(a.layout.layers)[0].get_submodule(a.layout.mlp), "gate_proj")
+        return cls(a.d_model, a.d_q, a.d_kv, a.d_ff, 3 if gated else 2, a.vocab, a.n_layers)
 
     def forward(self, rows: int, n_tokens: int, start: int = 0, first: int = 0, logits_at: int = 1) -> float:
         """FLOPs of `rows` rows over positions [start, n_tokens) and layers [first, L)."""
@@ -162,6 +158,8 @@ def bench_example(adapter: Adapter, data: str, n_tokens: int):
     first passage is the span (so the span sits near the start, the least favourable
     case for skipping positions)."""
     records = load_records(data).records
+    if not records:
+        raise DataError(f"{data}: no valid record to build a benchmark prompt from")
     base, fillers = records[0], [p for r in records[1:] for p in r.passages]
     exp = experiment("subject")
     passages = list(base.passages)

@@ -53,6 +53,10 @@ class _Bar:
     def cells(self, n):
         self.bar.update(n)
 
+    def skipped(self, problems):
+        for problem in problems:
+            click.echo(f"skipped {problem}", err=True)
+
     def close(self):
         if self.bar is not None:
             self.bar.set_postfix_str(f"examples {self.done}/{self.total}")
@@ -113,8 +117,6 @@ def trace(output_dir, out, replace, reverse, quiet, **options):
         bar.close()
         _fail(f"interrupted; finished examples are kept in {run.partial_dir(out)}: rerun with --resume", 130)
     bar.close()
-    for problem in summary.skipped:
-        click.echo(f"skipped {problem}", err=True)
     click.echo(
         f"wrote {summary.out}: {summary.examples} examples from {summary.records} records"
         f" ({len(summary.skipped)} skipped, {summary.resumed} resumed), noise level {summary.noise_level:.4f}"
@@ -132,9 +134,10 @@ def info(cube_path, examples):
 
     try:
         ds = cube.open_cube(cube_path)
-    except (OSError, ValueError) as exc:
-        _fail(f"{cube_path}: not a readable NetCDF cube ({exc})")
-    click.echo(report.describe(ds, max_examples=examples))
+        text = report.describe(ds, max_examples=examples)
+    except (OSError, ValueError, KeyError, AttributeError) as exc:
+        _fail(f"{cube_path}: not an nnct effect cube ({type(exc).__name__}: {exc})")
+    click.echo(text)
 
 
 @main.command()

@@ -59,13 +59,16 @@ class ExampleRecord:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: Path) -> "ExampleRecord":
+    def load(cls, path: Path, example: str | None = None) -> "ExampleRecord":
+        """Read one back; with `example`, check that it is that example's."""
         with np.load(path) as z:
             values = {k: str(z[k]) for k in cls._STR}
             values.update(
                 token_ids=z["token_ids"].tolist(), token_str=z["token_str"].tolist(), segment=z["segment"].tolist(),
                 span=z["span"].tolist(), p_clean=z["p_clean"], p_corrupt=z["p_corrupt"], p_restored=z["p_restored"],
             )
+        if example is not None and values["example"] != example:
+            raise ValueError(f"{path} holds {values['example']}, expected {example}")
         return cls(**values)
 
 

@@ -105,8 +105,14 @@ def load_records(path: str | Path) -> Loaded:
         raise DataError(f"{path}: no such data file")
     loaded = Loaded(path=str(path))
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as f:
-        for line, text in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for line, raw in enumerate(f, start=1):
+            try:
+                # Decoded line by line, so one bad byte costs one record, not the file.
+                text = raw.decode("utf-8-sig" if line == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                loaded.problems.append(RecordError(str(path), line, "<json>", f"not UTF-8 (byte {exc.start})"))
+                continue
             if not text.strip():
                 continue
             try:

@@ -15,8 +15,9 @@ An example costs two full forwards, then one forward per batch of the schedule (
   values, and only the answers' probabilities at the last position leave the trace.
 Cells before the first corrupted token need no forward: their value is the base run's.
 
-Everything inside a trace is an nnsight intervention on the model's own modules, so the
-same forwards can be sent to a remote backend.
+Everything inside a trace is an nnsight intervention on the model's own modules. A remote
+backend will need the base run's cache and states kept on the server between traces (an
+nnsight session), which is the remote issue's work.
 """
 
 from __future__ import annotations
@@ -58,41 +59,24 @@ class Result:
     p_restored: np.ndarray  # [token, layer, component, answer]
 
 
-def auto_batch_rows(adapter: Adapter, n_tokens: int, samples: int, budget: int | None = None) -> int:
+def auto_batch_rows(adapter: Adapter, n_tokens: int, samples: int, budget: int = 1 << 30) -> int:
     """Rows per forward, whole cells only (at least one).
 
     On a CPU, about 2048 token-rows a forward: more rows only widen the matrices of a
     forward that already runs near the machine's matmul rate, while fewer rows per batch let
     each batch start at a later position (measured on the embedded model: 60-90 rows beat
-    290 by 1.9x at 25 tokens). On a GPU, as many as fit. Either way at most what keeps a
-    batch's working memory within `budget` bytes (default: a quarter of the available
-    memory, at most 1 GiB): the copied key/value cache and its extension, the activations,
-    the attention scores and the float32 softmax over the vocabulary, per row."""
-    c = adapter.hf.config
-    heads = getattr(c, "num_attention_heads", None) or c.n_head
-    kv = getattr(c, "num_key_value_heads", None) or heads
-    d_kv = kv * (getattr(c, "head_dim", None) or adapter.d_model // heads)
-    d_ff = getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * adapter.d_model
-    elt = next(adapter.hf.parameters()).element_size()
-    per_row = elt * n_tokens * (4 * adapter.n_layers * d_kv + 6 * adapter.d_model + 3 * d_ff + heads * n_tokens)
-    per_row += 8 * c.vocab_size
-    if budget is None:
-        budget = min(1 << 30, _available_memory() // 4)
+    290 by 1.9x at 25 tokens). Elsewhere as many as `budget` bytes of working memory allow
+    (the copied key/value cache and its extension, the activations, the attention scores
+    and the float32 softmax over the vocabulary, per row). A fixed budget, not the memory
+    free at the moment, so that a resumed run makes the same batches."""
+    a = adapter
+    elt = next(a.hf.parameters()).element_size()
+    per_row = elt * n_tokens * (4 * a.n_layers * a.d_kv + 6 * a.d_model + 3 * a.d_ff + a.n_heads * n_tokens) + 8 * a.vocab
     rows = min(4096, budget // per_row)
     if adapter.device == "cpu":
         rows = min(rows, 2048 // n_tokens)
     rows = max(samples, rows)
     return rows - rows % samples
-
-
-def _available_memory() -> int:
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 4 << 30
 
 
 @dataclass
@@ -126,6 +110,12 @@ class Engine:
         x = torch.tensor(ids[start:], device=a.device)[None].expand(rows, -1)
         saved: dict[str, list] = {c: [] for c in save}
         kwargs = {"logits_to_keep": 1, "use_cache": keep_cache or cache is not None}
+        if keep_cache:
+            from transformers import DynamicCache
+
+            # A plain cache keeps every position: the one a model builds for itself may keep
+            # only a sliding window on some layers (Gemma 2/3, Mistral), not what we crop.
+            cache = DynamicCache()
         if cache is not None:
             kwargs["past_key_values"] = cache
         kept = None  # only values saved in the trace come out of it
@@ -158,7 +148,7 @@ class Engine:
         """The keyword arguments of `_forward` for one batch of the schedule."""
         a, s = self.adapter, self.settings
         S, rows, start, first_layer = s.samples, len(batch.cells) * s.samples, batch.start, batch.first_layer
-        sample = torch.arange(rows, device=a.device) % S  # the noise sample of each row
+        sample = torch.arange(rows, device=a.device) % S  # row j*S + s is cell j's sample s
         zeros = torch.zeros(rows, dtype=torch.long, device=a.device)
         base_row, source_row = (zeros, sample) if s.reverse else (sample, zeros)
 
@@ -191,6 +181,7 @@ class Engine:
 
         rows, out = len(base_row), DynamicCache()
         for layer, kv in enumerate(cache.layers):
+            assert kv.keys.shape[-2] >= start, "the base run's cache lacks positions"
             if layer < first_layer:
                 keys, values = (t[:1, :, :start].expand(rows, -1, -1, -1) for t in (kv.keys, kv.values))
             else:

@@ -59,6 +59,15 @@ def first(output: Any) -> Any:
     return output[0] if isinstance(output, tuple) else output
 
 
+def _config(config, *names):
+    """The first of `names` the config sets (families name the same size differently)."""
+    for name in names:
+        value = getattr(config, name, None)
+        if value is not None:
+            return value
+    return None
+
+
 def _resolve(root: Any, path: str) -> Any:
     node = root
     for name in path.split("."):
@@ -91,8 +100,17 @@ class Adapter:
 
         config = hf_model.config
         self.model_type = config.model_type
-        self.n_layers = int(getattr(config, "num_hidden_layers", None) or config.n_layer)
-        self.d_model = int(getattr(config, "hidden_size", None) or config.n_embd)
+        n_layers, d_model = _config(config, "num_hidden_layers", "n_layer"), _config(config, "hidden_size", "n_embd")
+        if n_layers is None or d_model is None:
+            raise UnsupportedModel(f"model type '{self.model_type}': its config names no layer count or hidden size")
+        self.n_layers, self.d_model = int(n_layers), int(d_model)
+        heads = int(_config(config, "num_attention_heads", "n_head") or 1)
+        head_dim = int(_config(config, "head_dim") or self.d_model // heads)
+        self.n_heads = heads
+        self.d_q = heads * head_dim
+        self.d_kv = int(_config(config, "num_key_value_heads") or heads) * head_dim
+        self.d_ff = int(_config(config, "intermediate_size", "n_inner") or 4 * self.d_model)
+        self.vocab = int(_config(config, "vocab_size") or 0)
         self.layout = self.check(hf_model, self.model_type, self.n_layers)
         self.hf = hf_model.eval()
         self.tokenizer = tokenizer
@@ -105,6 +123,7 @@ class Adapter:
         self.layers = list(_resolve(self.nn, self.layout.layers))
         self.attn = [getattr(layer, self.layout.attn) for layer in self.layers]
         self.mlp = [getattr(layer, self.layout.mlp) for layer in self.layers]
+        self.norm = _resolve(self.nn, self.layout.norm)
         self.unembed = _resolve(self.nn, self.layout.unembed)
 
     @staticmethod
@@ -159,7 +178,7 @@ def load(name: str = embedded.NAME, device: str = "cpu", dtype: str = "float32")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         hf = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ImportError) as exc:
         raise ModelNotFound(f"cannot load model '{name}': {str(exc).splitlines()[0]}") from None
     if not revision:
         revision = str(getattr(hf.config, "_commit_hash", "") or "")

@@ -39,8 +39,8 @@ def parse(spec: str | float) -> NoiseSpec:
         value = float(text)
     except ValueError:
         raise ConfigError(f"noise level '{spec}': use a number or a rule like s3") from None
-    if value < 0:
-        raise ConfigError(f"noise level {value} is negative")
+    if not value >= 0 or value == float("inf"):
+        raise ConfigError(f"noise level {text}: need a finite number >= 0")
     return NoiseSpec(text, None)
 
 

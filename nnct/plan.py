@@ -22,7 +22,8 @@ or for reverse patching the clean one, computed once per example):
 - positions before the first corrupted token are the same in the clean and corrupted
   runs, so writing them is a no-op: those cells take the base run's probabilities and
   need no forward at all.
-Cells are grouped by their first layer and sorted by token, so each batch wastes little.
+A batch runs all its rows from its smallest token and first layer, so cells are tiled by
+first layer and token: close cells share a batch, and each batch wastes little.
 """
 
 from __future__ import annotations
@@ -79,41 +80,43 @@ class Schedule:
     unchanged: list[Cell]  # before the first corrupted token: the base run's result, exactly
 
 
-def schedule(all_cells: list[Cell], samples: int, batch_rows: int, window: int, n_layers: int, first_corrupted: int) -> Schedule:
-    """Batches of at most `batch_rows` rows (at least one cell) sharing a first layer."""
+def schedule(all_cells: list[Cell], samples: int, batch_rows: int, window: int, n_layers: int, first_corrupted: int,
+             tile_layers: int = 2) -> Schedule:
+    """Batches of at most `batch_rows` rows (at least one cell), each a tile of cells close
+    in first layer (`tile_layers` of them) and in token, so that running every row of a
+    batch from its smallest token and first layer wastes little."""
     per = max(1, batch_rows // samples)
+    tile_tokens = max(1, per // tile_layers)
     unchanged = [c for c in all_cells if c.token < first_corrupted]
-    groups: dict[int, list[Cell]] = {}
+    tiles: dict[tuple[int, int], list[Cell]] = {}
     for c in all_cells:
         if c.token >= first_corrupted:
-            groups.setdefault(first_layer(c, window, n_layers), []).append(c)
+            key = (first_layer(c, window, n_layers) // tile_layers, (c.token - first_corrupted) // tile_tokens)
+            tiles.setdefault(key, []).append(c)
     out = []
-    for layer, group in sorted(groups.items()):
-        group.sort(key=lambda c: (c.token, c.layer, c.component))
-        for i in range(0, len(group), per):
-            chunk = group[i : i + per]
-            out.append(Batch(chunk, start=min(c.token for c in chunk), first_layer=layer))
+    for _, tile in sorted(tiles.items()):
+        tile.sort(key=lambda c: (first_layer(c, window, n_layers), c.token, c.layer, c.component))
+        for i in range(0, len(tile), per):
+            chunk = tile[i : i + per]
+            out.append(Batch(chunk, min(c.token for c in chunk), min(first_layer(c, window, n_layers) for c in chunk)))
     return Schedule(out, unchanged)
 
 
 @dataclass(frozen=True)
 class Patch:
-    """Rows `rows` at positions `tokens` get the source value of (sample, token)."""
+    """Rows `rows` get the source value at positions `tokens` (row j*S + s: cell j, sample s)."""
 
     rows: list[int]
     tokens: list[int]
-    samples: list[int]
 
 
 def patches(batch: list[Cell], samples: int, window: int, n_layers: int) -> dict[tuple[int, str], Patch]:
     """(layer, component) -> the writes of these cells there (absolute positions)."""
-    acc: dict[tuple[int, str], tuple[list[int], list[int], list[int]]] = {}
+    acc: dict[tuple[int, str], tuple[list[int], list[int]]] = {}
     for j, cell in enumerate(batch):
         layers = [cell.layer] if cell.component == "hidden" else window_layers(cell.layer, window, n_layers)
         for layer in layers:
-            rows, tokens, samps = acc.setdefault((layer, cell.component), ([], [], []))
-            for s in range(samples):
-                rows.append(j * samples + s)
-                tokens.append(cell.token)
-                samps.append(s)
+            rows, tokens = acc.setdefault((layer, cell.component), ([], []))
+            rows.extend(range(j * samples, (j + 1) * samples))
+            tokens.extend([cell.token] * samples)
     return {key: Patch(*value) for key, value in acc.items()}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -78,6 +79,9 @@ class Progress:
 
     def cells(self, n: int) -> None: ...
 
+    def skipped(self, problems: list[RecordError]) -> None:
+        """The records that will not be traced, before tracing starts."""
+
 
 def _validate(cfg: RunConfig) -> None:
     if cfg.samples < 1:
@@ -86,6 +90,8 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError(f"--window {cfg.window}: need at least 1")
     if cfg.max_cf < 0:
         raise ConfigError(f"--max-cf {cfg.max_cf}: cannot be negative")
+    if cfg.max_examples is not None and cfg.max_examples < 1:
+        raise ConfigError(f"--max-examples {cfg.max_examples}: need at least 1")
     if cfg.batch_rows is not None and cfg.batch_rows < 1:
         raise ConfigError(f"--batch-size {cfg.batch_rows}: need at least 1 row")
     if Path(cfg.out).suffix != ".nc":
@@ -112,9 +118,12 @@ def prepare(adapter, cfg: RunConfig) -> tuple[list[Item], list[RecordError]]:
                 tokens = spans.tokenize(adapter.tokenizer, ex.prompt)
                 try:
                     span = spans.span_positions(tokens, ex)
-                    answers = (spans.answer_token(adapter.tokenizer, ex.target), spans.answer_token(adapter.tokenizer, ex.alt))
                 except SpanNotFound as exc:
                     raise RecordError(loaded.path, record.line, exp.span, str(exc)) from None
+                try:
+                    answers = (spans.answer_token(adapter.tokenizer, ex.target), spans.answer_token(adapter.tokenizer, ex.alt))
+                except SpanNotFound as exc:
+                    raise RecordError(loaded.path, record.line, "obj", str(exc)) from None
                 made.append(Item(ex, tokens, span, answers, spans.segments(tokens, ex)))
         except RecordError as exc:
             problems.append(exc)
@@ -140,8 +149,10 @@ def partial_dir(out: str | Path) -> Path:
 def _settings(cfg: RunConfig, adapter) -> dict:
     """What must match for a resumed run to complete the same cube."""
     s = asdict(cfg)
-    for k in ("out", "resume", "device"):
+    for k in ("out", "resume"):
         s.pop(k)
+    s["nnct_version"] = __version__
+    s["device"] = adapter.device
     s["prompt_format"] = cfg.prompt_format or experiment(cfg.experiment).prompt_format
     s["experiment"] = experiment(cfg.experiment).name
     s["components"] = ",".join(parse_components(cfg.components))
@@ -151,9 +162,19 @@ def _settings(cfg: RunConfig, adapter) -> dict:
     return s
 
 
+def _remove(pdir: Path) -> None:
+    """Remove a partial directory: renamed first, so that a kill midway never leaves example
+    files without their run.json where a later run would take them for its own."""
+    trash = pdir.with_name(f".{pdir.name}.removing-{os.getpid()}")
+    os.replace(pdir, trash)
+    shutil.rmtree(trash)
+
+
 def _open_partial(cfg: RunConfig, settings: dict) -> tuple[Path, dict]:
     pdir = partial_dir(cfg.out)
     meta = pdir / "run.json"
+    if pdir.is_dir() and not meta.is_file():
+        _remove(pdir)  # killed before its run.json was written: nothing in it is usable
     if meta.is_file():
         if not cfg.resume:
             raise ResumeMismatch(f"{pdir} holds an unfinished run: add --resume to complete it, or delete it to start over")
@@ -178,14 +199,20 @@ def trace(cfg: RunConfig, adapter=None, progress: Progress | None = None) -> Sum
     adapter = adapter or models.load(cfg.model, device=cfg.device, dtype=cfg.dtype)
     progress = progress or Progress()
     items, problems = prepare(adapter, cfg)
+    progress.skipped(problems)
     if not items:
-        raise ConfigError(f"{cfg.data}: no record could be traced ({len(problems)} skipped)")
+        reasons = "; ".join(str(p) for p in problems[:3])
+        raise DataError(f"{cfg.data}: no record could be traced ({len(problems)} skipped: {reasons}{'; ...' if len(problems) > 3 else ''})")
     settings = _settings(cfg, adapter)
     pdir, meta = _open_partial(cfg, settings)
+    ids = [it.example.id for it in items]
+    if meta.get("examples", ids) != ids:
+        raise ResumeMismatch(f"{pdir}: the stored run traced other examples than this data set gives now")
     if "noise_level" not in meta:
-        std = noise.embedding_std(adapter, [[it.tokens.ids[i] for i in it.span] for it in items]) if spec.multiplier else None
+        spans_ids = [[it.tokens.ids[i] for i in it.span] for it in items]
+        std = noise.embedding_std(adapter, spans_ids) if spec.multiplier is not None else None
         meta["noise_level"] = spec.level(std)
-        meta["examples"] = [it.example.id for it in items]
+        meta["examples"] = ids
         tmp = pdir / "run.json.tmp"
         tmp.write_text(json.dumps(meta, indent=1))
         tmp.replace(pdir / "run.json")
@@ -222,8 +249,8 @@ def trace(cfg: RunConfig, adapter=None, progress: Progress | None = None) -> Sum
         "components": settings["components"], "max_cf": cfg.max_cf, "data": settings["data"],
         "answer_token": "first token of ' ' + answer",
     }
-    ds = cube.assemble([cube.ExampleRecord.load(f) for f in files], adapter.n_layers, comps, attrs)
+    ds = cube.assemble([cube.ExampleRecord.load(f, i) for f, i in zip(files, ids)], adapter.n_layers, comps, attrs)
     cube.write(ds, cfg.out)
-    shutil.rmtree(pdir)
+    _remove(pdir)
     n_records = len({it.example.record_id for it in items})
     return Summary(cfg.out, n_records, len(items), problems, sum(done), level)

@@ -30,13 +30,13 @@ def make_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
-def make_config(family: str, n_layers: int = 4, d_model: int = 32):
+def make_config(family: str, n_layers: int = 4, d_model: int = 32, **extra):
     import transformers as T
 
     common = dict(vocab_size=VOCAB, bos_token_id=0, eos_token_id=1, pad_token_id=1)
     llama_like = dict(hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers,
                       num_attention_heads=4, num_key_value_heads=2, **common)
-    return {
+    config = {
         "llama": lambda: T.LlamaConfig(**llama_like),
         "mistral": lambda: T.MistralConfig(**llama_like),
         "qwen2": lambda: T.Qwen2Config(**llama_like),
@@ -48,6 +48,9 @@ def make_config(family: str, n_layers: int = 4, d_model: int = 32):
         "gpt_neox": lambda: T.GPTNeoXConfig(hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers,
                                             num_attention_heads=4, **common),
     }[family]()
+    for key, value in extra.items():
+        setattr(config, key, value)
+    return config
 
 
 def make_hf_model(family: str, seed: int = 0, **kw):

@@ -215,3 +215,13 @@ def test_file_of_only_bad_records_loads_nothing_without_raising(tmp_path):
     loaded = load_records(path)
     assert loaded.records == []
     assert [(p.line, p.field) for p in loaded.problems] == [(1, "<json>"), (2, "subj")]
+
+
+def test_a_line_that_is_not_utf8_is_skipped(tmp_path):
+    path = tmp_path / "bytes.jsonl"
+    good = json.dumps(RECORDS[0]).encode()
+    path.write_bytes(b"\xef\xbb\xbf" + good + b"\n" + b'{"subj": "\xff"}\n' + json.dumps(RECORDS[1]).encode() + b"\n")
+    loaded = load_records(path)
+    assert [r.line for r in loaded.records] == [1, 3]  # a BOM on line 1 is not an error
+    assert [(p.line, p.field) for p in loaded.problems] == [(2, "<json>")]
+    assert "UTF-8" in str(loaded.problems[0])

@@ -111,3 +111,17 @@ def test_components_subset_keeps_order():
     only = Engine(adapter, Settings(components=("attn",), samples=3, window=3)).trace(prep)
     assert only.p_restored.shape == (len(IDS), adapter.n_layers, 1, 2)
     np.testing.assert_allclose(only.p_restored[:, :, 0], full.p_restored[:, :, COMPONENTS.index("attn")], atol=TOL)
+
+
+@pytest.mark.parametrize("family", ["gemma2", "gemma3", "mistral"])
+def test_sliding_window_shorter_than_the_prompt(family):
+    """Batches that start after position 0 read the base run's cache: it must hold every
+    position even where the model's own cache would keep only a sliding window."""
+    adapter = make_adapter(family, sliding_window=4)
+    prep = prepared(adapter)
+    result = Engine(adapter, Settings(samples=3, window=3, batch_rows=6)).trace(prep)
+    ref = Reference(adapter)
+    for token, layer, component in [(6, 1, "hidden"), (4, 2, "mlp"), (7, 0, "attn"), (3, 3, "hidden")]:
+        expected = ref.cell(IDS, SPAN, prep.noise, prep.answers, token, layer, component, window=3)
+        np.testing.assert_allclose(result.p_restored[token, layer, COMPONENTS.index(component)], expected.numpy(), atol=TOL,
+                                   err_msg=f"{family} cell {(token, layer, component)}")

@@ -46,7 +46,7 @@ def test_first_layer():
 
 def test_schedule_groups_by_first_layer_and_skips_the_clean_prefix():
     all_cells = cells(5, 2, ("hidden", "mlp"))  # 20 cells; mlp window 3 starts at layer 0 for both layers
-    plan = schedule(all_cells, samples=3, batch_rows=7, window=3, n_layers=2, first_corrupted=2)
+    plan = schedule(all_cells, samples=3, batch_rows=7, window=3, n_layers=2, first_corrupted=2, tile_layers=1)
     assert sorted(plan.unchanged, key=str) == sorted([c for c in all_cells if c.token < 2], key=str)
     traced = [c for b in plan.batches for c in b.cells]
     assert sorted(traced + plan.unchanged, key=str) == sorted(all_cells, key=str)  # every cell once
@@ -60,14 +60,26 @@ def test_schedule_groups_by_first_layer_and_skips_the_clean_prefix():
     assert all(len(b.cells) == 1 for b in one.batches) and len(one.batches) == 20  # at least one cell a batch
 
 
+def test_schedule_tiles_run_from_their_smallest_token_and_layer():
+    all_cells = cells(12, 8, ("hidden", "attn"))
+    plan = schedule(all_cells, samples=2, batch_rows=8, window=4, n_layers=8, first_corrupted=3, tile_layers=2)
+    traced = [c for b in plan.batches for c in b.cells]
+    assert len(traced) == len(set(traced)) and len(traced) + len(plan.unchanged) == len(all_cells)
+    for b in plan.batches:
+        assert len(b.cells) <= 4
+        assert b.start == min(c.token for c in b.cells)
+        assert b.first_layer == min(first_layer(c, 4, 8) for c in b.cells)
+        layers = {first_layer(c, 4, 8) // 2 for c in b.cells}
+        assert len(layers) == 1  # one tile of two first layers
+
+
 def test_patches_rows_and_window():
     batch = [Cell(4, 0, "hidden"), Cell(2, 1, "mlp")]
     got = patches(batch, samples=2, window=2, n_layers=3)
     # hidden cell: rows 0,1 at layer 0; mlp cell (window 2 around layer 1 = layers 0, 1): rows 2,3.
     assert set(got) == {(0, "hidden"), (0, "mlp"), (1, "mlp")}
     assert got[(0, "hidden")].rows == [0, 1] and got[(0, "hidden")].tokens == [4, 4]
-    assert got[(0, "hidden")].samples == [0, 1]
-    assert got[(1, "mlp")].rows == [2, 3] and got[(1, "mlp")].tokens == [2, 2] and got[(1, "mlp")].samples == [0, 1]
+    assert got[(1, "mlp")].rows == [2, 3] and got[(1, "mlp")].tokens == [2, 2]
 
 
 def test_auto_batch_rows_whole_cells_within_budget():

@@ -24,7 +24,7 @@ from conftest import RECORDS
 import nnct
 from nnct.cli import main
 from nnct.cube import open_cube
-from nnct.errors import ConfigError, RecordError, ResumeMismatch
+from nnct.errors import DataError, RecordError, ResumeMismatch
 from nnct.run import Progress, RunConfig, partial_dir, trace
 
 # METHOD.md, "The effect cube": the attrs names and the dimensions.
@@ -352,6 +352,34 @@ def test_no_good_record_is_a_config_error(tmp_path, tiny_model_dir):
     no_subj = {k: v for k, v in RECORDS[0].items() if k != "subj"}
     data = write_jsonl(tmp_path / "bad.jsonl", ["{not json", no_subj])
     out = tmp_path / "bad.nc"
-    with pytest.raises(ConfigError, match="no record"):
+    with pytest.raises(DataError, match="no record"):
         trace(config(tiny_model_dir, data, out))
     assert not out.exists() and not partial_dir(out).exists()
+
+
+def test_partial_dir_without_run_json_is_cleared(tmp_path, tiny_model_dir, data_file):
+    """A run killed before its run.json existed left nothing usable: a stale example file
+    there must not be taken for one of this run's."""
+    cfg = config(tiny_model_dir, data_file, tmp_path / "run.nc")
+    pdir = partial_dir(cfg.out)
+    pdir.mkdir()
+    (pdir / "000000.npz").write_bytes(b"stale")
+    trace(cfg)
+    assert not pdir.exists()
+    assert open_cube(cfg.out).sizes["example"] == len(RECORDS)
+
+
+def test_skipped_records_are_reported_before_tracing(tmp_path, tiny_model_dir):
+    data = write_jsonl(tmp_path / "mixed.jsonl", [RECORDS[0], "{broken", RECORDS[1]])
+    events = []
+
+    class Recorder(Progress):
+        def skipped(self, problems):
+            events.append(("skipped", [(p.line, p.field) for p in problems]))
+
+        def cells(self, n):
+            events.append("cells")
+
+    trace(config(tiny_model_dir, data, tmp_path / "run.nc"), progress=Recorder())
+    assert events[0] == ("skipped", [(2, "<json>")])
+    assert "cells" in events[1:]
