@@ -6,7 +6,8 @@ hooks add the noise and copy row 0's state into the other rows at the cell, and 
 probability is read from logits over every position. It runs on a random sample of the
 example's cells (`plain_cells`; the whole example would take the plain loop an hour), so
 its time per cell is extrapolated to all cells; nnct traces the whole example, and the two
-are compared on the sampled cells (max |difference|).
+are compared on the sampled cells (max |difference|). Half the sample is timed before nnct's
+run and half after, because a shared machine's speed drifts over minutes.
 
 FLOPs are counted for the matrix multiplications of each forward (projections, MLP,
 attention scores and sums over the keys actually attended, the unembedding at the
@@ -152,28 +153,30 @@ class PeakMemory:
 
 # -- the benchmark -----------------------------------------------------------------------------
 
-def bench_example(adapter: Adapter, data: str, n_tokens: int):
-    """A context prompt of about `n_tokens` tokens: the first record's passage, then
-    passages of the following records until the prompt is long enough; the subject of the
-    first passage is the span (so the span sits near the start, the least favourable
-    case for skipping positions)."""
+def bench_example(adapter: Adapter, data: str, n_tokens: int, passage: str = "first"):
+    """A subject-experiment context prompt of about `n_tokens` tokens: the first record's
+    passage and passages of the following records until the prompt is long enough. The
+    span is the first record's subject in its own passage, which goes `first` (the span
+    near the start: the least favourable case for skipping positions) or `last` (the
+    relevant passage just before the question, as retrieval often places it)."""
     records = load_records(data).records
     if not records:
         raise DataError(f"{data}: no valid record to build a benchmark prompt from")
     base, fillers = records[0], [p for r in records[1:] for p in r.passages]
     exp = experiment("subject")
-    passages = list(base.passages)
+    others: list[str] = []
     while True:
+        passages = list(base.passages) + others if passage == "first" else others + list(base.passages)
         ex = examples_for(replace(base, passages=tuple(passages)), exp, exp.prompt_format, 0)[0]
         tokens = spans.tokenize(adapter.tokenizer, ex.prompt)
         if len(tokens) >= n_tokens or not fillers:
             return ex, tokens
-        passages.append(fillers.pop(0))
+        others.append(fillers.pop(0))
 
 
 def run(adapter: Adapter, data: str, n_tokens: int = 25, components=COMPONENTS, samples: int = 10, window: int = 10,
-        batch_rows: int | None = None, plain_cells: int = 30, seed: int = 0) -> dict:
-    ex, tokens = bench_example(adapter, data, n_tokens)
+        batch_rows: int | None = None, plain_cells: int = 30, seed: int = 0, passage: str = "first") -> dict:
+    ex, tokens = bench_example(adapter, data, n_tokens, passage)
     span = spans.span_positions(tokens, ex)
     level = 3 * noise.embedding_std(adapter, [[tokens.ids[i] for i in span]])
     answers = (spans.answer_token(adapter.tokenizer, ex.target), spans.answer_token(adapter.tokenizer, ex.alt))
@@ -184,15 +187,23 @@ def run(adapter: Adapter, data: str, n_tokens: int = 25, components=COMPONENTS, 
     sampled = random.Random(seed).sample(todo, min(plain_cells, len(todo)))
     shape = Shape.of(adapter)
 
-    rate = matmul_gflops()
+    # This machine's speed drifts over minutes, so the plain loop is timed in two halves,
+    # one before and one after nnct's run, and the matmul rate likewise.
+    half = len(sampled) // 2
+    rates, plain, t_plain_total = [matmul_gflops()], {}, 0.0
     with PeakMemory() as mem_plain:
         t0 = time.perf_counter()
-        plain = rome_loop(adapter, prep, sampled, window)
-        t_plain_cell = (time.perf_counter() - t0) / len(sampled)
+        plain.update(rome_loop(adapter, prep, sampled[:half], window))
+        t_plain_total += time.perf_counter() - t0
     with PeakMemory() as mem_nnct:
         t0 = time.perf_counter()
         result = Engine(adapter, Settings(tuple(components), samples, window, batch_rows=rows)).trace(prep)
         t_nnct = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    plain.update(rome_loop(adapter, prep, sampled[half:], window))
+    t_plain_total += time.perf_counter() - t0
+    rates.append(matmul_gflops())
+    rate, t_plain_cell = sum(rates) / 2, t_plain_total / len(sampled)
 
     comp = {c: i for i, c in enumerate(components)}
     diff = max(float(np.abs(result.p_restored[c.token, c.layer, comp[c.component]] - p).max()) for c, p in plain.items())
@@ -201,7 +212,8 @@ def run(adapter: Adapter, data: str, n_tokens: int = 25, components=COMPONENTS, 
     f_nnct = engine_flops(shape, T, samples, todo, window, min(span), rows)
     f_floor = floor_flops(shape, T, samples, todo, window, min(span))
     return {
-        "model": adapter.name, "tokens": T, "span": [min(span), max(span) + 1], "components": ",".join(components),
+        "model": adapter.name, "tokens": T, "span": [min(span), max(span) + 1], "passage": passage,
+        "components": ",".join(components),
         "samples": samples, "window": window, "cells": len(todo), "plain_cells_timed": len(sampled), "batch_rows": rows,
         "device": adapter.device, "dtype": adapter.dtype, "threads": torch.get_num_threads(),
         "matmul_gflops": rate,
@@ -214,7 +226,8 @@ def run(adapter: Adapter, data: str, n_tokens: int = 25, components=COMPONENTS, 
 
 
 def table(r: dict) -> str:
-    head = (f"{r['model']} | {r['tokens']} tokens (span {r['span'][0]}..{r['span'][1]}) | {r['components']} | S={r['samples']} "
+    head = (f"{r['model']} | {r['tokens']} tokens (span {r['span'][0]}..{r['span'][1]}, passage {r.get('passage', 'first')}) | "
+            f"{r['components']} | S={r['samples']} "
             f"w={r['window']} | {r['cells']} cells | {r['device']} {r['dtype']} {r['threads']} threads | "
             f"matmul {r['matmul_gflops']:.1f} GFLOP/s")
     rows = [("engine", "seconds", "cells/s", "GFLOP", "GFLOP/s", "% of matmul", "peak MiB")]

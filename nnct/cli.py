@@ -150,10 +150,12 @@ def info(cube_path, examples):
 @click.option("--window", default=10, show_default=True)
 @click.option("--batch-size", "batch_rows", default="auto", show_default=True)
 @click.option("--plain-cells", default=30, show_default=True, help="Cells the plain ROME loop is timed on.")
+@click.option("--passage", type=click.Choice(["first", "last"]), default="first", show_default=True,
+              help="Where the traced fact's passage sits among the others (its subject is the span).")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the measurements as JSON.")
-def bench(model, data, tokens, components, samples, window, batch_rows, plain_cells, device, dtype, json_out):
+def bench(model, data, tokens, components, samples, window, batch_rows, plain_cells, passage, device, dtype, json_out):
     """Time nnct's engine against the plain ROME loop on one prompt, side by side."""
     import json
 
@@ -162,7 +164,8 @@ def bench(model, data, tokens, components, samples, window, batch_rows, plain_ce
 
     try:
         adapter = models.load(model, device=device, dtype=dtype)
-        result = bench_lib.run(adapter, data, tokens, parse_components(components), samples, window, _rows(batch_rows), plain_cells)
+        result = bench_lib.run(adapter, data, tokens, parse_components(components), samples, window, _rows(batch_rows),
+                               plain_cells, passage=passage)
     except NnctError as exc:
         _fail(str(exc))
     click.echo(bench_lib.table(result))

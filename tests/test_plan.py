@@ -46,7 +46,7 @@ def test_first_layer():
 
 def test_schedule_groups_by_first_layer_and_skips_the_clean_prefix():
     all_cells = cells(5, 2, ("hidden", "mlp"))  # 20 cells; mlp window 3 starts at layer 0 for both layers
-    plan = schedule(all_cells, samples=3, batch_rows=7, window=3, n_layers=2, first_corrupted=2, tile_layers=1)
+    plan = schedule(all_cells, samples=3, batch_rows=7, window=3, n_layers=2, first_corrupted=2)
     assert sorted(plan.unchanged, key=str) == sorted([c for c in all_cells if c.token < 2], key=str)
     traced = [c for b in plan.batches for c in b.cells]
     assert sorted(traced + plan.unchanged, key=str) == sorted(all_cells, key=str)  # every cell once
@@ -58,19 +58,6 @@ def test_schedule_groups_by_first_layer_and_skips_the_clean_prefix():
     assert [b.first_layer for b in plan.batches] == [0] * 3 + [1] * 2 + [2] * 2
     one = schedule(all_cells, samples=3, batch_rows=2, window=3, n_layers=2, first_corrupted=0)
     assert all(len(b.cells) == 1 for b in one.batches) and len(one.batches) == 20  # at least one cell a batch
-
-
-def test_schedule_tiles_run_from_their_smallest_token_and_layer():
-    all_cells = cells(12, 8, ("hidden", "attn"))
-    plan = schedule(all_cells, samples=2, batch_rows=8, window=4, n_layers=8, first_corrupted=3, tile_layers=2)
-    traced = [c for b in plan.batches for c in b.cells]
-    assert len(traced) == len(set(traced)) and len(traced) + len(plan.unchanged) == len(all_cells)
-    for b in plan.batches:
-        assert len(b.cells) <= 4
-        assert b.start == min(c.token for c in b.cells)
-        assert b.first_layer == min(first_layer(c, 4, 8) for c in b.cells)
-        layers = {first_layer(c, 4, 8) // 2 for c in b.cells}
-        assert len(layers) == 1  # one tile of two first layers
 
 
 def test_patches_rows_and_window():
