@@ -32,7 +32,7 @@ import torch
 from . import noise, spans
 from .data import load_records
 from .errors import DataError
-from .engine import Engine, Prepared, Settings, auto_batch_rows
+from .engine import Engine, Prepared, Settings, auto_batch_rows, memory_budget
 from .models import Adapter, first
 from .plan import COMPONENTS, Cell, cells, first_layer, schedule, window_layers
 from .prompts import examples_for, experiment
@@ -183,7 +183,7 @@ def run(adapter: Adapter, data: str, n_tokens: int = 25, components=COMPONENTS, 
     prep = Prepared(tokens.ids, tuple(span), answers, noise.draw(seed, samples, len(span), adapter.d_model, level))
     T, L = len(tokens), adapter.n_layers
     todo = cells(T, L, tuple(components))
-    rows = batch_rows or auto_batch_rows(adapter, T, samples)
+    rows = batch_rows or auto_batch_rows(adapter, T, samples, memory_budget(adapter.device))
     sampled = random.Random(seed).sample(todo, min(plain_cells, len(todo)))
     shape = Shape.of(adapter)
 

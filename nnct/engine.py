@@ -40,6 +40,7 @@ class Settings:
     replace: bool = False
     reverse: bool = False
     batch_rows: int | None = None  # None: `auto_batch_rows` for each example
+    batch_budget: int = 1 << 30  # bytes of working memory a batch may take, for auto
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,22 @@ class Result:
     p_restored: np.ndarray  # [token, layer, component, answer]
 
 
+def memory_budget(device: str) -> int:
+    """Bytes a batch may take: a quarter of the memory free now on the device, at most
+    1 GiB on a CPU and 16 GiB on a GPU. A run fixes it once (see `run`), so that a resumed
+    run makes the same batches."""
+    if device == "cuda":
+        import torch
+
+        return min(16 << 30, torch.cuda.mem_get_info()[0] // 4)
+    try:
+        with open("/proc/meminfo") as f:
+            free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        free = 4 << 30
+    return min(1 << 30, free // 4)
+
+
 def auto_batch_rows(adapter: Adapter, n_tokens: int, samples: int, budget: int = 1 << 30) -> int:
     """Rows per forward, whole cells only (at least one).
 
@@ -67,8 +84,7 @@ def auto_batch_rows(adapter: Adapter, n_tokens: int, samples: int, budget: int =
     each batch start at a later position (measured on the embedded model: 60-90 rows beat
     290 by 1.9x at 25 tokens). Elsewhere as many as `budget` bytes of working memory allow
     (the copied key/value cache and its extension, the activations, the attention scores
-    and the float32 softmax over the vocabulary, per row). A fixed budget, not the memory
-    free at the moment, so that a resumed run makes the same batches."""
+    and the float32 softmax over the vocabulary, per row)."""
     a = adapter
     elt = next(a.hf.parameters()).element_size()
     per_row = elt * n_tokens * (4 * a.n_layers * a.d_kv + 6 * a.d_model + 3 * a.d_ff + a.n_heads * n_tokens) + 8 * a.vocab
@@ -204,7 +220,7 @@ class Engine:
 
         p_restored = np.full((n_tokens, a.n_layers, len(s.components), 2), np.nan)
         comp_index = {c: i for i, c in enumerate(s.components)}
-        rows = s.batch_rows or auto_batch_rows(a, n_tokens, S)
+        rows = s.batch_rows or auto_batch_rows(a, n_tokens, S, s.batch_budget)
         plan = schedule(cells(n_tokens, a.n_layers, s.components), S, rows, s.window, a.n_layers, min(span))
         for cell in plan.unchanged:
             p_restored[cell.token, cell.layer, comp_index[cell.component]] = p_base

@@ -191,7 +191,7 @@ def _open_partial(cfg: RunConfig, settings: dict) -> tuple[Path, dict]:
 def trace(cfg: RunConfig, adapter=None, progress: Progress | None = None) -> Summary:
     """Run (or resume) a trace and write its cube to `cfg.out`."""
     from . import models
-    from .engine import Engine, Prepared, Settings
+    from .engine import Engine, Prepared, Settings, memory_budget
 
     _validate(cfg)  # before the model loads, so that a typo fails at once
     comps = parse_components(cfg.components)
@@ -213,12 +213,13 @@ def trace(cfg: RunConfig, adapter=None, progress: Progress | None = None) -> Sum
         std = noise.embedding_std(adapter, spans_ids) if spec.multiplier is not None else None
         meta["noise_level"] = spec.level(std)
         meta["examples"] = ids
+        meta["batch_budget"] = memory_budget(adapter.device)
         tmp = pdir / "run.json.tmp"
         tmp.write_text(json.dumps(meta, indent=1))
         tmp.replace(pdir / "run.json")
     level = float(meta["noise_level"])
 
-    engine = Engine(adapter, Settings(comps, cfg.samples, cfg.window, cfg.replace, cfg.reverse, cfg.batch_rows))
+    engine = Engine(adapter, Settings(comps, cfg.samples, cfg.window, cfg.replace, cfg.reverse, cfg.batch_rows, meta["batch_budget"]))
     files = [pdir / f"{i:06d}.npz" for i in range(len(items))]
     n_cells = [len(it.tokens) * adapter.n_layers * len(comps) for it in items]
     done = [f.is_file() for f in files]

@@ -383,3 +383,20 @@ def test_skipped_records_are_reported_before_tracing(tmp_path, tiny_model_dir):
     trace(config(tiny_model_dir, data, tmp_path / "run.nc"), progress=Recorder())
     assert events[0] == ("skipped", [(2, "<json>")])
     assert "cells" in events[1:]
+
+
+def test_resume_uses_the_stored_batch_budget(tmp_path, tiny_model_dir, data_file, monkeypatch):
+    """Auto batch sizes follow the memory free when a run starts; a resumed run must make
+    the same batches, so it takes the budget stored with the run, not today's."""
+    import nnct.engine as engine
+
+    cfg = config(tiny_model_dir, data_file, tmp_path / "run.nc", batch_rows=None)
+    pdir = interrupted(cfg)
+    meta = json.loads((pdir / "run.json").read_text())
+    assert meta["batch_budget"] > 0
+    meta["batch_budget"] = 12345
+    (pdir / "run.json").write_text(json.dumps(meta))
+    seen, original = [], engine.auto_batch_rows
+    monkeypatch.setattr(engine, "auto_batch_rows", lambda a, n, s, budget: seen.append(budget) or original(a, n, s, budget))
+    trace(replace(cfg, resume=True))
+    assert seen and set(seen) == {12345}
