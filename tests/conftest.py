@@ -99,9 +99,29 @@ RECORDS = [
 ]
 
 
+def write_jsonl(path: Path, lines) -> Path:
+    """Lines as given (str) or as JSON (anything else), one per line."""
+    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+    return path
+
+
 @pytest.fixture
 def tiny_data(tmp_path) -> Path:
     """Three good records in the METHOD.md schema, in words the tiny tokenizer knows."""
-    path = tmp_path / "facts.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
-    return path
+    return write_jsonl(tmp_path / "facts.jsonl", RECORDS)
+
+
+@pytest.fixture(scope="session")
+def data_file(tmp_path_factory) -> Path:
+    """The same three records, shared by a session (so one reference run serves many tests)."""
+    return write_jsonl(tmp_path_factory.mktemp("data") / "facts.jsonl", RECORDS)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """The tiny model's forwards are far faster on one thread on a busy machine (two threads
+    contending with other processes spin); restored after the module."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -3,14 +3,11 @@ ones, one-line errors with exit code 2, skipped records on stderr, and `nnct inf
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 
-from conftest import RECORDS
+from conftest import RECORDS, write_jsonl
 from nnct.cli import main
 from nnct.cube import open_cube
 
@@ -20,27 +17,13 @@ METHOD_ATTRS = (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The tiny model's forwards are far faster on one thread on a busy machine; restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-
-def write_jsonl(path: Path, lines) -> Path:
-    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
-    return path
 
 
 def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory) -> Path:
-    return write_jsonl(tmp_path_factory.mktemp("data") / "facts.jsonl", RECORDS)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import torch
 import xarray as xr
 from click.testing import CliRunner
 
-from conftest import RECORDS
+from conftest import RECORDS, write_jsonl
 import nnct
 from nnct.cli import main
 from nnct.cube import open_cube
@@ -42,10 +42,6 @@ SMALL = dict(experiment="subject-noctx", samples=2, window=3, components="hidden
 def config(model_dir, data, out, **kw) -> RunConfig:
     return RunConfig(data=str(data), out=str(out), model=str(model_dir), **{**SMALL, **kw})
 
-
-def write_jsonl(path: Path, lines) -> Path:
-    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
-    return path
 
 
 def without_created(ds: xr.Dataset) -> xr.Dataset:
@@ -98,20 +94,8 @@ def listing(pdir: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(pdir.iterdir())}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The tiny model's forwards are far faster on one thread on a busy machine (two threads
-    contending with other processes spin); restored after the module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory) -> Path:
-    """conftest's three good records, shared by the module (so one reference run serves all)."""
-    return write_jsonl(tmp_path_factory.mktemp("data") / "facts.jsonl", RECORDS)
 
 
 @pytest.fixture(scope="module")
