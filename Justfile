@@ -7,10 +7,10 @@ export HF_HUB_OFFLINE := "1"
 setup:
     bash setup.sh
 
-# Trace a few facts the embedded model knows (subject, no context: ROME's experiment) and summarise.
+# Trace a few facts the embedded model knows (subject, no context: ROME's experiment); the
+# trace ends with a summary of the cube (`nnct info CUBE` prints it again later).
 demo out="runs/demo.nc":
     nnct trace --experiment subject-noctx --data experiments/data/known_smollm2.jsonl --max-examples 3 --components hidden --out {{out}}
-    nnct info {{out}} --examples 3
 
 # The test suite (tiny random models for breadth, the embedded model for a few end-to-end checks).
 test *args:
