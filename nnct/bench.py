@@ -32,7 +32,7 @@ import torch
 from . import noise, spans
 from .data import load_records
 from .errors import DataError
-from .engine import Engine, Prepared, Settings, auto_batch_rows, memory_budget
+from .engine import CPU_TOKEN_ROWS, Engine, Prepared, Settings, auto_batch_rows, memory_budget
 from .models import Adapter, first
 from .plan import COMPONENTS, Cell, cells, first_layer, schedule, window_layers
 from .prompts import examples_for, experiment
@@ -114,8 +114,9 @@ def floor_flops(shape: Shape, n_tokens: int, samples: int, todo: list[Cell], win
     return total
 
 
-def engine_flops(shape: Shape, n_tokens: int, samples: int, todo: list[Cell], window: int, first_corrupted: int, rows: int) -> float:
-    plan = schedule(todo, samples, rows, window, shape.n_layers, first_corrupted)
+def engine_flops(shape: Shape, n_tokens: int, samples: int, todo: list[Cell], window: int, first_corrupted: int, rows: int,
+                 token_rows: int | None = None) -> float:
+    plan = schedule(todo, samples, rows, window, shape.n_layers, first_corrupted, n_tokens, token_rows)
     total = shape.forward(1, n_tokens) + shape.forward(samples, n_tokens)
     for b in plan.batches:
         total += shape.forward(len(b.cells) * samples, n_tokens, start=b.start, first=b.first_layer)
@@ -183,7 +184,9 @@ def run(adapter: Adapter, data: str, n_tokens: int = 25, components=COMPONENTS, 
     prep = Prepared(tokens.ids, tuple(span), answers, noise.draw(seed, samples, len(span), adapter.d_model, level))
     T, L = len(tokens), adapter.n_layers
     todo = cells(T, L, tuple(components))
-    rows = batch_rows or auto_batch_rows(adapter, T, samples, memory_budget(adapter.device))
+    budget = memory_budget(adapter.device)
+    rows = batch_rows or auto_batch_rows(adapter, T, samples, budget)
+    token_rows = CPU_TOKEN_ROWS if batch_rows is None and adapter.device == "cpu" else None
     sampled = random.Random(seed).sample(todo, min(plain_cells, len(todo)))
     shape = Shape.of(adapter)
 
@@ -197,7 +200,7 @@ def run(adapter: Adapter, data: str, n_tokens: int = 25, components=COMPONENTS, 
         t_plain_total += time.perf_counter() - t0
     with PeakMemory() as mem_nnct:
         t0 = time.perf_counter()
-        result = Engine(adapter, Settings(tuple(components), samples, window, batch_rows=rows)).trace(prep)
+        result = Engine(adapter, Settings(tuple(components), samples, window, batch_rows=batch_rows, batch_budget=budget)).trace(prep)
         t_nnct = time.perf_counter() - t0
     t0 = time.perf_counter()
     plain.update(rome_loop(adapter, prep, sampled[half:], window))
@@ -209,7 +212,7 @@ def run(adapter: Adapter, data: str, n_tokens: int = 25, components=COMPONENTS, 
     diff = max(float(np.abs(result.p_restored[c.token, c.layer, comp[c.component]] - p).max()) for c, p in plain.items())
     t_plain = t_plain_cell * len(todo)
     f_plain = len(todo) * shape.forward(samples + 1, T, logits_at=T)
-    f_nnct = engine_flops(shape, T, samples, todo, window, min(span), rows)
+    f_nnct = engine_flops(shape, T, samples, todo, window, min(span), rows, token_rows)
     f_floor = floor_flops(shape, T, samples, todo, window, min(span))
     return {
         "model": adapter.name, "tokens": T, "span": [min(span), max(span) + 1], "passage": passage,

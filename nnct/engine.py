@@ -76,22 +76,20 @@ def memory_budget(device: str) -> int:
     return min(1 << 30, free // 4)
 
 
-def auto_batch_rows(adapter: Adapter, n_tokens: int, samples: int, budget: int = 1 << 30) -> int:
-    """Rows per forward, whole cells only (at least one).
+# On a CPU, a batch of about this many rows x positions already runs near the machine's
+# matmul rate; more rows only make a batch start earlier than its later cells need
+# (measured on the embedded model at 25 tokens: 60-90 rows beat 290 by 1.9x).
+CPU_TOKEN_ROWS = 2048
 
-    On a CPU, about 2048 token-rows a forward: more rows only widen the matrices of a
-    forward that already runs near the machine's matmul rate, while fewer rows per batch let
-    each batch start at a later position (measured on the embedded model: 60-90 rows beat
-    290 by 1.9x at 25 tokens). Elsewhere as many as `budget` bytes of working memory allow
-    (the copied key/value cache and its extension, the activations, the attention scores
-    and the float32 softmax over the vocabulary, per row)."""
+
+def auto_batch_rows(adapter: Adapter, n_tokens: int, samples: int, budget: int = 1 << 30) -> int:
+    """The most rows per forward that `budget` bytes of working memory allow (the copied
+    key/value cache and its extension, the activations, the attention scores and the
+    float32 softmax over the vocabulary, per row), in whole cells, at least one."""
     a = adapter
     elt = next(a.hf.parameters()).element_size()
     per_row = elt * n_tokens * (4 * a.n_layers * a.d_kv + 6 * a.d_model + 3 * a.d_ff + a.n_heads * n_tokens) + 8 * a.vocab
-    rows = min(4096, budget // per_row)
-    if adapter.device == "cpu":
-        rows = min(rows, 2048 // n_tokens)
-    rows = max(samples, rows)
+    rows = max(samples, min(4096, budget // per_row))
     return rows - rows % samples
 
 
@@ -221,7 +219,9 @@ class Engine:
         p_restored = np.full((n_tokens, a.n_layers, len(s.components), 2), np.nan)
         comp_index = {c: i for i, c in enumerate(s.components)}
         rows = s.batch_rows or auto_batch_rows(a, n_tokens, S, s.batch_budget)
-        plan = schedule(cells(n_tokens, a.n_layers, s.components), S, rows, s.window, a.n_layers, min(span))
+        token_rows = CPU_TOKEN_ROWS if s.batch_rows is None and a.device == "cpu" else None
+        plan = schedule(cells(n_tokens, a.n_layers, s.components), S, rows, s.window, a.n_layers, min(span),
+                        n_tokens, token_rows)
         for cell in plan.unchanged:
             p_restored[cell.token, cell.layer, comp_index[cell.component]] = p_base
         if on_batch and plan.unchanged:

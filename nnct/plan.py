@@ -79,11 +79,14 @@ class Schedule:
     unchanged: list[Cell]  # before the first corrupted token: the base run's result, exactly
 
 
-def schedule(all_cells: list[Cell], samples: int, batch_rows: int, window: int, n_layers: int, first_corrupted: int) -> Schedule:
+def schedule(all_cells: list[Cell], samples: int, batch_rows: int, window: int, n_layers: int, first_corrupted: int,
+             n_tokens: int = 0, token_rows: int | None = None) -> Schedule:
     """Batches of at most `batch_rows` rows (at least one cell) sharing a first layer, each
     of cells adjacent in token order, so that running a batch from its smallest token wastes
-    little. (Tiles spanning two or three first layers were measured too: slower.)"""
-    per = max(1, batch_rows // samples)
+    little. With `token_rows`, a batch also holds at most that many rows x positions run
+    (n_tokens - start): batches that start late, and so run few positions, take more cells.
+    (Tiles spanning two or three first layers were measured too: slower.)"""
+    most = max(1, batch_rows // samples)
     unchanged = [c for c in all_cells if c.token < first_corrupted]
     groups: dict[int, list[Cell]] = {}
     for c in all_cells:
@@ -92,9 +95,12 @@ def schedule(all_cells: list[Cell], samples: int, batch_rows: int, window: int, 
     out = []
     for layer, group in sorted(groups.items()):
         group.sort(key=lambda c: (c.token, c.layer, c.component))
-        for i in range(0, len(group), per):
-            chunk = group[i : i + per]
-            out.append(Batch(chunk, start=chunk[0].token, first_layer=layer))
+        i = 0
+        while i < len(group):
+            start = group[i].token
+            per = most if token_rows is None else max(1, min(most, token_rows // (samples * (n_tokens - start))))
+            out.append(Batch(group[i : i + per], start=start, first_layer=layer))
+            i += per
     return Schedule(out, unchanged)
 
 

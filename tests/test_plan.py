@@ -80,3 +80,12 @@ def test_auto_batch_rows_whole_cells_within_budget():
     assert auto_batch_rows(adapter, 25, 10) >= auto_batch_rows(adapter, 100, 10)
     assert auto_batch_rows(adapter, 25, 10, budget=1) == 10  # never less than one cell
     assert auto_batch_rows(adapter, 25, 7, budget=1) == 7
+
+
+def test_schedule_token_rows_gives_late_batches_more_cells():
+    all_cells = cells(10, 1, ("hidden",))  # one first layer (1), tokens 0..9
+    plan = schedule(all_cells, samples=2, batch_rows=100, window=1, n_layers=1, first_corrupted=0, n_tokens=10, token_rows=40)
+    # start 0: 40 // (2 * 10) = 2 cells; start 2: 40 // 16 = 2; start 4: 40 // 12 = 3; start 7: 40 // 6 = 6 (3 left)
+    assert [(b.start, len(b.cells)) for b in plan.batches] == [(0, 2), (2, 2), (4, 3), (7, 3)]
+    capped = schedule(all_cells, samples=2, batch_rows=4, window=1, n_layers=1, first_corrupted=0, n_tokens=10, token_rows=40)
+    assert max(len(b.cells) for b in capped.batches) == 2  # batch_rows still bounds memory
