@@ -16,7 +16,7 @@ subject in `prompt_wo_ctx`, with no passage (ROME). Everything here is on charac
 from __future__ import annotations
 
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .data import Record
 from .errors import ConfigError, RecordError
@@ -137,7 +137,10 @@ def _relation(prompt: str, context: CharRange, passages: list[CharRange], exclud
 
 def examples_for(record: Record, exp: Experiment, prompt_format: str, max_cf: int, path: str = "") -> list[Example]:
     """The examples of one record: `fact`, then `cf1..cfK` for the context experiments."""
-    fail = lambda field, why: RecordError(path, record.line, field, why)  # noqa: E731
+
+    def fail(field: str, why: str) -> RecordError:
+        return RecordError(path, record.line, field, why)
+
     if exp.context and "{context}" not in prompt_format:
         raise ConfigError(f"experiment '{exp.name}' corrupts the passage, but prompt format {prompt_format!r} has no {{context}}")
     if not exp.context and "{context}" in prompt_format:
@@ -151,13 +154,14 @@ def examples_for(record: Record, exp: Experiment, prompt_format: str, max_cf: in
 
     out = []
     for variant, target, alt in variants:
-        passages = list(record.passages)
+        variant_record = record
         if variant != "fact":
-            if not any(record.obj in p for p in passages):
+            if not any(record.obj in p for p in record.passages):
                 raise fail("obj", f"'{record.obj}' not found in the passage, so no counterfactual passage can be made")
-            passages = [p.replace(record.obj, target) for p in passages]
-        context_text = " ".join(passages)
-        prompt, where = render(prompt_format, {"context": context_text, "prompt": record.prompt_wo_ctx, "question": record.question})
+            variant_record = replace(record, passages=tuple(p.replace(record.obj, target) for p in record.passages))
+        passages = variant_record.passages
+        prompt, where = render(prompt_format, {"context": variant_record.context, "prompt": record.prompt_wo_ctx,
+                                               "question": record.question})
         question = where.get("prompt") or where.get("question")
         if question is None:
             raise ConfigError(f"prompt format {prompt_format!r} has neither {{prompt}} nor {{question}}")
