@@ -5,8 +5,11 @@ as it goes, see `run`), and `assemble` builds the cube from them: the token dime
 padded to the longest prompt (NaN in `p_restored`, "" in `token_str` and `segment`, -1 in
 `token_id`), examples keep the order of the data set. Beyond METHOD.md's list the cube
 holds `corrupted(example, token)` (1 where noise went in: the relation span need not be
-contiguous, so `span_start`/`span_end` alone cannot say it) and `token_id(example,
-token)`. IE and TE are derived by `effects`, never stored.
+contiguous, so `span_start`/`span_end` alone cannot say it), `token_id(example, token)`,
+`answer_id(example, answer)` (the token whose probability is traced) and `clean_top1`,
+`clean_top1_str(example)` (the clean prompt's most probable next token: ROME's "known"
+filter keeps the examples where it is the target's). IE and TE are derived by `effects`,
+never stored.
 """
 
 from __future__ import annotations
@@ -42,8 +45,11 @@ class ExampleRecord:
     p_clean: np.ndarray  # [answer]
     p_corrupt: np.ndarray  # [answer]
     p_restored: np.ndarray  # [token, layer, component, answer]
+    answer_ids: list[int]  # [answer]: the traced token of each answer
+    clean_top1: int  # the clean prompt's most probable next token
+    clean_top1_str: str
 
-    _STR = ("example", "record_id", "variant", "prompt", "target_str", "alt_str")
+    _STR = ("example", "record_id", "variant", "prompt", "target_str", "alt_str", "clean_top1_str")
 
     def save(self, path: Path) -> None:
         """Write atomically (temporary file, then rename): a kill leaves it whole or absent."""
@@ -52,6 +58,7 @@ class ExampleRecord:
             token_ids=np.array(self.token_ids, dtype=np.int64), token_str=np.array(self.token_str, dtype=str),
             segment=np.array(self.segment, dtype=str), span=np.array(self.span, dtype=np.int64),
             p_clean=self.p_clean, p_corrupt=self.p_corrupt, p_restored=self.p_restored,
+            answer_ids=np.array(self.answer_ids, dtype=np.int64), clean_top1=np.array(self.clean_top1, dtype=np.int64),
         )
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
         with os.fdopen(fd, "wb") as f:
@@ -66,6 +73,7 @@ class ExampleRecord:
             values.update(
                 token_ids=z["token_ids"].tolist(), token_str=z["token_str"].tolist(), segment=z["segment"].tolist(),
                 span=z["span"].tolist(), p_clean=z["p_clean"], p_corrupt=z["p_corrupt"], p_restored=z["p_restored"],
+                answer_ids=z["answer_ids"].tolist(), clean_top1=int(z["clean_top1"]),
             )
         if example is not None and values["example"] != example:
             raise ValueError(f"{path} holds {values['example']}, expected {example}")
@@ -101,7 +109,9 @@ def assemble(records: list[ExampleRecord], n_layers: int, components: tuple[str,
             "span_end": (ex, np.array([max(r.span) + 1 for r in records], dtype=np.int32)),
             "corrupted": (ex_tok, corrupted),
             "token_id": (ex_tok, token_id),
-            **{k: per_example(k) for k in ("target_str", "alt_str", "record_id", "variant", "prompt")},
+            "answer_id": (("example", "answer"), np.array([r.answer_ids for r in records], dtype=np.int32).reshape(n_ex, 2)),
+            "clean_top1": per_example("clean_top1", np.int32),
+            **{k: per_example(k) for k in ("target_str", "alt_str", "record_id", "variant", "prompt", "clean_top1_str")},
         },
         coords={
             "example": np.array([r.example for r in records], dtype=object),

@@ -58,6 +58,7 @@ class Result:
     p_clean: np.ndarray  # [answer]
     p_corrupt: np.ndarray  # [answer]
     p_restored: np.ndarray  # [token, layer, component, answer]
+    clean_top1: int  # the clean prompt's most probable next token (ROME's "known" filter)
 
 
 def memory_budget(device: str) -> int:
@@ -100,6 +101,7 @@ class Run:
     probs: torch.Tensor  # [row, answer], float64, CPU
     states: dict[str, torch.Tensor]  # component -> [row, layer, token, d_model]
     cache: object = None  # the model's key/value cache of every position
+    top1: torch.Tensor | None = None  # [row], the most probable next token
 
 
 class Engine:
@@ -112,7 +114,7 @@ class Engine:
         return {"hidden": a.layers, "mlp": a.mlp, "attn": a.attn}[component][layer]
 
     def _forward(self, ids, rows, answers, *, noise=None, writes=None, save=(), keep_cache=False,
-                 start=0, first_layer=0, cache=None, skip_value=None) -> Run:
+                 start=0, first_layer=0, cache=None, skip_value=None, top1=False) -> Run:
         """One nnsight trace over `rows` copies of ids[start:].
 
         noise: (positions relative to start, values [row, position, d_model]) added to (or,
@@ -153,10 +155,12 @@ class Engine:
             # The model's own logits, not the unembedding's output: Gemma 2/3 soft-cap after it.
             output = a.nn.output
             probs = output.logits[:, -1].float().softmax(-1)[:, list(answers)].save()
+            if top1:
+                top = output.logits[:, -1].argmax(-1).save()
             if keep_cache:
                 kept = output.past_key_values.save()
         states = {c: torch.stack(v, dim=1) for c, v in saved.items()}
-        return Run(probs.double().cpu(), states, kept)
+        return Run(probs.double().cpu(), states, kept, top.cpu() if top1 else None)
 
     def _batch_inputs(self, batch: Batch, prep: Prepared, noise, base: Run, source: Run) -> dict:
         """The keyword arguments of `_forward` for one batch of the schedule."""
@@ -210,7 +214,8 @@ class Engine:
         noise = prep.noise.to(a.device, dtype)
         span = list(prep.span)
         base_save, source_save = ("hidden",), s.components
-        clean = self._forward(prep.ids, 1, prep.answers, save=base_save if s.reverse else source_save, keep_cache=s.reverse)
+        clean = self._forward(prep.ids, 1, prep.answers, save=base_save if s.reverse else source_save, keep_cache=s.reverse,
+                              top1=True)
         corrupt = self._forward(prep.ids, S, prep.answers, noise=(span, noise),
                                 save=source_save if s.reverse else base_save, keep_cache=not s.reverse)
         base, source = (clean, corrupt) if s.reverse else (corrupt, clean)
@@ -233,4 +238,5 @@ class Engine:
                 p_restored[cell.token, cell.layer, comp_index[cell.component]] = mean
             if on_batch:
                 on_batch(len(batch.cells))
-        return Result(clean.probs[0].numpy(), corrupt.probs.mean(dim=0).numpy(), p_restored.astype(np.float32))
+        return Result(clean.probs[0].numpy(), corrupt.probs.mean(dim=0).numpy(), p_restored.astype(np.float32),
+                      int(clean.top1[0]))

@@ -239,6 +239,8 @@ def trace(cfg: RunConfig, adapter=None, progress: Progress | None = None) -> Sum
             target_str=ex.target, alt_str=ex.alt, token_ids=list(item.tokens.ids),
             token_str=[adapter.tokenizer.decode([t]) for t in item.tokens.ids], segment=item.segments,
             span=item.span, p_clean=result.p_clean, p_corrupt=result.p_corrupt, p_restored=result.p_restored,
+            answer_ids=list(item.answers), clean_top1=result.clean_top1,
+            clean_top1_str=adapter.tokenizer.decode([result.clean_top1]),
         ).save(path)
 
     attrs = {

@@ -33,6 +33,7 @@ def rec_a() -> ExampleRecord:
         target_str="Paris", alt_str="Rome",
         token_ids=[0, 23, 9], token_str=["<s>", "Paris", "of"], segment=["bos", "subject_last", "last"],
         span=[1], p_clean=A_CLEAN.copy(), p_corrupt=A_CORRUPT.copy(), p_restored=A_RESTORED.copy(),
+        answer_ids=[23, 31], clean_top1=23, clean_top1_str="Paris",
     )
 
 
@@ -43,6 +44,7 @@ def rec_b() -> ExampleRecord:
         token_ids=[0, 3, 8, 25, 9], token_str=["<s>", "C", "the", "Eiffel", "of"],
         segment=["bos", "context_before", "relation", "subject_last", "last"],
         span=[1, 3], p_clean=B_CLEAN.copy(), p_corrupt=B_CORRUPT.copy(), p_restored=B_RESTORED.copy(),
+        answer_ids=[31, 23], clean_top1=23, clean_top1_str="Paris",
     )
 
 
@@ -127,6 +129,13 @@ def test_string_vars(cube):
     assert [str(s) for s in cube.variant.values] == ["fact", "cf1"]
     assert [str(s) for s in cube.prompt.values] == ["C: Paris of", "C: the Eiffel Tower of"]
     assert str(cube.target_str.sel(example="r1/cf1").item()) == "Rome"
+
+
+def test_answer_ids_and_clean_top1(cube):
+    assert cube.answer_id.dims == ("example", "answer")
+    assert cube.answer_id.values.tolist() == [[23, 31], [31, 23]]
+    assert cube.clean_top1.values.tolist() == [23, 23]
+    assert [str(s) for s in cube.clean_top1_str.values] == ["Paris", "Paris"]
 
 
 def test_attrs_round_trip(cube):

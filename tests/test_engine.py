@@ -43,6 +43,7 @@ def test_engine_matches_reference(family, reverse):
     p_clean, p_corrupt = ref.clean_and_corrupt(IDS, SPAN, prep.noise, prep.answers)
     np.testing.assert_allclose(result.p_clean, p_clean.numpy(), atol=TOL)
     np.testing.assert_allclose(result.p_corrupt, p_corrupt.numpy(), atol=TOL)
+    assert result.clean_top1 == prep.answers[0]  # the clean top token, from a plain forward
     assert abs(float(p_clean[0] - p_corrupt[0])) > 1e-3, "the noise must move the probability for this test to mean anything"
     for token, layer, component in CELLS:
         expected = ref.cell(IDS, SPAN, prep.noise, prep.answers, token, layer, component, window=3, reverse=reverse)
