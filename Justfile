@@ -3,6 +3,10 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 export PATH := justfile_directory() + "/.venv/bin:" + env_var("PATH")
 export HF_HUB_OFFLINE := "1"
 
+# The data set the experiment recipes trace (`just data=FILE subject` for another).
+data := "experiments/data/known_smollm2.jsonl"
+runs := "runs"
+
 # Create .venv and install everything (torch pinned to the CPU build first).
 setup:
     bash setup.sh
@@ -11,6 +15,34 @@ setup:
 # trace ends with a summary of the cube (`nnct info CUBE` prints it again later).
 demo out="runs/demo.nc":
     nnct trace --experiment subject-noctx --data experiments/data/known_smollm2.jsonl --max-examples 3 --components hidden --out {{out}}
+
+# Experiment 0 (ROME, no context) from experiments/subject-noctx.toml into runs/subject-noctx.nc;
+# options after the name override the definition (e.g. `just subject-noctx --max-examples 30`).
+subject-noctx *args: (experiment "subject-noctx" args)
+
+# Experiment 1: the subject mention inside the context passage (experiments/subject.toml).
+subject *args: (experiment "subject" args)
+
+# Experiment 2: the object mention inside the context passage (experiments/object.toml).
+object *args: (experiment "object" args)
+
+# Experiment 3: the relation words of the context passage (experiments/relation.toml).
+relation *args: (experiment "relation" args)
+
+# Any experiment from its definition, experiments/NAME.toml, into runs/NAME.nc (an
+# interrupted run is resumed).
+experiment name *args:
+    nnct trace --definition experiments/{{name}}.toml --data {{data}} --out {{runs}}/{{name}}.nc --resume {{args}}
+
+# The memory study over the first n records: which answer wins with no context, with the
+# fact's passage and with each counterfactual passage (answers.csv), then the four experiments
+# traced, summarised and drawn. `args` go to every trace, `lean` also to object and relation.
+# Rerunning it continues: finished cubes are kept, an interrupted trace is resumed.
+memory-study n="30" out=(runs + "/memory") args="" lean="":
+    mkdir -p {{out}}
+    nnct answers --data {{data}} --max-examples {{n}} --out {{out}}/answers.csv
+    for e in subject-noctx subject; do test -f {{out}}/$e.nc || nnct trace --definition experiments/$e.toml --data {{data}} --max-examples {{n}} --out {{out}}/$e.nc --resume {{args}}; done
+    for e in object relation; do test -f {{out}}/$e.nc || nnct trace --definition experiments/$e.toml --data {{data}} --max-examples {{n}} --out {{out}}/$e.nc --resume {{args}} {{lean}}; done
 
 # The test suite (tiny random models for breadth, the embedded model for a few end-to-end checks).
 test *args:

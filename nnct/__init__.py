@@ -4,9 +4,11 @@ The data path reads top to bottom, one module a step: `data` (JSONL records) ->
 `prompts` (examples: prompt text, span, answers) and `spans` (characters to tokens,
 segments) -> `models` (one standard naming of a model's parts) -> `noise` and `plan`
 (what is corrupted, which cells, which rows) -> `engine` (nnsight interventions) ->
-`cube` (the NetCDF effect cube) -> `run` (a resumable run over a data set). `cli` is a
-thin click shell over `run` and `cube`. Heavy imports (torch, transformers, nnsight)
+`cube` (the NetCDF effect cube) -> `run` (a resumable run over a data set, or one shard
+of it) -> `merge` (shards into one cube), `summary` (ATE, AIE, CIs), `answers` (which
+answer wins, per context) and `plot` (figures). `definition` reads the experiment
+definitions of `experiments/`. `cli` is a thin click shell over all of them. Heavy imports (torch, transformers, nnsight)
 happen inside the modules that need them, so `nnct --help` stays fast.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -69,7 +69,24 @@ def main():
     """Causal tracing of language models with nnsight, into NetCDF effect cubes."""
 
 
+def _use_definition(ctx, param, value):
+    """Eager: the definition's settings become the defaults of the options that follow."""
+    from . import definition
+
+    if value is None:
+        return None
+    try:
+        d = definition.load(value)
+    except NnctError as exc:
+        _fail(str(exc))
+    defaults = {k: ("1" if v else "0") if isinstance(v, bool) else v for k, v in d.trace.items()}
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return d.label
+
+
 @main.command()
+@click.option("--definition", type=click.Path(dir_okay=False), is_eager=True, callback=_use_definition, expose_value=True,
+              help="An experiment definition (experiments/*.toml): its settings become the defaults; options override them.")
 @click.option("--model", "--model_name", "model", default="smollm2-135m", show_default=True,
               help="The embedded default (smollm2-135m), a local model directory, or a hub id.")
 @click.option("--experiment", "--experiment-type", "--experiment_type", "experiment", default="subject", show_default=True,
@@ -81,7 +98,7 @@ def main():
               help="Prompt template with {context}, {prompt}, {question} [default: the experiment's own].")
 @click.option("--samples", default=10, show_default=True, type=int, help="Noise samples S per example.")
 @click.option("--window", default=10, show_default=True, type=int, help="Layer window for mlp/attn restoration.")
-@click.option("--noise-level", "--noise_level", "noise", default="s3", show_default=True,
+@click.option("--noise-level", "--noise_level", "noise_level", default="s3", show_default=True,
               help="A float, or sK = K x std of the span tokens' input embeddings.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the noise.")
 @click.option("--components", default="hidden,mlp,attn", show_default=True, help="Comma list of hidden, mlp, attn.")
@@ -130,14 +147,56 @@ def trace(output_dir, out, replace, reverse, quiet, **options):
 @click.option("--examples", default=10, show_default=True, help="How many examples to list.")
 def info(cube_path, examples):
     """Print what a cube holds: attrs, dims, examples, ATE."""
-    from . import cube, report
+    from . import report
 
+    ds = _open(cube_path)
     try:
-        ds = cube.open_cube(cube_path)
         text = report.describe(ds, max_examples=examples)
-    except (OSError, ValueError, KeyError, AttributeError) as exc:
+    except (ValueError, KeyError, AttributeError) as exc:
         _fail(f"{cube_path}: not an nnct effect cube ({type(exc).__name__}: {exc})")
     click.echo(text)
+
+
+def _open(cube_path, chunks=None):
+    from . import cube
+
+    try:
+        return cube.open_cube(cube_path, chunks=chunks)
+    except (OSError, ValueError, KeyError) as exc:
+        _fail(f"{cube_path}: not an nnct effect cube ({type(exc).__name__}: {exc})")
+
+
+VARIANT_HELP = "Only this variant: fact, cf (every counterfactual) or an exact name such as cf2."
+
+
+@main.command()
+@click.argument("cube_path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--metric", type=click.Choice(["prob", "log_ratio"]), default="prob", show_default=True,
+              help="The metric of the printed table (the files hold both).")
+@click.option("--variant", default=None, help=VARIANT_HELP)
+@click.option("--filter", "filter_", type=click.Choice(["known", "target-wins", "alt-wins"]), default=None,
+              help="known: the clean top-1 token is the target (ROME); target-/alt-wins: by clean probability.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Write the summary as NetCDF (FILE.nc).")
+@click.option("--csv", "csv_out", type=click.Path(dir_okay=False), help="Write the AIE table in long form (FILE.csv).")
+@click.option("--bands", default=6, show_default=True, help="Layer bands of the printed table.")
+def summarize(cube_path, metric, variant, filter_, out, csv_out, bands):
+    """ATE, AIE per segment x layer x component with 95% CIs, best layers: a table and files."""
+    from . import cube, summary
+
+    ds = _open(cube_path, chunks={"example": 256})
+    try:
+        s = summary.summarize(ds, variant=variant, filter=filter_)
+    except NnctError as exc:
+        _fail(f"{cube_path}: {exc}")
+    s.attrs["cube"] = str(cube_path)
+    click.echo(f"{cube_path}: " + summary.table(s, metric, bands))
+    if out:
+        cube.write(s, out)
+        click.echo(f"wrote {out}")
+    if csv_out:
+        Path(csv_out).parent.mkdir(parents=True, exist_ok=True)
+        summary.to_frame(s).to_csv(csv_out, index=False, float_format="%.6g")
+        click.echo(f"wrote {csv_out}")
 
 
 @main.command()

@@ -142,9 +142,13 @@ def write(ds, path: str | Path) -> None:
             os.unlink(tmp)
 
 
-def open_cube(path: str | Path):
+def open_cube(path: str | Path, chunks: dict | None = None):
+    """The cube in memory, or, with `chunks` (e.g. {"example": 256}), opened lazily with
+    dask: a merged cube of thousands of examples is then read a chunk at a time."""
     import xarray as xr
 
+    if chunks is not None:
+        return xr.open_dataset(path, engine="netcdf4", chunks=chunks)
     with xr.open_dataset(path, engine="netcdf4") as ds:
         return ds.load()
 
@@ -164,3 +168,20 @@ def effects(ds):
 def log_ratio(p):
     """METHOD.md's log-ratio metric, log(p_target / p_alt), over the `answer` dimension."""
     return np.log(p.sel(answer="target")) - np.log(p.sel(answer="alt"))
+
+
+METRICS = ("prob", "log_ratio")
+
+
+def metric_effects(ds, metric: str):
+    """(IE[example, token, layer, component], TE[example]) of the target answer in one metric:
+    `prob` is the probability difference (ROME), `log_ratio` the same difference taken in
+    log(p_target / p_alt), from the same runs (METHOD.md)."""
+    if metric == "prob":
+        ie, te = effects(ds)
+        return ie.sel(answer="target", drop=True), te.sel(answer="target", drop=True)
+    if metric != "log_ratio":
+        raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
+    clean, corrupt, restored = log_ratio(ds.p_clean), log_ratio(ds.p_corrupt), log_ratio(ds.p_restored)
+    ie = clean - restored if int(ds.attrs.get("reverse_patching", 0)) else restored - corrupt
+    return ie.transpose("example", "token", "layer", "component"), clean - corrupt

@@ -36,7 +36,7 @@ class RunConfig:
     prompt_format: str | None = None  # None: the experiment's default
     samples: int = 10
     window: int = 10
-    noise: str = "s3"
+    noise_level: str = "s3"
     seed: int = 0
     components: str = "hidden,mlp,attn"
     max_cf: int = 1
@@ -47,6 +47,7 @@ class RunConfig:
     device: str = "cpu"
     dtype: str = "float32"
     resume: bool = False
+    definition: str | None = None  # the experiment definition's label, e.g. "subject v1"
 
 
 @dataclass
@@ -100,7 +101,7 @@ def _validate(cfg: RunConfig) -> None:
         raise DataError(f"{cfg.data}: no such data file")
     experiment(cfg.experiment)
     parse_components(cfg.components)
-    noise.parse(cfg.noise)
+    noise.parse(cfg.noise_level)
 
 
 def prepare(adapter, cfg: RunConfig) -> tuple[list[Item], list[RecordError]]:
@@ -195,7 +196,7 @@ def trace(cfg: RunConfig, adapter=None, progress: Progress | None = None) -> Sum
 
     _validate(cfg)  # before the model loads, so that a typo fails at once
     comps = parse_components(cfg.components)
-    spec = noise.parse(cfg.noise)
+    spec = noise.parse(cfg.noise_level)
     adapter = adapter or models.load(cfg.model, device=cfg.device, dtype=cfg.dtype)
     progress = progress or Progress()
     items, problems = prepare(adapter, cfg)
@@ -250,7 +251,7 @@ def trace(cfg: RunConfig, adapter=None, progress: Progress | None = None) -> Sum
         "seed": cfg.seed, "replace": int(cfg.replace), "reverse_patching": int(cfg.reverse),
         "dtype": adapter.dtype, "backend": "local", "device": adapter.device, "created": meta["created"],
         "components": settings["components"], "max_cf": cfg.max_cf, "data": settings["data"],
-        "answer_token": "first token of ' ' + answer",
+        "answer_token": "first token of ' ' + answer", "definition": cfg.definition or "",
     }
     ds = cube.assemble([cube.ExampleRecord.load(f, i) for f, i in zip(files, ids)], adapter.n_layers, comps, attrs)
     cube.write(ds, cfg.out)

@@ -61,6 +61,13 @@ def span_positions(tokens: Tokens, example: Example) -> list[int]:
     return positions
 
 
+# Every segment label, in prompt order (the rows of ROME's averaged figure and of nnct's tables).
+SEGMENT_ORDER = (
+    "bos", "prefix", "context_before", "subject_first", "subject_middle", "subject_last", "subsequent_first",
+    "subsequent_further", "relation", "object_first", "object_middle", "object_last", "context_after", "question", "last",
+)
+
+
 def _part(name: str, index: int, count: int) -> str:
     if index == count - 1:
         return f"{name}_last"

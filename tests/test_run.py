@@ -209,7 +209,7 @@ def test_noise_s3_counts_span_tokens_of_every_example(exp, tmp_path, tiny_model_
 
 def test_noise_plain_float_is_used_as_is(tmp_path, tiny_model_dir, data_file):
     out = tmp_path / "float.nc"
-    summary = trace(config(tiny_model_dir, data_file, out, noise="0.5", components="hidden", max_examples=1))
+    summary = trace(config(tiny_model_dir, data_file, out, noise_level="0.5", components="hidden", max_examples=1))
     ds = open_cube(out)
     assert float(ds.attrs["noise_level"]) == 0.5 and summary.noise_level == 0.5
     assert ds.attrs["noise_rule"] == "0.5"

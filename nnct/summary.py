@@ -1,0 +1,181 @@
+"""Summaries of a cube: the numbers a paper reports, with their uncertainty.
+
+`summarize` turns an effect cube into a small Dataset over (metric, segment, layer,
+component): the average indirect effect (AIE) per segment, its 95% confidence interval over
+examples, the best layer per segment and component, the ATE, and the share of examples
+whose clean prompt ranks the target first. Choices (README, "Choices where METHOD.md is
+silent"):
+
+- A segment's effect in one example is the mean over its tokens (ROME averages the middle
+  subject tokens the same way); the AIE is the mean over the examples that have the
+  segment, so `n(segment)` can be smaller than the number of examples.
+- Confidence intervals are Student t intervals over examples: mean +- t(0.975, n-1) * sd / sqrt(n),
+  sd with n-1 degrees of freedom; NaN where n < 2.
+- Metrics: `prob` (p difference, ROME) and `log_ratio` (the same difference in
+  log(p_target / p_alt)), both of the target answer.
+- Filters select examples before anything is averaged: `known` (the clean top-1 token is the
+  target's: ROME's filter), `target-wins` / `alt-wins` (by clean probability: for a
+  counterfactual variant, the context's answer or the memorised one wins).
+
+The cube is read `chunk` examples at a time, so a merged cube opened lazily never has to fit
+in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import numpy as np
+
+from .cube import METRICS, metric_effects
+from .errors import ConfigError
+from .spans import SEGMENT_ORDER
+
+FILTERS = ("known", "target-wins", "alt-wins")
+
+
+def select(ds, variant: str | None = None, filter: str | None = None):
+    """The examples of `ds` of one variant (`fact`, `cf` for every cfK, or an exact name)
+    that pass `filter`."""
+    keep = np.ones(ds.sizes["example"], dtype=bool)
+    if variant:
+        names = ds.variant.values.astype(str)
+        keep &= np.char.startswith(names, "cf") if variant == "cf" else names == variant
+    if filter == "known":
+        if "clean_top1" not in ds:
+            raise ConfigError("--filter known needs the clean top-1 token, which this cube lacks: trace it again with nnct >= 0.2")
+        keep &= ds.clean_top1.values == ds.answer_id.sel(answer="target").values
+    elif filter in ("target-wins", "alt-wins"):
+        p = ds.p_clean.values
+        keep &= (p[:, 0] > p[:, 1]) if filter == "target-wins" else (p[:, 0] <= p[:, 1])
+    elif filter is not None:
+        raise ConfigError(f"unknown filter {filter!r}; known: {', '.join(FILTERS)}")
+    return ds.isel(example=np.flatnonzero(keep))
+
+
+def segments_of(ds) -> list[str]:
+    present = set(np.unique(ds.segment.values.astype(str))) - {""}
+    return [s for s in SEGMENT_ORDER if s in present] + sorted(present - set(SEGMENT_ORDER))
+
+
+def segment_effects(ds, metric: str, segments: list[str], chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(IE[example, segment, layer, component], TE[example]): per example, the mean IE over
+    the tokens of each segment (NaN where the example has none)."""
+    n = ds.sizes["example"]
+    out = np.full((n, len(segments), ds.sizes["layer"], ds.sizes["component"]), np.nan)
+    te = np.full(n, np.nan)
+    for lo in range(0, n, chunk):
+        part = ds.isel(example=slice(lo, lo + chunk))
+        ie, total = metric_effects(part, metric)
+        ie = ie.values.astype(np.float64)  # [example, token, layer, component]
+        seg = part.segment.values.astype(str)
+        for k, s in enumerate(segments):
+            mask = (seg == s)[:, :, None, None]
+            count = mask.sum(axis=1)
+            summed = np.where(mask, ie, 0.0).sum(axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[lo:lo + chunk, k] = np.where(count > 0, summed / np.maximum(count, 1), np.nan)
+        te[lo:lo + chunk] = total.values
+    return out, te
+
+
+def mean_ci(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, low, high, n) over `axis`, ignoring NaN: a Student t 95% interval."""
+    from scipy import stats
+
+    n = np.sum(~np.isnan(values), axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore"), _quiet():
+        mean = np.nanmean(values, axis=axis)
+        sd = np.nanstd(values, axis=axis, ddof=1)
+        half = stats.t.ppf(0.975, np.maximum(n - 1, 1)) * sd / np.sqrt(n)
+    half = np.where(n >= 2, half, np.nan)
+    return mean, mean - half, mean + half, n
+
+
+@contextlib.contextmanager
+def _quiet():
+    """numpy warns on the mean of an all-NaN slice: absent segments are expected here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
+def summarize(ds, variant: str | None = None, filter: str | None = None, metrics=METRICS):
+    """The summary Dataset of a cube (see the module's docstring)."""
+    import xarray as xr
+
+    chosen = select(ds, variant, filter)
+    if chosen.sizes["example"] == 0:
+        raise ConfigError(f"no example is left after --variant {variant or 'all'} --filter {filter or 'none'}")
+    segments = segments_of(chosen)
+    dims = ("metric", "segment", "layer", "component")
+    aie = np.empty((len(metrics), len(segments), chosen.sizes["layer"], chosen.sizes["component"]))
+    low, high, ate = np.empty_like(aie), np.empty_like(aie), np.empty((len(metrics), 3))
+    n_seg = None
+    for m, metric in enumerate(metrics):
+        per_example, te = segment_effects(chosen, metric, segments)
+        aie[m], low[m], high[m], n = mean_ci(per_example)
+        n_seg = n[:, 0, 0]
+        ate[m] = mean_ci(te)[:3]
+    with np.errstate(invalid="ignore"):
+        best = np.nanargmax(np.where(np.isnan(aie), -np.inf, aie), axis=2)  # [metric, segment, component]
+    best_aie = np.take_along_axis(aie, best[:, :, None, :], axis=2)[:, :, 0, :]
+    target = chosen.answer_id.sel(answer="target").values if "answer_id" in chosen else None
+    share = float(np.mean(chosen.clean_top1.values == target)) if target is not None else np.nan
+    coords = {"metric": list(metrics), "segment": segments, "layer": chosen.layer.values, "component": chosen.component.values}
+    out = xr.Dataset(
+        {
+            "aie": (dims, aie), "aie_low": (dims, low), "aie_high": (dims, high),
+            "n": (("segment",), n_seg.astype(np.int32)),
+            "best_layer": (("metric", "segment", "component"), chosen.layer.values[best].astype(np.int32)),
+            "best_aie": (("metric", "segment", "component"), best_aie),
+            "ate": (("metric",), ate[:, 0]), "ate_low": (("metric",), ate[:, 1]), "ate_high": (("metric",), ate[:, 2]),
+            "p_clean": ((), float(chosen.p_clean.sel(answer="target").mean())),
+            "p_corrupt": ((), float(chosen.p_corrupt.sel(answer="target").mean())),
+            "share_target_first": ((), share),
+        },
+        coords=coords,
+        attrs={
+            **{k: ds.attrs[k] for k in ("model", "experiment", "definition", "samples", "window", "noise_level",
+                                        "reverse_patching") if k in ds.attrs},
+            "variant": variant or "all", "filter": filter or "none",
+            "examples": int(chosen.sizes["example"]), "examples_in_cube": int(ds.sizes["example"]),
+            "ci": "Student t 95% over examples",
+        },
+    )
+    return out
+
+
+def to_frame(summary):
+    """The AIE table in long form (one row per metric, segment, layer, component), for CSV."""
+    df = summary[["aie", "aie_low", "aie_high"]].to_dataframe().reset_index()
+    return df.merge(summary["n"].to_dataframe().reset_index(), on="segment")
+
+
+def table(summary, metric: str = "prob", bands: int = 6) -> str:
+    """A plain-text table per component: AIE by segment over layer bands, and the peak with its CI."""
+    s = summary.sel(metric=metric)
+    layers = summary.layer.values
+    groups = np.array_split(np.arange(len(layers)), min(bands, len(layers)))
+    a = summary.attrs
+    lines = [
+        f"{a.get('experiment', '?')} ({a.get('definition') or 'no definition'}): {a['examples']} of {a['examples_in_cube']} examples"
+        f" (variant {a['variant']}, filter {a['filter']}); metric {metric}",
+        f"ATE {float(s.ate):.4f} [{float(s.ate_low):.4f}, {float(s.ate_high):.4f}]; mean p_clean {float(summary.p_clean):.4f},"
+        f" p_corrupt {float(summary.p_corrupt):.4f}; clean top-1 = target in {float(summary.share_target_first):.0%}",
+    ]
+    for comp in summary.component.values:
+        c = s.sel(component=comp)
+        lines.append(f"\n{comp}: AIE by segment and layer band; peak with 95% CI")
+        lines.append(f"{'segment':20s}{'n':>4s}" + "".join(f"{f'L{layers[g[0]]}-{layers[g[-1]]}':>9s}" for g in groups)
+                     + f"{'peak':>9s}{'95% CI':>19s}{'layer':>7s}")
+        for seg in summary.segment.values:
+            row = c.aie.sel(segment=seg).values
+            best = int(c.best_layer.sel(segment=seg))
+            peak = c.sel(segment=seg, layer=best)
+            with np.errstate(invalid="ignore"), _quiet():
+                bands_txt = "".join(f"{np.nanmean(row[g]):9.3f}" for g in groups)
+            lines.append(f"{seg:20s}{int(summary.n.sel(segment=seg)):4d}{bands_txt}{float(peak.aie):9.3f}"
+                         f"   [{float(peak.aie_low):6.3f}, {float(peak.aie_high):6.3f}]{best:7d}")
+    return "\n".join(lines)

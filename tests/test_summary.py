@@ -1,0 +1,144 @@
+"""`nnct.summary` against numbers computed a second way: loops over the hand-made examples
+of `cubes.py`, a t quantile from a printed table, and invariants of the filters."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from cubes import LAYOUTS, make_cube, records
+from nnct.cube import open_cube, write
+from nnct.errors import ConfigError
+from nnct.summary import segment_effects, summarize, table, to_frame
+
+# Student t 0.975 quantiles from a printed table, by degrees of freedom.
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776}
+F32 = np.float32
+
+
+def by_hand(recs, segment, layer, comp, metric="prob", reverse=False):
+    """Per example: the mean over the segment's tokens of the IE; then mean and t interval."""
+    values = []
+    for r in recs:
+        toks = [k for k, s in enumerate(r.segment) if s == segment]
+        if not toks:
+            continue
+        ie = []
+        for k in toks:
+            restored = r.p_restored[k, layer, comp].astype(np.float64)
+            clean, corrupt = r.p_clean.astype(F32).astype(np.float64), r.p_corrupt.astype(F32).astype(np.float64)
+            if metric == "prob":
+                ie.append(clean[0] - restored[0] if reverse else restored[0] - corrupt[0])
+            else:
+                lr = lambda p: math.log(p[0]) - math.log(p[1])  # noqa: E731
+                ie.append(lr(clean) - lr(restored) if reverse else lr(restored) - lr(corrupt))
+        values.append(sum(ie) / len(ie))
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, math.nan, math.nan, n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = T975[n - 1] * sd / math.sqrt(n)
+    return mean, mean - half, mean + half, n
+
+
+CASES = [("subject_last", 2, 1), ("subject_middle", 0, 0), ("subsequent_further", 3, 1), ("last", 1, 0), ("prefix", 2, 0)]
+
+
+@pytest.mark.parametrize("metric", ["prob", "log_ratio"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["restore", "reverse"])
+def test_aie_and_ci_match_a_hand_computation(metric, reverse):
+    recs = records()
+    s = summarize(make_cube(reverse=reverse)).sel(metric=metric)
+    comps = ["hidden", "mlp"]
+    for segment, layer, comp in CASES:
+        mean, low, high, n = by_hand(recs, segment, layer, comp, metric, reverse)
+        cell = s.sel(segment=segment, layer=layer, component=comps[comp])
+        assert int(s.n.sel(segment=segment)) == n
+        assert float(cell.aie) == pytest.approx(mean, abs=1e-6)
+        if n >= 2:  # the table's quantiles have 3 digits
+            assert float(cell.aie_low) == pytest.approx(low, rel=2e-3, abs=1e-4)
+            assert float(cell.aie_high) == pytest.approx(high, rel=2e-3, abs=1e-4)
+        else:
+            assert math.isnan(float(cell.aie_low))
+
+
+def test_ate_and_means():
+    recs = records()
+    s = summarize(make_cube())
+    te = [float(F32(r.p_clean[0])) - float(F32(r.p_corrupt[0])) for r in recs]
+    n = len(te)
+    mean = sum(te) / n
+    half = T975[n - 1] * math.sqrt(sum((v - mean) ** 2 for v in te) / (n - 1)) / math.sqrt(n)
+    assert float(s.ate.sel(metric="prob")) == pytest.approx(mean, abs=1e-6)
+    assert float(s.ate_high.sel(metric="prob")) == pytest.approx(mean + half, rel=2e-3)
+    assert float(s.p_clean) == pytest.approx(np.mean([F32(r.p_clean[0]) for r in recs]), abs=1e-6)
+    assert float(s.share_target_first) == pytest.approx(4 / 5)
+
+
+def test_best_layer_is_the_argmax_of_the_aie():
+    recs = records(n_layers=6)
+    s = summarize(make_cube(n_layers=6)).sel(metric="prob")
+    for segment in ("subject_last", "last", "subsequent_first"):
+        for c, comp in enumerate(["hidden", "mlp"]):
+            row = [by_hand(recs, segment, layer, c)[0] for layer in range(6)]
+            assert int(s.best_layer.sel(segment=segment, component=comp)) == int(np.argmax(row))
+            assert float(s.best_aie.sel(segment=segment, component=comp)) == pytest.approx(max(row), abs=1e-6)
+
+
+def test_segments_keep_prompt_order_and_skip_absent_ones():
+    s = summarize(make_cube())
+    assert list(s.segment.values) == ["prefix", "subject_first", "subject_middle", "subject_last", "subsequent_first",
+                                      "subsequent_further", "last"]
+
+
+def test_filter_known_and_variants():
+    recs = records()
+    known = summarize(make_cube(), filter="known")
+    assert known.attrs["examples"] == 4 and float(known.share_target_first) == 1.0
+    kept = [r for r, (_, _, k) in zip(recs, LAYOUTS) if k]
+    assert float(known.aie.sel(metric="prob", segment="last", layer=3, component="mlp")) == pytest.approx(
+        by_hand(kept, "last", 3, 1)[0], abs=1e-6)
+    cf = summarize(make_cube(), variant="cf")
+    assert cf.attrs["examples"] == 2
+    assert float(cf.aie.sel(metric="prob", segment="subject_last", layer=0, component="hidden")) == pytest.approx(
+        by_hand([r for r in recs if r.variant == "cf1"], "subject_last", 0, 0)[0], abs=1e-6)
+    assert summarize(make_cube(), variant="fact").attrs["examples"] == 3
+
+
+def test_target_and_alt_wins_split_the_examples():
+    recs = records()
+    wins = summarize(make_cube(), filter="target-wins").attrs["examples"]
+    losses = summarize(make_cube(), filter="alt-wins").attrs["examples"]
+    assert wins == sum(F32(r.p_clean[0]) > F32(r.p_clean[1]) for r in recs)
+    assert wins + losses == len(recs)
+
+
+def test_empty_selection_and_unknown_filter_are_config_errors():
+    with pytest.raises(ConfigError, match="no example"):
+        summarize(make_cube(), variant="cf7")
+    with pytest.raises(ConfigError, match="unknown filter"):
+        summarize(make_cube(), filter="famous")
+
+
+def test_lazy_chunked_cube_gives_the_same_summary(tmp_path):
+    path = tmp_path / "c.nc"
+    write(make_cube(), path)
+    eager = summarize(open_cube(path))
+    lazy = summarize(open_cube(path, chunks={"example": 2}))
+    np.testing.assert_allclose(lazy.aie.values, eager.aie.values, atol=1e-12)
+    segs = list(eager.segment.values)
+    one, _ = segment_effects(open_cube(path), "prob", segs, chunk=1)
+    whole, _ = segment_effects(open_cube(path), "prob", segs, chunk=256)
+    np.testing.assert_array_equal(one, whole)
+
+
+def test_table_and_frame():
+    s = summarize(make_cube())
+    text = table(s)
+    assert "subject_last" in text and "95% CI" in text and "hidden" in text and "mlp" in text
+    df = to_frame(s)
+    assert len(df) == 2 * 7 * 4 * 2
+    assert set(df.columns) >= {"metric", "segment", "layer", "component", "aie", "aie_low", "aie_high", "n"}
