@@ -113,6 +113,7 @@ def _use_definition(ctx, param, value):
               help="Rows per forward pass, or auto (from the memory available).")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@click.option("--shard", default=None, help="i/n: trace only records i, i+n, ... (0-based), for `nnct merge` to join.")
 @click.option("--resume", is_flag=True, help="Complete the unfinished run of the same settings at --out.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no per-example summary.")
 def trace(output_dir, out, replace, reverse, quiet, **options):
@@ -167,6 +168,23 @@ def _open(cube_path, chunks=None):
 
 
 VARIANT_HELP = "Only this variant: fact, cf (every counterfactual) or an exact name such as cf2."
+
+
+@main.command()
+@click.argument("shards", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "-o", "out", required=True, type=click.Path(dir_okay=False), help="The merged cube (FILE.nc).")
+def merge(shards, out):
+    """Join the shard cubes of one run (`trace --shard i/n`) into one cube, in the data set's order."""
+    from . import cube, merge as merge_lib
+
+    try:
+        merged = merge_lib.merge(shards)
+        cube.write(merged, out)
+    except NnctError as exc:
+        _fail(str(exc))
+    except (OSError, ValueError, KeyError, AttributeError) as exc:
+        _fail(f"cannot merge: {type(exc).__name__}: {exc}")
+    click.echo(f"wrote {out}: {merged.sizes['example']} examples from {len(shards)} shards")
 
 
 @main.command()

@@ -6,7 +6,8 @@ padded to the longest prompt (NaN in `p_restored`, "" in `token_str` and `segmen
 `token_id`), examples keep the order of the data set. Beyond METHOD.md's list the cube
 holds `corrupted(example, token)` (1 where noise went in: the relation span need not be
 contiguous, so `span_start`/`span_end` alone cannot say it), `token_id(example, token)`,
-`answer_id(example, answer)` (the token whose probability is traced) and `clean_top1`,
+`answer_id(example, answer)` (the token whose probability is traced), `line(example)`
+(the record's line in the data file: shards merge back into the data set's order) and `clean_top1`,
 `clean_top1_str(example)` (the clean prompt's most probable next token: ROME's "known"
 filter keeps the examples where it is the target's). IE and TE are derived by `effects`,
 never stored.
@@ -38,6 +39,7 @@ class ExampleRecord:
     prompt: str
     target_str: str
     alt_str: str
+    line: int  # the record's line in the data file
     token_ids: list[int]
     token_str: list[str]
     segment: list[str]
@@ -59,6 +61,7 @@ class ExampleRecord:
             segment=np.array(self.segment, dtype=str), span=np.array(self.span, dtype=np.int64),
             p_clean=self.p_clean, p_corrupt=self.p_corrupt, p_restored=self.p_restored,
             answer_ids=np.array(self.answer_ids, dtype=np.int64), clean_top1=np.array(self.clean_top1, dtype=np.int64),
+            line=np.array(self.line, dtype=np.int64),
         )
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
         with os.fdopen(fd, "wb") as f:
@@ -73,7 +76,7 @@ class ExampleRecord:
             values.update(
                 token_ids=z["token_ids"].tolist(), token_str=z["token_str"].tolist(), segment=z["segment"].tolist(),
                 span=z["span"].tolist(), p_clean=z["p_clean"], p_corrupt=z["p_corrupt"], p_restored=z["p_restored"],
-                answer_ids=z["answer_ids"].tolist(), clean_top1=int(z["clean_top1"]),
+                answer_ids=z["answer_ids"].tolist(), clean_top1=int(z["clean_top1"]), line=int(z["line"]),
             )
         if example is not None and values["example"] != example:
             raise ValueError(f"{path} holds {values['example']}, expected {example}")
@@ -111,6 +114,7 @@ def assemble(records: list[ExampleRecord], n_layers: int, components: tuple[str,
             "token_id": (ex_tok, token_id),
             "answer_id": (("example", "answer"), np.array([r.answer_ids for r in records], dtype=np.int32).reshape(n_ex, 2)),
             "clean_top1": per_example("clean_top1", np.int32),
+            "line": per_example("line", np.int32),
             **{k: per_example(k) for k in ("target_str", "alt_str", "record_id", "variant", "prompt", "clean_top1_str")},
         },
         coords={

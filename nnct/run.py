@@ -48,6 +48,7 @@ class RunConfig:
     dtype: str = "float32"
     resume: bool = False
     definition: str | None = None  # the experiment definition's label, e.g. "subject v1"
+    shard: str | None = None  # "i/n": only records i, i+n, i+2n, ... (0-based); see `parse_shard`
 
 
 @dataclass
@@ -59,6 +60,8 @@ class Item:
     span: list[int]
     answers: tuple[int, int]
     segments: list[str]
+    index: int  # the record's position among the data set's records
+    line: int  # the record's line in the data file
 
 
 @dataclass
@@ -84,6 +87,19 @@ class Progress:
         """The records that will not be traced, before tracing starts."""
 
 
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """"i/n" -> (i, n) with 0 <= i < n: shard i of n takes every n-th record from the i-th."""
+    if text is None:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard {text}: expected i/n, e.g. 0/4 (shards are numbered from 0)") from None
+    if not 0 <= i < n:
+        raise ConfigError(f"--shard {text}: need 0 <= i < n (shards are numbered from 0)")
+    return i, n
+
+
 def _validate(cfg: RunConfig) -> None:
     if cfg.samples < 1:
         raise ConfigError(f"--samples {cfg.samples}: need at least 1")
@@ -102,17 +118,19 @@ def _validate(cfg: RunConfig) -> None:
     experiment(cfg.experiment)
     parse_components(cfg.components)
     noise.parse(cfg.noise_level)
+    parse_shard(cfg.shard)
 
 
-def prepare(adapter, cfg: RunConfig) -> tuple[list[Item], list[RecordError]]:
-    """The items of a run and the records skipped, with their reasons."""
+def prepare(adapter, cfg: RunConfig) -> tuple[list[Item], list[RecordError], list[int]]:
+    """The items of every record of the run (all shards), the records skipped with their
+    reasons, and the line of each record (by position)."""
     exp = experiment(cfg.experiment)
     fmt = cfg.prompt_format or exp.prompt_format
     loaded = load_records(cfg.data)
     problems = list(loaded.problems)
     records = loaded.records[: cfg.max_examples] if cfg.max_examples is not None else loaded.records
     items: list[Item] = []
-    for record in records:
+    for index, record in enumerate(records):
         try:
             made = []
             for ex in examples_for(record, exp, fmt, cfg.max_cf, loaded.path):
@@ -125,13 +143,23 @@ def prepare(adapter, cfg: RunConfig) -> tuple[list[Item], list[RecordError]]:
                     answers = (spans.answer_token(adapter.tokenizer, ex.target), spans.answer_token(adapter.tokenizer, ex.alt))
                 except SpanNotFound as exc:
                     raise RecordError(loaded.path, record.line, "obj", str(exc)) from None
-                made.append(Item(ex, tokens, span, answers, spans.segments(tokens, ex)))
+                made.append(Item(ex, tokens, span, answers, spans.segments(tokens, ex), index, record.line))
         except RecordError as exc:
             problems.append(exc)
             continue
         items.extend(made)
     problems.sort(key=lambda p: p.line)
-    return items, problems
+    return items, problems, [r.line for r in records]
+
+
+def _shard(items: list[Item], problems: list[RecordError], lines: list[int], shard: tuple[int, int] | None):
+    """The items and problems of one shard. A line that is no record (bad JSON) is shard 0's."""
+    if shard is None:
+        return items, problems
+    i, n = shard
+    index = {line: k for k, line in enumerate(lines)}
+    mine = [p for p in problems if (index[p.line] % n == i if p.line in index else i == 0)]
+    return [it for it in items if it.index % n == i], mine
 
 
 def _sha256(path: str) -> str:
@@ -199,7 +227,8 @@ def trace(cfg: RunConfig, adapter=None, progress: Progress | None = None) -> Sum
     spec = noise.parse(cfg.noise_level)
     adapter = adapter or models.load(cfg.model, device=cfg.device, dtype=cfg.dtype)
     progress = progress or Progress()
-    items, problems = prepare(adapter, cfg)
+    every, problems, lines = prepare(adapter, cfg)
+    items, problems = _shard(every, problems, lines, parse_shard(cfg.shard))
     progress.skipped(problems)
     if not items:
         reasons = "; ".join(str(p) for p in problems[:3])
@@ -210,7 +239,8 @@ def trace(cfg: RunConfig, adapter=None, progress: Progress | None = None) -> Sum
     if meta.get("examples", ids) != ids:
         raise ResumeMismatch(f"{pdir}: the stored run traced other examples than this data set gives now")
     if "noise_level" not in meta:
-        spans_ids = [[it.tokens.ids[i] for i in it.span] for it in items]
+        # Over the whole data set, not the shard: every shard of a run uses the same level.
+        spans_ids = [[it.tokens.ids[i] for i in it.span] for it in every]
         std = noise.embedding_std(adapter, spans_ids) if spec.multiplier is not None else None
         meta["noise_level"] = spec.level(std)
         meta["examples"] = ids
@@ -237,7 +267,7 @@ def trace(cfg: RunConfig, adapter=None, progress: Progress | None = None) -> Sum
         ex = item.example
         cube.ExampleRecord(
             example=ex.id, record_id=ex.record_id, variant=ex.variant, prompt=ex.prompt,
-            target_str=ex.target, alt_str=ex.alt, token_ids=list(item.tokens.ids),
+            target_str=ex.target, alt_str=ex.alt, line=item.line, token_ids=list(item.tokens.ids),
             token_str=[adapter.tokenizer.decode([t]) for t in item.tokens.ids], segment=item.segments,
             span=item.span, p_clean=result.p_clean, p_corrupt=result.p_corrupt, p_restored=result.p_restored,
             answer_ids=list(item.answers), clean_top1=result.clean_top1,
@@ -252,6 +282,7 @@ def trace(cfg: RunConfig, adapter=None, progress: Progress | None = None) -> Sum
         "dtype": adapter.dtype, "backend": "local", "device": adapter.device, "created": meta["created"],
         "components": settings["components"], "max_cf": cfg.max_cf, "data": settings["data"],
         "answer_token": "first token of ' ' + answer", "definition": cfg.definition or "",
+        "shard": cfg.shard or "",
     }
     ds = cube.assemble([cube.ExampleRecord.load(f, i) for f, i in zip(files, ids)], adapter.n_layers, comps, attrs)
     cube.write(ds, cfg.out)

@@ -30,7 +30,7 @@ ATTRS_IN = {
 def rec_a() -> ExampleRecord:
     return ExampleRecord(
         example="r1/fact", record_id="r1", variant="fact", prompt="C: Paris of",
-        target_str="Paris", alt_str="Rome",
+        target_str="Paris", alt_str="Rome", line=1,
         token_ids=[0, 23, 9], token_str=["<s>", "Paris", "of"], segment=["bos", "subject_last", "last"],
         span=[1], p_clean=A_CLEAN.copy(), p_corrupt=A_CORRUPT.copy(), p_restored=A_RESTORED.copy(),
         answer_ids=[23, 31], clean_top1=23, clean_top1_str="Paris",
@@ -40,7 +40,7 @@ def rec_a() -> ExampleRecord:
 def rec_b() -> ExampleRecord:
     return ExampleRecord(
         example="r1/cf1", record_id="r1", variant="cf1", prompt="C: the Eiffel Tower of",
-        target_str="Rome", alt_str="Paris",
+        target_str="Rome", alt_str="Paris", line=1,
         token_ids=[0, 3, 8, 25, 9], token_str=["<s>", "C", "the", "Eiffel", "of"],
         segment=["bos", "context_before", "relation", "subject_last", "last"],
         span=[1, 3], p_clean=B_CLEAN.copy(), p_corrupt=B_CORRUPT.copy(), p_restored=B_RESTORED.copy(),
