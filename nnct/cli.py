@@ -171,6 +171,35 @@ VARIANT_HELP = "Only this variant: fact, cf (every counterfactual) or an exact n
 
 
 @main.command()
+@click.option("--model", "--model_name", "model", default="smollm2-135m", show_default=True)
+@click.option("--data", "--data_path", "data", required=True, type=click.Path(), help="JSONL data set (METHOD.md schema).")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="The table to write (FILE.csv).")
+@click.option("--prompt-format", "--prompt_format", "prompt_format", default="C: {context} {prompt}", show_default=True,
+              help="The prompt of the context conditions.")
+@click.option("--max-cf", "--max_cf", "max_cf", type=int, default=None, help="Counterfactual passages per record [default: all].")
+@click.option("--max-examples", "--max-datapoints", "--max_datapoints", "max_examples", type=int, default=None,
+              help="Only the first N records of the data set.")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+def answers(model, data, out, prompt_format, max_cf, max_examples, device, dtype):
+    """Which answer wins per record with no passage, the fact's passage and each counterfactual one."""
+    from . import answers as answers_lib, models
+
+    try:
+        adapter = models.load(model, device=device, dtype=dtype)
+        result = answers_lib.compare(adapter, data, prompt_format, max_cf, max_examples)
+    except NnctError as exc:
+        _fail(str(exc))
+    for problem in result.skipped:
+        click.echo(f"skipped {problem}", err=True)
+    df = answers_lib.frame(result)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out, index=False, float_format="%.6g")
+    click.echo(answers_lib.table(df))
+    click.echo(f"wrote {out}: {len(df)} prompts from {df.record_id.nunique()} records ({len(result.skipped)} skipped)")
+
+
+@main.command()
 @click.argument("shards", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", "-o", "out", required=True, type=click.Path(dir_okay=False), help="The merged cube (FILE.nc).")
 def merge(shards, out):

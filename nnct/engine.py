@@ -207,6 +207,11 @@ class Engine:
             out.update(keys, values, layer)
         return out
 
+    def clean(self, ids, answers: tuple[int, int]) -> tuple[np.ndarray, int]:
+        """P(answers) and the most probable token after the untouched prompt: one forward."""
+        run = self._forward(ids, 1, answers, top1=True)
+        return run.probs[0].numpy(), int(run.top1[0])
+
     def trace(self, prep: Prepared, on_batch: Callable[[int], None] | None = None) -> Result:
         a, s = self.adapter, self.settings
         n_tokens, S = len(prep.ids), s.samples
