@@ -247,6 +247,29 @@ def summarize(cube_path, metric, variant, filter_, out, csv_out, bands):
 
 
 @main.command()
+@click.argument("cube_path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "-o", "out", required=True, type=click.Path(file_okay=False), help="Directory of the figures.")
+@click.option("--examples", default=6, show_default=True, help="Per-example heatmaps of the first N examples selected.")
+@click.option("--segments", default=None, help="Comma list of the segments of the AIE line plot [default: subject_last,"
+              " object_last, relation, last where present].")
+@click.option("--metric", type=click.Choice(["prob", "log_ratio"]), default="prob", show_default=True)
+@click.option("--variant", default=None, help=VARIANT_HELP)
+@click.option("--filter", "filter_", type=click.Choice(["known", "target-wins", "alt-wins"]), default=None)
+def plot(cube_path, out, examples, segments, metric, variant, filter_):
+    """ROME-style heatmaps per example, the average heatmap over segments and AIE lines (PNG + PDF)."""
+    from . import plot as plot_lib, summary
+
+    ds = _open(cube_path)
+    try:
+        chosen = summary.select(ds, variant, filter_)
+        s = summary.summarize(ds, variant=variant, filter=filter_)
+    except NnctError as exc:
+        _fail(f"{cube_path}: {exc}")
+    paths = plot_lib.draw(chosen, s, out, examples, segments.split(",") if segments else None, metric)
+    click.echo(f"wrote {len(paths)} files into {out}")
+
+
+@main.command()
 @click.option("--model", default="smollm2-135m", show_default=True)
 @click.option("--data", default="experiments/data/known_smollm2.jsonl", show_default=True, type=click.Path(exists=True),
               help="Records whose passages build the prompt.")

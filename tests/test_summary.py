@@ -142,3 +142,21 @@ def test_table_and_frame():
     df = to_frame(s)
     assert len(df) == 2 * 7 * 4 * 2
     assert set(df.columns) >= {"metric", "segment", "layer", "component", "aie", "aie_low", "aie_high", "n"}
+
+
+def test_summarize_cli_writes_netcdf_and_csv(tmp_path):
+    from click.testing import CliRunner
+
+    from nnct.cli import main
+
+    cube = tmp_path / "c.nc"
+    write(make_cube(), cube)
+    out, csv = tmp_path / "s.nc", tmp_path / "s.csv"
+    result = CliRunner().invoke(main, ["summarize", str(cube), "--filter", "known", "--out", str(out), "--csv", str(csv)])
+    assert result.exit_code == 0, result.output
+    assert "4 of 5 examples" in result.output and "filter known" in result.output
+    s = open_cube(out)
+    assert s.attrs["filter"] == "known" and s.aie.dims == ("metric", "segment", "layer", "component")
+    assert csv.read_text().splitlines()[0] == "metric,segment,layer,component,aie,aie_low,aie_high,n"
+    bad = CliRunner().invoke(main, ["summarize", str(cube), "--variant", "cf9"])
+    assert bad.exit_code == 2 and "no example is left" in bad.output

@@ -1,0 +1,82 @@
+"""Figures: the right panels, labels and values (checked against the hand-made cube's
+numbers), shared colour scales, and PNG + PDF files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cubes import make_cube, records
+from nnct.cli import main
+from nnct.cube import write
+from nnct.plot import average_figure, draw, example_figure, lines_figure, scales
+from nnct.summary import summarize
+
+
+def panels(fig):
+    """The heatmap/line axes, without the colour bars."""
+    return [ax for ax in fig.axes if ax.get_title()]
+
+
+def test_example_heatmap_layout_and_values():
+    ds, rec = make_cube(), records()[2]
+    fig = example_figure(ds, "r2/cf1")
+    axes = panels(fig)
+    assert [ax.get_title() for ax in axes] == ["restoring hidden state", "restoring MLP"]
+    assert len(fig.axes) == 4  # two panels, two colour bars
+    labels = [t.get_text() for t in axes[0].get_yticklabels()]
+    assert labels == ["w0*", "w1*", "w2*", "w3*", "w4", "w5"]  # the subject's tokens are the corrupted ones
+    assert axes[0].get_xlabel() == "layer"
+    assert axes[1].get_xlabel() == "layer (centre of 3 restored layers)"
+    expected = rec.p_restored[:, :, 1, 0].astype(np.float64) - np.float32(rec.p_corrupt[0])
+    np.testing.assert_allclose(np.asarray(axes[1].images[0].get_array()), expected, atol=1e-6)
+    assert "r2/cf1" in fig._suptitle.get_text() and "'T2'" in fig._suptitle.get_text()
+
+
+def test_example_figures_share_a_scale_per_component():
+    ds = make_cube()
+    scale = scales(ds)
+    a, b = example_figure(ds, "r0/fact", scale=scale), example_figure(ds, "r3/cf1", scale=scale)
+    for k in range(2):
+        assert panels(a)[k].images[0].get_clim() == panels(b)[k].images[0].get_clim()
+    hidden_max = max(float(np.max(r.p_restored[:, :, 0, 0] - np.float32(r.p_corrupt[0]))) for r in records())
+    assert scale["hidden"] == (0.0, pytest.approx(hidden_max, abs=1e-6))
+
+
+def test_average_heatmap_rows_are_segments():
+    s = summarize(make_cube())
+    fig = average_figure(s)
+    ax = panels(fig)[0]
+    assert [t.get_text() for t in ax.get_yticklabels()][:2] == ["prefix (n=2)", "subject_first (n=3)"]
+    np.testing.assert_allclose(np.asarray(ax.images[0].get_array()), s.aie.sel(metric="prob", component="hidden").values)
+
+
+def test_aie_lines_have_one_line_and_band_per_segment():
+    s = summarize(make_cube())
+    fig = lines_figure(s, ["subject_last", "last", "no_such_segment"])
+    ax = panels(fig)[0]
+    assert [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")] == [
+        "subject_last (n=5)", "last (n=5)"]
+    assert len(ax.collections) == 2  # the confidence bands
+    assert ax.get_ylabel().startswith("AIE")
+
+
+def test_draw_writes_png_and_pdf(tmp_path):
+    ds = make_cube()
+    paths = draw(ds, summarize(ds), tmp_path, examples=2)
+    names = sorted(p.relative_to(tmp_path).as_posix() for p in paths)
+    assert names == sorted(["examples/r0_fact.png", "examples/r0_fact.pdf", "examples/r1_fact.png", "examples/r1_fact.pdf",
+                            "average.png", "average.pdf", "aie_lines.png", "aie_lines.pdf"])
+    for p in paths:
+        head = p.read_bytes()[:4]
+        assert head == (b"\x89PNG" if p.suffix == ".png" else b"%PDF")
+
+
+def test_plot_cli_with_a_filter(tmp_path):
+    cube = tmp_path / "c.nc"
+    write(make_cube(), cube)
+    out = tmp_path / "figs"
+    result = CliRunner().invoke(main, ["plot", str(cube), "-o", str(out), "--variant", "cf", "--examples", "5"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (out / "examples").iterdir()) == ["r2_cf1.pdf", "r2_cf1.png", "r3_cf1.pdf", "r3_cf1.png"]
