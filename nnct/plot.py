@@ -8,7 +8,8 @@
 
 Colour scales are shared per component: every example figure drawn in one call uses the
 same scale for a component (so two examples compare at a glance). As in ROME, a scale starts
-at 0 (no effect, white); the rare negative effects are drawn white too. Figures are matplotlib `Figure`s (no pyplot state); `draw` writes each as PNG and PDF.
+at 0 (no effect, white); the rare negative effects are drawn white too. Figures are
+matplotlib `Figure`s (no pyplot state); `draw` writes each as PNG and PDF.
 """
 
 from __future__ import annotations
