@@ -3,8 +3,9 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 export PATH := justfile_directory() + "/.venv/bin:" + env_var("PATH")
 export HF_HUB_OFFLINE := "1"
 
-# The data set the experiment recipes trace (`just data=FILE subject` for another).
+# What the experiment recipes trace (`just data=FILE model=DIR subject` for others).
 data := "experiments/data/known_smollm2.jsonl"
+model := "smollm2-135m"
 runs := "runs"
 
 # Create .venv and install everything (torch pinned to the CPU build first).
@@ -32,17 +33,18 @@ relation *args: (experiment "relation" args)
 # Any experiment from its definition, experiments/NAME.toml, into runs/NAME.nc (an
 # interrupted run is resumed).
 experiment name *args:
-    nnct trace --definition experiments/{{name}}.toml --data {{data}} --out {{runs}}/{{name}}.nc --resume {{args}}
+    nnct trace --definition experiments/{{name}}.toml --model {{model}} --data {{data}} --out {{runs}}/{{name}}.nc --resume {{args}}
 
-# The memory study over the first n records: which answer wins with no context, with the
-# fact's passage and with each counterfactual passage (answers.csv), then the four experiments
-# traced, summarised and drawn. `args` go to every trace, `lean` also to object and relation.
-# Rerunning it continues: finished cubes are kept, an interrupted trace is resumed.
+# The memory study over the first n records (see README): answers.csv, the four experiments
+# traced (`args` go to every trace, `lean` also to object and relation), summarised and drawn,
+# and the study's tables. Rerunning it continues: finished cubes are kept, a trace resumes.
 memory-study n="30" out=(runs + "/memory") args="" lean="":
     mkdir -p {{out}}
-    nnct answers --data {{data}} --max-examples {{n}} --out {{out}}/answers.csv
-    for e in subject-noctx subject; do test -f {{out}}/$e.nc || nnct trace --definition experiments/$e.toml --data {{data}} --max-examples {{n}} --out {{out}}/$e.nc --resume {{args}}; done
-    for e in object relation; do test -f {{out}}/$e.nc || nnct trace --definition experiments/$e.toml --data {{data}} --max-examples {{n}} --out {{out}}/$e.nc --resume {{args}} {{lean}}; done
+    nnct answers --model {{model}} --data {{data}} --max-examples {{n}} --out {{out}}/answers.csv | tee {{out}}/answers.txt
+    for e in subject-noctx subject; do test -f {{out}}/$e.nc || nnct trace --definition experiments/$e.toml --model {{model}} --data {{data}} --max-examples {{n}} --out {{out}}/$e.nc --resume {{args}}; done
+    for e in object relation; do test -f {{out}}/$e.nc || nnct trace --definition experiments/$e.toml --model {{model}} --data {{data}} --max-examples {{n}} --out {{out}}/$e.nc --resume {{args}} {{lean}}; done
+    for e in subject-noctx subject object relation; do nnct summarize {{out}}/$e.nc --out {{out}}/$e.summary.nc --csv {{out}}/$e.summary.csv > {{out}}/$e.summary.txt; nnct plot {{out}}/$e.nc -o {{out}}/figures/$e; done
+    python analysis/memory_study.py {{out}} | tee {{out}}/memory_study.txt
 
 # The test suite (tiny random models for breadth, the embedded model for a few end-to-end checks).
 test *args:

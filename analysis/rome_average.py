@@ -1,5 +1,7 @@
 """ROME's averaged causal-trace picture from a cube: mean indirect effect per segment and
-layer (the rows of ROME's Figure 1 average), printed as a table over layer bands.
+layer (the rows of ROME's Figure 1 average), printed as a table over layer bands. Written
+out with numpy, the way one would in a notebook; `nnct summarize` prints the same AIE with
+confidence intervals.
 
     python analysis/rome_average.py runs/rome_noctx_hidden.nc [--component hidden] [--bands 6]
 """
@@ -9,9 +11,8 @@ import argparse
 import numpy as np
 
 from nnct.cube import effects, open_cube
+from nnct.spans import SEGMENT_ORDER
 
-ORDER = ["bos", "prefix", "subject_first", "subject_middle", "subject_last", "subsequent_first", "subsequent_further",
-         "context_before", "relation", "object_first", "object_middle", "object_last", "context_after", "question", "last"]
 
 
 def main():
@@ -26,7 +27,7 @@ def main():
     seg = ds.segment.values
     L = ie.shape[-1]
     bands = np.array_split(np.arange(L), args.bands)
-    present = [s for s in ORDER if (seg == s).any()]
+    present = [s for s in SEGMENT_ORDER if (seg == s).any()]
     # mean over the tokens of a segment within each example, then over the examples having it
     table = {}
     for s in present:

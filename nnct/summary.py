@@ -153,6 +153,10 @@ def to_frame(summary):
     return df.merge(summary["n"].to_dataframe().reset_index(), on="segment")
 
 
+def _band(first: int, last: int) -> str:
+    return f"L{first}" if first == last else f"L{first}-{last}"
+
+
 def table(summary, metric: str = "prob", bands: int = 6) -> str:
     """A plain-text table per component: AIE by segment over layer bands, and the peak with its CI."""
     s = summary.sel(metric=metric)
@@ -168,7 +172,7 @@ def table(summary, metric: str = "prob", bands: int = 6) -> str:
     for comp in summary.component.values:
         c = s.sel(component=comp)
         lines.append(f"\n{comp}: AIE by segment and layer band; peak with 95% CI")
-        lines.append(f"{'segment':20s}{'n':>4s}" + "".join(f"{f'L{layers[g[0]]}-{layers[g[-1]]}':>9s}" for g in groups)
+        lines.append(f"{'segment':20s}{'n':>4s}" + "".join(f"{_band(layers[g[0]], layers[g[-1]]):>9s}" for g in groups)
                      + f"{'peak':>9s}{'95% CI':>19s}{'layer':>7s}")
         for seg in summary.segment.values:
             row = c.aie.sel(segment=seg).values

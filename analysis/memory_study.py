@@ -1,0 +1,81 @@
+"""The memory study's tables, from the directory `just memory-study` fills (answers.csv and
+the cubes subject-noctx.nc, subject.nc, object.nc, relation.nc):
+
+1. which answer wins with no passage, the fact's passage and a counterfactual one, and
+   whether the context wins more often where the model knows the fact less well;
+2. MLP against attention at the last subject token and at the last token (ROME's contrast),
+   without and with a context passage;
+3. where the answer is read from the context: for each span, the effect at the span's last
+   token and at the last token, for the fact's passage and for counterfactual passages
+   split by which answer won.
+
+    python analysis/memory_study.py runs/memory
+"""
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from nnct.answers import table as answers_table
+from nnct.cube import open_cube
+from nnct.errors import ConfigError
+from nnct.summary import summarize
+
+d = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/memory")
+answers = pd.read_csv(d / "answers.csv")
+
+print("1. Which answer wins (by clean probability of its first token)")
+print(answers_table(answers))
+p_memory = answers[answers.condition == "none"].set_index("record_id").p_target  # p(obj) with no passage
+cf = answers[answers.condition.str.startswith("cf")].copy()
+cf["p_obj_without_context"] = cf.record_id.map(p_memory)
+cf["knows"] = pd.qcut(cf.p_obj_without_context, 3, labels=["weakly", "moderately", "strongly"])
+by = cf.groupby("knows", observed=True).agg(
+    prompts=("source", "size"), p_obj_without_context=("p_obj_without_context", "mean"),
+    context_wins=("source", lambda s: (s == "context").mean()),
+)
+print("\ncounterfactual passages, by how strongly the model knows the fact without one (terciles of p(obj | no passage)):")
+print(by.to_string(float_format=lambda x: f"{x:.3f}"))
+first_cf = cf[cf.condition == "cf1"]
+print(f"cf1 only (the passage the traces use): context wins {(first_cf.source == 'context').mean():.0%} of {len(first_cf)}")
+
+
+def peak(s, segment, component, metric="prob"):
+    c = s.sel(metric=metric, segment=segment, component=component)
+    layer = int(c.best_layer)
+    at = c.sel(layer=layer)
+    return f"{float(at.aie):6.3f} [{float(at.aie_low):6.3f}, {float(at.aie_high):6.3f}] at L{layer:<2d}"
+
+
+print("\n2. MLP against attention (AIE peak of the target's probability, 95% CI, layer; fact variant)")
+print(f"{'experiment':15s}{'segment':14s}{'n':>4s}   {'mlp':32s}{'attn':32s}{'hidden':32s}")
+for name in ("subject-noctx", "subject"):
+    path = d / f"{name}.nc"
+    if not path.exists():
+        continue
+    s = summarize(open_cube(path), variant="fact")
+    if not {"mlp", "attn"} <= set(s.component.values):
+        continue
+    for segment in ("subject_last", "last"):
+        print(f"{name:15s}{segment:14s}{int(s.n.sel(segment=segment)):4d}   "
+              + "".join(f"{peak(s, segment, comp):32s}" for comp in ("mlp", "attn", "hidden")))
+
+print("\n3. Where the context is read (hidden state; AIE peak, 95% CI, layer)")
+span_segment = {"subject": "subject_last", "object": "object_last", "relation": "relation"}
+print(f"{'span':10s}{'examples':28s}{'n':>4s}{'ATE':>8s}   {'span token':32s}{'last token':32s}")
+for name, segment in span_segment.items():
+    path = d / f"{name}.nc"
+    if not path.exists():
+        continue
+    ds = open_cube(path)
+    for label, kw in [("fact passage", dict(variant="fact")),
+                      ("cf passage, context wins", dict(variant="cf", filter="target-wins")),
+                      ("cf passage, memory wins", dict(variant="cf", filter="alt-wins"))]:
+        try:
+            s = summarize(ds, **kw)
+        except ConfigError as exc:  # no example in this group
+            print(f"{name:10s}{label:28s}   0   ({exc})")
+            continue
+        print(f"{name:10s}{label:28s}{s.attrs['examples']:4d}{float(s.ate.sel(metric='prob')):8.3f}   "
+              f"{peak(s, segment, 'hidden'):32s}{peak(s, 'last', 'hidden'):32s}")
