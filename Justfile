@@ -36,14 +36,17 @@ experiment name *args:
     nnct trace --definition experiments/{{name}}.toml --model {{model}} --data {{data}} --out {{runs}}/{{name}}.nc --resume {{args}}
 
 # The memory study over the first n records (see README): answers.csv, the four experiments
-# traced (`args` go to every trace, `lean` also to object and relation), summarised and drawn,
-# and the study's tables. Rerunning it continues: finished cubes are kept, a trace resumes.
+# traced (`args` go to every trace, `lean` also to object and relation), summarised and drawn
+# (the fact and cf variants apart: their targets differ), and the study's tables. Rerunning
+# it keeps finished cubes and resumes an interrupted trace; the rest is redone (seconds).
 memory-study n="30" out=(runs + "/memory") args="" lean="":
     mkdir -p {{out}}
     nnct answers --model {{model}} --data {{data}} --max-examples {{n}} --out {{out}}/answers.csv | tee {{out}}/answers.txt
     for e in subject-noctx subject; do test -f {{out}}/$e.nc || nnct trace --definition experiments/$e.toml --model {{model}} --data {{data}} --max-examples {{n}} --out {{out}}/$e.nc --resume {{args}}; done
     for e in object relation; do test -f {{out}}/$e.nc || nnct trace --definition experiments/$e.toml --model {{model}} --data {{data}} --max-examples {{n}} --out {{out}}/$e.nc --resume {{args}} {{lean}}; done
-    for e in subject-noctx subject object relation; do nnct summarize {{out}}/$e.nc --out {{out}}/$e.summary.nc --csv {{out}}/$e.summary.csv > {{out}}/$e.summary.txt; nnct plot {{out}}/$e.nc -o {{out}}/figures/$e; done
+    nnct summarize {{out}}/subject-noctx.nc --out {{out}}/subject-noctx.summary.nc --csv {{out}}/subject-noctx.summary.csv > {{out}}/subject-noctx.summary.txt
+    nnct plot {{out}}/subject-noctx.nc -o {{out}}/figures/subject-noctx
+    for e in subject object relation; do for v in fact cf; do nnct summarize {{out}}/$e.nc --variant $v --out {{out}}/$e.$v.summary.nc --csv {{out}}/$e.$v.summary.csv > {{out}}/$e.$v.summary.txt; nnct plot {{out}}/$e.nc --variant $v -o {{out}}/figures/$e.$v; done; done
     python analysis/memory_study.py {{out}} | tee {{out}}/memory_study.txt
 
 # The test suite (tiny random models for breadth, the embedded model for a few end-to-end checks).
@@ -59,4 +62,4 @@ bench *args:
     nnct bench {{args}}
 
 lint:
-    ruff check nnct tests experiments
+    ruff check nnct tests experiments analysis

@@ -27,16 +27,19 @@ answers = pd.read_csv(d / "answers.csv")
 
 print("1. Which answer wins (by clean probability of its first token)")
 print(answers_table(answers))
-p_memory = answers[answers.condition == "none"].set_index("record_id").p_target  # p(obj) with no passage
+none = answers[answers.condition == "none"].set_index("record_id").p_target  # p(obj) with no passage
 cf = answers[answers.condition.str.startswith("cf")].copy()
-cf["p_obj_without_context"] = cf.record_id.map(p_memory)
-cf["knows"] = pd.qcut(cf.p_obj_without_context, 3, labels=["weakly", "moderately", "strongly"])
-by = cf.groupby("knows", observed=True).agg(
-    prompts=("source", "size"), p_obj_without_context=("p_obj_without_context", "mean"),
-    context_wins=("source", lambda s: (s == "context").mean()),
-)
-print("\ncounterfactual passages, by how strongly the model knows the fact without one (terciles of p(obj | no passage)):")
-print(by.to_string(float_format=lambda x: f"{x:.3f}"))
+cf["p_obj_without_context"] = cf.record_id.map(none)
+if none.nunique() >= 3:  # terciles of the records (not of the prompts: records have 2-5 counterfactuals)
+    knows = pd.qcut(none, 3, labels=["weakly", "moderately", "strongly"])
+    cf["knows"] = cf.record_id.map(knows)
+    by = cf.groupby("knows", observed=True).agg(
+        records=("record_id", "nunique"), prompts=("source", "size"), p_obj_without_context=("p_obj_without_context", "mean"),
+        context_wins=("source", lambda s: (s == "context").mean()),
+    )
+    print("\ncounterfactual passages, by how strongly the model knows the fact without one (terciles of the records'"
+          " p(obj | no passage)):")
+    print(by.to_string(float_format=lambda x: f"{x:.3f}"))
 first_cf = cf[cf.condition == "cf1"]
 print(f"cf1 only (the passage the traces use): context wins {(first_cf.source == 'context').mean():.0%} of {len(first_cf)}")
 
@@ -58,7 +61,7 @@ for name in ("subject-noctx", "subject"):
     if not {"mlp", "attn"} <= set(s.component.values):
         continue
     for segment in ("subject_last", "last"):
-        print(f"{name:15s}{segment:14s}{int(s.n.sel(segment=segment)):4d}   "
+        print(f"{name:15s}{segment:14s}{int(s.n.sel(metric='prob', segment=segment)):4d}   "
               + "".join(f"{peak(s, segment, comp):32s}" for comp in ("mlp", "attn", "hidden")))
 
 print("\n3. Where the context is read (hidden state; AIE peak, 95% CI, layer)")

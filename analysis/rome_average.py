@@ -14,7 +14,6 @@ from nnct.cube import effects, open_cube
 from nnct.spans import SEGMENT_ORDER
 
 
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("cube")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from . import spans
 from .data import load_records
-from .errors import DataError, RecordError, SpanNotFound
+from .errors import DataError, RecordError
 from .prompts import examples_for, experiment
 
 COLUMNS = ("record_id", "line", "condition", "target", "alt", "p_target", "p_alt", "winner", "source", "top1", "top1_is",
@@ -58,11 +58,7 @@ def compare(adapter, data: str, prompt_format: str = "C: {context} {prompt}", ma
         try:
             made = []
             for condition, ex in _conditions(record, prompt_format, max_cf, loaded.path):
-                try:
-                    ids = (spans.answer_token(adapter.tokenizer, ex.target), spans.answer_token(adapter.tokenizer, ex.alt))
-                except SpanNotFound as exc:
-                    raise RecordError(loaded.path, record.line, "obj", str(exc)) from None
-                made.append((condition, ex, ids))
+                made.append((condition, ex, spans.answer_tokens(adapter.tokenizer, ex, loaded.path, record.line)))
         except RecordError as exc:
             skipped.append(exc)
             continue

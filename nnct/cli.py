@@ -14,7 +14,9 @@ from pathlib import Path
 
 import click
 
+from .cube import METRICS
 from .errors import NnctError
+from .summary import FILTERS
 
 BOOL01 = click.Choice(["0", "1"])
 
@@ -84,8 +86,20 @@ def _use_definition(ctx, param, value):
     return d.label
 
 
+def _with_overrides(label: str, values: dict) -> str:
+    """The definition's label, plus the settings of it that the command line changed: a cube
+    traced with `--samples 3` must not pass for the definition's own."""
+    from click.core import ParameterSource
+
+    from .definition import TRACE_KEYS
+
+    ctx = click.get_current_context()
+    changed = [f"{k}={values[k]}" for k in TRACE_KEYS if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE]
+    return f"{label} ({', '.join(changed)})" if changed else label
+
+
 @main.command()
-@click.option("--definition", type=click.Path(dir_okay=False), is_eager=True, callback=_use_definition, expose_value=True,
+@click.option("--definition", type=click.Path(dir_okay=False), is_eager=True, callback=_use_definition,
               help="An experiment definition (experiments/*.toml): its settings become the defaults; options override them.")
 @click.option("--model", "--model_name", "model", default="smollm2-135m", show_default=True,
               help="The embedded default (smollm2-135m), a local model directory, or a hub id.")
@@ -124,6 +138,8 @@ def trace(output_dir, out, replace, reverse, quiet, **options):
         _fail("give exactly one of --out FILE.nc and --output-dir DIR")
     out = out or str(Path(output_dir) / "effects.nc")
     options["batch_rows"] = _rows(options["batch_rows"])
+    if options["definition"]:
+        options["definition"] = _with_overrides(options["definition"], dict(options, replace=replace, reverse=reverse))
     cfg = run.RunConfig(out=out, replace=replace == "1", reverse=reverse == "1", **options)
     bar = _Bar(quiet)
     try:
@@ -168,6 +184,7 @@ def _open(cube_path, chunks=None):
 
 
 VARIANT_HELP = "Only this variant: fact, cf (every counterfactual) or an exact name such as cf2."
+FILTER_HELP = "known: the clean top-1 token is the target's (ROME); target-/alt-wins: by clean probability."
 
 
 @main.command()
@@ -218,14 +235,13 @@ def merge(shards, out):
 
 @main.command()
 @click.argument("cube_path", type=click.Path(exists=True, dir_okay=False))
-@click.option("--metric", type=click.Choice(["prob", "log_ratio"]), default="prob", show_default=True,
+@click.option("--metric", type=click.Choice(METRICS), default="prob", show_default=True,
               help="The metric of the printed table (the files hold both).")
 @click.option("--variant", default=None, help=VARIANT_HELP)
-@click.option("--filter", "filter_", type=click.Choice(["known", "target-wins", "alt-wins"]), default=None,
-              help="known: the clean top-1 token is the target (ROME); target-/alt-wins: by clean probability.")
+@click.option("--filter", "filter_", type=click.Choice(FILTERS), default=None, help=FILTER_HELP)
 @click.option("--out", type=click.Path(dir_okay=False), help="Write the summary as NetCDF (FILE.nc).")
 @click.option("--csv", "csv_out", type=click.Path(dir_okay=False), help="Write the AIE table in long form (FILE.csv).")
-@click.option("--bands", default=6, show_default=True, help="Layer bands of the printed table.")
+@click.option("--bands", default=6, show_default=True, type=click.IntRange(min=1), help="Layer bands of the printed table.")
 def summarize(cube_path, metric, variant, filter_, out, csv_out, bands):
     """ATE, AIE per segment x layer x component with 95% CIs, best layers: a table and files."""
     from . import cube, summary
@@ -251,21 +267,21 @@ def summarize(cube_path, metric, variant, filter_, out, csv_out, bands):
 @click.option("--out", "-o", "out", required=True, type=click.Path(file_okay=False), help="Directory of the figures.")
 @click.option("--examples", default=6, show_default=True, help="Per-example heatmaps of the first N examples selected.")
 @click.option("--segments", default=None, help="Comma list of the segments of the AIE line plot [default: subject_last,"
-              " object_last, relation, last where present].")
-@click.option("--metric", type=click.Choice(["prob", "log_ratio"]), default="prob", show_default=True)
+              " object_last, relation and last, where present].")
+@click.option("--metric", type=click.Choice(METRICS), default="prob", show_default=True)
 @click.option("--variant", default=None, help=VARIANT_HELP)
-@click.option("--filter", "filter_", type=click.Choice(["known", "target-wins", "alt-wins"]), default=None)
+@click.option("--filter", "filter_", type=click.Choice(FILTERS), default=None, help=FILTER_HELP)
 def plot(cube_path, out, examples, segments, metric, variant, filter_):
     """ROME-style heatmaps per example, the average heatmap over segments and AIE lines (PNG + PDF)."""
     from . import plot as plot_lib, summary
 
-    ds = _open(cube_path)
+    ds = _open(cube_path, chunks={"example": 256})
     try:
         chosen = summary.select(ds, variant, filter_)
         s = summary.summarize(ds, variant=variant, filter=filter_)
+        paths = plot_lib.draw(chosen, s, out, examples, segments.split(",") if segments else None, metric)
     except NnctError as exc:
         _fail(f"{cube_path}: {exc}")
-    paths = plot_lib.draw(chosen, s, out, examples, segments.split(",") if segments else None, metric)
     click.echo(f"wrote {len(paths)} files into {out}")
 
 

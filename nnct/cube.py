@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import ConfigError
+
 ANSWERS = ("target", "alt")
 ATTRS = (
     "model", "model_revision", "nnct_version", "experiment", "prompt_format", "samples", "window",
@@ -180,12 +182,16 @@ METRICS = ("prob", "log_ratio")
 def metric_effects(ds, metric: str):
     """(IE[example, token, layer, component], TE[example]) of the target answer in one metric:
     `prob` is the probability difference (ROME), `log_ratio` the same difference taken in
-    log(p_target / p_alt), from the same runs (METHOD.md)."""
+    log(p_target / p_alt), from the same runs (METHOD.md): of the probabilities averaged over
+    the noise samples, as the cube stores them."""
     if metric == "prob":
         ie, te = effects(ds)
         return ie.sel(answer="target", drop=True), te.sel(answer="target", drop=True)
     if metric != "log_ratio":
-        raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
-    clean, corrupt, restored = log_ratio(ds.p_clean), log_ratio(ds.p_corrupt), log_ratio(ds.p_restored)
+        raise ConfigError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
+    with np.errstate(divide="ignore"):
+        clean, corrupt, restored = log_ratio(ds.p_clean), log_ratio(ds.p_corrupt), log_ratio(ds.p_restored)
     ie = clean - restored if int(ds.attrs.get("reverse_patching", 0)) else restored - corrupt
-    return ie.transpose("example", "token", "layer", "component"), clean - corrupt
+    te = clean - corrupt
+    # A probability that underflowed to 0 has no log-ratio: NaN, so that averages leave it out.
+    return ie.where(np.isfinite(ie)).transpose("example", "token", "layer", "component"), te.where(np.isfinite(te))

@@ -17,7 +17,7 @@ label is stored in the cube (attr `definition`), so a cube says which definition
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
@@ -25,7 +25,8 @@ from .errors import ConfigError
 # What an experiment fixes; where the data, the model and the machine are is the run's business.
 TRACE_KEYS = ("experiment", "prompt_format", "samples", "window", "noise_level", "seed", "components", "max_cf",
               "replace", "reverse")
-TYPES = {"samples": int, "window": int, "seed": int, "max_cf": int, "replace": bool, "reverse": bool}
+TYPES = {"samples": int, "window": int, "seed": int, "max_cf": int, "replace": bool, "reverse": bool,
+         "noise_level": (str, int, float)}  # "s3" or a plain number
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,6 @@ class Definition:
 
 def load(path: str | Path) -> Definition:
     """Read and check a definition; every problem names the file and the key."""
-    from .run import RunConfig
-
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -62,11 +61,13 @@ def load(path: str | Path) -> Definition:
     trace = raw.get("trace", {})
     if not isinstance(trace, dict) or "experiment" not in trace:
         raise ConfigError(f"{path}: table [trace] with at least 'experiment' is required")
-    assert set(TRACE_KEYS) <= {f.name for f in fields(RunConfig)}
     for key, value in trace.items():
         if key not in TRACE_KEYS:
             raise ConfigError(f"{path}: [trace] key '{key}' is not a setting of an experiment; known: {', '.join(TRACE_KEYS)}")
         want = TYPES.get(key, str)
         if not isinstance(value, want) or (want is int and isinstance(value, bool)):
-            raise ConfigError(f"{path}: [trace] key '{key}': expected {want.__name__}, got {value!r}")
+            names = " or ".join(t.__name__ for t in (want if isinstance(want, tuple) else (want,)))
+            raise ConfigError(f"{path}: [trace] key '{key}': expected {names}, got {value!r}")
+    if "noise_level" in trace:
+        trace["noise_level"] = str(trace["noise_level"])
     return Definition(name, version, str(raw.get("description", "")), dict(trace))

@@ -19,9 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from .cube import metric_effects
+from .errors import ConfigError
 
 CMAPS = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}
 NAMES = {"hidden": "hidden state", "mlp": "MLP", "attn": "attention"}
+LINE_SEGMENTS = ("subject_last", "object_last", "relation", "last")  # the AIE lines drawn by default
 METRIC_LABEL = {"prob": "IE (p restored - p corrupted)", "log_ratio": "IE in log(p target / p alt)"}
 
 
@@ -47,7 +49,7 @@ def example_figure(ds, example: str, metric: str = "prob", scale: dict | None = 
     from matplotlib.figure import Figure
 
     one = ds.sel(example=[example])
-    ie, te = metric_effects(one, metric)
+    ie, _ = metric_effects(one, metric)
     n = int(one.n_tokens.values[0])
     labels = [f"{t!s}{'*' if c else ''}" for t, c in zip(one.token_str.values[0][:n], one.corrupted.values[0][:n])]
     comps = [str(c) for c in ds.component.values]
@@ -81,7 +83,7 @@ def average_figure(summary, metric: str = "prob"):
         grid = s.aie.sel(component=comp).values
         vmin, vmax = _scale(grid)
         im = ax.imshow(grid, aspect="auto", cmap=CMAPS.get(comp, "Blues"), vmin=vmin, vmax=vmax, interpolation="nearest")
-        ax.set_yticks(range(len(segs)), [f"{g} (n={int(summary.n.sel(segment=g))})" for g in segs], fontsize=8)
+        ax.set_yticks(range(len(segs)), [f"{g} (n={int(s.n.sel(segment=g))})" for g in segs], fontsize=8)
         ax.set_xlabel(_xlabel(comp, int(summary.attrs.get("window", 10))))
         ax.set_title(f"AIE, restoring {NAMES.get(comp, comp)}")
         fig.colorbar(im, ax=ax, label="A" + METRIC_LABEL[metric], shrink=0.8)
@@ -94,14 +96,16 @@ def lines_figure(summary, segments: list[str], metric: str = "prob"):
 
     s = summary.sel(metric=metric)
     comps = [str(c) for c in summary.component.values]
-    segments = [g for g in segments if g in set(summary.segment.values)]
+    unknown = [g for g in segments if g not in set(summary.segment.values)]
+    if unknown:
+        raise ConfigError(f"no segment {', '.join(unknown)} in these examples; they have {', '.join(summary.segment.values)}")
     layers = summary.layer.values
     fig = Figure(figsize=(4.2 * len(comps) + 0.5, 3.6), layout="constrained")
     axes = fig.subplots(1, len(comps), squeeze=False, sharey=True)[0]
     for ax, comp in zip(axes, comps):
         for g in segments:
             c = s.sel(component=comp, segment=g)
-            (line,) = ax.plot(layers, c.aie.values, label=f"{g} (n={int(summary.n.sel(segment=g))})")
+            (line,) = ax.plot(layers, c.aie.values, label=f"{g} (n={int(s.n.sel(segment=g))})")
             ax.fill_between(layers, c.aie_low.values, c.aie_high.values, color=line.get_color(), alpha=0.2, linewidth=0)
         ax.axhline(0, color="grey", linewidth=0.5)
         ax.set_xlabel(_xlabel(comp, int(summary.attrs.get("window", 10))))
@@ -139,7 +143,6 @@ def draw(ds, summary, outdir: str | Path, examples: int = 6, segments: list[str]
     for ex in chosen.example.values:
         paths += _save(example_figure(ds, str(ex), metric, scale), outdir / "examples" / str(ex).replace("/", "_"))
     paths += _save(average_figure(summary, metric), outdir / "average")
-    default = ["subject_last", "object_last", "relation", "last"]
-    segments = segments or [g for g in default if g in set(summary.segment.values)]
+    segments = segments or [g for g in LINE_SEGMENTS if g in set(summary.segment.values)]
     paths += _save(lines_figure(summary, segments, metric), outdir / "aie_lines")
     return paths

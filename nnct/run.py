@@ -139,10 +139,7 @@ def prepare(adapter, cfg: RunConfig) -> tuple[list[Item], list[RecordError], lis
                     span = spans.span_positions(tokens, ex)
                 except SpanNotFound as exc:
                     raise RecordError(loaded.path, record.line, exp.span, str(exc)) from None
-                try:
-                    answers = (spans.answer_token(adapter.tokenizer, ex.target), spans.answer_token(adapter.tokenizer, ex.alt))
-                except SpanNotFound as exc:
-                    raise RecordError(loaded.path, record.line, "obj", str(exc)) from None
+                answers = spans.answer_tokens(adapter.tokenizer, ex, loaded.path, record.line)
                 made.append(Item(ex, tokens, span, answers, spans.segments(tokens, ex), index, record.line))
         except RecordError as exc:
             problems.append(exc)
@@ -157,6 +154,8 @@ def _shard(items: list[Item], problems: list[RecordError], lines: list[int], sha
     if shard is None:
         return items, problems
     i, n = shard
+    if n > len(lines):
+        raise ConfigError(f"--shard {i}/{n}: the data set has only {len(lines)} records, so some shards would be empty")
     index = {line: k for k, line in enumerate(lines)}
     mine = [p for p in problems if (index[p.line] % n == i if p.line in index else i == 0)]
     return [it for it in items if it.index % n == i], mine
@@ -282,7 +281,8 @@ def trace(cfg: RunConfig, adapter=None, progress: Progress | None = None) -> Sum
         "dtype": adapter.dtype, "backend": "local", "device": adapter.device, "created": meta["created"],
         "components": settings["components"], "max_cf": cfg.max_cf, "data": settings["data"],
         "answer_token": "first token of ' ' + answer", "definition": cfg.definition or "",
-        "shard": cfg.shard or "",
+        "shard": cfg.shard or "", "data_sha256": settings["data_sha256"],
+        "max_examples": -1 if cfg.max_examples is None else cfg.max_examples,
     }
     ds = cube.assemble([cube.ExampleRecord.load(f, i) for f, i in zip(files, ids)], adapter.n_layers, comps, attrs)
     cube.write(ds, cfg.out)

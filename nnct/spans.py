@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import SpanNotFound
+from .errors import RecordError, SpanNotFound
 from .prompts import CharRange, Example
 
 
@@ -41,6 +41,19 @@ def answer_token(tokenizer, answer: str) -> int:
     if not ids:
         raise SpanNotFound(f"answer {answer!r} has no tokens")
     return int(ids[0])
+
+
+def answer_tokens(tokenizer, example: Example, path: str, line: int) -> tuple[int, int]:
+    """The (target, alt) tokens of an example. Answers that share their first token cannot be
+    told apart by it (p_target would equal p_alt): such a record is reported, not traced."""
+    try:
+        target, alt = answer_token(tokenizer, example.target), answer_token(tokenizer, example.alt)
+    except SpanNotFound as exc:
+        raise RecordError(path, line, "obj", str(exc)) from None
+    if target == alt:
+        raise RecordError(path, line, "obj_cf", f"{example.target!r} and {example.alt!r} start with the same token"
+                          f" {tokenizer.decode([target])!r}: their first-token probabilities are one number")
+    return target, alt
 
 
 def overlapping(tokens: Tokens, ranges) -> list[int]:

@@ -59,24 +59,26 @@ def segments_of(ds) -> list[str]:
     return [s for s in SEGMENT_ORDER if s in present] + sorted(present - set(SEGMENT_ORDER))
 
 
-def segment_effects(ds, metric: str, segments: list[str], chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """(IE[example, segment, layer, component], TE[example]): per example, the mean IE over
-    the tokens of each segment (NaN where the example has none)."""
+def segment_effects(ds, metrics, segments: list[str], chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(IE[metric, example, segment, layer, component], TE[metric, example]): per example, the
+    mean IE over the tokens of each segment (NaN where the example has none). One pass over
+    the cube, `chunk` examples at a time."""
     n = ds.sizes["example"]
-    out = np.full((n, len(segments), ds.sizes["layer"], ds.sizes["component"]), np.nan)
-    te = np.full(n, np.nan)
+    out = np.full((len(metrics), n, len(segments), ds.sizes["layer"], ds.sizes["component"]), np.nan)
+    te = np.full((len(metrics), n), np.nan)
     for lo in range(0, n, chunk):
-        part = ds.isel(example=slice(lo, lo + chunk))
-        ie, total = metric_effects(part, metric)
-        ie = ie.values.astype(np.float64)  # [example, token, layer, component]
+        part = ds.isel(example=slice(lo, lo + chunk)).load()
         seg = part.segment.values.astype(str)
-        for k, s in enumerate(segments):
-            mask = (seg == s)[:, :, None, None]
-            count = mask.sum(axis=1)
-            summed = np.where(mask, ie, 0.0).sum(axis=1)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out[lo:lo + chunk, k] = np.where(count > 0, summed / np.maximum(count, 1), np.nan)
-        te[lo:lo + chunk] = total.values
+        masks = [(seg == s)[:, :, None, None] for s in segments]
+        for m, metric in enumerate(metrics):
+            ie, total = metric_effects(part, metric)
+            ie = ie.values.astype(np.float64)  # [example, token, layer, component]
+            for k, mask in enumerate(masks):
+                count = mask.sum(axis=1)
+                summed = np.where(mask, ie, 0.0).sum(axis=1)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    out[m, lo:lo + chunk, k] = np.where(count > 0, summed / np.maximum(count, 1), np.nan)
+            te[m, lo:lo + chunk] = total.values
     return out, te
 
 
@@ -110,16 +112,10 @@ def summarize(ds, variant: str | None = None, filter: str | None = None, metrics
         raise ConfigError(f"no example is left after --variant {variant or 'all'} --filter {filter or 'none'}")
     segments = segments_of(chosen)
     dims = ("metric", "segment", "layer", "component")
-    aie = np.empty((len(metrics), len(segments), chosen.sizes["layer"], chosen.sizes["component"]))
-    low, high, ate = np.empty_like(aie), np.empty_like(aie), np.empty((len(metrics), 3))
-    n_seg = None
-    for m, metric in enumerate(metrics):
-        per_example, te = segment_effects(chosen, metric, segments)
-        aie[m], low[m], high[m], n = mean_ci(per_example)
-        n_seg = n[:, 0, 0]
-        ate[m] = mean_ci(te)[:3]
-    with np.errstate(invalid="ignore"):
-        best = np.nanargmax(np.where(np.isnan(aie), -np.inf, aie), axis=2)  # [metric, segment, component]
+    per_example, te = segment_effects(chosen, metrics, segments)
+    aie, low, high, n = mean_ci(per_example, axis=1)  # [metric, segment, layer, component]
+    ate = np.stack(mean_ci(te, axis=1)[:3], axis=1)  # [metric, (mean, low, high)]
+    best = np.argmax(np.where(np.isnan(aie), -np.inf, aie), axis=2)  # [metric, segment, component]
     best_aie = np.take_along_axis(aie, best[:, :, None, :], axis=2)[:, :, 0, :]
     target = chosen.answer_id.sel(answer="target").values if "answer_id" in chosen else None
     share = float(np.mean(chosen.clean_top1.values == target)) if target is not None else np.nan
@@ -127,7 +123,8 @@ def summarize(ds, variant: str | None = None, filter: str | None = None, metrics
     out = xr.Dataset(
         {
             "aie": (dims, aie), "aie_low": (dims, low), "aie_high": (dims, high),
-            "n": (("segment",), n_seg.astype(np.int32)),
+            # examples counted where the metric is finite (a probability of 0 has no log-ratio)
+            "n": (("metric", "segment"), n.max(axis=(2, 3)).astype(np.int32)),
             "best_layer": (("metric", "segment", "component"), chosen.layer.values[best].astype(np.int32)),
             "best_aie": (("metric", "segment", "component"), best_aie),
             "ate": (("metric",), ate[:, 0]), "ate_low": (("metric",), ate[:, 1]), "ate_high": (("metric",), ate[:, 2]),
@@ -150,7 +147,7 @@ def summarize(ds, variant: str | None = None, filter: str | None = None, metrics
 def to_frame(summary):
     """The AIE table in long form (one row per metric, segment, layer, component), for CSV."""
     df = summary[["aie", "aie_low", "aie_high"]].to_dataframe().reset_index()
-    return df.merge(summary["n"].to_dataframe().reset_index(), on="segment")
+    return df.merge(summary["n"].to_dataframe().reset_index(), on=["metric", "segment"])
 
 
 def _band(first: int, last: int) -> str:
@@ -180,6 +177,6 @@ def table(summary, metric: str = "prob", bands: int = 6) -> str:
             peak = c.sel(segment=seg, layer=best)
             with np.errstate(invalid="ignore"), _quiet():
                 bands_txt = "".join(f"{np.nanmean(row[g]):9.3f}" for g in groups)
-            lines.append(f"{seg:20s}{int(summary.n.sel(segment=seg)):4d}{bands_txt}{float(peak.aie):9.3f}"
+            lines.append(f"{seg:20s}{int(s.n.sel(segment=seg)):4d}{bands_txt}{float(peak.aie):9.3f}"
                          f"   [{float(peak.aie_low):6.3f}, {float(peak.aie_high):6.3f}]{best:7d}")
     return "\n".join(lines)

@@ -4,6 +4,7 @@ options override them, and the cube records which definition made it."""
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ from click.testing import CliRunner
 
 from nnct.cli import main
 from nnct.cube import open_cube
-from nnct.definition import load
+from nnct.definition import TRACE_KEYS, load
+from nnct.run import RunConfig
 from nnct.errors import ConfigError
 from nnct.prompts import experiment
 
@@ -27,6 +29,13 @@ def test_repository_definitions(name):
     assert d.trace["prompt_format"] == exp.prompt_format  # METHOD.md's default format
     assert (d.trace["samples"], d.trace["window"], d.trace["noise_level"]) == (10, 10, "s3")  # ROME's settings
     assert d.trace.get("max_cf", 0) == (1 if exp.context else 0)
+
+
+def test_trace_keys_are_run_settings_and_noise_may_be_a_number(tmp_path):
+    assert set(TRACE_KEYS) <= {f.name for f in fields(RunConfig)}
+    path = tmp_path / "d.toml"
+    path.write_text('name = "x"\nversion = 1\n[trace]\nexperiment = "subject"\nnoise_level = 0.25\n')
+    assert load(path).trace["noise_level"] == "0.25"
 
 
 @pytest.mark.parametrize("text, message", [
@@ -55,7 +64,7 @@ def test_definition_gives_defaults_and_options_override(tmp_path, tiny_model_dir
                                        "--definition", str(definition), "--samples", "2", "-q"])
     assert result.exit_code == 0, result.output
     ds = open_cube(out)
-    assert ds.attrs["definition"] == "obj-test v3"
+    assert ds.attrs["definition"] == "obj-test v3 (samples=2)"  # what the command line changed is named
     assert ds.attrs["experiment"] == "object" and ds.attrs["components"] == "hidden" and ds.attrs["window"] == 3
     assert ds.attrs["replace"] == 1 and ds.attrs["max_cf"] == 2
     assert ds.attrs["samples"] == 2  # the command line wins

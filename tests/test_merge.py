@@ -94,6 +94,32 @@ def test_merge_cli(shards, tmp_path):
     assert bad.exit_code == 2 and "missing" in bad.output
 
 
+def test_each_problem_is_reported_by_one_shard(tiny_model_dir, tmp_path):
+    from conftest import RECORDS, write_jsonl
+    from nnct.run import Progress
+
+    bad_record = dict(RECORDS[1], subj="Mont Blanc")  # not in its prompt: a problem found while preparing
+    lines = [RECORDS[0], "{not json", bad_record, RECORDS[2], RECORDS[0] | {"id": "r4"}]
+    data = write_jsonl(tmp_path / "d.jsonl", lines)
+
+    class Seen(Progress):
+        def skipped(self, problems):
+            self.lines = [p.line for p in problems]
+
+    seen = {}
+    for i in range(2):
+        progress = Seen()
+        trace(config(tiny_model_dir, data, tmp_path / f"s{i}.nc", components="hidden", shard=f"{i}/2"), progress=progress)
+        seen[i] = progress.lines
+    # records (by position): line 1 -> 0, line 3 -> 1, line 4 -> 0, line 5 -> 1; line 2 is no record: shard 0's
+    assert seen == {0: [2], 1: [3]}
+
+
+def test_more_shards_than_records_is_refused(tiny_model_dir, data_file, tmp_path):
+    with pytest.raises(ConfigError, match="only 3 records"):
+        trace(config(tiny_model_dir, data_file, tmp_path / "s.nc", components="hidden", shard="3/4"))
+
+
 @pytest.mark.parametrize("text", ["3/3", "-1/2", "a/b", "1", "0/0"])
 def test_bad_shard_specs(text):
     with pytest.raises(ConfigError, match="--shard"):

@@ -29,10 +29,15 @@ def test_memory_study_recipe(tiny_model_dir, data_file, tmp_path):
     assert len(answers) == 3 + 3 + 2 + 2 + 1  # none + fact + every counterfactual of the three records
     for name in ("subject-noctx", "subject", "object", "relation"):
         ds = open_cube(out / f"{name}.nc")
-        assert ds.attrs["definition"] == f"{name} v1" and ds.attrs["samples"] == 2
+        lean = ", components=hidden" if name in ("object", "relation") else ""
+        assert ds.attrs["definition"] == f"{name} v1 (samples=2, window=2{lean})"  # the overrides are named
+        assert ds.attrs["samples"] == 2
         assert ds.attrs["components"] == ("hidden" if name in ("object", "relation") else "hidden,mlp,attn")
-        assert (out / f"{name}.summary.nc").exists() and (out / f"{name}.summary.csv").exists()
-        assert (out / "figures" / name / "average.pdf").exists()
+        for part in ([name] if name == "subject-noctx" else [f"{name}.fact", f"{name}.cf"]):
+            assert (out / f"{part}.summary.nc").exists() and (out / f"{part}.summary.csv").exists()
+            assert (out / "figures" / part / "average.pdf").exists()
+        if name != "subject-noctx":
+            assert open_cube(out / f"{name}.cf.summary.nc").attrs["variant"] == "cf"
     # the clean runs of the traces and of `nnct answers` are the same forwards
     subject = open_cube(out / "subject.nc")
     fact = answers[answers.condition == "fact"].set_index("record_id")
@@ -45,3 +50,9 @@ def test_memory_study_recipe(tiny_model_dir, data_file, tmp_path):
     cf1 = answers[answers.condition == "cf1"]
     assert f"context wins {(cf1.source == 'context').mean():.0%} of {len(cf1)}" in text
     assert "MLP against attention" in text and "subject_last" in text
+    # section 3 splits the cf examples by winner: its counts are the cube's
+    obj = open_cube(out / "object.nc")
+    cf_examples = [str(v).startswith("cf") for v in obj.variant.values]
+    wins = sum(c and float(obj.p_clean.values[i, 0]) > float(obj.p_clean.values[i, 1]) for i, c in enumerate(cf_examples))
+    line = next(x for x in text.splitlines() if x.startswith("object") and "memory wins" in x)
+    assert line.split()[5] == str(sum(cf_examples) - wins)

@@ -130,9 +130,27 @@ def test_lazy_chunked_cube_gives_the_same_summary(tmp_path):
     lazy = summarize(open_cube(path, chunks={"example": 2}))
     np.testing.assert_allclose(lazy.aie.values, eager.aie.values, atol=1e-12)
     segs = list(eager.segment.values)
-    one, _ = segment_effects(open_cube(path), "prob", segs, chunk=1)
-    whole, _ = segment_effects(open_cube(path), "prob", segs, chunk=256)
+    one, _ = segment_effects(open_cube(path), ("prob",), segs, chunk=1)
+    whole, _ = segment_effects(open_cube(path), ("prob",), segs, chunk=256)
     np.testing.assert_array_equal(one, whole)
+
+
+def test_table_numbers():
+    recs = records()
+    s = summarize(make_cube())
+    lines = table(s, bands=2).splitlines()
+    row = next(x for x in lines[lines.index("mlp: AIE by segment and layer band; peak with 95% CI"):] if x.startswith("subject_last"))
+    values = row.split()
+    by_layer = [by_hand(recs, "subject_last", layer, 1)[0] for layer in range(4)]
+    best = int(np.argmax(by_layer))
+    mean, low, high, n = by_hand(recs, "subject_last", best, 1)
+    assert int(values[1]) == n
+    assert float(values[2]) == pytest.approx(np.mean(by_layer[:2]), abs=6e-4)  # band L0-1, printed to 3 decimals
+    assert float(values[3]) == pytest.approx(np.mean(by_layer[2:]), abs=6e-4)
+    assert float(values[4]) == pytest.approx(mean, abs=6e-4)
+    ci_low, ci_high = row[row.index("[") + 1:row.index("]")].split(",")
+    assert float(ci_low) == pytest.approx(low, abs=2e-3) and float(ci_high) == pytest.approx(high, abs=2e-3)
+    assert int(values[-1]) == best
 
 
 def test_table_and_frame():
@@ -141,6 +159,8 @@ def test_table_and_frame():
     assert "subject_last" in text and "95% CI" in text and "hidden" in text and "mlp" in text
     df = to_frame(s)
     assert len(df) == 2 * 7 * 4 * 2
+    n = df[df.metric == "prob"].groupby("segment").n.first().to_dict()
+    assert n == {str(k): int(v) for k, v in s.n.sel(metric="prob").to_series().items()}
     assert set(df.columns) >= {"metric", "segment", "layer", "component", "aie", "aie_low", "aie_high", "n"}
 
 
