@@ -15,9 +15,10 @@ An example costs two full forwards, then one forward per batch of the schedule (
   values, and only the answers' probabilities at the last position leave the trace.
 Cells before the first corrupted token need no forward: their value is the base run's.
 
-Everything inside a trace is an nnsight intervention on the model's own modules. A remote
-backend will need the base run's cache and states kept on the server between traces (an
-nnsight session), which is the remote issue's work.
+Everything inside a trace is an nnsight intervention on the model's own modules. With
+`Settings.remote`, an example's traces run in one nnsight session, so the base run's cache
+and states stay with the model between them; the engine holds only the model's envoys and
+sizes (`models.Parts`), so that it can travel into the session.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .models import Adapter, first
+from .models import Adapter, Parts, first
 from .plan import FORWARD_ORDER, Batch, cells, patches, schedule
 
 
@@ -41,6 +42,9 @@ class Settings:
     reverse: bool = False
     batch_rows: int | None = None  # None: `auto_batch_rows` for each example
     batch_budget: int = 1 << 30  # bytes of working memory a batch may take, for auto
+    # None: run here; otherwise nnsight's `remote` for one session per example ("local":
+    # nnsight's simulation, which serialises the session as a real request would).
+    remote: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,12 +87,12 @@ def memory_budget(device: str) -> int:
 CPU_TOKEN_ROWS = 2048
 
 
-def auto_batch_rows(adapter: Adapter, n_tokens: int, samples: int, budget: int = 1 << 30) -> int:
+def auto_batch_rows(adapter: Adapter | Parts, n_tokens: int, samples: int, budget: int = 1 << 30) -> int:
     """The most rows per forward that `budget` bytes of working memory allow (the copied
     key/value cache and its extension, the activations, the attention scores and the
     float32 softmax over the vocabulary, per row), in whole cells, at least one."""
     a = adapter
-    elt = next(a.hf.parameters()).element_size()
+    elt = a.torch_dtype.itemsize
     per_row = elt * n_tokens * (4 * a.n_layers * a.d_kv + 6 * a.d_model + 3 * a.d_ff + a.n_heads * n_tokens) + 8 * a.vocab
     rows = max(samples, min(4096, budget // per_row))
     return rows - rows % samples
@@ -106,11 +110,11 @@ class Run:
 
 class Engine:
     def __init__(self, adapter: Adapter, settings: Settings):
-        self.adapter = adapter
+        self.parts = adapter.parts  # envoys and sizes only: the engine can travel to a remote session
         self.settings = settings
 
     def _module(self, component: str, layer: int):
-        a = self.adapter
+        a = self.parts
         return {"hidden": a.layers, "mlp": a.mlp, "attn": a.attn}[component][layer]
 
     def _forward(self, ids, rows, answers, *, noise=None, writes=None, save=(), keep_cache=False,
@@ -122,7 +126,7 @@ class Engine:
         (rows, positions relative to start, values); layers before `first_layer` are
         skipped and output `skip_value`; `cache` holds the first `start` positions.
         """
-        a, writes = self.adapter, writes or {}
+        a, writes = self.parts, writes or {}
         x = torch.tensor(ids[start:], device=a.device)[None].expand(rows, -1)
         saved: dict[str, list] = {c: [] for c in save}
         kwargs = {"logits_to_keep": 1, "use_cache": keep_cache or cache is not None}
@@ -141,7 +145,7 @@ class Engine:
                 emb = a.embed.output
                 emb[:, positions] = values if self.settings.replace else emb[:, positions] + values
             for layer in range(first_layer):
-                a.layers[layer].skip((skip_value,) if a.layout.layer_tuple else skip_value)
+                a.layers[layer].skip((skip_value,) if a.layer_tuple else skip_value)
             for layer in range(first_layer, a.n_layers):
                 for component in FORWARD_ORDER:
                     write = writes.get((layer, component))
@@ -164,7 +168,7 @@ class Engine:
 
     def _batch_inputs(self, batch: Batch, prep: Prepared, noise, base: Run, source: Run) -> dict:
         """The keyword arguments of `_forward` for one batch of the schedule."""
-        a, s = self.adapter, self.settings
+        a, s = self.parts, self.settings
         S, rows, start, first_layer = s.samples, len(batch.cells) * s.samples, batch.start, batch.first_layer
         sample = torch.arange(rows, device=a.device) % S  # row j*S + s is cell j's sample s
         zeros = torch.zeros(rows, dtype=torch.long, device=a.device)
@@ -213,10 +217,25 @@ class Engine:
         return run.probs[0].numpy(), int(run.top1[0])
 
     def trace(self, prep: Prepared, on_batch: Callable[[int], None] | None = None) -> Result:
-        a, s = self.adapter, self.settings
+        """The example's probabilities. Remotely, the whole example is one nnsight session: the
+        base run's cache and states stay with the model between its traces, and only the
+        probabilities come back."""
+        if self.settings.remote is None:
+            return self._trace(prep, on_batch)
+        import nnsight
+
+        with self.parts.nn.session(remote=self.settings.remote):
+            r = self._trace(prep)
+            out = nnsight.save({"p_clean": r.p_clean, "p_corrupt": r.p_corrupt, "p_restored": r.p_restored,
+                                "clean_top1": r.clean_top1})
+        if on_batch:
+            on_batch(int(np.prod(out["p_restored"].shape[:3])))
+        return Result(**out)
+
+    def _trace(self, prep: Prepared, on_batch: Callable[[int], None] | None = None) -> Result:
+        a, s = self.parts, self.settings
         n_tokens, S = len(prep.ids), s.samples
-        dtype = next(a.hf.parameters()).dtype
-        noise = prep.noise.to(a.device, dtype)
+        noise = prep.noise.to(a.device, a.torch_dtype)
         span = list(prep.span)
         base_save, source_save = ("hidden",), s.components
         clean = self._forward(prep.ids, 1, prep.answers, save=base_save if s.reverse else source_save, keep_cache=s.reverse,

@@ -92,6 +92,28 @@ def _missing(module, layout: Layout, n_layers: int) -> list[str]:
     return missing
 
 
+@dataclass(frozen=True)
+class Parts:
+    """The model as the engine sees it: the nnsight envoys of the parts it patches and the
+    sizes it plans with, and nothing that holds weights, so that an engine can be sent
+    whole into a remote nnsight session (only envoys travel by reference)."""
+
+    nn: Any
+    embed: Any
+    layers: tuple
+    attn: tuple
+    mlp: tuple
+    layer_tuple: bool
+    n_layers: int
+    d_model: int
+    d_kv: int
+    d_ff: int
+    n_heads: int
+    vocab: int
+    device: str
+    torch_dtype: Any
+
+
 class Adapter:
     """A loaded model behind nnct's standard parts, wrapped for nnsight tracing."""
 
@@ -125,6 +147,11 @@ class Adapter:
         self.mlp = [getattr(layer, self.layout.mlp) for layer in self.layers]
         self.norm = _resolve(self.nn, self.layout.norm)
         self.unembed = _resolve(self.nn, self.layout.unembed)
+        self.torch_dtype = next(hf_model.parameters()).dtype
+        self.parts = Parts(
+            self.nn, self.embed, tuple(self.layers), tuple(self.attn), tuple(self.mlp), self.layout.layer_tuple,
+            self.n_layers, self.d_model, self.d_kv, self.d_ff, self.n_heads, self.vocab, self.device, self.torch_dtype,
+        )
 
     @staticmethod
     def check(module, model_type: str, n_layers: int) -> Layout:
