@@ -48,6 +48,7 @@ memory-study n="30" out=(runs + "/memory") args="" lean="":
     nnct plot {{out}}/subject-noctx.nc -o {{out}}/figures/subject-noctx
     for e in subject object relation; do for v in fact cf; do nnct summarize {{out}}/$e.nc --variant $v --out {{out}}/$e.$v.summary.nc --csv {{out}}/$e.$v.summary.csv > {{out}}/$e.$v.summary.txt; nnct plot {{out}}/$e.nc --variant $v -o {{out}}/figures/$e.$v; done; done
     python analysis/memory_study.py {{out}} | tee {{out}}/memory_study.txt
+    python analysis/context_vs_memory.py {{out}} -o {{out}}/figures
 
 # The test suite (tiny random models for breadth, the embedded model for a few end-to-end checks).
 test *args:

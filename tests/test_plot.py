@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from cubes import make_cube, records
 from nnct.cli import main
 from nnct.cube import write
+from nnct.errors import ConfigError
 from nnct.plot import average_figure, draw, example_figure, lines_figure, scales
 from nnct.summary import summarize
 
@@ -54,7 +55,9 @@ def test_average_heatmap_rows_are_segments():
 
 def test_aie_lines_have_one_line_and_band_per_segment():
     s = summarize(make_cube())
-    fig = lines_figure(s, ["subject_last", "last", "no_such_segment"])
+    with pytest.raises(ConfigError, match="no segment no_such_segment"):
+        lines_figure(s, ["subject_last", "no_such_segment"])
+    fig = lines_figure(s, ["subject_last", "last"])
     ax = panels(fig)[0]
     assert [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")] == [
         "subject_last (n=5)", "last (n=5)"]

@@ -50,6 +50,7 @@ def test_memory_study_recipe(tiny_model_dir, data_file, tmp_path):
     cf1 = answers[answers.condition == "cf1"]
     assert f"context wins {(cf1.source == 'context').mean():.0%} of {len(cf1)}" in text
     assert "MLP against attention" in text and "subject_last" in text
+    assert (out / "figures" / "context_vs_memory.pdf").exists()
     # section 3 splits the cf examples by winner: its counts are the cube's
     obj = open_cube(out / "object.nc")
     cf_examples = [str(v).startswith("cf") for v in obj.variant.values]
