@@ -49,6 +49,7 @@ class RunConfig:
     resume: bool = False
     definition: str | None = None  # the experiment definition's label, e.g. "subject v1"
     shard: str | None = None  # "i/n": only records i, i+n, i+2n, ... (0-based); see `parse_shard`
+    remote: str | None = None  # "local": each example as one nnsight session, serialised as for NDIF
 
 
 @dataclass
@@ -119,6 +120,8 @@ def _validate(cfg: RunConfig) -> None:
     parse_components(cfg.components)
     noise.parse(cfg.noise_level)
     parse_shard(cfg.shard)
+    if cfg.remote not in (None, "local"):
+        raise ConfigError(f"remote {cfg.remote!r}: only 'local' (nnsight's simulation of a remote request) is built so far")
 
 
 def prepare(adapter, cfg: RunConfig) -> tuple[list[Item], list[RecordError], list[int]]:
@@ -249,7 +252,8 @@ def trace(cfg: RunConfig, adapter=None, progress: Progress | None = None) -> Sum
         tmp.replace(pdir / "run.json")
     level = float(meta["noise_level"])
 
-    engine = Engine(adapter, Settings(comps, cfg.samples, cfg.window, cfg.replace, cfg.reverse, cfg.batch_rows, meta["batch_budget"]))
+    engine = Engine(adapter, Settings(comps, cfg.samples, cfg.window, cfg.replace, cfg.reverse, cfg.batch_rows,
+                                      meta["batch_budget"], cfg.remote))
     files = [pdir / f"{i:06d}.npz" for i in range(len(items))]
     n_cells = [len(it.tokens) * adapter.n_layers * len(comps) for it in items]
     done = [f.is_file() for f in files]
@@ -278,7 +282,8 @@ def trace(cfg: RunConfig, adapter=None, progress: Progress | None = None) -> Sum
         "experiment": settings["experiment"], "prompt_format": settings["prompt_format"],
         "samples": cfg.samples, "window": cfg.window, "noise_rule": spec.rule, "noise_level": level,
         "seed": cfg.seed, "replace": int(cfg.replace), "reverse_patching": int(cfg.reverse),
-        "dtype": adapter.dtype, "backend": "local", "device": adapter.device, "created": meta["created"],
+        "dtype": adapter.dtype, "backend": "local" if cfg.remote is None else f"nnsight remote={cfg.remote}",
+        "device": adapter.device, "created": meta["created"],
         "components": settings["components"], "max_cf": cfg.max_cf, "data": settings["data"],
         "answer_token": "first token of ' ' + answer", "definition": cfg.definition or "",
         "shard": cfg.shard or "", "data_sha256": settings["data_sha256"],

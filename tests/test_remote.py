@@ -45,3 +45,28 @@ def test_the_request_carries_no_weights(monkeypatch, one_torch_thread):
     Engine(adapter, Settings(components=("hidden",), samples=2, window=3, remote="local")).trace(prepared(adapter, samples=2))
     assert len(sizes) == 1  # one request for the example
     assert weights > 16 << 20 and sizes[0] < 1 << 20
+
+
+def test_run_with_remote_local_writes_the_local_cube(tiny_model_dir, data_file, tmp_path, one_torch_thread):
+    import xarray as xr
+
+    from test_run import config
+    from nnct.cube import open_cube
+    from nnct.run import trace
+
+    kw = dict(experiment="subject", max_cf=1, components="hidden,attn", batch_rows=6)
+    trace(config(tiny_model_dir, data_file, tmp_path / "here.nc", **kw))
+    trace(config(tiny_model_dir, data_file, tmp_path / "there.nc", remote="local", **kw))
+    here, there = open_cube(tmp_path / "here.nc"), open_cube(tmp_path / "there.nc")
+    assert there.attrs["backend"] == "nnsight remote=local" and here.attrs["backend"] == "local"
+    np.testing.assert_allclose(there.p_restored.values, here.p_restored.values, atol=TOL)
+    xr.testing.assert_equal(there.drop_vars(["p_restored", "p_clean", "p_corrupt"]), here.drop_vars(["p_restored", "p_clean", "p_corrupt"]))
+
+
+def test_other_remotes_are_not_built_yet(tiny_model_dir, data_file, tmp_path):
+    from test_run import config
+    from nnct.errors import ConfigError
+    from nnct.run import trace
+
+    with pytest.raises(ConfigError, match="only 'local'"):
+        trace(config(tiny_model_dir, data_file, tmp_path / "c.nc", remote="http://127.0.0.1:8001"))
