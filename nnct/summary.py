@@ -150,6 +150,10 @@ def to_frame(summary):
     return df.merge(summary["n"].to_dataframe().reset_index(), on=["metric", "segment"])
 
 
+def _share(share: float) -> str:
+    return "? (a cube without clean_top1)" if np.isnan(share) else f"{share:.0%}"
+
+
 def _band(first: int, last: int) -> str:
     return f"L{first}" if first == last else f"L{first}-{last}"
 
@@ -164,7 +168,7 @@ def table(summary, metric: str = "prob", bands: int = 6) -> str:
         f"{a.get('experiment', '?')} ({a.get('definition') or 'no definition'}): {a['examples']} of {a['examples_in_cube']} examples"
         f" (variant {a['variant']}, filter {a['filter']}); metric {metric}",
         f"ATE {float(s.ate):.4f} [{float(s.ate_low):.4f}, {float(s.ate_high):.4f}]; mean p_clean {float(summary.p_clean):.4f},"
-        f" p_corrupt {float(summary.p_corrupt):.4f}; clean top-1 = target in {float(summary.share_target_first):.0%}",
+        f" p_corrupt {float(summary.p_corrupt):.4f}; clean top-1 = target in {_share(float(summary.share_target_first))}",
     ]
     for comp in summary.component.values:
         c = s.sel(component=comp)
