@@ -59,6 +59,15 @@ class _Bar:
         for problem in problems:
             click.echo(f"skipped {problem}", err=True)
 
+    def retry(self, attempt, error, delay):
+        self._say(f"request failed (try {attempt}): {error}; trying again in {delay:.0f} s")
+
+    def failed_job(self, job_id, error):
+        self._say(f"job {job_id} failed on the server: {error}; its examples are submitted again")
+
+    def _say(self, text):
+        (self.bar.write if self.bar is not None else click.echo)(f"nnct: {text}", file=sys.stderr)
+
     def close(self):
         if self.bar is not None:
             self.bar.set_postfix_str(f"examples {self.done}/{self.total}")
@@ -128,11 +137,18 @@ def _with_overrides(label: str, values: dict) -> str:
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
 @click.option("--shard", default=None, help="i/n: trace only records i, i+n, ... (0-based), for `nnct merge` to join.")
+@click.option("--remote", "remote_", is_flag=False, flag_value="ndif", default=None,
+              help="Run on an NDIF server (--ndif-host, NDIF_HOST or nnsight's config); --remote local: nnsight's local simulation.")
+@click.option("--ndif-host", "ndif_host", default=None, help="The NDIF server's URL (implies --remote) [default: NDIF_HOST, or NDIF's].")
+@click.option("--request-cells", default=10000, show_default=True, type=int,
+              help="Remote: cells per request (whole examples, at least one per request).")
+@click.option("--retries", default=3, show_default=True, type=int, help="Remote: tries again after a failed request, with backoff.")
+@click.option("--no-wait", "no_wait", is_flag=True, help="Remote: submit the requests and exit; `nnct remote collect` later.")
 @click.option("--resume", is_flag=True, help="Complete the unfinished run of the same settings at --out.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no per-example summary.")
-def trace(output_dir, out, replace, reverse, quiet, **options):
+def trace(output_dir, out, replace, reverse, quiet, remote_, ndif_host, no_wait, **options):
     """Trace a data set and write its effect cube."""
-    from . import cube, report, run
+    from . import run
 
     if bool(out) == bool(output_dir):
         _fail("give exactly one of --out FILE.nc and --output-dir DIR")
@@ -140,23 +156,104 @@ def trace(output_dir, out, replace, reverse, quiet, **options):
     options["batch_rows"] = _rows(options["batch_rows"])
     if options["definition"]:
         options["definition"] = _with_overrides(options["definition"], dict(options, replace=replace, reverse=reverse))
-    cfg = run.RunConfig(out=out, replace=replace == "1", reverse=reverse == "1", **options)
+    cfg = run.RunConfig(out=out, replace=replace == "1", reverse=reverse == "1", remote=_remote(remote_, ndif_host),
+                        wait=not no_wait, **options)
+    _run(lambda bar: run.trace(cfg, progress=bar), out, quiet)
+
+
+def _remote(value: str | None, host: str | None) -> str | None:
+    """--remote / --ndif-host as RunConfig.remote: None, "local", or the server's URL."""
+    from . import remote
+
+    if value == remote.LOCAL:
+        if host:
+            _fail("--remote local runs here: it takes no --ndif-host")
+        return remote.LOCAL
+    if value is None and host is None:
+        return None
+    if value not in (None, "ndif") and not value.startswith(("http://", "https://")):
+        _fail(f"--remote {value}: use --remote alone, --remote local, or --remote URL")
+    try:
+        return remote.server(host or (value if value != "ndif" else None)).host
+    except NnctError as exc:
+        _fail(str(exc))
+
+
+def _run(call, out: str, quiet: bool):
+    """Run a trace (or a collection) with a progress bar, and report what it wrote."""
+    from . import cube, report, run
+
     bar = _Bar(quiet)
     try:
-        summary = run.trace(cfg, progress=bar)
+        summary = call(bar)
     except NnctError as exc:
         bar.close()
-        _fail(str(exc))
+        _fail(f"{exc}; finished examples are kept: rerun with --resume" if run.partial_dir(out).is_dir() else str(exc))
     except KeyboardInterrupt:
         bar.close()
         _fail(f"interrupted; finished examples are kept in {run.partial_dir(out)}: rerun with --resume", 130)
     bar.close()
+    if summary.requests:
+        click.echo(f"{summary.requests} requests, {summary.bytes_sent:,} bytes sent, {summary.bytes_received:,} received")
+    if summary.pending:
+        click.echo(f"{summary.pending} requests running on the server; collect them with: nnct remote collect {out}")
+        return
     click.echo(
         f"wrote {summary.out}: {summary.examples} examples from {summary.records} records"
         f" ({len(summary.skipped)} skipped, {summary.resumed} resumed), noise level {summary.noise_level:.4f}"
     )
     if not quiet:
         click.echo(report.describe(cube.open_cube(summary.out)))
+
+
+@main.group("remote")
+def remote_group():
+    """NDIF servers: their models, whether a model runs, and runs submitted without waiting."""
+
+
+HOST_OPTION = click.option("--ndif-host", "ndif_host", default=None, help="The server's URL [default: NDIF_HOST, or NDIF's].")
+
+
+@remote_group.command("status")
+@HOST_OPTION
+def remote_status(ndif_host):
+    """The server's models and their state."""
+    from . import remote
+
+    try:
+        srv = remote.server(ndif_host)
+        models = remote.deployments(srv)
+    except NnctError as exc:
+        _fail(str(exc))
+    click.echo(f"{srv.host}: {len(models)} models")
+    for key, m in sorted(models.items(), key=lambda kv: kv[1]["repo_id"]):
+        click.echo(f"  {m['repo_id']:<50} {m['level']:<6} {m['state']:<12} {key}")
+
+
+@remote_group.command("check")
+@click.argument("model")
+@HOST_OPTION
+def remote_check(model, ndif_host):
+    """Whether MODEL runs on the server: one tiny request (which deploys it where the server
+    deploys on demand)."""
+    from . import models, remote
+
+    try:
+        srv = remote.server(ndif_host)
+        click.echo(remote.check(srv, models.load(model, weights=False)))
+    except NnctError as exc:
+        _fail(str(exc))
+
+
+@remote_group.command("collect")
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--wait", is_flag=True, help="Wait until every request has finished, then write the cube.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar, no per-example summary.")
+def remote_collect(out, wait, quiet):
+    """Collect a run submitted with --no-wait (OUT: its --out); writes the cube once all is in."""
+    from . import run
+
+    _run(lambda bar: run.collect(out, wait=wait, progress=bar), out, quiet)
 
 
 @main.command()

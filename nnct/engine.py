@@ -15,16 +15,20 @@ An example costs two full forwards, then one forward per batch of the schedule (
   values, and only the answers' probabilities at the last position leave the trace.
 Cells before the first corrupted token need no forward: their value is the base run's.
 
-Everything inside a trace is an nnsight intervention on the model's own modules. With
-`Settings.remote`, an example's traces run in one nnsight session, so the base run's cache
-and states stay with the model between them; the engine holds only the model's envoys and
-sizes (`models.Parts`), so that it can travel into the session.
+Everything inside a trace is an nnsight intervention on the model's own modules. `request`
+runs several examples' traces in one nnsight session sent through a backend (NDIF, or
+nnsight's local simulation): the base run's cache and states stay with the model between
+them, and only the probabilities come back. The engine holds only the model's envoys and
+sizes (`models.Parts`), so that it can travel into the session; where the model sits and
+in which dtype it runs are read there, from the server's own weights.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
+
+import dataclasses
 
 import numpy as np
 import torch
@@ -42,9 +46,6 @@ class Settings:
     reverse: bool = False
     batch_rows: int | None = None  # None: `auto_batch_rows` for each example
     batch_budget: int = 1 << 30  # bytes of working memory a batch may take, for auto
-    # None: run here; otherwise nnsight's `remote` for one session per example ("local":
-    # nnsight's simulation, which serialises the session as a real request would).
-    remote: str | None = None
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,11 @@ class Result:
 
 def memory_budget(device: str) -> int:
     """Bytes a batch may take: a quarter of the memory free now on the device, at most
-    1 GiB on a CPU and 16 GiB on a GPU. A run fixes it once (see `run`), so that a resumed
-    run makes the same batches."""
+    1 GiB on a CPU and 16 GiB on a GPU; 4 GiB on a remote server, whose free memory cannot
+    be read from here. A run fixes it once (see `run`), so that a resumed run makes the
+    same batches."""
+    if device == "remote":
+        return 4 << 30
     if device == "cuda":
         import torch
 
@@ -108,9 +112,19 @@ class Run:
     top1: torch.Tensor | None = None  # [row], the most probable next token
 
 
+@dataclass
+class Reply:
+    """What one request brought back: its examples' results and where the server ran them."""
+
+    results: list[Result]
+    device: str
+    dtype: str
+
+
 class Engine:
-    def __init__(self, adapter: Adapter, settings: Settings):
-        self.parts = adapter.parts  # envoys and sizes only: the engine can travel to a remote session
+    def __init__(self, model: Adapter | Parts, settings: Settings):
+        # envoys and sizes only: the engine can travel to a remote session
+        self.parts = model.parts if isinstance(model, Adapter) else model
         self.settings = settings
 
     def _module(self, component: str, layer: int):
@@ -217,20 +231,30 @@ class Engine:
         return run.probs[0].numpy(), int(run.top1[0])
 
     def trace(self, prep: Prepared, on_batch: Callable[[int], None] | None = None) -> Result:
-        """The example's probabilities. Remotely, the whole example is one nnsight session: the
-        base run's cache and states stay with the model between its traces, and only the
-        probabilities come back."""
-        if self.settings.remote is None:
-            return self._trace(prep, on_batch)
+        """The example's probabilities, computed here."""
+        return self._trace(prep, on_batch)
+
+    def request(self, preps: list[Prepared], backend) -> Reply | None:
+        """The examples' probabilities from one nnsight session sent through `backend` (None
+        when the backend does not wait for the result: `decode` what it collects later).
+        The session reads the model's device and dtype from the weights it finds there."""
         import nnsight
 
-        with self.parts.nn.session(remote=self.settings.remote):
-            r = self._trace(prep)
-            out = nnsight.save({"p_clean": r.p_clean, "p_corrupt": r.p_corrupt, "p_restored": r.p_restored,
-                                "clean_top1": r.clean_top1})
-        if on_batch:
-            on_batch(int(np.prod(out["p_restored"].shape[:3])))
-        return Result(**out)
+        out = None  # a backend that does not wait leaves the session's names unset
+        with self.parts.nn.session(backend=backend):
+            weight = self.parts.embed.weight
+            there = Engine(dataclasses.replace(self.parts, device=str(weight.device), torch_dtype=weight.dtype), self.settings)
+            results = []  # a loop, not a comprehension: nnsight runs the body with its own locals
+            for prep in preps:
+                results.append(dataclasses.asdict(there._trace(prep)))
+            out = nnsight.save({"results": results, "device": str(weight.device), "dtype": str(weight.dtype)})
+        return None if out is None else self.decode({"out": out})
+
+    @staticmethod
+    def decode(saves: dict) -> Reply:
+        """A request's saved values (by name, as a backend collects them) as a Reply."""
+        out = saves["out"]
+        return Reply([Result(**r) for r in out["results"]], out["device"], out["dtype"].removeprefix("torch."))
 
     def _trace(self, prep: Prepared, on_batch: Callable[[int], None] | None = None) -> Result:
         a, s = self.parts, self.settings

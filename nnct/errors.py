@@ -35,3 +35,15 @@ class ConfigError(NnctError):
 
 class ResumeMismatch(NnctError):
     """`--resume` on a run whose stored settings differ from the ones given now."""
+
+
+class RemoteFailed(NnctError):
+    """A remote request failed (refused, timed out, the server went away) after its retries."""
+
+
+class RemoteAuthError(NnctError):
+    """The server refused the API key."""
+
+
+class ModelNotHosted(NnctError):
+    """The server cannot run the model; the message lists the ones it hosts."""

@@ -10,7 +10,9 @@ decoder layer); `first` takes the tensor that is the part's output, and
 `Layout.layer_tuple` says what a skipped layer must return in its place.
 
 Models come from three places: the embedded default (`smollm2-135m`, see `embedded`), a
-local directory, or a hub id (only for users whose machine reaches a hub).
+local directory, or a hub id (only for users whose machine reaches a hub). For a run on a
+remote server, `load(..., weights=False)` builds the model on PyTorch's meta device from
+its config: the parts and sizes are there, the weights stay on the server.
 """
 
 from __future__ import annotations
@@ -117,7 +119,9 @@ class Parts:
 class Adapter:
     """A loaded model behind nnct's standard parts, wrapped for nnsight tracing."""
 
-    def __init__(self, hf_model, tokenizer, name: str, revision: str = "", device: str = "cpu"):
+    def __init__(self, hf_model, tokenizer, name: str, revision: str = "", device: str = "cpu", nn=None):
+        """`nn`: the nnsight model over `hf_model` when it is built already (without weights,
+        for a remote run); otherwise `hf_model` is wrapped here."""
         from nnsight import TransformersModel
 
         config = hf_model.config
@@ -140,7 +144,7 @@ class Adapter:
         self.revision = revision
         self.device = device
         self.dtype = str(next(hf_model.parameters()).dtype).removeprefix("torch.")
-        self.nn = TransformersModel(hf_model, tokenizer=tokenizer)
+        self.nn = nn if nn is not None else TransformersModel(hf_model, tokenizer=tokenizer)
         self.embed = _resolve(self.nn, self.layout.embed)
         self.layers = list(_resolve(self.nn, self.layout.layers))
         self.attn = [getattr(layer, self.layout.attn) for layer in self.layers]
@@ -186,14 +190,18 @@ def _device(device: str) -> str:
     return device
 
 
-def load(name: str = embedded.NAME, device: str = "cpu", dtype: str = "float32") -> Adapter:
-    """The embedded default, a local directory, or a hub id, as an Adapter."""
+REMOTE = "remote"  # the device of a model loaded without weights: the server's
+
+
+def load(name: str = embedded.NAME, device: str = "cpu", dtype: str = "float32", weights: bool = True) -> Adapter:
+    """The embedded default, a local directory, or a hub id, as an Adapter; without its
+    weights (`weights=False`, for a remote server, which picks device and dtype) when asked."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if dtype not in DTYPES:
         raise ConfigError(f"unknown dtype '{dtype}': use {', '.join(DTYPES)}")
-    device = _device(device)
+    device = _device(device) if weights else REMOTE
     if name == embedded.NAME:
         source, revision = str(embedded.local_dir()), embedded.revision()
     elif Path(name).is_dir():
@@ -204,9 +212,27 @@ def load(name: str = embedded.NAME, device: str = "cpu", dtype: str = "float32")
         source, revision = name, ""
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
+        if not weights:
+            return _without_weights(source, tokenizer, name, revision)
         hf = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype))
     except (OSError, ValueError, ImportError) as exc:
         raise ModelNotFound(f"cannot load model '{name}': {str(exc).splitlines()[0]}") from None
     if not revision:
         revision = str(getattr(hf.config, "_commit_hash", "") or "")
     return Adapter(hf.to(device), tokenizer, name=name, revision=revision, device=device)
+
+
+def _without_weights(source: str, tokenizer, name: str, revision: str) -> Adapter:
+    """The model on the meta device, named as a remote server knows it: its hub id, or for a
+    local directory (a server on this machine, or one sharing its disk) the path itself."""
+    import nnsight.modeling.huggingface as nhf
+    from nnsight import TransformersModel
+
+    if Path(source).is_dir():
+        # nnsight asks the hub for a model's canonical id; a directory is its own.
+        nhf._ID_CACHE[source] = source
+    # The tokenizer is passed: nnsight cannot guess it for a model built without weights.
+    nn = TransformersModel(source, task="text-generation", tokenizer=tokenizer)
+    hf = nn._module
+    revision = revision or str(getattr(hf.config, "_commit_hash", "") or "")
+    return Adapter(hf, tokenizer, name=name, revision=revision, device=REMOTE, nn=nn)

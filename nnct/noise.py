@@ -44,16 +44,25 @@ def parse(spec: str | float) -> NoiseSpec:
     return NoiseSpec(text, None)
 
 
-def embedding_std(adapter, span_token_ids: list[list[int]]) -> float:
-    """Std of the input embeddings of all span tokens (repeats counted, as ROME does)."""
+def embedding_std(adapter, span_token_ids: list[list[int]], backend=None) -> float:
+    """Std of the input embeddings of all span tokens (repeats counted, as ROME does): the
+    embedding module's output, one token per row, in one nnsight session that stops after
+    the embeddings. Through a remote `backend` it runs where the weights are, and only the
+    number comes back."""
+    import nnsight
     import torch
 
-    ids = torch.tensor([i for ids in span_token_ids for i in ids], dtype=torch.long, device=adapter.device)
+    ids = torch.tensor([i for ids in span_token_ids for i in ids], dtype=torch.long)[:, None]
     if ids.numel() == 0:
         raise ConfigError("no span tokens to measure the embeddings' standard deviation on")
-    with torch.no_grad():
-        rows = adapter.hf.get_submodule(adapter.layout.embed)(ids[None])[0]
-    return float(rows.double().std())
+    std, parts = None, adapter.parts  # envoys only travel: the adapter holds a tokenizer
+    with parts.nn.session(backend=backend):
+        tokens = ids.to(parts.embed.weight.device)  # the server's device, remotely
+        with parts.nn.trace(tokens) as tracer:
+            rows = parts.embed.output.detach().double()
+            std = nnsight.save(float(rows.std()))
+            tracer.stop()
+    return std
 
 
 def draw(seed: int, samples: int, span_len: int, d_model: int, level: float):

@@ -8,6 +8,13 @@ settings are the same, skips what is done, and assembles the same cube an uninte
 run would have written (same noise, same batches, same `created`). The cube is written
 to a temporary file and renamed over `out`, and only then is the partial directory
 removed.
+
+A remote run (`remote`: a host, or "local" for nnsight's simulation) sends the examples in
+requests of whole examples, up to `request_cells` cells each (at least one example), each
+retried with backoff (`remote.Retry`). Without `wait`, the requests are submitted and
+their job ids kept in `jobs.json` in the partial directory; a later call (`nnct remote
+collect`) collects what finished, submits again what failed, and writes the cube once
+every example is in.
 """
 
 from __future__ import annotations
@@ -17,12 +24,13 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import __version__, cube, noise, spans
+from . import __version__, cube, noise, remote, spans
 from .data import load_records
-from .errors import ConfigError, DataError, RecordError, ResumeMismatch, SpanNotFound
+from .errors import ConfigError, DataError, RecordError, RemoteFailed, ResumeMismatch, SpanNotFound
 from .plan import components as parse_components
 from .prompts import Example, examples_for, experiment
 
@@ -49,7 +57,11 @@ class RunConfig:
     resume: bool = False
     definition: str | None = None  # the experiment definition's label, e.g. "subject v1"
     shard: str | None = None  # "i/n": only records i, i+n, i+2n, ... (0-based); see `parse_shard`
-    remote: str | None = None  # "local": each example as one nnsight session, serialised as for NDIF
+    remote: str | None = None  # None: here; a host URL; "local": nnsight's simulation of a request
+    request_cells: int = 10000  # remote: cells per request (whole examples, at least one)
+    retries: int = 3  # remote: tries after a failed one, with exponential backoff
+    retry_delay: float = 2.0  # remote: seconds before the first retry
+    wait: bool = True  # remote: False submits the requests and returns; collect them later
 
 
 @dataclass
@@ -73,6 +85,10 @@ class Summary:
     skipped: list[RecordError] = field(default_factory=list)
     resumed: int = 0
     noise_level: float = 0.0
+    pending: int = 0  # remote, not waiting: requests submitted and not collected yet
+    requests: int = 0  # remote: requests sent (retries included)
+    bytes_sent: int = 0
+    bytes_received: int = 0
 
 
 class Progress:
@@ -86,6 +102,12 @@ class Progress:
 
     def skipped(self, problems: list[RecordError]) -> None:
         """The records that will not be traced, before tracing starts."""
+
+    def retry(self, attempt: int, error: Exception, delay: float) -> None:
+        """A remote request failed and is tried again after `delay` seconds."""
+
+    def failed_job(self, job_id: str, error: Exception) -> None:
+        """A submitted remote job failed; its examples are submitted again."""
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -120,8 +142,15 @@ def _validate(cfg: RunConfig) -> None:
     parse_components(cfg.components)
     noise.parse(cfg.noise_level)
     parse_shard(cfg.shard)
-    if cfg.remote not in (None, "local"):
-        raise ConfigError(f"remote {cfg.remote!r}: only 'local' (nnsight's simulation of a remote request) is built so far")
+    if cfg.remote is not None:
+        if cfg.remote != remote.LOCAL:
+            remote.server(cfg.remote)
+        if cfg.request_cells < 1:
+            raise ConfigError(f"--request-cells {cfg.request_cells}: need at least 1")
+        if cfg.retries < 0:
+            raise ConfigError(f"--retries {cfg.retries}: cannot be negative")
+    if not cfg.wait and cfg.remote in (None, remote.LOCAL):
+        raise ConfigError("--no-wait needs a remote server: a run here (or nnsight's local simulation) has nothing to collect later")
 
 
 def prepare(adapter, cfg: RunConfig) -> tuple[list[Item], list[RecordError], list[int]]:
@@ -180,7 +209,8 @@ def partial_dir(out: str | Path) -> Path:
 def _settings(cfg: RunConfig, adapter) -> dict:
     """What must match for a resumed run to complete the same cube."""
     s = asdict(cfg)
-    for k in ("out", "resume"):
+    # How requests are sized, retried and waited for changes no number.
+    for k in ("out", "resume", "request_cells", "retries", "retry_delay", "wait"):
         s.pop(k)
     s["nnct_version"] = __version__
     s["device"] = adapter.device
@@ -219,16 +249,27 @@ def _open_partial(cfg: RunConfig, settings: dict) -> tuple[Path, dict]:
     return pdir, {"settings": settings, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 
 
+def _target(cfg: RunConfig):
+    """Where the examples run: None (here), "local" (nnsight's simulation) or a Server."""
+    if cfg.remote is None or cfg.remote == remote.LOCAL:
+        return cfg.remote
+    return remote.server(cfg.remote)
+
+
 def trace(cfg: RunConfig, adapter=None, progress: Progress | None = None) -> Summary:
-    """Run (or resume) a trace and write its cube to `cfg.out`."""
+    """Run (or resume, or collect) a trace and write its cube to `cfg.out` once every
+    example is in."""
     from . import models
     from .engine import Engine, Prepared, Settings, memory_budget
 
     _validate(cfg)  # before the model loads, so that a typo fails at once
     comps = parse_components(cfg.components)
     spec = noise.parse(cfg.noise_level)
-    adapter = adapter or models.load(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    target = _target(cfg)
+    weights = target is None or target == remote.LOCAL  # a server has its own
+    adapter = adapter or models.load(cfg.model, device=cfg.device, dtype=cfg.dtype, weights=weights)
     progress = progress or Progress()
+    requests = _Requests(cfg, target, adapter, progress)
     every, problems, lines = prepare(adapter, cfg)
     items, problems = _shard(every, problems, lines, parse_shard(cfg.shard))
     progress.skipped(problems)
@@ -243,31 +284,27 @@ def trace(cfg: RunConfig, adapter=None, progress: Progress | None = None) -> Sum
     if "noise_level" not in meta:
         # Over the whole data set, not the shard: every shard of a run uses the same level.
         spans_ids = [[it.tokens.ids[i] for i in it.span] for it in every]
-        std = noise.embedding_std(adapter, spans_ids) if spec.multiplier is not None else None
+        std = requests.embedding_std(spans_ids) if spec.multiplier is not None else None
         meta["noise_level"] = spec.level(std)
         meta["examples"] = ids
         meta["batch_budget"] = memory_budget(adapter.device)
-        tmp = pdir / "run.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=1))
-        tmp.replace(pdir / "run.json")
+        _write_meta(pdir, meta)
     level = float(meta["noise_level"])
 
     engine = Engine(adapter, Settings(comps, cfg.samples, cfg.window, cfg.replace, cfg.reverse, cfg.batch_rows,
-                                      meta["batch_budget"], cfg.remote))
+                                      meta["batch_budget"]))
     files = [pdir / f"{i:06d}.npz" for i in range(len(items))]
     n_cells = [len(it.tokens) * adapter.n_layers * len(comps) for it in items]
     done = [f.is_file() for f in files]
     progress.start(len(items), sum(n_cells), sum(done), sum(n for n, d in zip(n_cells, done) if d))
-    for item, path, finished in zip(items, files, done):
-        if finished:
-            continue
-        progress.example(item.example.id)
-        prep = Prepared(
-            ids=item.tokens.ids, span=tuple(item.span), answers=item.answers,
-            noise=noise.draw(cfg.seed, cfg.samples, len(item.span), adapter.d_model, level),
-        )
-        result = engine.trace(prep, on_batch=progress.cells)
-        ex = item.example
+
+    def prepared(k: int) -> Prepared:
+        item = items[k]
+        return Prepared(ids=item.tokens.ids, span=tuple(item.span), answers=item.answers,
+                        noise=noise.draw(cfg.seed, cfg.samples, len(item.span), adapter.d_model, level))
+
+    def keep(k: int, result) -> None:
+        item, ex = items[k], items[k].example
         cube.ExampleRecord(
             example=ex.id, record_id=ex.record_id, variant=ex.variant, prompt=ex.prompt,
             target_str=ex.target, alt_str=ex.alt, line=item.line, token_ids=list(item.tokens.ids),
@@ -275,15 +312,28 @@ def trace(cfg: RunConfig, adapter=None, progress: Progress | None = None) -> Sum
             span=item.span, p_clean=result.p_clean, p_corrupt=result.p_corrupt, p_restored=result.p_restored,
             answer_ids=list(item.answers), clean_top1=result.clean_top1,
             clean_top1_str=adapter.tokenizer.decode([result.clean_top1]),
-        ).save(path)
+        ).save(files[k])
+
+    todo = [k for k, finished in enumerate(done) if not finished]
+    if target is None:
+        for k in todo:
+            progress.example(items[k].example.id)
+            keep(k, engine.trace(prepared(k), on_batch=progress.cells))
+        placed = {"device": adapter.device, "dtype": adapter.dtype}
+    else:
+        placed = requests.run(engine, ids, todo, n_cells, prepared, keep, pdir, meta)
+    summary = Summary(cfg.out, len({it.example.record_id for it in items}), len(items), problems, sum(done), level,
+                      requests.pending, requests.sent, requests.bytes_sent, requests.bytes_received)
+    if requests.pending:
+        return summary
 
     attrs = {
         "model": cfg.model, "model_revision": adapter.revision, "nnct_version": __version__,
         "experiment": settings["experiment"], "prompt_format": settings["prompt_format"],
         "samples": cfg.samples, "window": cfg.window, "noise_rule": spec.rule, "noise_level": level,
         "seed": cfg.seed, "replace": int(cfg.replace), "reverse_patching": int(cfg.reverse),
-        "dtype": adapter.dtype, "backend": "local" if cfg.remote is None else f"nnsight remote={cfg.remote}",
-        "device": adapter.device, "created": meta["created"],
+        "dtype": placed["dtype"], "backend": remote.kind(cfg.remote),
+        "device": placed["device"], "created": meta["created"],
         "components": settings["components"], "max_cf": cfg.max_cf, "data": settings["data"],
         "answer_token": "first token of ' ' + answer", "definition": cfg.definition or "",
         "shard": cfg.shard or "", "data_sha256": settings["data_sha256"],
@@ -292,5 +342,129 @@ def trace(cfg: RunConfig, adapter=None, progress: Progress | None = None) -> Sum
     ds = cube.assemble([cube.ExampleRecord.load(f, i) for f, i in zip(files, ids)], adapter.n_layers, comps, attrs)
     cube.write(ds, cfg.out)
     _remove(pdir)
-    n_records = len({it.example.record_id for it in items})
-    return Summary(cfg.out, n_records, len(items), problems, sum(done), level)
+    return summary
+
+
+def _write_meta(pdir: Path, meta: dict) -> None:
+    tmp = pdir / "run.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=1))
+    tmp.replace(pdir / "run.json")
+
+
+class _Requests:
+    """A run's remote requests: packing, retries, submitted jobs, and their counts."""
+
+    POLL_SECONDS = 2.0
+
+    def __init__(self, cfg: RunConfig, target, adapter, progress: Progress):
+        self.cfg, self.target, self.adapter, self.progress = cfg, target, adapter, progress
+        self.retry = remote.Retry(attempts=cfg.retries + 1, delay=cfg.retry_delay)
+        self.pending = self.sent = self.bytes_sent = self.bytes_received = 0
+
+    def _classify(self, exc: BaseException):
+        if self.target == remote.LOCAL:
+            return RemoteFailed(f"nnsight's local simulation: {type(exc).__name__}: {exc}")
+        return remote.classify(exc, self.target, self.adapter)
+
+    def _call(self, fn, blocking: bool = True, job_id: str | None = None):
+        """fn(backend) with a fresh backend per try, retried; the bytes counted."""
+
+        def attempt():
+            backend = remote.backend(self.target, self.adapter, blocking=blocking, job_id=job_id)
+            self.sent += job_id is None
+            try:
+                return fn(backend), backend
+            finally:
+                self.bytes_sent += getattr(backend, "sent", 0)
+                self.bytes_received += getattr(backend, "received", 0)
+
+        return self.retry.run(attempt, self._classify, self.progress.retry)
+
+    def embedding_std(self, span_ids: list[list[int]]) -> float:
+        if self.target is None:
+            return noise.embedding_std(self.adapter, span_ids)
+        return self._call(lambda backend: noise.embedding_std(self.adapter, span_ids, backend))[0]
+
+    def run(self, engine, names: list[str], todo: list[int], n_cells: list[int], prepared, keep, pdir: Path, meta: dict) -> dict:
+        """Trace examples `todo` remotely; returns where the server ran them."""
+        jobs_file = pdir / "jobs.json"
+        jobs = json.loads(jobs_file.read_text()) if jobs_file.is_file() else []
+
+        def save_jobs():
+            tmp = jobs_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(jobs, indent=1))
+            tmp.replace(jobs_file)
+
+        finished: set[int] = set()
+
+        def take(examples: list[int], reply) -> None:
+            placed = {"device": reply.device, "dtype": reply.dtype}
+            if meta.setdefault("placed", placed)["dtype"] != reply.dtype:
+                raise RemoteFailed(f"the server now runs the model in {reply.dtype}; this run began in {meta['placed']['dtype']}")
+            _write_meta(pdir, meta)
+            for k, result in zip(examples, reply.results):
+                keep(k, result)
+                finished.add(k)
+                self.progress.cells(n_cells[k])
+
+        # Jobs submitted earlier without waiting: collect what finished.
+        for job in list(jobs):
+            saved = self._collect(engine, job["job_id"])
+            if saved is False:
+                jobs.remove(job)
+            elif saved is not None:
+                take(job["examples"], engine.decode(saved))
+                jobs.remove(job)
+            save_jobs()
+        submitted = {k for job in jobs for k in job["examples"]}
+        for group in remote.pack([k for k in todo if k not in submitted | finished], n_cells, self.cfg.request_cells):
+            for k in group:
+                self.progress.example(names[k])
+            preps = [prepared(k) for k in group]
+            if self.cfg.wait:
+                reply = self._call(lambda backend: engine.request(preps, backend))[0]
+                take(group, reply)
+            else:
+                backend = self._call(lambda backend: engine.request(preps, backend), blocking=False)[1]
+                jobs.append({"examples": group, "job_id": backend.job_id})
+                save_jobs()
+        self.pending = len(jobs)
+        if not jobs and jobs_file.is_file():
+            jobs_file.unlink()
+        return meta.get("placed", {"device": "", "dtype": ""})
+
+    def _collect(self, engine, job_id: str):
+        """A submitted job's saved values; None while it runs (waits for it with `wait`);
+        False when it failed (its examples are then submitted again)."""
+        from nnsight.intervention.backends.remote import RemoteError
+
+        def poll(backend):
+            try:
+                return backend.poll()
+            except RemoteError as exc:  # the job itself failed: polling again cannot help
+                return exc
+
+        while True:
+            saved = self._call(poll, blocking=False, job_id=job_id)[0]
+            if isinstance(saved, RemoteError):
+                self.progress.failed_job(job_id, RemoteFailed(self.target.scrub(str(saved))))
+                return False
+            if saved is not None or not self.cfg.wait:
+                return saved
+            time.sleep(self.POLL_SECONDS)
+
+
+def collect(out: str, wait: bool = False, progress: Progress | None = None) -> Summary:
+    """Collect the requests a remote run submitted without waiting (and submit again what
+    failed); the cube is written once every example is in."""
+    from dataclasses import fields
+
+    meta = partial_dir(out) / "run.json"
+    if not meta.is_file():
+        raise DataError(f"{partial_dir(out)}: no unfinished run to collect for {out}")
+    stored = json.loads(meta.read_text())["settings"]
+    if not stored.get("remote"):
+        raise ConfigError(f"{out}: its run is not remote; complete it with nnct trace --resume")
+    known = {f.name for f in fields(RunConfig)}
+    cfg = RunConfig(**{k: v for k, v in stored.items() if k in known and k != "out"}, out=out, resume=True, wait=wait)
+    return trace(cfg, progress=progress)

@@ -1,30 +1,46 @@
-"""The engine inside an nnsight session sent through `remote="local"` (nnsight serialises the
-session as a real request would, then runs it here): the same numbers as the local engine."""
+"""The remote path without a server: the engine inside an nnsight session sent through
+nnsight's local simulation (`remote="local"`: the session is serialised as a real request
+would be, then run here) gives the local numbers; requests are packed as `--request-cells`
+says; retries back off and stop; a failed run resumes; submitted jobs are collected, and
+failed ones submitted again (a fake server in a dict); errors are classified with the key
+scrubbed. The real server is tested in `test_ndif.py`."""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
+import httpx
 import numpy as np
 import pytest
+import xarray as xr
 
 from conftest import make_adapter
 from test_engine import TOL, prepared
+from test_run import config
+from nnct import models, noise, remote
+from nnct.cube import open_cube
 from nnct.engine import Engine, Settings
+from nnct.errors import ConfigError, ModelNotHosted, RemoteAuthError, RemoteFailed
+from nnct.run import Progress, collect, partial_dir, trace
+
+SIM = remote.LOCAL
 
 
 @pytest.mark.parametrize("family, reverse", [("llama", False), ("gptj", False), ("qwen2", True)])
-def test_remote_local_session_gives_the_local_numbers(family, reverse, one_torch_thread):
+def test_one_session_gives_the_local_numbers_for_several_examples(family, reverse, one_torch_thread):
     adapter = make_adapter(family)
-    prep = prepared(adapter)
-    settings = Settings(samples=3, window=3, reverse=reverse, batch_rows=9)
-    here = Engine(adapter, settings).trace(prep)
-    seen = []
-    there = Engine(adapter, dataclasses.replace(settings, remote="local")).trace(prep, on_batch=seen.append)
-    for field in ("p_clean", "p_corrupt", "p_restored"):
-        np.testing.assert_allclose(getattr(there, field), getattr(here, field), atol=TOL, err_msg=field)
-    assert there.clean_top1 == here.clean_top1
-    assert sum(seen) == here.p_restored.shape[0] * here.p_restored.shape[1] * here.p_restored.shape[2]
+    preps = [prepared(adapter), prepared(adapter, seed=1)]
+    engine = Engine(adapter, Settings(samples=3, window=3, reverse=reverse, batch_rows=9))
+    reply = engine.request(preps, remote.backend(SIM, adapter))
+    assert (reply.device, reply.dtype) == ("cpu", "float32")  # read in the session, from the weights
+    assert len(reply.results) == 2
+    for prep, there in zip(preps, reply.results):
+        here = engine.trace(prep)
+        for field in ("p_clean", "p_corrupt", "p_restored"):
+            np.testing.assert_allclose(getattr(there, field), getattr(here, field), atol=TOL, err_msg=field)
+        assert there.clean_top1 == here.clean_top1
+    assert not np.allclose(reply.results[0].p_restored, reply.results[1].p_restored, equal_nan=True)  # other noise
 
 
 def test_the_request_carries_no_weights(monkeypatch, one_torch_thread):
@@ -42,31 +58,265 @@ def test_the_request_carries_no_weights(monkeypatch, one_torch_thread):
     monkeypatch.setattr(RequestModel, "serialize", staticmethod(counting))
     adapter = make_adapter("llama", intermediate_size=16384)
     weights = sum(p.numel() * p.element_size() for p in adapter.hf.parameters())
-    Engine(adapter, Settings(components=("hidden",), samples=2, window=3, remote="local")).trace(prepared(adapter, samples=2))
-    assert len(sizes) == 1  # one request for the example
+    engine = Engine(adapter, Settings(components=("hidden",), samples=2, window=3))
+    engine.request([prepared(adapter, samples=2)] * 3, remote.backend(SIM, adapter))
+    assert len(sizes) == 1  # one request for the three examples
     assert weights > 16 << 20 and sizes[0] < 1 << 20
 
 
-def test_run_with_remote_local_writes_the_local_cube(tiny_model_dir, data_file, tmp_path, one_torch_thread):
-    import xarray as xr
+def test_embedding_std_through_a_session_equals_the_weights_rows():
+    from nnct import noise
 
-    from test_run import config
-    from nnct.cube import open_cube
-    from nnct.run import trace
-
-    kw = dict(experiment="subject", max_cf=1, components="hidden,attn", batch_rows=6)
-    trace(config(tiny_model_dir, data_file, tmp_path / "here.nc", **kw))
-    trace(config(tiny_model_dir, data_file, tmp_path / "there.nc", remote="local", **kw))
-    here, there = open_cube(tmp_path / "here.nc"), open_cube(tmp_path / "there.nc")
-    assert there.attrs["backend"] == "nnsight remote=local" and here.attrs["backend"] == "local"
-    np.testing.assert_allclose(there.p_restored.values, here.p_restored.values, atol=TOL)
-    xr.testing.assert_equal(there.drop_vars(["p_restored", "p_clean", "p_corrupt"]), here.drop_vars(["p_restored", "p_clean", "p_corrupt"]))
+    adapter = make_adapter("gemma")  # scales its embeddings: the module's output, not the weight rows
+    ids = [[3, 4, 5], [6, 3]]
+    direct = adapter.hf.get_submodule("model.embed_tokens")(__import__("torch").tensor([[3, 4, 5, 6, 3]]))
+    expected = float(direct.detach().double().std())
+    assert noise.embedding_std(adapter, ids) == pytest.approx(expected, rel=1e-12)
+    assert noise.embedding_std(adapter, ids, remote.backend(SIM, adapter)) == pytest.approx(expected, rel=1e-12)
 
 
-def test_other_remotes_are_not_built_yet(tiny_model_dir, data_file, tmp_path):
-    from test_run import config
-    from nnct.errors import ConfigError
-    from nnct.run import trace
+@pytest.mark.parametrize("cells, budget, groups", [
+    ([5, 5, 5, 20, 1], 10, [[0, 1], [2], [3], [4]]),  # an example over the budget goes alone
+    ([3, 3, 3], 100, [[0, 1, 2]]),
+    ([3, 3, 3], 1, [[0], [1], [2]]),
+    ([4, 6, 1, 9], 10, [[0, 1], [2, 3]]),
+])
+def test_pack_keeps_order_and_budget(cells, budget, groups):
+    assert remote.pack(list(range(len(cells))), cells, budget) == groups
 
-    with pytest.raises(ConfigError, match="only 'local'"):
-        trace(config(tiny_model_dir, data_file, tmp_path / "c.nc", remote="http://127.0.0.1:8001"))
+
+def test_pack_skips_examples_not_asked_for():
+    assert remote.pack([1, 3], [9, 4, 9, 4], 8) == [[1, 3]]
+
+
+KW = dict(experiment="subject", max_cf=1, components="hidden,attn", batch_rows=6)
+
+
+@pytest.fixture(scope="module")
+def local_cube(tiny_model_dir, data_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("local") / "here.nc"
+    trace(config(tiny_model_dir, data_file, out, **KW))
+    return open_cube(out)
+
+
+def assert_same_numbers(there: xr.Dataset, here: xr.Dataset) -> None:
+    probs = ["p_restored", "p_clean", "p_corrupt"]
+    for name in probs:
+        np.testing.assert_allclose(there[name].values, here[name].values, atol=TOL, err_msg=name)
+    xr.testing.assert_equal(there.drop_vars(probs), here.drop_vars(probs))
+
+
+def cells_per_example(ds: xr.Dataset) -> list[int]:
+    return [int(n) * ds.sizes["layer"] * ds.sizes["component"] for n in (ds.token_id >= 0).sum("token").values]
+
+
+@pytest.mark.parametrize("request_cells", [1, 10**6, None])
+def test_run_packs_examples_into_requests(request_cells, local_cube, tiny_model_dir, data_file, tmp_path,
+                                          monkeypatch, one_torch_thread):
+    cells = cells_per_example(local_cube)
+    budget = request_cells or cells[0] + cells[1]  # None: the first two examples fit, no third
+    seen = []
+    real = Engine.request
+    monkeypatch.setattr(Engine, "request", lambda self, preps, backend: seen.append(len(preps)) or real(self, preps, backend))
+    out = tmp_path / "there.nc"
+    summary = trace(config(tiny_model_dir, data_file, out, remote=SIM, request_cells=budget, **KW))
+    assert seen == [len(g) for g in remote.pack(list(range(len(cells))), cells, budget)]
+    assert summary.requests == len(seen) + 1  # and one for the noise level
+    there = open_cube(out)
+    assert there.attrs["backend"] == "nnsight remote=local" and local_cube.attrs["backend"] == "local"
+    assert_same_numbers(there, local_cube)
+
+
+class Flaky:
+    """remote.backend, failing the calls whose numbers (from 1) are in `fail` with `error`."""
+
+    def __init__(self, fail, error=ConnectionRefusedError("[Errno 111] Connection refused")):
+        self.fail, self.error, self.calls = set(fail), error, itertools.count(1)
+        self.real = remote.backend
+
+    def __call__(self, target, adapter, blocking=True, job_id=None):
+        if next(self.calls) in self.fail:
+            error = self.error
+
+            class Failing:
+                def __call__(self, tracer):
+                    raise error
+
+            return Failing()
+        return self.real(target, adapter, blocking, job_id)
+
+
+class Retries(Progress):
+    def __init__(self):
+        self.seen = []
+
+    def retry(self, attempt, error, delay):
+        self.seen.append((attempt, delay))
+
+
+def test_failed_requests_are_retried_with_backoff(local_cube, tiny_model_dir, data_file, tmp_path, monkeypatch,
+                                                  one_torch_thread):
+    monkeypatch.setattr(remote, "backend", Flaky({2, 3}))  # the first example's request fails twice
+    monkeypatch.setattr(remote.time, "sleep", lambda s: None)
+    progress = Retries()
+    out = tmp_path / "there.nc"
+    summary = trace(config(tiny_model_dir, data_file, out, remote=SIM, request_cells=1, retries=2, retry_delay=0.5, **KW),
+                    progress=progress)
+    assert progress.seen == [(1, 0.5), (2, 1.0)]
+    assert summary.requests == 1 + local_cube.sizes["example"] + 2
+    assert_same_numbers(open_cube(out), local_cube)
+
+
+def test_a_run_whose_retries_run_out_resumes(local_cube, tiny_model_dir, data_file, tmp_path, monkeypatch,
+                                             one_torch_thread):
+    monkeypatch.setattr(remote.time, "sleep", lambda s: None)
+    out = tmp_path / "there.nc"
+    cfg = config(tiny_model_dir, data_file, out, remote=SIM, request_cells=1, retries=1, **KW)
+    monkeypatch.setattr(remote, "backend", Flaky({4, 5}))  # std, example 0, example 1, then example 2 twice
+    with pytest.raises(RemoteFailed, match=r"ConnectionRefusedError.*after 2 tries"):
+        trace(cfg)
+    kept = sorted(p.name for p in partial_dir(out).glob("*.npz"))
+    assert kept == ["000000.npz", "000001.npz"] and not out.exists()
+    monkeypatch.setattr(remote, "backend", Flaky(set()))
+    summary = trace(dataclasses.replace(cfg, resume=True))
+    assert summary.resumed == 2 and summary.requests == local_cube.sizes["example"] - 2
+    assert_same_numbers(open_cube(out), local_cube)
+
+
+class FakeServer:
+    """Non-blocking jobs in a dict: a submitted request is computed at once by the local
+    engine and kept under a job id; a poll returns it (None for the jobs in `running`), or
+    fails as a server would for the jobs in `failing`."""
+
+    def __init__(self):
+        self.done, self.running, self.failing, self.polls = {}, set(), set(), []
+        self.ids = (f"job{i}" for i in itertools.count())
+
+    def backend(self, target, adapter, blocking=True, job_id=None):
+        server = self
+
+        class Backend:
+            def __init__(self):
+                self.job_id = job_id
+
+            def poll(self):
+                from nnsight.intervention.backends.remote import RemoteError
+
+                server.polls.append(self.job_id)
+                if self.job_id in server.failing:
+                    raise RemoteError("CUDA out of memory")
+                return None if self.job_id in server.running else server.done[self.job_id]
+
+        return Backend()
+
+    def request(self, engine, preps, backend):
+        assert backend.job_id is None
+        backend.job_id = next(self.ids)
+        results = [dataclasses.asdict(engine.trace(p)) for p in preps]
+        self.done[backend.job_id] = {"out": {"results": results, "device": "cuda:0", "dtype": "torch.float32"}}
+        return None
+
+
+class Failures(Progress):
+    def __init__(self):
+        self.jobs = []
+
+    def failed_job(self, job_id, error):
+        self.jobs.append((job_id, str(error)))
+
+
+def test_submit_then_collect(local_cube, tiny_model_dir, data_file, tmp_path, monkeypatch, one_torch_thread):
+    server = FakeServer()
+    monkeypatch.setattr(remote, "backend", server.backend)
+    monkeypatch.setattr(Engine, "request", lambda self, preps, backend: server.request(self, preps, backend))
+    monkeypatch.setattr(remote, "server", lambda host=None: remote.Server("http://fake:1"))
+    monkeypatch.setattr(noise, "embedding_std", lambda adapter, ids, backend=None: local_cube.attrs["noise_level"] / 3)
+    load = models.load  # the fake server computes here, with the weights
+    monkeypatch.setattr(models, "load", lambda name, device, dtype, weights: load(name, device, dtype))
+    out = tmp_path / "there.nc"
+    cfg = config(tiny_model_dir, data_file, out, remote="http://fake:1", request_cells=1, wait=False, **KW)
+    n = local_cube.sizes["example"]
+
+    first = trace(cfg)
+    assert first.pending == n and not out.exists()
+    server.running, server.failing = {"job0"}, {"job1"}
+    progress = Failures()
+    second = collect(str(out), progress=progress)  # job1 failed: its example goes again, as job n
+    assert [j for j, _ in progress.jobs] == ["job1"] and "out of memory" in progress.jobs[0][1]
+    assert second.pending == 2 and not out.exists()
+    server.running = set()
+    third = collect(str(out))
+    assert third.pending == 0 and third.resumed == n - 2
+    there = open_cube(out)
+    assert there.attrs["backend"] == "http://fake:1" and there.attrs["device"] == "cuda:0"
+    assert not partial_dir(out).exists()
+    assert_same_numbers(there.assign_attrs(backend="local", device="cpu"), local_cube)
+
+
+KEY = "0f2b7a44-8b1e-4a43-9d6c-3d2f0f1e2a11"
+
+
+def http_error(code: int, detail: str) -> Exception:
+    from nnsight.intervention.backends.remote import RemoteError
+
+    request = httpx.Request("POST", "http://h/request")
+    response = httpx.Response(code, json={"detail": detail}, request=request)
+    try:
+        raise RemoteError(f"Failed to send request: {detail}") from httpx.HTTPStatusError("x", request=request, response=response)
+    except RemoteError as exc:
+        return exc
+
+
+def test_classify_refused_key_is_not_retried_and_hides_the_key():
+    srv, adapter = remote.Server("http://h", KEY), make_adapter("llama")
+    error = remote.classify(http_error(400, f"Invalid API key format: '{KEY}'."), srv, adapter)
+    assert isinstance(error, RemoteAuthError) and KEY not in str(error) and "<api key>" in str(error)
+    assert isinstance(remote.classify(http_error(403, "Invalid API key."), srv, adapter), RemoteAuthError)
+    calls = []
+    with pytest.raises(RemoteAuthError):
+        remote.Retry(attempts=5, delay=0).run(lambda: calls.append(1) or (_ for _ in ()).throw(http_error(403, "no")),
+                                               lambda e: remote.classify(e, srv, adapter), sleep=lambda s: None)
+    assert len(calls) == 1
+
+
+def test_classify_a_job_failing_on_an_unlisted_model_names_the_hosted_ones(monkeypatch):
+    from nnsight.intervention.backends.remote import RemoteError
+
+    adapter = make_adapter("llama")
+    hosted = {"key-a": {"repo_id": "meta-llama/Llama-3.1-8B", "level": "HOT", "state": "RUNNING"}}
+    monkeypatch.setattr(remote, "model_key", lambda a: "key-mine")
+    monkeypatch.setattr(remote, "deployments", lambda srv: hosted)
+    error = remote.classify(RemoteError("Error starting model."), remote.Server("http://h"), adapter)
+    assert isinstance(error, ModelNotHosted)
+    assert "meta-llama/Llama-3.1-8B (HOT, RUNNING)" in str(error) and "Error starting model" in str(error)
+    monkeypatch.setattr(remote, "model_key", lambda a: "key-a")  # a listed model's failure may pass: retried
+    assert isinstance(remote.classify(RemoteError("Error starting model."), remote.Server("http://h"), adapter), RemoteFailed)
+
+
+def test_connection_failures_are_retried_then_reported():
+    srv, adapter = remote.Server("http://h"), make_adapter("llama")
+    waits = []
+
+    def fail():
+        raise httpx.ConnectError("[Errno 111] Connection refused")
+
+    with pytest.raises(RemoteFailed, match=r"ConnectError.*after 4 tries"):
+        remote.Retry(attempts=4, delay=1.0, max_delay=3.0).run(fail, lambda e: remote.classify(e, srv, adapter),
+                                                                sleep=waits.append)
+    assert waits == [1.0, 2.0, 3.0]
+
+
+def test_server_settings(monkeypatch):
+    monkeypatch.setenv("NDIF_HOST", "http://env-host:8001/")
+    monkeypatch.setenv("NDIF_API_KEY", KEY)
+    srv = remote.server()
+    assert srv.host == "http://env-host:8001" and srv.api_key == KEY and KEY not in repr(srv)
+    assert remote.server("https://other").host == "https://other"
+    with pytest.raises(ConfigError, match="a URL"):
+        remote.server("ftp://x")
+
+
+def test_no_wait_needs_a_server(tiny_model_dir, data_file, tmp_path):
+    for where in (None, SIM):
+        with pytest.raises(ConfigError, match="--no-wait needs a remote server"):
+            trace(config(tiny_model_dir, data_file, tmp_path / "c.nc", remote=where, wait=False))

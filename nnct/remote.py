@@ -1,0 +1,225 @@
+"""Remote execution: the server, its backends, and what goes wrong on the way.
+
+A remote run sends each group of examples to the server as one nnsight session (see
+`engine.Engine.request`); this module says where to (`Server`: the host from `--ndif-host`,
+`NDIF_HOST` or nnsight's config, and the API key from `NDIF_API_KEY` or nnsight's config),
+builds the nnsight backend that carries a session there (counting the bytes each way), and
+turns the ways a request fails into nnct's typed errors:
+
+- a refused, failed or timed-out request, or a server that went away, is retried with
+  exponential backoff a bounded number of times (`Retry`), then raises `RemoteFailed`;
+- a refused API key raises `RemoteAuthError` at once (retrying cannot help);
+- a model the server cannot run raises `ModelNotHosted`, listing the ones it hosts.
+
+The API key is sent in nnsight's `ndif-api-key` header and nowhere else: it is not part of
+any setting a run stores, and every message that could quote it is scrubbed.
+
+`remote="local"` is nnsight's local simulation: the session is serialised as a real
+request would be and run here, against local weights.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, TypeVar
+
+from .errors import ConfigError, NnctError, RemoteAuthError, RemoteFailed, ModelNotHosted
+
+LOCAL = "local"
+PUBLIC_HOST = "https://api.ndif.us"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Server:
+    host: str
+    api_key: str = field(default="", repr=False)
+
+    def scrub(self, text: str) -> str:
+        """`text` with the API key blanked out."""
+        return text.replace(self.api_key, "<api key>") if self.api_key else text
+
+    def headers(self) -> dict:
+        return {"ndif-api-key": self.api_key} if self.api_key else {}
+
+
+def server(host: str | None = None) -> Server:
+    """The server to use: `host`, else `NDIF_HOST`, else nnsight's configured host (NDIF's
+    public one unless changed); the key from `NDIF_API_KEY`, else nnsight's config."""
+    from nnsight import CONFIG
+
+    host = (host or os.environ.get("NDIF_HOST") or CONFIG.API.HOST or PUBLIC_HOST).rstrip("/")
+    if not host.startswith(("http://", "https://")):
+        raise ConfigError(f"--ndif-host {host}: a URL, e.g. http://127.0.0.1:8001 or {PUBLIC_HOST}")
+    return Server(host, os.environ.get("NDIF_API_KEY") or CONFIG.API.APIKEY or "")
+
+
+def _remote_backend_class():
+    from nnsight.intervention.backends.remote import RemoteBackend
+
+    class CountingBackend(RemoteBackend):
+        """nnsight's remote backend, quiet, counting the bytes of the request and result."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.display.enabled = False  # nnct shows its own progress
+            self.sent = self.received = 0
+
+        def _serialize(self, tracer):
+            blob = super()._serialize(tracer)
+            self.sent += len(blob)
+            return blob
+
+        def finalize(self, content: bytes):
+            self.received += len(content)
+            return super().finalize(content)
+
+    return CountingBackend
+
+
+def backend(target: Server | str, adapter, blocking: bool = True, job_id: str | None = None):
+    """An nnsight backend that runs a session on `target` (a Server, or "local")."""
+    import nnsight
+
+    # The server has no nnct installed: the engine's code travels with each request.
+    nnsight.register("nnct")
+    if target == LOCAL:
+        from nnsight.intervention.backends.local import LocalSimulationBackend
+
+        return LocalSimulationBackend(adapter.nn)
+    return _remote_backend_class()(adapter.nn.to_model_key(), host=target.host, api_key=target.api_key or None,
+                                   blocking=blocking, job_id=job_id)
+
+
+def model_key(adapter) -> str:
+    return adapter.nn.to_model_key()
+
+
+def deployments(srv: Server) -> dict[str, dict]:
+    """The server's models by model key: {repo_id, level, state} as its /status gives them."""
+    import httpx
+
+    try:
+        response = httpx.get(f"{srv.host}/status", headers=srv.headers(), timeout=httpx.Timeout(10.0, read=60.0))
+        response.raise_for_status()
+        body = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise RemoteFailed(f"{srv.host}: cannot read the server's status: {srv.scrub(str(exc))}") from None
+    out = {}
+    for name, info in (body.get("deployments") or {}).items():
+        out[info.get("model_key") or name] = {
+            "repo_id": info.get("repo_id", name),
+            "level": info.get("deployment_level", "?"),
+            "state": info.get("application_state", "?"),
+        }
+    return out
+
+
+def hosted_list(srv: Server) -> str:
+    models = deployments(srv)
+    if not models:
+        return "it hosts no model now"
+    return "it hosts: " + ", ".join(sorted(f"{m['repo_id']} ({m['level']}, {m['state']})" for m in models.values()))
+
+
+def _status_code(exc: BaseException) -> int | None:
+    """The HTTP status behind an nnsight RemoteError or an httpx error, if any."""
+    for e in (exc, exc.__cause__, exc.__context__):
+        response = getattr(e, "response", None)
+        code = getattr(response, "status_code", None)
+        if code is not None:
+            return int(code)
+    return None
+
+
+def classify(exc: BaseException, srv: Server, adapter) -> NnctError:
+    """A request's failure as nnct's error: a refused key, a model the server cannot run
+    (a job that failed while the server lists no such model), or a retryable failure."""
+    from nnsight.intervention.backends.remote import RemoteError
+
+    message = srv.scrub(str(exc) or type(exc).__name__)
+    if _status_code(exc) in (400, 401, 403) or "API key" in message:
+        return RemoteAuthError(f"{srv.host} refused the API key (NDIF_API_KEY or nnsight's config): {message}")
+    reported = isinstance(exc, RemoteError) and exc.__cause__ is None  # by the server, about the job
+    if reported and model_key(adapter) not in deployments(srv):
+        return ModelNotHosted(f"{adapter.name}: {srv.host} cannot run this model ({message}); {hosted_list(srv)}")
+    return RemoteFailed(f"{srv.host}: {type(exc).__name__}: {message}")
+
+
+@dataclass(frozen=True)
+class Retry:
+    """How often and how patiently a failed request is tried again."""
+
+    attempts: int = 4  # tries in all
+    delay: float = 2.0  # seconds before the first retry; doubled after each
+    max_delay: float = 60.0
+
+    def run(self, fn: Callable[[], T], classify_error: Callable[[BaseException], NnctError],
+            on_retry: Callable[[int, NnctError, float], None] | None = None, sleep=time.sleep) -> T:
+        """fn(), tried again on a retryable failure; the last failure raised as nnct's error."""
+        delay = self.delay
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return fn()
+            except NnctError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - nnsight, httpx and websocket raise many kinds
+                error = classify_error(exc)
+                if not isinstance(error, RemoteFailed) or attempt == self.attempts:
+                    if isinstance(error, RemoteFailed):
+                        error = RemoteFailed(f"{error} (after {attempt} tries)")
+                    raise error from None
+                if on_retry:
+                    on_retry(attempt, error, delay)
+                sleep(delay)
+                delay = min(self.max_delay, delay * 2)
+        raise AssertionError("unreachable")
+
+
+def check(srv: Server, adapter, retry: Retry = Retry(attempts=1)) -> str:
+    """A line saying that the model runs on the server, after one tiny request (which
+    deploys it where the server deploys on demand); raises the error it meets otherwise."""
+    import nnsight
+
+    listed = deployments(srv).get(model_key(adapter))
+    started = time.perf_counter()
+
+    import torch
+
+    nn, token = adapter.nn, torch.tensor([[adapter.tokenizer.bos_token_id or 0]])
+
+    def probe():
+        top = None
+        with nn.trace(token, backend=backend(srv, adapter)):
+            top = nnsight.save(int(nn.output.logits[0, -1].argmax()))
+        return top
+
+    retry.run(probe, lambda exc: classify(exc, srv, adapter))
+    state = f"listed as {listed['level']}, {listed['state']}" if listed else "not listed before this request"
+    return f"{adapter.name}: runs on {srv.host} ({state}; a one-token request took {time.perf_counter() - started:.1f} s)"
+
+
+def pack(examples: list[int], cells: list[int], budget: int) -> list[list[int]]:
+    """`examples` in order, in groups of at most `budget` cells (`cells[k]` per example),
+    each at least one example: a request holds whole examples, so that the base runs'
+    caches stay on the server and never travel."""
+    groups: list[list[int]] = []
+    total = 0
+    for k in examples:
+        if groups and total + cells[k] <= budget:
+            groups[-1].append(k)
+            total += cells[k]
+        else:
+            groups.append([k])
+            total = cells[k]
+    return groups
+
+
+def kind(remote: str | None) -> str:
+    """The `backend` attr of a cube: "local", nnsight's simulation, or the host."""
+    if remote is None:
+        return "local"
+    return "nnsight remote=local" if remote == LOCAL else remote
