@@ -50,13 +50,24 @@ memory-study n="30" out=(runs + "/memory") args="" lean="":
     python analysis/memory_study.py {{out}} | tee {{out}}/memory_study.txt
     python analysis/context_vs_memory.py {{out}} -o {{out}}/figures
 
-# The test suite (tiny random models for breadth, the embedded model for a few end-to-end checks).
-test *args:
+# The test suite: tiny random models, the embedded model, a local NDIF server (set up first, once).
+test *args: ndif-setup
     python -m pytest -q {{args}}
 
-# Only the fast tests (no embedded model).
+# Only the fast tests (no embedded model, no NDIF server).
 test-fast *args:
     python -m pytest -q -m "not embedded" {{args}}
+
+# The local NDIF server the remote tests start (tests/ndif/): its own venv with ndif 0.1.2, and
+# a Postgres of API keys; about 2 minutes once, then nothing.
+ndif-setup:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    done=${NDIF_WORK:-${TMPDIR:-/tmp}/local-ndif}/nnct-setup.done
+    [ -f "$done" ] && exit 0
+    bash tests/ndif/local-ndif.sh setup
+    bash tests/ndif/auth-db.sh setup
+    touch "$done"
 
 # nnct's engine against the plain ROME loop, side by side (prints a table; --json FILE to keep it).
 bench *args:

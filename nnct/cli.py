@@ -188,7 +188,8 @@ def _run(call, out: str, quiet: bool):
         summary = call(bar)
     except NnctError as exc:
         bar.close()
-        _fail(f"{exc}; finished examples are kept: rerun with --resume" if run.partial_dir(out).is_dir() else str(exc))
+        begun = (run.partial_dir(out) / "run.json").is_file()
+        _fail(f"{exc}; finished examples are kept: rerun with --resume" if begun else str(exc))
     except KeyboardInterrupt:
         bar.close()
         _fail(f"interrupted; finished examples are kept in {run.partial_dir(out)}: rerun with --resume", 130)

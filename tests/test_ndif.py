@@ -1,0 +1,191 @@
+"""`nnct trace --remote` against a real NDIF server (ndif 0.1.2, CPU, on loopback; see
+tests/ndif/). The server checks API keys as the public one does (a Postgres of keys; ours has
+no `trusted` tag, so requests run in ndif's sandbox like a public user's) and deploys the
+embedded model from its local directory. Checked against the local run of the same
+settings: the remote cube (max |difference| <= 1e-5), a server killed mid-run and resumed,
+submit-then-collect, a model the server cannot run, a refused key, status and check.
+
+Needs `just ndif-setup` once (the server's own venv); skipped with that hint otherwise."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from nnct.cube import open_cube
+from nnct.run import partial_dir
+
+pytestmark = [pytest.mark.ndif, pytest.mark.embedded]
+
+HERE = Path(__file__).parent / "ndif"
+WORK = Path(os.environ.get("NDIF_WORK", Path(os.environ.get("TMPDIR", "/tmp")) / "local-ndif"))
+HOST = "http://127.0.0.1:8001"
+DATA = str(Path(__file__).parents[1] / "experiments" / "data" / "known_smollm2.jsonl")
+# The first two records (the noise level is measured over the records of the run: keep them).
+TRACE = ["trace", "--data", DATA, "--experiment", "subject-noctx", "--samples", "2", "--components", "hidden",
+         "--max-examples", "2", "-q"]
+TOL = 1e-5  # the issue's bound on |remote - local|
+
+
+def sh(*args, env=None, timeout=300) -> str:
+    done = subprocess.run(["bash", *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(map(str, args))} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return done.stdout
+
+
+class Server:
+    """The local NDIF with auth on; `stop`/`start` restart it with the same keys."""
+
+    def __init__(self):
+        self.key = str(uuid.uuid4())
+        self.db_url = sh(HERE / "auth-db.sh", "start", self.key, "none").strip()
+
+    def start(self):
+        sh(HERE / "local-ndif.sh", "start", env={**os.environ, "NDIF_POSTGRES_URL": self.db_url}, timeout=240)
+
+    def stop(self):
+        sh(HERE / "local-ndif.sh", "stop", timeout=120)
+
+
+def _ready() -> str | None:
+    """Why the local NDIF cannot run here, or None."""
+    python = WORK / "venv" / "bin" / "python"
+    if not python.is_file() or subprocess.run([python, "-c", "import ndif, asyncpg"], capture_output=True).returncode:
+        return f"no local NDIF in {WORK}: run `just ndif-setup` once"
+    return None
+
+
+@pytest.fixture(scope="module")
+def server():
+    reason = _ready()
+    if reason:
+        pytest.skip(reason)
+    sh(HERE / "local-ndif.sh", "stop", timeout=120)  # one of ours left running: its settings are unknown
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", 8001)) == 0:
+            pytest.skip("port 8001 is taken by a server these tests did not start")
+    srv = Server()
+    srv.start()
+    yield srv
+    srv.stop()
+    sh(HERE / "auth-db.sh", "stop")
+
+
+def nnct(*args, key: str | None, timeout=900) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("NDIF_API_KEY", "NDIF_HOST")}
+    if key is not None:
+        env["NDIF_API_KEY"] = key
+    return subprocess.run([sys.executable, "-c", "from nnct.cli import main; main()", *args], capture_output=True,
+                          text=True, env=env, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    """The same trace run here."""
+    out = tmp_path_factory.mktemp("local") / "local.nc"
+    done = nnct(*TRACE, "--out", out, key=None)
+    assert done.returncode == 0, done.stderr
+    return open_cube(out)
+
+
+def assert_same_cube(path: Path, local: xr.Dataset) -> xr.Dataset:
+    there = open_cube(path)
+    probs = ["p_restored", "p_clean", "p_corrupt"]
+    for name in probs:
+        diff = np.nanmax(np.abs(there[name].values - local[name].values))
+        assert diff <= TOL, f"{name}: max |remote - local| = {diff}"
+        np.testing.assert_array_equal(np.isnan(there[name].values), np.isnan(local[name].values))
+    xr.testing.assert_equal(there.drop_vars(probs), local.drop_vars(probs))
+    assert there.attrs["noise_level"] == pytest.approx(local.attrs["noise_level"], rel=1e-6)
+    assert (there.attrs["backend"], there.attrs["device"], there.attrs["dtype"]) == (HOST, "cpu", "float32")
+    return there
+
+
+def test_remote_trace_writes_the_local_cube(server, local, tmp_path):
+    out = tmp_path / "remote.nc"
+    done = nnct(*TRACE, "--remote", "--ndif-host", HOST, "--out", out, key=server.key)
+    assert done.returncode == 0, done.stderr
+    assert "2 requests" in done.stdout  # the noise level's, then both examples in one
+    assert_same_cube(out, local)
+    for text in (done.stdout, done.stderr, out.read_bytes().decode("latin-1")):
+        assert server.key not in text
+
+
+def test_a_server_killed_mid_run_leaves_a_run_that_resumes(server, local, tmp_path):
+    out = tmp_path / "remote.nc"
+    args = [*TRACE, "--remote", "--ndif-host", HOST, "--out", str(out), "--request-cells", "1",
+            "--retries", "1"]
+    env = {**os.environ, "NDIF_API_KEY": server.key}
+    run = subprocess.Popen([sys.executable, "-c", "from nnct.cli import main; main()", *args], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while not list(partial_dir(out).glob("*.npz")) and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    server.stop()
+    stdout, stderr = run.communicate(timeout=300)
+    kept = len(list(partial_dir(out).glob("*.npz")))
+    assert run.returncode == 2 and "rerun with --resume" in stderr, stderr
+    assert kept == 1 and not out.exists()
+    server.start()
+    done = nnct(*args, "--resume", key=server.key)
+    assert done.returncode == 0, done.stderr
+    assert f"{kept} resumed" in done.stdout
+    assert_same_cube(out, local)
+
+
+def test_submit_now_collect_later(server, local, tmp_path):
+    out = tmp_path / "remote.nc"
+    done = nnct(*TRACE, "--remote", "--ndif-host", HOST, "--out", out, "--request-cells", "1",
+                "--no-wait", key=server.key)
+    assert done.returncode == 0, done.stderr
+    assert "2 requests running on the server" in done.stdout and not out.exists()
+    done = nnct("remote", "collect", out, "--wait", "-q", key=server.key)
+    assert done.returncode == 0, done.stderr
+    assert_same_cube(out, local)
+
+
+def test_status_and_check(server):
+    done = nnct("remote", "check", "smollm2-135m", "--ndif-host", HOST, key=server.key)
+    assert done.returncode == 0 and "runs on http://127.0.0.1:8001" in done.stdout, done.stderr
+    done = nnct("remote", "status", "--ndif-host", HOST, key=server.key)
+    assert done.returncode == 0, done.stderr
+    line = next(line for line in done.stdout.splitlines() if "smollm2-135m" in line)
+    assert "HOT" in line and "RUNNING" in line
+
+
+def test_a_model_the_server_cannot_run_lists_the_hosted_ones(server, tmp_path):
+    from nnct import embedded
+
+    assert nnct("remote", "check", "smollm2-135m", "--ndif-host", HOST, key=server.key).returncode == 0
+    unknown = tmp_path / "no-weights"  # the client can build it; the server has no weights to load
+    unknown.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(embedded.local_dir() / name, unknown / name)
+    done = nnct(*TRACE, "--model", unknown, "--remote", "--ndif-host", HOST,
+                "--out", tmp_path / "c.nc", key=server.key)
+    assert done.returncode == 2
+    assert f"{unknown}: {HOST} cannot run this model" in done.stderr, done.stderr
+    assert f"it hosts: {embedded.local_dir()} (HOT, RUNNING)" in done.stderr
+
+
+@pytest.mark.parametrize("key, says", [
+    (None, "Missing or invalid API key"),
+    ("not-a-key", "Invalid API key format"),
+    (str(uuid.uuid4()), "Invalid API key."),
+])
+def test_a_refused_key_says_so_and_is_not_shown(server, key, says, tmp_path):
+    done = nnct(*TRACE, "--remote", "--ndif-host", HOST, "--out", tmp_path / "c.nc", key=key)
+    assert done.returncode == 2
+    assert "refused the API key" in done.stderr and says in done.stderr, done.stderr
+    assert key is None or key not in done.stderr + done.stdout
