@@ -143,6 +143,8 @@ def _with_overrides(label: str, values: dict) -> str:
 @click.option("--request-cells", default=10000, show_default=True, type=int,
               help="Remote: cells per request (whole examples, at least one per request).")
 @click.option("--retries", default=3, show_default=True, type=int, help="Remote: tries again after a failed request, with backoff.")
+@click.option("--request-timeout", default=3600.0, show_default=True, type=float,
+              help="Remote: seconds to wait for a request's result before trying again (0: no limit).")
 @click.option("--no-wait", "no_wait", is_flag=True, help="Remote: submit the requests and exit; `nnct remote collect` later.")
 @click.option("--resume", is_flag=True, help="Complete the unfinished run of the same settings at --out.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no per-example summary.")

@@ -20,12 +20,13 @@ request would be and run here, against local weights.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable, TypeVar
 
-from .errors import ConfigError, NnctError, RemoteAuthError, RemoteFailed, ModelNotHosted
+from .errors import ConfigError, ModelNotHosted, NnctError, RemoteAuthError, RemoteFailed
 
 LOCAL = "local"
 PUBLIC_HOST = "https://api.ndif.us"
@@ -57,16 +58,49 @@ def server(host: str | None = None) -> Server:
     return Server(host, os.environ.get("NDIF_API_KEY") or CONFIG.API.APIKEY or "")
 
 
+class Deadline:
+    """In place of nnsight's status display (nnct shows its own progress): silent, but its
+    `refresh`, which nnsight calls whenever the result stream has been quiet for `TICK`
+    seconds, raises once the request is older than `timeout` seconds (0: never)."""
+
+    TICK = 5.0
+    enabled = False
+
+    def __init__(self, timeout: float, clock=time.monotonic):
+        self.timeout, self.clock, self.started = timeout, clock, clock()
+
+    def update(self, response) -> None:
+        pass
+
+    def refresh(self) -> None:
+        if self.timeout and self.clock() - self.started > self.timeout:
+            raise TimeoutError(f"no result after {self.timeout:.0f} s (--request-timeout)")
+
+
+@functools.cache
 def _remote_backend_class():
     from nnsight.intervention.backends.remote import RemoteBackend
 
     class CountingBackend(RemoteBackend):
-        """nnsight's remote backend, quiet, counting the bytes of the request and result."""
+        """nnsight's remote backend, quiet, with a deadline, counting the bytes of the request
+        and of the result."""
 
-        def __init__(self, *args, **kwargs):
+        def __init__(self, *args, timeout: float = 0, **kwargs):
             super().__init__(*args, **kwargs)
-            self.display.enabled = False  # nnct shows its own progress
+            self.display = Deadline(timeout)
             self.sent = self.received = 0
+
+        def request(self, request, tracer):
+            import websocket
+
+            # nnsight waits on the result stream without a timeout; this one wakes it each
+            # TICK seconds, when it asks the display to refresh and the deadline can act.
+            previous = websocket.getdefaulttimeout()
+            websocket.setdefaulttimeout(Deadline.TICK)
+            try:
+                return super().request(request, tracer)
+            finally:
+                websocket.setdefaulttimeout(previous)
 
         def _serialize(self, tracer):
             blob = super()._serialize(tracer)
@@ -80,8 +114,9 @@ def _remote_backend_class():
     return CountingBackend
 
 
-def backend(target: Server | str, adapter, blocking: bool = True, job_id: str | None = None):
-    """An nnsight backend that runs a session on `target` (a Server, or "local")."""
+def backend(target: Server | str, adapter, blocking: bool = True, job_id: str | None = None, timeout: float = 0):
+    """An nnsight backend that runs a session on `target` (a Server, or "local"), giving up
+    on a result after `timeout` seconds (0: waits as long as it takes)."""
     import nnsight
 
     # The server has no nnct installed: the engine's code travels with each request.
@@ -91,7 +126,7 @@ def backend(target: Server | str, adapter, blocking: bool = True, job_id: str | 
 
         return LocalSimulationBackend(adapter.nn)
     return _remote_backend_class()(adapter.nn.to_model_key(), host=target.host, api_key=target.api_key or None,
-                                   blocking=blocking, job_id=job_id)
+                                   blocking=blocking, job_id=job_id, timeout=timeout)
 
 
 def model_key(adapter) -> str:

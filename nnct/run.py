@@ -61,6 +61,7 @@ class RunConfig:
     request_cells: int = 10000  # remote: cells per request (whole examples, at least one)
     retries: int = 3  # remote: tries after a failed one, with exponential backoff
     retry_delay: float = 2.0  # remote: seconds before the first retry
+    request_timeout: float = 3600.0  # remote: seconds a request may take before it is retried (0: no limit)
     wait: bool = True  # remote: False submits the requests and returns; collect them later
 
 
@@ -149,6 +150,8 @@ def _validate(cfg: RunConfig) -> None:
             raise ConfigError(f"--request-cells {cfg.request_cells}: need at least 1")
         if cfg.retries < 0:
             raise ConfigError(f"--retries {cfg.retries}: cannot be negative")
+        if cfg.request_timeout < 0:
+            raise ConfigError(f"--request-timeout {cfg.request_timeout}: cannot be negative (0: no limit)")
     if not cfg.wait and cfg.remote in (None, remote.LOCAL):
         raise ConfigError("--no-wait needs a remote server: a run here (or nnsight's local simulation) has nothing to collect later")
 
@@ -210,7 +213,7 @@ def _settings(cfg: RunConfig, adapter) -> dict:
     """What must match for a resumed run to complete the same cube."""
     s = asdict(cfg)
     # How requests are sized, retried and waited for changes no number.
-    for k in ("out", "resume", "request_cells", "retries", "retry_delay", "wait"):
+    for k in ("out", "resume", "request_cells", "retries", "retry_delay", "request_timeout", "wait"):
         s.pop(k)
     s["nnct_version"] = __version__
     s["device"] = adapter.device
@@ -370,7 +373,8 @@ class _Requests:
         """fn(backend) with a fresh backend per try, retried; the bytes counted."""
 
         def attempt():
-            backend = remote.backend(self.target, self.adapter, blocking=blocking, job_id=job_id)
+            backend = remote.backend(self.target, self.adapter, blocking=blocking, job_id=job_id,
+                                     timeout=self.cfg.request_timeout)
             self.sent += job_id is None
             try:
                 return fn(backend), backend

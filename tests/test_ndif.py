@@ -10,6 +10,7 @@ Needs `just ndif-setup` once (the server's own venv); skipped with that hint oth
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -116,7 +117,12 @@ def test_remote_trace_writes_the_local_cube(server, local, tmp_path):
     out = tmp_path / "remote.nc"
     done = nnct(*TRACE, "--remote", "--ndif-host", HOST, "--out", out, key=server.key)
     assert done.returncode == 0, done.stderr
-    assert "2 requests" in done.stdout  # the noise level's, then both examples in one
+    # The noise level's request, then both examples in one; only probabilities come back:
+    # one run's hidden states alone would be 30 layers x 9 tokens x 576 x 4 bytes = 622 KB.
+    counts = re.search(r"^2 requests, ([\d,]+) bytes sent, ([\d,]+) received$", done.stdout, re.M)
+    assert counts, done.stdout
+    sent, received = (int(g.replace(",", "")) for g in counts.groups())
+    assert received < 20_000 and sent < 200_000
     assert_same_cube(out, local)
     for text in (done.stdout, done.stderr, out.read_bytes().decode("latin-1")):
         assert server.key not in text

@@ -134,7 +134,7 @@ class Flaky:
         self.fail, self.error, self.calls = set(fail), error, itertools.count(1)
         self.real = remote.backend
 
-    def __call__(self, target, adapter, blocking=True, job_id=None):
+    def __call__(self, target, adapter, blocking=True, job_id=None, timeout=0):
         if next(self.calls) in self.fail:
             error = self.error
 
@@ -143,7 +143,7 @@ class Flaky:
                     raise error
 
             return Failing()
-        return self.real(target, adapter, blocking, job_id)
+        return self.real(target, adapter, blocking, job_id, timeout)
 
 
 class Retries(Progress):
@@ -192,7 +192,7 @@ class FakeServer:
         self.done, self.running, self.failing, self.polls = {}, set(), set(), []
         self.ids = (f"job{i}" for i in itertools.count())
 
-    def backend(self, target, adapter, blocking=True, job_id=None):
+    def backend(self, target, adapter, blocking=True, job_id=None, timeout=0):
         server = self
 
         class Backend:
@@ -304,6 +304,19 @@ def test_connection_failures_are_retried_then_reported():
         remote.Retry(attempts=4, delay=1.0, max_delay=3.0).run(fail, lambda e: remote.classify(e, srv, adapter),
                                                                 sleep=waits.append)
     assert waits == [1.0, 2.0, 3.0]
+
+
+def test_the_deadline_stops_a_quiet_wait_only_once_it_has_passed():
+    now = [100.0]
+    deadline = remote.Deadline(60, clock=lambda: now[0])
+    now[0] = 159.0
+    deadline.refresh()
+    now[0] = 161.0
+    with pytest.raises(TimeoutError, match="no result after 60 s"):
+        deadline.refresh()
+    remote.Deadline(0, clock=lambda: now[0] + 1e9).refresh()  # 0: no limit
+    srv = remote.Server("http://h")
+    assert isinstance(remote.classify(TimeoutError("no result after 60 s"), srv, make_adapter("llama")), RemoteFailed)
 
 
 def test_server_settings(monkeypatch):
