@@ -160,7 +160,7 @@ def trace(output_dir, out, replace, reverse, quiet, remote_, ndif_host, no_wait,
         options["definition"] = _with_overrides(options["definition"], dict(options, replace=replace, reverse=reverse))
     cfg = run.RunConfig(out=out, replace=replace == "1", reverse=reverse == "1", remote=_remote(remote_, ndif_host),
                         wait=not no_wait, **options)
-    _run(lambda bar: run.trace(cfg, progress=bar), out, quiet)
+    _run(lambda bar: run.trace(cfg, progress=bar), out, quiet, "rerun with --resume")
 
 
 def _remote(value: str | None, host: str | None) -> str | None:
@@ -181,20 +181,24 @@ def _remote(value: str | None, host: str | None) -> str | None:
         _fail(str(exc))
 
 
-def _run(call, out: str, quiet: bool):
-    """Run a trace (or a collection) with a progress bar, and report what it wrote."""
+def _run(call, out: str, quiet: bool, again: str):
+    """Run a trace (or a collection) with a progress bar, and report what it wrote; `again`
+    says how to go on after a failed request or an interruption."""
     from . import cube, report, run
+    from .errors import RemoteFailed
 
     bar = _Bar(quiet)
     try:
         summary = call(bar)
+    except RemoteFailed as exc:
+        bar.close()
+        _fail(f"{exc}; finished examples are kept: {again}")
     except NnctError as exc:
         bar.close()
-        begun = (run.partial_dir(out) / "run.json").is_file()
-        _fail(f"{exc}; finished examples are kept: rerun with --resume" if begun else str(exc))
+        _fail(str(exc))
     except KeyboardInterrupt:
         bar.close()
-        _fail(f"interrupted; finished examples are kept in {run.partial_dir(out)}: rerun with --resume", 130)
+        _fail(f"interrupted; finished examples are kept in {run.partial_dir(out)}: {again}", 130)
     bar.close()
     if summary.requests:
         click.echo(f"{summary.requests} requests, {summary.bytes_sent:,} bytes sent, {summary.bytes_received:,} received")
@@ -229,7 +233,7 @@ def remote_status(ndif_host):
     except NnctError as exc:
         _fail(str(exc))
     click.echo(f"{srv.host}: {len(models)} models")
-    for key, m in sorted(models.items(), key=lambda kv: kv[1]["repo_id"]):
+    for key, m in sorted(models.items(), key=lambda kv: (kv[1]["repo_id"], kv[0])):
         click.echo(f"  {m['repo_id']:<50} {m['level']:<6} {m['state']:<12} {key}")
 
 
@@ -251,12 +255,17 @@ def remote_check(model, ndif_host):
 @remote_group.command("collect")
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--wait", is_flag=True, help="Wait until every request has finished, then write the cube.")
+@click.option("--request-cells", type=int, default=None, help="For requests sent again [default: the run's].")
+@click.option("--retries", type=int, default=None, help="Tries again after a failed request [default: the run's].")
+@click.option("--request-timeout", type=float, default=None, help="Seconds to wait for a result [default: the run's].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no per-example summary.")
-def remote_collect(out, wait, quiet):
-    """Collect a run submitted with --no-wait (OUT: its --out); writes the cube once all is in."""
+def remote_collect(out, wait, quiet, **requesting):
+    """Collect a run submitted with --no-wait (OUT: its --out): write what finished, send
+    again what failed, and write the cube once all is in."""
     from . import run
 
-    _run(lambda bar: run.collect(out, wait=wait, progress=bar), out, quiet)
+    _run(lambda bar: run.collect(out, wait=wait, progress=bar, **requesting), out, quiet,
+         f"run `nnct remote collect {out}` again")
 
 
 @main.command()

@@ -21,6 +21,7 @@ request would be and run here, against local weights.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -40,8 +41,11 @@ class Server:
     api_key: str = field(default="", repr=False)
 
     def scrub(self, text: str) -> str:
-        """`text` with the API key blanked out."""
-        return text.replace(self.api_key, "<api key>") if self.api_key else text
+        """`text` with the API key blanked out, also as an error may quote it: stripped of
+        whitespace, or escaped (a key with a newline from a config file)."""
+        for form in sorted({self.api_key, self.api_key.strip(), repr(self.api_key)[1:-1]} - {""}, key=len, reverse=True):
+            text = text.replace(form, "<api key>")
+        return text
 
     def headers(self) -> dict:
         return {"ndif-api-key": self.api_key} if self.api_key else {}
@@ -134,7 +138,8 @@ def model_key(adapter) -> str:
 
 
 def deployments(srv: Server) -> dict[str, dict]:
-    """The server's models by model key: {repo_id, level, state} as its /status gives them."""
+    """The server's models by model key (by repo id for those it lists without one, e.g.
+    COLD ones): {repo_id, level, state} as its /status gives them."""
     import httpx
 
     try:
@@ -146,42 +151,57 @@ def deployments(srv: Server) -> dict[str, dict]:
     out = {}
     for name, info in (body.get("deployments") or {}).items():
         out[info.get("model_key") or name] = {
-            "repo_id": info.get("repo_id", name),
-            "level": info.get("deployment_level", "?"),
-            "state": info.get("application_state", "?"),
+            "repo_id": str(info.get("repo_id") or name),
+            "level": info.get("deployment_level") or "?",
+            "state": info.get("application_state") or "?",
         }
     return out
 
 
-def hosted_list(srv: Server) -> str:
-    models = deployments(srv)
+def listed(models: dict[str, dict], key: str) -> dict | None:
+    """The server's entry for the model of `key`: by key, or by repo id (COLD models)."""
+    if key in models:
+        return models[key]
+    repo = json.loads(key.split(":", 1)[1]).get("repo_id") if ":" in key else None
+    return next((m for m in models.values() if m["repo_id"] == repo), None)
+
+
+def hosted_list(models: dict[str, dict]) -> str:
     if not models:
         return "it hosts no model now"
     return "it hosts: " + ", ".join(sorted(f"{m['repo_id']} ({m['level']}, {m['state']})" for m in models.values()))
 
 
-def _status_code(exc: BaseException) -> int | None:
-    """The HTTP status behind an nnsight RemoteError or an httpx error, if any."""
+def _http_error(exc: BaseException):
+    """The httpx response behind an error (nnsight wraps them in RemoteError), if any."""
     for e in (exc, exc.__cause__, exc.__context__):
         response = getattr(e, "response", None)
-        code = getattr(response, "status_code", None)
-        if code is not None:
-            return int(code)
+        if getattr(response, "status_code", None) is not None:
+            return response
     return None
 
 
 def classify(exc: BaseException, srv: Server, adapter) -> NnctError:
-    """A request's failure as nnct's error: a refused key, a model the server cannot run
-    (a job that failed while the server lists no such model), or a retryable failure."""
+    """A request's failure as nnct's error: a refused key (401/403 from the server itself, or
+    a 400 about the key), a model the server cannot run (a job that failed while the server
+    lists no such model), or a failure worth another try (RemoteFailed)."""
     from nnsight.intervention.backends.remote import RemoteError
 
     message = srv.scrub(str(exc) or type(exc).__name__)
-    if _status_code(exc) in (400, 401, 403) or "API key" in message:
-        return RemoteAuthError(f"{srv.host} refused the API key (NDIF_API_KEY or nnsight's config): {message}")
-    reported = isinstance(exc, RemoteError) and exc.__cause__ is None  # by the server, about the job
-    if reported and model_key(adapter) not in deployments(srv):
-        return ModelNotHosted(f"{adapter.name}: {srv.host} cannot run this model ({message}); {hosted_list(srv)}")
-    return RemoteFailed(f"{srv.host}: {type(exc).__name__}: {message}")
+    response = _http_error(exc)
+    if response is not None and str(response.request.url).startswith(srv.host):
+        code = response.status_code  # not a download from the object store (an expired link is a 403)
+        if code in (401, 403) or (code == 400 and "API key" in message):
+            return RemoteAuthError(f"{srv.host} refused the API key (NDIF_API_KEY or nnsight's config): {message}")
+    failed = RemoteFailed(f"{srv.host}: {type(exc).__name__}: {message}")
+    if isinstance(exc, RemoteError) and exc.__cause__ is None:  # the server's word on the job
+        try:
+            models = deployments(srv)
+        except RemoteFailed:
+            return failed  # the status cannot be read now: the next try may tell
+        if listed(models, model_key(adapter)) is None:
+            return ModelNotHosted(f"{adapter.name}: {srv.host} cannot run this model ({message}); {hosted_list(models)}")
+    return failed
 
 
 @dataclass(frozen=True)
@@ -205,7 +225,7 @@ class Retry:
                 error = classify_error(exc)
                 if not isinstance(error, RemoteFailed) or attempt == self.attempts:
                     if isinstance(error, RemoteFailed):
-                        error = RemoteFailed(f"{error} (after {attempt} tries)")
+                        error = RemoteFailed(f"{error} (after {attempt} tries; a smaller --request-cells makes smaller requests)")
                     raise error from None
                 if on_retry:
                     on_retry(attempt, error, delay)
@@ -219,7 +239,7 @@ def check(srv: Server, adapter, retry: Retry = Retry(attempts=1)) -> str:
     deploys it where the server deploys on demand); raises the error it meets otherwise."""
     import nnsight
 
-    listed = deployments(srv).get(model_key(adapter))
+    entry = listed(deployments(srv), model_key(adapter))
     started = time.perf_counter()
 
     import torch
@@ -233,7 +253,7 @@ def check(srv: Server, adapter, retry: Retry = Retry(attempts=1)) -> str:
         return top
 
     retry.run(probe, lambda exc: classify(exc, srv, adapter))
-    state = f"listed as {listed['level']}, {listed['state']}" if listed else "not listed before this request"
+    state = f"listed as {entry['level']}, {entry['state']}" if entry else "not listed before this request"
     return f"{adapter.name}: runs on {srv.host} ({state}; a one-token request took {time.perf_counter() - started:.1f} s)"
 
 

@@ -20,6 +20,7 @@ every example is in.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import json
 import os
@@ -213,8 +214,10 @@ def _settings(cfg: RunConfig, adapter) -> dict:
     """What must match for a resumed run to complete the same cube."""
     s = asdict(cfg)
     # How requests are sized, retried and waited for changes no number.
-    for k in ("out", "resume", "request_cells", "retries", "retry_delay", "request_timeout", "wait"):
+    for k in ("out", "resume", "wait", *REQUESTING):
         s.pop(k)
+    if adapter.device == "remote":
+        s.pop("dtype")  # the server's choice, not a setting of the run
     s["nnct_version"] = __version__
     s["device"] = adapter.device
     s["prompt_format"] = cfg.prompt_format or experiment(cfg.experiment).prompt_format
@@ -250,6 +253,10 @@ def _open_partial(cfg: RunConfig, settings: dict) -> tuple[Path, dict]:
         return pdir, stored
     pdir.mkdir(parents=True, exist_ok=True)
     return pdir, {"settings": settings, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+# How a remote run makes its requests: free to change on resume, kept for `collect`.
+REQUESTING = ("request_cells", "retries", "retry_delay", "request_timeout")
 
 
 def _target(cfg: RunConfig):
@@ -293,6 +300,9 @@ def trace(cfg: RunConfig, adapter=None, progress: Progress | None = None) -> Sum
         meta["batch_budget"] = memory_budget(adapter.device)
         _write_meta(pdir, meta)
     level = float(meta["noise_level"])
+    if target is not None:
+        meta["requesting"] = {k: getattr(cfg, k) for k in REQUESTING}  # `collect` asks the same way
+        _write_meta(pdir, meta)
 
     engine = Engine(adapter, Settings(comps, cfg.samples, cfg.window, cfg.replace, cfg.reverse, cfg.batch_rows,
                                       meta["batch_budget"]))
@@ -411,64 +421,90 @@ class _Requests:
                 finished.add(k)
                 self.progress.cells(n_cells[k])
 
-        # Jobs submitted earlier without waiting: collect what finished.
+        # Jobs submitted earlier without waiting: collect what finished; a failed one's
+        # examples go again, as their own request, until they have had their tries.
+        again: list[tuple[list[int], int]] = []
         for job in list(jobs):
-            saved = self._collect(engine, job["job_id"])
-            if saved is False:
+            saved = self._collect(engine, job)
+            if isinstance(saved, RemoteFailed):
+                self.progress.failed_job(job["job_id"], saved)
+                if job["tries"] >= self.retry.attempts:
+                    raise RemoteFailed(f"{saved} (job {job['job_id']}; its examples have failed {job['tries']} times)")
+                again.append((job["examples"], job["tries"] + 1))
                 jobs.remove(job)
             elif saved is not None:
                 take(job["examples"], engine.decode(saved))
                 jobs.remove(job)
             save_jobs()
-        submitted = {k for job in jobs for k in job["examples"]}
-        for group in remote.pack([k for k in todo if k not in submitted | finished], n_cells, self.cfg.request_cells):
+        submitted = {k for job in jobs for k in job["examples"]} | {k for group, _ in again for k in group}
+        fresh = remote.pack([k for k in todo if k not in submitted | finished], n_cells, self.cfg.request_cells)
+        for group, tries in again + [(g, 1) for g in fresh]:
             for k in group:
                 self.progress.example(names[k])
-            preps = [prepared(k) for k in group]
+            send = functools.partial(engine.request, [prepared(k) for k in group])
             if self.cfg.wait:
-                reply = self._call(lambda backend: engine.request(preps, backend))[0]
-                take(group, reply)
+                take(group, self._call(send)[0])
             else:
-                backend = self._call(lambda backend: engine.request(preps, backend), blocking=False)[1]
-                jobs.append({"examples": group, "job_id": backend.job_id})
+                backend = self._call(send, blocking=False)[1]
+                jobs.append({"examples": group, "job_id": backend.job_id, "submitted": time.time(), "tries": tries})
                 save_jobs()
         self.pending = len(jobs)
         if not jobs and jobs_file.is_file():
             jobs_file.unlink()
         return meta.get("placed", {"device": "", "dtype": ""})
 
-    def _collect(self, engine, job_id: str):
-        """A submitted job's saved values; None while it runs (waits for it with `wait`);
-        False when it failed (its examples are then submitted again)."""
+    # A job the server has not heard of for this long is taken as lost (its status store was
+    # wiped, e.g. by a restart): right after a submit, its first status may still be on the way.
+    LOST_AFTER = 120.0
+
+    def _collect(self, engine, job: dict):
+        """A submitted job's saved values; None while it runs (waiting for it with `wait`);
+        a RemoteFailed when it failed, was lost, or its result can no longer be downloaded
+        (a result's link expires). Errors that concern the run (a refused key, a model the
+        server cannot run) are raised."""
+        import httpx
         from nnsight.intervention.backends.remote import RemoteError
 
         def poll(backend):
             try:
-                return backend.poll()
-            except RemoteError as exc:  # the job itself failed: polling again cannot help
-                return exc
+                return backend.poll(), backend.status
+            except RemoteError as exc:  # the job itself failed
+                return exc, None
+            except httpx.HTTPStatusError as exc:
+                if str(exc.request.url).startswith(self.target.host):
+                    raise  # the server refused the poll itself: retried, or a refused key
+                return RemoteFailed(f"its result can no longer be downloaded ({exc.response.status_code})"), None
 
         while True:
-            saved = self._call(poll, blocking=False, job_id=job_id)[0]
+            saved, status = self._call(poll, blocking=False, job_id=job["job_id"])[0]
             if isinstance(saved, RemoteError):
-                self.progress.failed_job(job_id, RemoteFailed(self.target.scrub(str(saved))))
-                return False
+                error = self._classify(saved)
+                if not isinstance(error, RemoteFailed):
+                    raise error
+                return error
+            if isinstance(saved, RemoteFailed):
+                return saved
+            if saved is None and status is None and time.time() - job["submitted"] > self.LOST_AFTER:
+                return RemoteFailed(f"{self.target.host} has no record of the job")
             if saved is not None or not self.cfg.wait:
                 return saved
             time.sleep(self.POLL_SECONDS)
 
 
-def collect(out: str, wait: bool = False, progress: Progress | None = None) -> Summary:
+def collect(out: str, wait: bool = False, progress: Progress | None = None, **requesting) -> Summary:
     """Collect the requests a remote run submitted without waiting (and submit again what
-    failed); the cube is written once every example is in."""
+    failed), asking as the run did unless `requesting` (see REQUESTING) says otherwise; the
+    cube is written once every example is in."""
     from dataclasses import fields
 
-    meta = partial_dir(out) / "run.json"
-    if not meta.is_file():
+    meta_file = partial_dir(out) / "run.json"
+    if not meta_file.is_file():
         raise DataError(f"{partial_dir(out)}: no unfinished run to collect for {out}")
-    stored = json.loads(meta.read_text())["settings"]
-    if not stored.get("remote"):
-        raise ConfigError(f"{out}: its run is not remote; complete it with nnct trace --resume")
+    meta = json.loads(meta_file.read_text())
+    stored = meta["settings"]
+    if stored.get("remote") in (None, remote.LOCAL):
+        raise ConfigError(f"{out}: its run has no server to collect from; complete it with nnct trace --resume")
     known = {f.name for f in fields(RunConfig)}
-    cfg = RunConfig(**{k: v for k, v in stored.items() if k in known and k != "out"}, out=out, resume=True, wait=wait)
+    how = {**meta.get("requesting", {}), **{k: v for k, v in requesting.items() if v is not None}}
+    cfg = RunConfig(**{k: v for k, v in stored.items() if k in known and k != "out"}, **how, out=out, resume=True, wait=wait)
     return trace(cfg, progress=progress)

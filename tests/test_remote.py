@@ -128,10 +128,10 @@ def test_run_packs_examples_into_requests(request_cells, local_cube, tiny_model_
 
 
 class Flaky:
-    """remote.backend, failing the calls whose numbers (from 1) are in `fail` with `error`."""
+    """remote.backend, refusing the connection of the calls whose numbers (from 1) are in `fail`."""
 
-    def __init__(self, fail, error=ConnectionRefusedError("[Errno 111] Connection refused")):
-        self.fail, self.error, self.calls = set(fail), error, itertools.count(1)
+    def __init__(self, fail):
+        self.fail, self.error, self.calls = set(fail), ConnectionRefusedError("[Errno 111] Connection refused"), itertools.count(1)
         self.real = remote.backend
 
     def __call__(self, target, adapter, blocking=True, job_id=None, timeout=0):
@@ -185,11 +185,12 @@ def test_a_run_whose_retries_run_out_resumes(local_cube, tiny_model_dir, data_fi
 
 class FakeServer:
     """Non-blocking jobs in a dict: a submitted request is computed at once by the local
-    engine and kept under a job id; a poll returns it (None for the jobs in `running`), or
-    fails as a server would for the jobs in `failing`."""
+    engine and kept under a job id. A poll returns it, or None for the jobs in `running`;
+    it fails as ndif does for the jobs in `failing`, and knows nothing of the jobs in `lost`
+    (as after a restart of the server)."""
 
     def __init__(self):
-        self.done, self.running, self.failing, self.polls = {}, set(), set(), []
+        self.done, self.running, self.failing, self.lost = {}, set(), set(), set()
         self.ids = (f"job{i}" for i in itertools.count())
 
     def backend(self, target, adapter, blocking=True, job_id=None, timeout=0):
@@ -197,12 +198,14 @@ class FakeServer:
 
         class Backend:
             def __init__(self):
-                self.job_id = job_id
+                self.job_id, self.status = job_id, None
 
             def poll(self):
                 from nnsight.intervention.backends.remote import RemoteError
 
-                server.polls.append(self.job_id)
+                if self.job_id in server.lost:
+                    return None
+                self.status = "RUNNING"
                 if self.job_id in server.failing:
                     raise RemoteError("CUDA out of memory")
                 return None if self.job_id in server.running else server.done[self.job_id]
@@ -217,6 +220,18 @@ class FakeServer:
         return None
 
 
+@pytest.fixture
+def fake_server(local_cube, monkeypatch):
+    server = FakeServer()
+    monkeypatch.setattr(remote, "backend", server.backend)
+    monkeypatch.setattr(Engine, "request", lambda self, preps, backend: server.request(self, preps, backend))
+    monkeypatch.setattr(remote, "server", lambda host=None: remote.Server("http://fake:1"))
+    monkeypatch.setattr(noise, "embedding_std", lambda adapter, ids, backend=None: local_cube.attrs["noise_level"] / 3)
+    load = models.load  # the fake server computes here, with the weights
+    monkeypatch.setattr(models, "load", lambda name, device, dtype, weights: load(name, device, dtype))
+    return server
+
+
 class Failures(Progress):
     def __init__(self):
         self.jobs = []
@@ -225,19 +240,9 @@ class Failures(Progress):
         self.jobs.append((job_id, str(error)))
 
 
-def test_submit_then_collect(local_cube, tiny_model_dir, data_file, tmp_path, monkeypatch, one_torch_thread):
-    server = FakeServer()
-    monkeypatch.setattr(remote, "backend", server.backend)
-    monkeypatch.setattr(Engine, "request", lambda self, preps, backend: server.request(self, preps, backend))
-    monkeypatch.setattr(remote, "server", lambda host=None: remote.Server("http://fake:1"))
-    monkeypatch.setattr(noise, "embedding_std", lambda adapter, ids, backend=None: local_cube.attrs["noise_level"] / 3)
-    load = models.load  # the fake server computes here, with the weights
-    monkeypatch.setattr(models, "load", lambda name, device, dtype, weights: load(name, device, dtype))
-    out = tmp_path / "there.nc"
-    cfg = config(tiny_model_dir, data_file, out, remote="http://fake:1", request_cells=1, wait=False, **KW)
-    n = local_cube.sizes["example"]
-
-    first = trace(cfg)
+def test_submit_then_collect(fake_server, local_cube, tiny_model_dir, data_file, tmp_path, one_torch_thread):
+    server, out, n = fake_server, tmp_path / "there.nc", local_cube.sizes["example"]
+    first = trace(config(tiny_model_dir, data_file, out, remote="http://fake:1", request_cells=1, wait=False, **KW))
     assert first.pending == n and not out.exists()
     server.running, server.failing = {"job0"}, {"job1"}
     progress = Failures()
@@ -253,13 +258,35 @@ def test_submit_then_collect(local_cube, tiny_model_dir, data_file, tmp_path, mo
     assert_same_numbers(there.assign_attrs(backend="local", device="cpu"), local_cube)
 
 
+def test_collect_sends_lost_jobs_again_and_gives_up_on_failing_ones(fake_server, local_cube, tiny_model_dir,
+                                                                     data_file, tmp_path, monkeypatch, one_torch_thread):
+    from nnct import run
+
+    server, out = fake_server, tmp_path / "there.nc"
+    trace(config(tiny_model_dir, data_file, out, remote="http://fake:1", request_cells=10**6, retries=1, wait=False, **KW))
+    server.lost = {"job0"}  # every example in one job, which the server then forgets
+    assert collect(str(out)).pending == 1  # just submitted: not lost yet
+    monkeypatch.setattr(run._Requests, "LOST_AFTER", -1.0)
+    progress = Failures()
+    assert collect(str(out), progress=progress).pending == 1
+    assert progress.jobs == [("job0", "http://fake:1 has no record of the job")]
+    server.failing = {"job1"}  # sent again as job1, which fails: its examples' second try
+    with pytest.raises(RemoteFailed, match=r"out of memory.*job1; its examples have failed 2 times"):
+        collect(str(out))
+    with pytest.raises(RemoteFailed, match="job1"):  # the failed job is kept: collecting again says so again
+        collect(str(out))
+    assert collect(str(out), retries=2).pending == 1  # one more try allowed: sent again
+    assert collect(str(out)).pending == 0 and out.exists()
+    assert_same_numbers(open_cube(out).assign_attrs(backend="local", device="cpu"), local_cube)
+
+
 KEY = "0f2b7a44-8b1e-4a43-9d6c-3d2f0f1e2a11"
 
 
-def http_error(code: int, detail: str) -> Exception:
+def http_error(code: int, detail: str, url: str = "http://h/request") -> Exception:
     from nnsight.intervention.backends.remote import RemoteError
 
-    request = httpx.Request("POST", "http://h/request")
+    request = httpx.Request("POST", url)
     response = httpx.Response(code, json={"detail": detail}, request=request)
     try:
         raise RemoteError(f"Failed to send request: {detail}") from httpx.HTTPStatusError("x", request=request, response=response)
@@ -279,6 +306,18 @@ def test_classify_refused_key_is_not_retried_and_hides_the_key():
     assert len(calls) == 1
 
 
+def test_a_403_from_the_result_store_is_an_expired_link_not_a_refused_key():
+    error = remote.classify(http_error(403, "Request has expired", "http://127.0.0.1:9000/results/job1?X-Amz-Signature=1"),
+                            remote.Server("http://h", KEY), make_adapter("llama"))
+    assert isinstance(error, RemoteFailed)
+
+
+def test_scrub_covers_the_forms_an_error_may_quote():
+    srv = remote.Server("http://h", KEY + "\n")  # a key read from a file with its newline
+    for text in (f"Illegal header value b'{KEY}\\n'", f"key {KEY}\n", f"key {KEY}"):
+        assert KEY not in srv.scrub(text) and "<api key>" in srv.scrub(text)
+
+
 def test_classify_a_job_failing_on_an_unlisted_model_names_the_hosted_ones(monkeypatch):
     from nnsight.intervention.backends.remote import RemoteError
 
@@ -290,6 +329,10 @@ def test_classify_a_job_failing_on_an_unlisted_model_names_the_hosted_ones(monke
     assert isinstance(error, ModelNotHosted)
     assert "meta-llama/Llama-3.1-8B (HOT, RUNNING)" in str(error) and "Error starting model" in str(error)
     monkeypatch.setattr(remote, "model_key", lambda a: "key-a")  # a listed model's failure may pass: retried
+    assert isinstance(remote.classify(RemoteError("Error starting model."), remote.Server("http://h"), adapter), RemoteFailed)
+    # A COLD model is listed by its repo id alone.
+    hosted["meta-llama/Llama-3.1-70B"] = {"repo_id": "meta-llama/Llama-3.1-70B", "level": "COLD", "state": "?"}
+    monkeypatch.setattr(remote, "model_key", lambda a: 'nnsight.X:{"repo_id": "meta-llama/Llama-3.1-70B", "revision": null}')
     assert isinstance(remote.classify(RemoteError("Error starting model."), remote.Server("http://h"), adapter), RemoteFailed)
 
 
