@@ -25,15 +25,14 @@ in which dtype it runs are read there, from the server's own weights.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
-
-import dataclasses
 
 import numpy as np
 import torch
 
-from .models import Adapter, Parts, first
+from .models import REMOTE, Adapter, Parts, first
 from .plan import FORWARD_ORDER, Batch, cells, patches, schedule
 
 
@@ -71,7 +70,7 @@ def memory_budget(device: str) -> int:
     1 GiB on a CPU and 16 GiB on a GPU; 4 GiB on a remote server, whose free memory cannot
     be read from here. A run fixes it once (see `run`), so that a resumed run makes the
     same batches."""
-    if device == "remote":
+    if device == REMOTE:
         return 4 << 30
     if device == "cuda":
         import torch

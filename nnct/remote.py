@@ -129,7 +129,7 @@ def backend(target: Server | str, adapter, blocking: bool = True, job_id: str | 
         from nnsight.intervention.backends.local import LocalSimulationBackend
 
         return LocalSimulationBackend(adapter.nn)
-    return _remote_backend_class()(adapter.nn.to_model_key(), host=target.host, api_key=target.api_key or None,
+    return _remote_backend_class()(model_key(adapter), host=target.host, api_key=target.api_key or None,
                                    blocking=blocking, job_id=job_id, timeout=timeout)
 
 
@@ -194,6 +194,9 @@ def classify(exc: BaseException, srv: Server, adapter) -> NnctError:
         if code in (401, 403) or (code == 400 and "API key" in message):
             return RemoteAuthError(f"{srv.host} refused the API key (NDIF_API_KEY or nnsight's config): {message}")
     failed = RemoteFailed(f"{srv.host}: {type(exc).__name__}: {message}")
+    if isinstance(exc, TimeoutError) or (isinstance(exc, RemoteError) and exc.__cause__ is None):
+        # Too slow, or failed on the server (out of memory, its own time limit): too big, maybe.
+        failed = RemoteFailed(f"{failed}; if requests are too big for the server, a smaller --request-cells makes smaller ones")
     if isinstance(exc, RemoteError) and exc.__cause__ is None:  # the server's word on the job
         try:
             models = deployments(srv)
@@ -225,7 +228,7 @@ class Retry:
                 error = classify_error(exc)
                 if not isinstance(error, RemoteFailed) or attempt == self.attempts:
                     if isinstance(error, RemoteFailed):
-                        error = RemoteFailed(f"{error} (after {attempt} tries; a smaller --request-cells makes smaller requests)")
+                        error = RemoteFailed(f"{error} (after {attempt} tries)")
                     raise error from None
                 if on_retry:
                     on_retry(attempt, error, delay)
@@ -238,12 +241,10 @@ def check(srv: Server, adapter, retry: Retry = Retry(attempts=1)) -> str:
     """A line saying that the model runs on the server, after one tiny request (which
     deploys it where the server deploys on demand); raises the error it meets otherwise."""
     import nnsight
+    import torch
 
     entry = listed(deployments(srv), model_key(adapter))
     started = time.perf_counter()
-
-    import torch
-
     nn, token = adapter.nn, torch.tensor([[adapter.tokenizer.bos_token_id or 0]])
 
     def probe():

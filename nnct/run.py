@@ -32,6 +32,7 @@ from pathlib import Path
 from . import __version__, cube, noise, remote, spans
 from .data import load_records
 from .errors import ConfigError, DataError, RecordError, RemoteFailed, ResumeMismatch, SpanNotFound
+from .models import REMOTE
 from .plan import components as parse_components
 from .prompts import Example, examples_for, experiment
 
@@ -216,7 +217,7 @@ def _settings(cfg: RunConfig, adapter) -> dict:
     # How requests are sized, retried and waited for changes no number.
     for k in ("out", "resume", "wait", *REQUESTING):
         s.pop(k)
-    if adapter.device == "remote":
+    if adapter.device == REMOTE:
         s.pop("dtype")  # the server's choice, not a setting of the run
     s["nnct_version"] = __version__
     s["device"] = adapter.device
