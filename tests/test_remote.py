@@ -376,3 +376,26 @@ def test_no_wait_needs_a_server(tiny_model_dir, data_file, tmp_path):
     for where in (None, SIM):
         with pytest.raises(ConfigError, match="--no-wait needs a remote server"):
             trace(config(tiny_model_dir, data_file, tmp_path / "c.nc", remote=where, wait=False))
+
+
+def test_cli_remote_options(tiny_model_dir, data_file, tmp_path, one_torch_thread):
+    from click.testing import CliRunner
+
+    from nnct.cli import main
+
+    base = ["trace", "--model", str(tiny_model_dir), "--data", str(data_file), "--experiment", "subject-noctx",
+            "--samples", "2", "--components", "hidden", "-q"]
+    out = tmp_path / "sim.nc"
+    done = CliRunner().invoke(main, [*base, "--out", str(out), "--remote", "local"])
+    assert done.exit_code == 0, done.output
+    assert open_cube(out).attrs["backend"] == "nnsight remote=local"
+    assert "2 requests" in done.output  # the noise level's, then all three examples in one
+    for args, says in [
+        (["--remote", "local", "--ndif-host", "http://h:1"], "takes no --ndif-host"),
+        (["--remote", "ftp://h"], "use --remote alone, --remote local, or --remote URL"),
+        (["--ndif-host", "h:1"], "a URL, e.g."),
+        (["--no-wait"], "--no-wait needs a remote server"),
+        (["--remote", "local", "--request-cells", "0"], "--request-cells 0: need at least 1"),
+    ]:
+        done = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "x.nc"), *args])
+        assert done.exit_code == 2 and says in done.output, (args, done.output)
