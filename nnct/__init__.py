@@ -5,10 +5,11 @@ The data path reads top to bottom, one module a step: `data` (JSONL records) ->
 segments) -> `models` (one standard naming of a model's parts) -> `noise` and `plan`
 (what is corrupted, which cells, which rows) -> `engine` (nnsight interventions) ->
 `cube` (the NetCDF effect cube) -> `run` (a resumable run over a data set, or one shard
-of it) -> `merge` (shards into one cube), `summary` (ATE, AIE, CIs), `answers` (which
+of it, here or on a server: `remote` holds the server, its backends and errors) -> `merge` (shards into one cube), `summary` (ATE, AIE, CIs), `answers` (which
 answer wins, per context) and `plot` (figures). `definition` reads the experiment
-definitions of `experiments/`. `cli` is a thin click shell over all of them. Heavy imports (torch, transformers, nnsight)
-happen inside the modules that need them, so `nnct --help` stays fast.
+definitions of `experiments/`. `cli` is a thin click shell over all of them. Heavy
+imports (torch, transformers, nnsight) happen inside the modules that need them, so
+`nnct --help` stays fast.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
