@@ -299,11 +299,11 @@ def trace(cfg: RunConfig, adapter=None, progress: Progress | None = None) -> Sum
         meta["noise_level"] = spec.level(std)
         meta["examples"] = ids
         meta["batch_budget"] = memory_budget(adapter.device)
-        _write_meta(pdir, meta)
+        _write_json(pdir / "run.json", meta)
     level = float(meta["noise_level"])
     if target is not None:
         meta["requesting"] = {k: getattr(cfg, k) for k in REQUESTING}  # `collect` asks the same way
-        _write_meta(pdir, meta)
+        _write_json(pdir / "run.json", meta)
 
     engine = Engine(adapter, Settings(comps, cfg.samples, cfg.window, cfg.replace, cfg.reverse, cfg.batch_rows,
                                       meta["batch_budget"]))
@@ -359,10 +359,11 @@ def trace(cfg: RunConfig, adapter=None, progress: Progress | None = None) -> Sum
     return summary
 
 
-def _write_meta(pdir: Path, meta: dict) -> None:
-    tmp = pdir / "run.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=1))
-    tmp.replace(pdir / "run.json")
+def _write_json(path: Path, value) -> None:
+    """Written beside and renamed over `path`: a kill never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    tmp.replace(path)
 
 
 class _Requests:
@@ -405,18 +406,14 @@ class _Requests:
         jobs_file = pdir / "jobs.json"
         jobs = json.loads(jobs_file.read_text()) if jobs_file.is_file() else []
 
-        def save_jobs():
-            tmp = jobs_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(jobs, indent=1))
-            tmp.replace(jobs_file)
-
         finished: set[int] = set()
 
         def take(examples: list[int], reply) -> None:
-            placed = {"device": reply.device, "dtype": reply.dtype}
-            if meta.setdefault("placed", placed)["dtype"] != reply.dtype:
+            if "placed" not in meta:
+                meta["placed"] = {"device": reply.device, "dtype": reply.dtype}
+                _write_json(pdir / "run.json", meta)
+            elif meta["placed"]["dtype"] != reply.dtype:
                 raise RemoteFailed(f"the server now runs the model in {reply.dtype}; this run began in {meta['placed']['dtype']}")
-            _write_meta(pdir, meta)
             for k, result in zip(examples, reply.results):
                 keep(k, result)
                 finished.add(k)
@@ -436,7 +433,7 @@ class _Requests:
             elif saved is not None:
                 take(job["examples"], engine.decode(saved))
                 jobs.remove(job)
-            save_jobs()
+            _write_json(jobs_file, jobs)
         submitted = {k for job in jobs for k in job["examples"]} | {k for group, _ in again for k in group}
         fresh = remote.pack([k for k in todo if k not in submitted | finished], n_cells, self.cfg.request_cells)
         for group, tries in again + [(g, 1) for g in fresh]:
@@ -448,7 +445,7 @@ class _Requests:
             else:
                 backend = self._call(send, blocking=False)[1]
                 jobs.append({"examples": group, "job_id": backend.job_id, "submitted": time.time(), "tries": tries})
-                save_jobs()
+                _write_json(jobs_file, jobs)
         self.pending = len(jobs)
         if not jobs and jobs_file.is_file():
             jobs_file.unlink()
