@@ -11,9 +11,9 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from nnct.cube import open_cube
+from nnct.results.cube import open_cube
 from nnct.errors import ConfigError
-from nnct.summary import summarize
+from nnct.analysis.summary import summarize
 
 SPANS = {"subject": "subject_last", "relation": "relation", "object": "object_last"}
 GROUPS = {"fact passage": dict(variant="fact"), "cf passage, context wins": dict(variant="cf", filter="target-wins"),

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from nnct.answers import table as answers_table
-from nnct.cube import open_cube
+from nnct.methods.answers import table as answers_table
+from nnct.results.cube import open_cube
 from nnct.errors import ConfigError
-from nnct.summary import summarize
+from nnct.analysis.summary import summarize
 
 d = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/memory")
 answers = pd.read_csv(d / "answers.csv")

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnct.cube import open_cube
-from nnct.run import RunConfig, trace
+from nnct.results.cube import open_cube
+from nnct.methods.run import RunConfig, trace
 
 
 def _diff(a, b) -> float:

@@ -7,8 +7,8 @@ peak of each segment and its 95% confidence interval.
 
 import argparse
 
-from nnct.cube import open_cube
-from nnct.summary import summarize, table
+from nnct.results.cube import open_cube
+from nnct.analysis.summary import summarize, table
 
 
 def main():

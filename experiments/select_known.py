@@ -11,8 +11,9 @@ from __future__ import annotations
 import click
 import torch
 
-from nnct import models, spans
-from nnct.data import parse_record
+from nnct.model import load
+from nnct.inputs import spans
+from nnct.inputs.records import parse_record
 
 
 @click.command()
@@ -21,7 +22,7 @@ from nnct.data import parse_record
 @click.option("--model", default="smollm2-135m", show_default=True)
 @click.option("--limit", default=60, show_default=True, help="Stop after this many known records.")
 def main(source, dest, model, limit):
-    adapter = models.load(model)
+    adapter = load(model)
     kept = seen = 0
     with open(source, encoding="utf-8") as src, open(dest, "w", encoding="utf-8") as out:
         for line, text in enumerate(src, start=1):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nnct.cube import ExampleRecord, assemble
+from nnct.results.cube import Row, assemble
 
 ATTRS = {
     "model": "hand", "model_revision": "r", "nnct_version": "0.0.test", "experiment": "subject-noctx",
@@ -32,12 +32,15 @@ def records(n_layers: int = 4, components=("hidden", "mlp"), seed: int = 0, layo
         p_corrupt = rng.uniform(0.01, 0.5, size=2)
         answer_ids = [100 + i, 200 + i]
         span = [k for k, s in enumerate(seg) if s.startswith("subject")]
-        out.append(ExampleRecord(
+        values = {"p_clean": p_clean, "p_corrupt": p_corrupt,
+                  "p_restored": rng.uniform(0.01, 0.99, size=(n, n_layers, len(components), 2)).astype(np.float32),
+                  "logit_clean": rng.normal(size=2), "logit_corrupt": rng.normal(size=2),
+                  "logit_restored": rng.normal(size=(n, n_layers, len(components), 2)).astype(np.float32)}
+        out.append(Row(
             example=f"{id_prefix}{i}/{variant}", record_id=f"{id_prefix}{i}", variant=variant, prompt=" ".join(f"w{k}" for k in range(n)),
-            target_str=f"T{i}", alt_str=f"A{i}", line=i + 1, token_ids=list(range(10, 10 + n)), token_str=[f"w{k}" for k in range(n)],
-            segment=seg, span=span, p_clean=p_clean, p_corrupt=p_corrupt,
-            p_restored=rng.uniform(0.01, 0.99, size=(n, n_layers, len(components), 2)).astype(np.float32),
-            answer_ids=answer_ids, clean_top1=answer_ids[0] if known else 999, clean_top1_str="x",
+            corrupt_prompt="", target_str=f"T{i}", alt_str=f"A{i}", line=i + 1, token_ids=list(range(10, 10 + n)),
+            token_str=[f"w{k}" for k in range(n)], segment=seg, span=span, answer_ids=answer_ids,
+            clean_top1=answer_ids[0] if known else 999, clean_top1_str="x", values=values,
         ))
     return out
 

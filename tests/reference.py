@@ -1,6 +1,8 @@
-"""A slow, independent reference for causal tracing: plain PyTorch forward hooks, one
-sample per forward pass, no nnsight, no batching. It follows METHOD.md's wording directly
-and shares nothing with nnct's engine but the model and its module paths."""
+"""A slow, independent reference for activation patching: plain PyTorch forward hooks, one
+row per forward pass, no nnsight, no batching, no caches. It follows METHOD.md's wording
+directly (noise on a span, or a counterfactual prompt; restore or reverse-patch one cell;
+p and logits of the answers, teacher-forced for answers of several tokens) and shares
+nothing with nnct's engine but the model and its module paths."""
 
 from __future__ import annotations
 
@@ -23,6 +25,10 @@ def _window(layer: int, window: int, n_layers: int) -> list[int]:
     return list(range(lo, hi))
 
 
+def _answer(a):
+    return (a,) if isinstance(a, int) else tuple(a)
+
+
 class Reference:
     def __init__(self, adapter):
         self.hf = adapter.hf
@@ -33,8 +39,9 @@ class Reference:
         block = self.hf.get_submodule(self.layout.layers)[layer]
         return {"hidden": block, "mlp": getattr(block, self.layout.mlp), "attn": getattr(block, self.layout.attn)}[component]
 
-    def run(self, ids, answers, span=None, noise=None, replace=False, writes=(), capture=False):
-        """One row. writes: [(layer, component, token, value)]. Returns (probs[2], states)."""
+    def logits(self, ids, span=None, noise=None, replace=False, writes=(), capture=False):
+        """One row. writes: [(layer, component, token, value)]. Returns (logits [token, vocab]
+        in float64, states {(layer, component): [token, d_model]})."""
         hooks, states = [], {}
         embed = self.hf.get_submodule(self.layout.embed)
         if noise is not None:
@@ -60,29 +67,56 @@ class Reference:
                 hooks.append(self._module(layer, component).register_forward_hook(hook))
         try:
             with torch.no_grad():
-                logits = self.hf(torch.tensor([ids])).logits[0, -1]
+                logits = self.hf(torch.tensor([list(ids)])).logits[0]
         finally:
             for h in hooks:
                 h.remove()
-        return torch.softmax(logits.double(), -1)[list(answers)], states
+        return logits.double(), states
+
+    def measure(self, ids, answers, **run):
+        """(p[target, alt], logit[target, alt]) after `ids`: p of every token of an answer,
+        each given the prompt and the answer's earlier tokens; logits of the first tokens."""
+        target, alt = _answer(answers[0]), _answer(answers[1])
+        logits, _ = self.logits(ids, **run)
+        last = logits[len(ids) - 1]
+        p = []
+        for answer in (target, alt):
+            extended, _ = self.logits(list(ids) + list(answer[:-1]), **run)
+            logp = sum(torch.log_softmax(extended[len(ids) - 1 + i].float(), -1)[tok].double() for i, tok in enumerate(answer))
+            p.append(torch.exp(logp) if len(answer) > 1 else torch.softmax(last.float(), -1)[answer[0]].double())
+        return torch.stack(p), last[[target[0], alt[0]]].float().double()
+
+    def run(self, ids, answers, span=None, noise=None, replace=False, writes=(), capture=False):
+        """p[target, alt] of first tokens (and states): the old one-call form."""
+        logits, states = self.logits(ids, span, noise, replace, writes, capture)
+        return torch.softmax(logits[-1].float(), -1).double()[[_answer(a)[0] for a in answers]], states
 
     def cell(self, ids, span, noise, answers, token, layer, component, window, replace=False, reverse=False):
         """METHOD.md's p_restored (or p_patched when reverse) of one cell, mean over samples."""
+        return self._cell(ids, answers, token, layer, component, window, reverse,
+                          [dict(span=span, noise=noise[s], replace=replace) for s in range(noise.shape[0])])[0]
+
+    def pair_cell(self, clean_ids, corrupt_ids, answers, token, layer, component, window, reverse=False):
+        """(p, logit) of one cell of a prompt pair: the corrupted prompt with the clean value
+        written back (or, reverse, the clean prompt with the corrupted value)."""
+        return self._cell(clean_ids, answers, token, layer, component, window, reverse, [dict(ids=corrupt_ids)])
+
+    def _cell(self, ids, answers, token, layer, component, window, reverse, corruptions):
         layers = [layer] if component == "hidden" else _window(layer, window, self.n_layers)
-        _, clean = self.run(ids, answers, capture=True)
-        total = torch.zeros(2, dtype=torch.float64)
-        for s in range(noise.shape[0]):
-            if reverse:
-                _, corrupt = self.run(ids, answers, span, noise[s], replace, capture=True)
-                writes = [(l, component, token, corrupt[(l, component)][token]) for l in layers]
-                p, _ = self.run(ids, answers, writes=writes)
-            else:
-                writes = [(l, component, token, clean[(l, component)][token]) for l in layers]
-                p, _ = self.run(ids, answers, span, noise[s], replace, writes=writes)
-            total += p
-        return total / noise.shape[0]
+        p_total, l_total = torch.zeros(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+        for c in corruptions:
+            corrupt_ids = c.pop("ids", ids)
+            _, clean = self.logits(ids, capture=True)
+            _, corrupt = self.logits(corrupt_ids, capture=True, **c)
+            source, base_ids, base = (corrupt, ids, {}) if reverse else (clean, corrupt_ids, c)
+            writes = [(l, component, token, source[(l, component)][token]) for l in layers]
+            p, logit = self.measure(base_ids, answers, writes=writes, **base)
+            p_total += p
+            l_total += logit
+        return p_total / len(corruptions), l_total / len(corruptions)
 
     def clean_and_corrupt(self, ids, span, noise, answers, replace=False):
-        p_clean, _ = self.run(ids, answers)
-        p_corrupt = sum(self.run(ids, answers, span, noise[s], replace)[0] for s in range(noise.shape[0])) / noise.shape[0]
+        p_clean, _ = self.measure(ids, answers)
+        p_corrupt = sum(self.measure(ids, answers, span=span, noise=noise[s], replace=replace)[0]
+                        for s in range(noise.shape[0])) / noise.shape[0]
         return p_clean, p_corrupt

@@ -9,14 +9,15 @@ from click.testing import CliRunner
 
 from conftest import RECORDS, write_jsonl
 from reference import Reference
-from nnct import models, spans
-from nnct.answers import compare, frame, table
+from nnct.model import load
+from nnct.inputs import spans
+from nnct.methods.answers import compare, frame, table
 from nnct.cli import main
 
 
 @pytest.fixture(scope="module")
 def adapter(tiny_model_dir):
-    return models.load(str(tiny_model_dir))
+    return load(str(tiny_model_dir))
 
 
 def test_conditions_and_probabilities_match_a_plain_forward(adapter, data_file):

@@ -1,5 +1,6 @@
-"""The fast engine against the plain ROME loop, every cell, on tiny models of every family;
-the plain loop against the independent reference; the FLOP model against hand counts."""
+"""The bench's plain loops and the engine against the independent hook reference, the FLOP
+model against hand counts, and the table's ratios. (The engine is the bench's subject, so
+it is checked against `reference.py`, never against the bench's own plain loop.)"""
 
 from __future__ import annotations
 
@@ -8,34 +9,43 @@ import pytest
 
 from conftest import FAMILIES, make_adapter
 from reference import Reference
-from test_engine import IDS, SPAN, TOL, prepared
-from nnct.bench import Shape, floor_flops, rome_loop, table
-from nnct.engine import Engine, Settings
-from nnct.plan import COMPONENTS, Cell, cells
+from test_engine import CORRUPT_IDS, IDS, SPAN, TOL, pair, prepared
+from nnct.interventions.plan import Cell
+from nnct.methods.bench import Shape, floor_flops, plain_loop, table
+from nnct.model.sites import COMPONENTS
+
+CELLS = [Cell(3, 1, "hidden"), Cell(4, 2, "mlp"), Cell(2, 0, "attn"), Cell(8, 3, "mlp"), Cell(5, 0, "hidden")]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("window", [1, 3, 10])
 @pytest.mark.parametrize("replace", [False, True], ids=["add", "replace"])
-def test_engine_equals_plain_loop_everywhere(family, window, replace):
+def test_engine_matches_reference_at_every_window(family, window, replace):
     adapter = make_adapter(family)
-    prep = prepared(adapter)
-    todo = cells(len(IDS), adapter.n_layers, COMPONENTS)
-    plain = rome_loop(adapter, prep, todo, window, replace_noise=replace)
-    got = Engine(adapter, Settings(samples=3, window=window, replace=replace, batch_rows=9)).trace(prep)
-    for cell, p in plain.items():
-        np.testing.assert_allclose(got.p_restored[cell.token, cell.layer, COMPONENTS.index(cell.component)], p, atol=TOL,
-                                   err_msg=f"{family} {cell}")
-
-
-def test_plain_loop_matches_reference():
-    adapter = make_adapter("llama")
-    prep = prepared(adapter)
-    todo = [Cell(3, 1, "hidden"), Cell(4, 2, "mlp"), Cell(2, 0, "attn")]
-    plain = rome_loop(adapter, prep, todo, window=3)
+    ex = prepared(adapter, replace=replace)
+    got = ex.trace(adapter, window=window, batch_rows=9)
     ref = Reference(adapter)
-    for c in todo:
-        expected = ref.cell(IDS, SPAN, prep.noise, prep.answers, c.token, c.layer, c.component, window=3)
+    for c in CELLS:
+        expected = ref.cell(IDS, SPAN, ex.noise, ex.answers, c.token, c.layer, c.component, window=window, replace=replace)
+        np.testing.assert_allclose(got.p_restored[c.token, c.layer, COMPONENTS.index(c.component)], expected.numpy(), atol=TOL,
+                                   err_msg=f"{family} {c}")
+
+
+@pytest.mark.parametrize("family", ["llama", "gptj"])
+def test_plain_loops_match_reference(family):
+    """ROME's loop (noise, S+1 rows) and TransformerLens' (a pair, the clean run cached)."""
+    adapter = make_adapter(family)
+    ref = Reference(adapter)
+    ex = prepared(adapter)
+    answers = (ex.answers[0][0], ex.answers[1][0])
+    plain = plain_loop(adapter, IDS, ex.corrupt, answers, CELLS, window=3)
+    for c in CELLS:
+        expected = ref.cell(IDS, SPAN, ex.noise, ex.answers, c.token, c.layer, c.component, window=3)
+        np.testing.assert_allclose(plain[c], expected.numpy(), atol=TOL)
+    ex = pair(adapter)
+    plain = plain_loop(adapter, IDS, ex.corrupt, answers, CELLS, window=3, cached_clean=True)
+    for c in CELLS:
+        expected, _ = ref.pair_cell(IDS, CORRUPT_IDS, ex.answers, c.token, c.layer, c.component, window=3)
         np.testing.assert_allclose(plain[c], expected.numpy(), atol=TOL)
 
 
@@ -58,6 +68,7 @@ def test_table_reports_the_ratio():
     m = {"seconds": 1.0, "cells_per_s": 1.0, "gflop": 1.0, "gflops": 1.0, "peak_mib": 1.0}
     r = {"model": "m", "tokens": 25, "span": [3, 5], "components": "hidden", "samples": 10, "window": 10, "cells": 750,
          "plain_cells_timed": 30, "batch_rows": 100, "device": "cpu", "dtype": "float32", "threads": 2, "matmul_gflops": 50.0,
-         "plain": {**m, "seconds": 60.0, "gflop": 90.0}, "nnct": m, "floor_gflop": 0.5, "speedup": 60.0, "max_abs_diff": 1e-7}
+         "corruption": "prompt", "plain": "TransformerLens",
+         "plain_loop": {**m, "seconds": 60.0, "gflop": 90.0}, "nnct": m, "floor_gflop": 0.5, "speedup": 60.0, "max_abs_diff": 1e-7}
     text = table(r)
-    assert "speedup 60.0x" in text and "2.00x the floor" in text and "180.0x" in text
+    assert "speedup 60.0x" in text and "2.00x the floor" in text and "180.0x" in text and "TransformerLens" in text

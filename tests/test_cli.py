@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from conftest import RECORDS, write_jsonl
 from nnct.cli import main
-from nnct.cube import open_cube
+from nnct.results.cube import open_cube
 
 METHOD_ATTRS = (
     "model", "model_revision", "nnct_version", "experiment", "prompt_format", "samples", "window", "noise_rule",
@@ -17,7 +17,6 @@ METHOD_ATTRS = (
 )
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 
@@ -122,12 +121,12 @@ def test_errors_are_one_line_with_exit_code_2(case, tmp_path, tiny_model_dir, da
 
 
 def test_interruption_exits_130_and_says_resume(tmp_path, data_file, monkeypatch):
-    import nnct.run
+    import nnct.methods.run
 
     def interrupted(cfg, progress=None):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(nnct.run, "trace", interrupted)
+    monkeypatch.setattr(nnct.methods.run, "execute", interrupted)
     out = tmp_path / "x.nc"
     result = invoke("trace", "--data", data_file, "--out", out, "-q")
     assert result.exit_code == 130, result.output

@@ -1,5 +1,5 @@
-"""nnct.cube: the effect cube's schema, its NetCDF round trip, atomic writes, and the
-effects derived from it -- all checked against hand-made numbers."""
+"""nnct.results.cube: the effect cube's schema, its NetCDF round trip, atomic writes, and
+the effects of every metric derived from it -- all checked against hand-made numbers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from nnct.cube import ATTRS, ExampleRecord, assemble, effects, log_ratio, open_cube, write
+from nnct.results.cube import ATTRS, Row, assemble, effects, metric_effects, metrics_of, open_cube, write
 
 COMPONENTS = ("hidden", "attn")
 N_LAYERS = 2
@@ -18,6 +18,14 @@ A_RESTORED = (np.arange(3 * 2 * 2 * 2, dtype=np.float64).reshape(3, 2, 2, 2) + 1
 B_RESTORED = (np.arange(5 * 2 * 2 * 2, dtype=np.float64).reshape(5, 2, 2, 2) + 1) / 128
 A_CLEAN, A_CORRUPT = np.array([0.5, 0.25]), np.array([0.125, 0.0625])
 B_CLEAN, B_CORRUPT = np.array([0.75, 0.125]), np.array([0.25, 0.5])
+# Logits: other binary fractions, so that no metric can pass by reading probabilities.
+A_LOGITS = (np.array([2.0, -1.0]), np.array([0.5, 0.25]), A_RESTORED * 8 - 1)  # clean, corrupt, restored
+B_LOGITS = (np.array([4.0, 1.0]), np.array([1.5, 2.5]), B_RESTORED * 16 - 2)
+
+
+def values(clean, corrupt, restored, logits):
+    return {"p_clean": clean.copy(), "p_corrupt": corrupt.copy(), "p_restored": restored.copy(),
+            "logit_clean": logits[0], "logit_corrupt": logits[1], "logit_restored": logits[2]}
 
 ATTRS_IN = {
     "model": "tiny-llama", "model_revision": "rev-1", "nnct_version": "0.0.test", "experiment": "subject",
@@ -27,24 +35,24 @@ ATTRS_IN = {
 }
 
 
-def rec_a() -> ExampleRecord:
-    return ExampleRecord(
-        example="r1/fact", record_id="r1", variant="fact", prompt="C: Paris of",
+def rec_a() -> Row:
+    return Row(
+        example="r1/fact", record_id="r1", variant="fact", prompt="C: Paris of", corrupt_prompt="",
         target_str="Paris", alt_str="Rome", line=1,
         token_ids=[0, 23, 9], token_str=["<s>", "Paris", "of"], segment=["bos", "subject_last", "last"],
-        span=[1], p_clean=A_CLEAN.copy(), p_corrupt=A_CORRUPT.copy(), p_restored=A_RESTORED.copy(),
-        answer_ids=[23, 31], clean_top1=23, clean_top1_str="Paris",
+        span=[1], answer_ids=[23, 31], clean_top1=23, clean_top1_str="Paris",
+        values=values(A_CLEAN, A_CORRUPT, A_RESTORED, A_LOGITS),
     )
 
 
-def rec_b() -> ExampleRecord:
-    return ExampleRecord(
-        example="r1/cf1", record_id="r1", variant="cf1", prompt="C: the Eiffel Tower of",
+def rec_b() -> Row:
+    return Row(
+        example="r1/cf1", record_id="r1", variant="cf1", prompt="C: the Eiffel Tower of", corrupt_prompt="C: the Vinson Tower of",
         target_str="Rome", alt_str="Paris", line=1,
         token_ids=[0, 3, 8, 25, 9], token_str=["<s>", "C", "the", "Eiffel", "of"],
         segment=["bos", "context_before", "relation", "subject_last", "last"],
-        span=[1, 3], p_clean=B_CLEAN.copy(), p_corrupt=B_CORRUPT.copy(), p_restored=B_RESTORED.copy(),
-        answer_ids=[31, 23], clean_top1=23, clean_top1_str="Paris",
+        span=[1, 3], answer_ids=[31, 23], clean_top1=23, clean_top1_str="Paris",
+        values=values(B_CLEAN, B_CORRUPT, B_RESTORED, B_LOGITS),
     )
 
 
@@ -128,6 +136,7 @@ def test_string_vars(cube):
     assert [str(s) for s in cube.record_id.values] == ["r1", "r1"]
     assert [str(s) for s in cube.variant.values] == ["fact", "cf1"]
     assert [str(s) for s in cube.prompt.values] == ["C: Paris of", "C: the Eiffel Tower of"]
+    assert [str(s) for s in cube.corrupt_prompt.values] == ["", "C: the Vinson Tower of"]
     assert str(cube.target_str.sel(example="r1/cf1").item()) == "Rome"
 
 
@@ -155,7 +164,7 @@ def test_examples_keep_the_given_order(tmp_path):
     np.testing.assert_array_equal(back.p_restored.values[1, :3], A_RESTORED)
 
 
-# ------------------------------------------------------------------ ExampleRecord save / load
+# ------------------------------------------------------------------ Row save / load
 
 
 def test_example_record_round_trip(tmp_path):
@@ -163,18 +172,20 @@ def test_example_record_round_trip(tmp_path):
     path = tmp_path / "r1__cf1.npz"
     a.save(path)
     assert os.listdir(tmp_path) == ["r1__cf1.npz"]  # no temporary file left
-    b = ExampleRecord.load(path)
-    assert (b.example, b.record_id, b.variant, b.prompt, b.target_str, b.alt_str) == (
-        "r1/cf1", "r1", "cf1", "C: the Eiffel Tower of", "Rome", "Paris")
+    b = Row.load(path)
+    assert (b.example, b.record_id, b.variant, b.prompt, b.corrupt_prompt, b.target_str, b.alt_str) == (
+        "r1/cf1", "r1", "cf1", "C: the Eiffel Tower of", "C: the Vinson Tower of", "Rome", "Paris")
     assert all(type(getattr(b, k)) is str for k in ("example", "record_id", "variant", "prompt", "target_str", "alt_str"))
     assert b.token_ids == [0, 3, 8, 25, 9]
     assert b.token_str == ["<s>", "C", "the", "Eiffel", "of"]
     assert b.segment == ["bos", "context_before", "relation", "subject_last", "last"]
     assert b.span == [1, 3]
-    np.testing.assert_array_equal(b.p_clean, [0.75, 0.125])
-    np.testing.assert_array_equal(b.p_corrupt, [0.25, 0.5])
-    np.testing.assert_array_equal(b.p_restored, B_RESTORED)
-    assert b.p_restored.shape == (5, 2, 2, 2)
+    np.testing.assert_array_equal(b.values["p_clean"], [0.75, 0.125])
+    np.testing.assert_array_equal(b.values["p_corrupt"], [0.25, 0.5])
+    np.testing.assert_array_equal(b.values["p_restored"], B_RESTORED)
+    np.testing.assert_array_equal(b.values["logit_restored"], B_RESTORED * 16 - 2)
+    np.testing.assert_array_equal(b.values["logit_corrupt"], [1.5, 2.5])
+    assert b.values["p_restored"].shape == (5, 2, 2, 2)
 
 
 def test_example_record_save_replaces(tmp_path):
@@ -182,13 +193,13 @@ def test_example_record_save_replaces(tmp_path):
     rec_b().save(path)
     rec_a().save(path)
     assert os.listdir(tmp_path) == ["x.npz"]
-    assert ExampleRecord.load(path).example == "r1/fact"
+    assert Row.load(path).example == "r1/fact"
 
 
 def test_loaded_records_assemble_like_the_originals(tmp_path):
     for name, r in (("a.npz", rec_a()), ("b.npz", rec_b())):
         r.save(tmp_path / name)
-    loaded = [ExampleRecord.load(tmp_path / n) for n in ("a.npz", "b.npz")]
+    loaded = [Row.load(tmp_path / n) for n in ("a.npz", "b.npz")]
     ds = assemble(loaded, N_LAYERS, COMPONENTS, ATTRS_IN)
     np.testing.assert_array_equal(ds.p_restored.values, hand_restored())
     assert list(ds.example.values) == ["r1/fact", "r1/cf1"]
@@ -267,17 +278,60 @@ def test_effects_dims_order(cube, reverse):
     assert ie.dims == ("example", "token", "layer", "component", "answer")
 
 
-def test_log_ratio(cube):
-    lr = log_ratio(cube.p_clean)
-    assert lr.dims == ("example",)
-    np.testing.assert_allclose(lr.values, [np.log(2.0), np.log(6.0)], rtol=1e-6)
-    lr_c = log_ratio(cube.p_corrupt)
-    np.testing.assert_allclose(lr_c.values, [np.log(2.0), np.log(0.5)], rtol=1e-6)
-    lr_r = log_ratio(cube.p_restored)
-    assert lr_r.dims == ("example", "token", "layer", "component")
-    want = np.log(hand_restored()[..., 0]) - np.log(hand_restored()[..., 1])
-    # float32 logs of nearby numbers: compare with an absolute tolerance
-    np.testing.assert_allclose(lr_r.values, want, rtol=0, atol=1e-6)
-    # A[t=0, l=0, hidden]: log((1/64) / (2/64)) = -log 2
-    assert float(lr_r.sel(example="r1/fact", token=0, layer=0, component="hidden")) == pytest.approx(-np.log(2.0))
-    assert np.isnan(lr_r.sel(example="r1/fact", token=3).values).all()
+def hand_logits() -> np.ndarray:
+    out = np.full((2, 5, 2, 2, 2), np.nan)
+    out[0, :3], out[1] = A_LOGITS[2], B_LOGITS[2]
+    return out
+
+
+def test_logits_are_stored_beside_the_probabilities(cube):
+    assert cube.logit_restored.dims == cube.p_restored.dims
+    np.testing.assert_array_equal(cube.logit_restored.values, hand_logits())
+    np.testing.assert_array_equal(cube.logit_clean.values, [A_LOGITS[0], B_LOGITS[0]])
+    np.testing.assert_array_equal(cube.logit_corrupt.values, [A_LOGITS[1], B_LOGITS[1]])
+
+
+@pytest.mark.parametrize("reverse", [0, 1])
+def test_every_metric_by_hand(cube, reverse):
+    """Each metric's IE and TE of the target answer, computed here from the hand-made values."""
+    cube.attrs["reverse_patching"] = reverse
+    clean, corrupt, restored = np.array([A_CLEAN, B_CLEAN]), np.array([A_CORRUPT, B_CORRUPT]), hand_restored()
+    l_clean, l_corrupt, l_restored = np.array([A_LOGITS[0], B_LOGITS[0]]), np.array([A_LOGITS[1], B_LOGITS[1]]), hand_logits()
+
+    def per_cell(c):  # [example] -> [example, token, layer, component]
+        return c[:, None, None, None]
+
+    base = {
+        "prob": (clean[:, 0], corrupt[:, 0], restored[..., 0]),
+        "log_ratio": tuple(np.log(x[..., 0]) - np.log(x[..., 1]) for x in (clean, corrupt, restored)),
+        "logit_diff": tuple(x[..., 0] - x[..., 1] for x in (l_clean, l_corrupt, l_restored)),
+    }
+    for name, (m_clean, m_corrupt, m_restored) in base.items():
+        ie, te = metric_effects(cube, name)
+        want = per_cell(m_clean) - m_restored if reverse else m_restored - per_cell(m_corrupt)
+        np.testing.assert_allclose(ie.values, want, rtol=1e-6, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(te.values, m_clean - m_corrupt, rtol=1e-6, atol=1e-6, err_msg=name)
+        if name == "log_ratio":
+            continue
+        rec, rec_te = metric_effects(cube, "recovery" if name == "prob" else "recovery_logit_diff")
+        np.testing.assert_allclose(rec.values, want / per_cell(m_clean - m_corrupt), rtol=1e-6, atol=1e-6, err_msg=name)
+        np.testing.assert_array_equal(rec_te.values, [1.0, 1.0])
+    # one cell by hand: A[t=2, l=1, attn] logit diff (23/64*8-1) - (24/64*8-1) = -1/8; clean 3, corrupt 1/4
+    ie, _ = metric_effects(cube, "logit_diff")
+    got = float(ie.sel(example="r1/fact", token=2, layer=1, component="attn"))
+    assert got == (3.125 if reverse else -0.375)
+
+
+def test_recovery_is_undefined_without_a_total_effect(cube):
+    cube["p_corrupt"].loc[{"example": "r1/fact", "answer": "target"}] = 0.5 - 1e-4  # TE 1e-4 < MIN_TOTAL
+    rec, te = metric_effects(cube, "recovery")
+    assert np.isnan(rec.sel(example="r1/fact").values).all() and np.isnan(float(te.sel(example="r1/fact")))
+    assert not np.isnan(rec.sel(example="r1/cf1").values).any()
+
+
+def test_a_cube_without_logits_gives_the_probability_metrics_only(cube):
+    old = cube.drop_vars(["logit_clean", "logit_corrupt", "logit_restored"])
+    assert metrics_of(old) == ("prob", "log_ratio", "recovery")
+    assert set(metrics_of(cube)) == {"prob", "log_ratio", "logit_diff", "recovery", "recovery_logit_diff"}
+    with pytest.raises(Exception, match="needs the answers' logits"):
+        metric_effects(old, "logit_diff")

@@ -9,7 +9,7 @@ import json
 import pytest
 from conftest import RECORDS
 
-from nnct.data import Record, load_records
+from nnct.inputs.records import Record, load_records
 from nnct.errors import DataError, RecordError
 
 
@@ -35,12 +35,12 @@ def test_good_records_load_with_ids_and_lines(tiny_data):
     loaded = load_records(tiny_data)
     assert loaded.problems == []
     assert loaded.path == str(tiny_data)
-    assert [r.id for r in loaded.records] == ["r1", "r2", "r3"]
-    assert [r.line for r in loaded.records] == [1, 2, 3]
+    assert [r.id for r in loaded.items] == ["r1", "r2", "r3"]
+    assert [r.line for r in loaded.items] == [1, 2, 3]
 
 
 def test_good_record_fields(tiny_data):
-    r1 = load_records(tiny_data).records[0]
+    r1 = load_records(tiny_data).items[0]
     assert isinstance(r1, Record)
     assert r1.subj == "Eiffel Tower"
     assert r1.obj == "Paris"
@@ -58,7 +58,7 @@ def test_context_joins_passages_with_a_space(tmp_path):
     rec = _rec(passages=[{"text": "Vinson Massif is part of Antarctica .", "title": "a"},
                          {"text": "Antarctica is a continent .", "title": "b"}])
     path.write_text(_line(rec))
-    (r,) = load_records(path).records
+    (r,) = load_records(path).items
     assert r.passages == ("Vinson Massif is part of Antarctica .", "Antarctica is a continent .")
     assert r.context == "Vinson Massif is part of Antarctica . Antarctica is a continent ."
 
@@ -68,7 +68,7 @@ def test_passages_are_optional(tmp_path):
     path.write_text(_line(_rec(passages=None)))
     loaded = load_records(path)
     assert loaded.problems == []
-    (r,) = loaded.records
+    (r,) = loaded.items
     assert r.passages == ()
     assert r.context == ""
 
@@ -80,8 +80,8 @@ def test_id_defaults_to_line_number(tmp_path):
     path.write_text(_line(RECORDS[0]) + _line(no_id_a) + _line(no_id_b))
     loaded = load_records(path)
     assert loaded.problems == []
-    assert [r.id for r in loaded.records] == ["r1", "line2", "line3"]
-    assert [r.line for r in loaded.records] == [1, 2, 3]
+    assert [r.id for r in loaded.items] == ["r1", "line2", "line3"]
+    assert [r.line for r in loaded.items] == [1, 2, 3]
 
 
 def test_blank_lines_are_skipped_but_counted(tmp_path):
@@ -89,18 +89,18 @@ def test_blank_lines_are_skipped_but_counted(tmp_path):
     path.write_text(_line(RECORDS[0]) + "\n   \n" + _line(_rec(id=None)))
     loaded = load_records(path)
     assert loaded.problems == []
-    assert [(r.id, r.line) for r in loaded.records] == [("r1", 1), ("line4", 4)]
+    assert [(r.id, r.line) for r in loaded.items] == [("r1", 1), ("line4", 4)]
 
 
 def test_integer_id_becomes_a_string(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text(_line(_rec(id=7)))
-    (r,) = load_records(path).records
+    (r,) = load_records(path).items
     assert r.id == "7"
 
 
 def test_load_accepts_str_path(tiny_data):
-    assert [r.id for r in load_records(str(tiny_data)).records] == ["r1", "r2", "r3"]
+    assert [r.id for r in load_records(str(tiny_data)).items] == ["r1", "r2", "r3"]
 
 
 def test_missing_file_raises_data_error(tmp_path):
@@ -149,7 +149,7 @@ def test_bad_record_is_reported_and_skipped(tmp_path, case):
     path.write_text(_line(RECORDS[0]) + text + _line(RECORDS[2]))
     loaded = load_records(path)
     # the good records around the bad one still load, with their own line numbers
-    assert [(r.id, r.line) for r in loaded.records] == [("r1", 1), ("r3", 3)]
+    assert [(r.id, r.line) for r in loaded.items] == [("r1", 1), ("r3", 3)]
     assert len(loaded.problems) == 1
     problem = loaded.problems[0]
     assert isinstance(problem, RecordError)
@@ -166,9 +166,9 @@ def test_duplicate_id_is_reported_on_the_repeat(tmp_path):
     dup = _rec(id="r1", subj="Beats Music")
     path.write_text(_line(RECORDS[0]) + _line(RECORDS[1]) + _line(dup) + _line(RECORDS[2]))
     loaded = load_records(path)
-    assert [(r.id, r.line) for r in loaded.records] == [("r1", 1), ("r2", 2), ("r3", 4)]
+    assert [(r.id, r.line) for r in loaded.items] == [("r1", 1), ("r2", 2), ("r3", 4)]
     # the first r1 is the one kept
-    assert loaded.records[0].subj == "Eiffel Tower"
+    assert loaded.items[0].subj == "Eiffel Tower"
     (problem,) = loaded.problems
     assert (problem.path, problem.line, problem.field) == (str(path), 3, "id")
     assert f"{path}:3" in str(problem)
@@ -180,7 +180,7 @@ def test_default_id_clashing_with_explicit_id(tmp_path):
     path = tmp_path / "facts.jsonl"
     path.write_text(_line(_rec(id="line2")) + _line(_rec(id=None, subj="Beats Music")))
     loaded = load_records(path)
-    assert [(r.id, r.line) for r in loaded.records] == [("line2", 1)]
+    assert [(r.id, r.line) for r in loaded.items] == [("line2", 1)]
     (problem,) = loaded.problems
     assert (problem.line, problem.field) == (2, "id")
 
@@ -199,7 +199,7 @@ def test_several_bad_records_each_reported_once(tmp_path):
     ]
     path.write_text("".join(lines))
     loaded = load_records(path)
-    assert [(r.id, r.line) for r in loaded.records] == [("r1", 2), ("r2", 4), ("r3", 7)]
+    assert [(r.id, r.line) for r in loaded.items] == [("r1", 2), ("r2", 4), ("r3", 7)]
     assert [(p.line, p.field) for p in loaded.problems] == [
         (1, "<json>"), (3, "obj"), (5, "<json>"), (6, "obj_cf"), (8, "id"),
     ]
@@ -213,7 +213,7 @@ def test_file_of_only_bad_records_loads_nothing_without_raising(tmp_path):
     path = tmp_path / "facts.jsonl"
     path.write_text("{\n" + _line(_rec(subj=None)))
     loaded = load_records(path)
-    assert loaded.records == []
+    assert loaded.items == []
     assert [(p.line, p.field) for p in loaded.problems] == [(1, "<json>"), (2, "subj")]
 
 
@@ -222,6 +222,6 @@ def test_a_line_that_is_not_utf8_is_skipped(tmp_path):
     good = json.dumps(RECORDS[0]).encode()
     path.write_bytes(b"\xef\xbb\xbf" + good + b"\n" + b'{"subj": "\xff"}\n' + json.dumps(RECORDS[1]).encode() + b"\n")
     loaded = load_records(path)
-    assert [r.line for r in loaded.records] == [1, 3]  # a BOM on line 1 is not an error
+    assert [r.line for r in loaded.items] == [1, 3]  # a BOM on line 1 is not an error
     assert [(p.line, p.field) for p in loaded.problems] == [(2, "<json>")]
     assert "UTF-8" in str(loaded.problems[0])

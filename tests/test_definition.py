@@ -11,11 +11,11 @@ import pytest
 from click.testing import CliRunner
 
 from nnct.cli import main
-from nnct.cube import open_cube
-from nnct.definition import TRACE_KEYS, load
-from nnct.run import RunConfig
+from nnct.results.cube import open_cube
+from nnct.methods.definition import TRACE_KEYS, load
+from nnct.methods.run import RunConfig
 from nnct.errors import ConfigError
-from nnct.prompts import experiment
+from nnct.inputs.prompts import experiment
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 

@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from nnct import cube, models, run, spans
+from nnct.results import cube
+from nnct.model import load
+from nnct.methods import run
+from nnct.inputs import spans
 
 pytestmark = pytest.mark.embedded
 
@@ -25,7 +28,7 @@ EIFFEL = {
 
 @pytest.fixture(scope="module")
 def smol():
-    return models.load("smollm2-135m")
+    return load("smollm2-135m")
 
 
 def test_embedded_model_knows_paris(smol):
@@ -41,7 +44,7 @@ def test_rome_picture_on_eiffel(smol, tmp_path):
     data = tmp_path / "eiffel.jsonl"
     data.write_text(json.dumps(EIFFEL) + "\n")
     out = tmp_path / "eiffel.nc"
-    run.trace(run.RunConfig(data=str(data), out=str(out), experiment="subject-noctx", components="hidden", samples=4), adapter=smol)
+    run.execute(run.RunConfig(data=str(data), out=str(out), experiment="subject-noctx", components="hidden", samples=4), adapter=smol)
     ds = cube.open_cube(out)
     ie, te = cube.effects(ds)
     ie = ie.sel(answer="target", component="hidden").isel(example=0).values  # [token, layer]

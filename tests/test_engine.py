@@ -1,7 +1,9 @@
-"""The engine against the slow hook reference, cell by cell, on every supported family,
-and against invariants that hold whatever the weights."""
+"""The engine against the slow hook reference, cell by cell, on every supported family, for
+noise and for prompt pairs, and against invariants that hold whatever the weights."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -9,22 +11,44 @@ import torch
 
 from conftest import FAMILIES, make_adapter
 from reference import Reference
-from nnct.engine import Engine, Prepared, Settings
-from nnct.plan import COMPONENTS
+from nnct.exec.engine import Engine, Settings
+from nnct.interventions.corruption import RunInput, noise_input, prompt_input
+from nnct.model.sites import COMPONENTS
 
 IDS = (0, 8, 25, 26, 10, 11, 8, 23, 9)  # <s> the Eiffel Tower is in the Paris of
 SPAN = (2, 3)
+# The same prompt with "Eiffel Tower" -> "Vinson Massif": positions 2 and 3 differ.
+CORRUPT_IDS = (0, 8, 29, 30, 10, 11, 8, 23, 9)
 TOL = 2e-6
 
 
-def prepared(adapter, samples=3, scale=3.0, seed=0):
+@dataclass
+class Example:
+    ids: tuple
+    corrupt: RunInput
+    answers: tuple
+    noise: torch.Tensor | None = None
+
+    def trace(self, adapter, **settings):
+        return Engine(adapter, Settings(**settings)).trace(self.ids, self.corrupt, self.answers)
+
+
+def top_two(adapter, ids=IDS):
+    with torch.no_grad():
+        top = adapter.hf(torch.tensor([ids])).logits[0, -1].topk(2).indices
+    return (int(top[0]),), (int(top[1]),)
+
+
+def prepared(adapter, samples=3, scale=3.0, seed=0, replace=False) -> Example:
     """Noise of `scale` x the embeddings' std; the answers are the clean top two tokens."""
     g = torch.Generator().manual_seed(seed)
     std = float(adapter.embedding_matrix().detach().std())
     noise = torch.randn(samples, len(SPAN), adapter.d_model, generator=g) * scale * std
-    with torch.no_grad():
-        top = adapter.hf(torch.tensor([IDS])).logits[0, -1].topk(2).indices
-    return Prepared(IDS, SPAN, tuple(int(i) for i in top), noise)
+    return Example(IDS, noise_input(IDS, SPAN, noise, replace), top_two(adapter), noise)
+
+
+def pair(adapter, corrupt_ids=CORRUPT_IDS) -> Example:
+    return Example(IDS, prompt_input(corrupt_ids), top_two(adapter))
 
 
 # Cells chosen to hit the window's clipping at both ends, the span, the tokens after it,
@@ -32,86 +56,175 @@ def prepared(adapter, samples=3, scale=3.0, seed=0):
 CELLS = [(3, 0, "mlp"), (3, 3, "attn"), (2, 1, "hidden"), (4, 2, "mlp"), (8, 3, "hidden"), (5, 1, "attn"), (8, 0, "attn")]
 
 
+def comp(component):
+    return COMPONENTS.index(component)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("reverse", [False, True], ids=["restore", "reverse"])
 def test_engine_matches_reference(family, reverse):
     adapter = make_adapter(family)
-    prep = prepared(adapter)
-    settings = Settings(components=COMPONENTS, samples=3, window=3, reverse=reverse, batch_rows=12)
-    result = Engine(adapter, settings).trace(prep)
+    ex = prepared(adapter)
+    result = ex.trace(adapter, window=3, reverse=reverse, batch_rows=12)
     ref = Reference(adapter)
-    p_clean, p_corrupt = ref.clean_and_corrupt(IDS, SPAN, prep.noise, prep.answers)
+    p_clean, p_corrupt = ref.clean_and_corrupt(IDS, SPAN, ex.noise, ex.answers)
     np.testing.assert_allclose(result.p_clean, p_clean.numpy(), atol=TOL)
     np.testing.assert_allclose(result.p_corrupt, p_corrupt.numpy(), atol=TOL)
-    assert result.clean_top1 == prep.answers[0]  # the clean top token, from a plain forward
+    assert result.clean_top1 == ex.answers[0][0]  # the clean top token, from a plain forward
     assert abs(float(p_clean[0] - p_corrupt[0])) > 1e-3, "the noise must move the probability for this test to mean anything"
     for token, layer, component in CELLS:
-        expected = ref.cell(IDS, SPAN, prep.noise, prep.answers, token, layer, component, window=3, reverse=reverse)
-        got = result.p_restored[token, layer, COMPONENTS.index(component)]
+        expected = ref.cell(IDS, SPAN, ex.noise, ex.answers, token, layer, component, window=3, reverse=reverse)
+        got = result.p_restored[token, layer, comp(component)]
         np.testing.assert_allclose(got, expected.numpy(), atol=TOL, err_msg=f"{family} cell {(token, layer, component)}")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("reverse", [False, True], ids=["restore", "reverse"])
+def test_prompt_pairs_match_reference(family, reverse):
+    """Denoising (clean values into the corrupted prompt) and noising, p and logits, every family."""
+    adapter = make_adapter(family)
+    ex = pair(adapter)
+    result = ex.trace(adapter, window=3, reverse=reverse, batch_rows=5)
+    ref = Reference(adapter)
+    p_clean, l_clean = ref.measure(IDS, ex.answers)
+    p_corrupt, l_corrupt = ref.measure(CORRUPT_IDS, ex.answers)
+    assert abs(float(p_clean[0] - p_corrupt[0])) > 1e-3, "the substitution must move the probability"
+    for got, want in [(result.p_clean, p_clean), (result.p_corrupt, p_corrupt)]:
+        np.testing.assert_allclose(got, want.numpy(), atol=TOL)
+    for got, want in [(result.logit_clean, l_clean), (result.logit_corrupt, l_corrupt)]:
+        np.testing.assert_allclose(got, want.numpy(), atol=5e-5)
+    for token, layer, component in CELLS:
+        p, logit = ref.pair_cell(IDS, CORRUPT_IDS, ex.answers, token, layer, component, window=3, reverse=reverse)
+        at = (token, layer, comp(component))
+        np.testing.assert_allclose(result.p_restored[at], p.numpy(), atol=TOL, err_msg=f"{family} p {at}")
+        np.testing.assert_allclose(result.logit_restored[at], logit.numpy(), atol=5e-5, err_msg=f"{family} logit {at}")
+
+
+def test_noise_logits_are_sample_means():
+    adapter = make_adapter("gpt2")
+    ex = prepared(adapter)
+    result = ex.trace(adapter, window=3)
+    ref = Reference(adapter)
+    logits = [ref.measure(IDS, ex.answers, span=SPAN, noise=ex.noise[s])[1] for s in range(3)]
+    np.testing.assert_allclose(result.logit_corrupt, (sum(logits) / 3).numpy(), atol=5e-5)
+    p, logit = ref._cell(IDS, ex.answers, 5, 1, "mlp", 3, False, [dict(span=SPAN, noise=ex.noise[s]) for s in range(3)])
+    np.testing.assert_allclose(result.logit_restored[5, 1, comp("mlp")], logit.numpy(), atol=5e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma2"])
+@pytest.mark.parametrize("lengths", [(2, 3), (1, 2), (3, 1)], ids=["both-long", "alt-long", "target-long"])
+def test_teacher_forced_answers_match_reference(family, lengths):
+    """Answers of several tokens: p is the product over the answer's tokens, each given the
+    prompt and the earlier ones; logits are the first token's."""
+    adapter = make_adapter(family)
+    target = (12, 40, 41)[: lengths[0]]
+    alt = (13, 40, 41)[: lengths[1]]  # the same tail as the target's: each pass must know its answer
+    for ex, reverse in [(prepared(adapter), False), (pair(adapter), True)]:
+        ex.answers = (target, alt)
+        result = ex.trace(adapter, window=3, reverse=reverse, batch_rows=6)
+        ref = Reference(adapter)
+        if ex.noise is not None:
+            p_clean, p_corrupt = ref.clean_and_corrupt(IDS, SPAN, ex.noise, ex.answers)
+            np.testing.assert_allclose(result.p_corrupt, p_corrupt.numpy(), rtol=1e-5, atol=1e-9)
+        else:
+            p_clean, _ = ref.measure(IDS, ex.answers)
+        np.testing.assert_allclose(result.p_clean, p_clean.numpy(), rtol=1e-5, atol=1e-9)
+        for token, layer, component in [(2, 1, "hidden"), (3, 0, "mlp"), (8, 2, "attn")]:
+            if ex.noise is not None:
+                p = ref.cell(IDS, SPAN, ex.noise, ex.answers, token, layer, component, window=3)
+            else:
+                p, _ = ref.pair_cell(IDS, CORRUPT_IDS, ex.answers, token, layer, component, window=3, reverse=True)
+            np.testing.assert_allclose(result.p_restored[token, layer, comp(component)], p.numpy(), rtol=1e-5, atol=1e-9)
+
+
+def test_single_token_answers_take_one_pass():
+    """One-token answers read exactly what the first-token mode reads (no extra pass)."""
+    adapter = make_adapter("llama")
+    ex = prepared(adapter)
+    calls = []
+    engine = Engine(adapter, Settings(window=3))
+    forward = engine._forward
+    engine._forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
+    engine.trace(ex.ids, ex.corrupt, ex.answers)
+    one = len(calls)
+    engine.trace(ex.ids, ex.corrupt, ((ex.answers[0][0], 40), ex.answers[1]))
+    assert len(calls) - one == one, "an answer of two tokens takes one more pass over the same plan"
 
 
 @pytest.mark.parametrize("replace", [False, True], ids=["add", "replace"])
 def test_replace_mode_matches_reference(replace):
     adapter = make_adapter("gpt2")
-    prep = prepared(adapter)
-    result = Engine(adapter, Settings(samples=3, window=2, replace=replace)).trace(prep)
+    ex = prepared(adapter, replace=replace)
+    result = ex.trace(adapter, window=2)
     ref = Reference(adapter)
-    _, p_corrupt = ref.clean_and_corrupt(IDS, SPAN, prep.noise, prep.answers, replace=replace)
+    _, p_corrupt = ref.clean_and_corrupt(IDS, SPAN, ex.noise, ex.answers, replace=replace)
     np.testing.assert_allclose(result.p_corrupt, p_corrupt.numpy(), atol=TOL)
     for token, layer, component in [(3, 2, "mlp"), (6, 1, "hidden")]:
-        expected = ref.cell(IDS, SPAN, prep.noise, prep.answers, token, layer, component, window=2, replace=replace)
-        np.testing.assert_allclose(result.p_restored[token, layer, COMPONENTS.index(component)], expected.numpy(), atol=TOL)
+        expected = ref.cell(IDS, SPAN, ex.noise, ex.answers, token, layer, component, window=2, replace=replace)
+        np.testing.assert_allclose(result.p_restored[token, layer, comp(component)], expected.numpy(), atol=TOL)
 
 
 @pytest.mark.parametrize("batch_rows", [1, 3, 7, 1000])
 def test_batching_does_not_change_numbers(batch_rows):
     adapter = make_adapter("qwen2")
-    prep = prepared(adapter)
-    base = Engine(adapter, Settings(samples=3, window=3, batch_rows=3)).trace(prep)
-    other = Engine(adapter, Settings(samples=3, window=3, batch_rows=batch_rows)).trace(prep)
+    ex = prepared(adapter)
+    base = ex.trace(adapter, window=3, batch_rows=3)
+    other = ex.trace(adapter, window=3, batch_rows=batch_rows)
     np.testing.assert_allclose(other.p_restored, base.p_restored, atol=TOL)
+    np.testing.assert_allclose(other.logit_restored, base.logit_restored, atol=1e-4)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "gptj"])
 def test_invariants_forward(family):
     adapter = make_adapter(family)
-    result = Engine(adapter, Settings(samples=4, window=3)).trace(prepared(adapter, samples=4))
-    last, hidden = len(IDS) - 1, COMPONENTS.index("hidden")
-    # The last token's residual stream after the last layer decides the answer alone.
-    np.testing.assert_allclose(result.p_restored[last, -1, hidden], result.p_clean, atol=TOL)
-    # Positions before the span see no noise (causal attention): restoring them is a no-op.
-    for t in range(SPAN[0]):
-        np.testing.assert_allclose(result.p_restored[t], np.broadcast_to(result.p_corrupt, result.p_restored[t].shape), atol=TOL)
-    assert not np.isnan(result.p_restored).any()
+    for ex in (prepared(adapter, samples=4), pair(adapter)):
+        result = ex.trace(adapter, window=3)
+        last, hidden = len(IDS) - 1, comp("hidden")
+        # The last token's residual stream after the last layer decides the answer alone.
+        np.testing.assert_allclose(result.p_restored[last, -1, hidden], result.p_clean, atol=TOL)
+        np.testing.assert_allclose(result.logit_restored[last, -1, hidden], result.logit_clean, atol=1e-4)
+        # Positions before the span see no corruption (causal attention): restoring them is a no-op.
+        for t in range(SPAN[0]):
+            np.testing.assert_allclose(result.p_restored[t], np.broadcast_to(result.p_corrupt, result.p_restored[t].shape),
+                                       atol=TOL)
+        assert not np.isnan(result.p_restored).any()
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_invariants_reverse(family):
     adapter = make_adapter(family)
-    result = Engine(adapter, Settings(samples=4, window=3, reverse=True)).trace(prepared(adapter, samples=4))
-    last, hidden = len(IDS) - 1, COMPONENTS.index("hidden")
-    # Writing each sample's corrupted final state into the clean run gives its corrupted output.
-    np.testing.assert_allclose(result.p_restored[last, -1, hidden], result.p_corrupt, atol=TOL)
-    # Corrupted states before the span equal the clean ones: writing them changes nothing.
-    for t in range(SPAN[0]):
-        np.testing.assert_allclose(result.p_restored[t], np.broadcast_to(result.p_clean, result.p_restored[t].shape), atol=TOL)
+    for ex in (prepared(adapter, samples=4), pair(adapter)):
+        result = ex.trace(adapter, window=3, reverse=True)
+        last, hidden = len(IDS) - 1, comp("hidden")
+        # Writing each sample's corrupted final state into the clean run gives its corrupted output.
+        np.testing.assert_allclose(result.p_restored[last, -1, hidden], result.p_corrupt, atol=TOL)
+        # Corrupted states before the span equal the clean ones: writing them changes nothing.
+        for t in range(SPAN[0]):
+            np.testing.assert_allclose(result.p_restored[t], np.broadcast_to(result.p_clean, result.p_restored[t].shape), atol=TOL)
+
+
+def test_identical_prompts_change_nothing():
+    """A pair whose prompts are the same has no changed token: every cell is the clean run."""
+    adapter = make_adapter("mistral")
+    same = pair(adapter, corrupt_ids=IDS).trace(adapter, window=3)
+    np.testing.assert_allclose(same.p_corrupt, same.p_clean, atol=TOL)
+    np.testing.assert_allclose(same.p_restored, np.broadcast_to(same.p_clean, same.p_restored.shape), atol=TOL)
 
 
 def test_zero_noise_restores_nothing_to_do():
     adapter = make_adapter("mistral")
-    result = Engine(adapter, Settings(samples=2, window=3)).trace(prepared(adapter, samples=2, scale=0.0))
+    result = prepared(adapter, samples=2, scale=0.0).trace(adapter, window=3)
     np.testing.assert_allclose(result.p_corrupt, result.p_clean, atol=TOL)
     np.testing.assert_allclose(result.p_restored, np.broadcast_to(result.p_clean, result.p_restored.shape), atol=TOL)
 
 
 def test_components_subset_keeps_order():
     adapter = make_adapter("llama")
-    prep = prepared(adapter)
-    full = Engine(adapter, Settings(samples=3, window=3)).trace(prep)
-    only = Engine(adapter, Settings(components=("attn",), samples=3, window=3)).trace(prep)
+    ex = prepared(adapter)
+    full = ex.trace(adapter, window=3)
+    only = ex.trace(adapter, components=("attn",), window=3)
     assert only.p_restored.shape == (len(IDS), adapter.n_layers, 1, 2)
-    np.testing.assert_allclose(only.p_restored[:, :, 0], full.p_restored[:, :, COMPONENTS.index("attn")], atol=TOL)
+    np.testing.assert_allclose(only.p_restored[:, :, 0], full.p_restored[:, :, comp("attn")], atol=TOL)
 
 
 @pytest.mark.parametrize("family", ["gemma2", "gemma3", "mistral"])
@@ -119,10 +232,10 @@ def test_sliding_window_shorter_than_the_prompt(family):
     """Batches that start after position 0 read the base run's cache: it must hold every
     position even where the model's own cache would keep only a sliding window."""
     adapter = make_adapter(family, sliding_window=4)
-    prep = prepared(adapter)
-    result = Engine(adapter, Settings(samples=3, window=3, batch_rows=6)).trace(prep)
+    ex = prepared(adapter)
+    result = ex.trace(adapter, window=3, batch_rows=6)
     ref = Reference(adapter)
     for token, layer, component in [(6, 1, "hidden"), (4, 2, "mlp"), (7, 0, "attn"), (3, 3, "hidden")]:
-        expected = ref.cell(IDS, SPAN, prep.noise, prep.answers, token, layer, component, window=3)
-        np.testing.assert_allclose(result.p_restored[token, layer, COMPONENTS.index(component)], expected.numpy(), atol=TOL,
+        expected = ref.cell(IDS, SPAN, ex.noise, ex.answers, token, layer, component, window=3)
+        np.testing.assert_allclose(result.p_restored[token, layer, comp(component)], expected.numpy(), atol=TOL,
                                    err_msg=f"{family} cell {(token, layer, component)}")

@@ -10,10 +10,10 @@ from click.testing import CliRunner
 
 from test_run import config
 from nnct.cli import main
-from nnct.cube import open_cube, write
+from nnct.results.cube import open_cube, write
 from nnct.errors import ConfigError
-from nnct.merge import merge
-from nnct.run import parse_shard, trace
+from nnct.results.merge import merge
+from nnct.methods.run import parse_shard, execute
 
 PROVENANCE = ("created", "shard", "merged_shards")
 
@@ -25,15 +25,15 @@ def comparable(ds):
 
 
 @pytest.fixture(scope="module")
-def shards(tiny_model_dir, data_file, tmp_path_factory, one_torch_thread):
+def shards(tiny_model_dir, data_file, tmp_path_factory):
     """The whole run and its three shards, on the tiny model (4 records, so shard 0 has two)."""
     d = tmp_path_factory.mktemp("shards")
     kw = dict(experiment="subject", max_cf=1, components="hidden")
-    trace(config(tiny_model_dir, data_file, d / "whole.nc", **kw))
+    execute(config(tiny_model_dir, data_file, d / "whole.nc", **kw))
     paths = []
     for i in range(3):
         paths.append(d / f"s{i}.nc")
-        trace(config(tiny_model_dir, data_file, paths[-1], shard=f"{i}/3", **kw))
+        execute(config(tiny_model_dir, data_file, paths[-1], shard=f"{i}/3", **kw))
     return d / "whole.nc", paths
 
 
@@ -69,7 +69,7 @@ def test_merged_cube_opens_lazily(shards, tmp_path):
 def test_merge_refuses_other_settings(shards, tiny_model_dir, data_file, tmp_path):
     _, paths = shards
     other = tmp_path / "other.nc"
-    trace(config(tiny_model_dir, data_file, other, experiment="subject", max_cf=1, components="hidden", samples=3, shard="2/3"))
+    execute(config(tiny_model_dir, data_file, other, experiment="subject", max_cf=1, components="hidden", samples=3, shard="2/3"))
     with pytest.raises(ConfigError, match="not a shard of the same run.*samples = 3, not 2"):
         merge([paths[0], paths[1], other])
 
@@ -96,7 +96,7 @@ def test_merge_cli(shards, tmp_path):
 
 def test_each_problem_is_reported_by_one_shard(tiny_model_dir, tmp_path):
     from conftest import RECORDS, write_jsonl
-    from nnct.run import Progress
+    from nnct.methods.run import Progress
 
     bad_record = dict(RECORDS[1], subj="Mont Blanc")  # not in its prompt: a problem found while preparing
     lines = [RECORDS[0], "{not json", bad_record, RECORDS[2], RECORDS[0] | {"id": "r4"}]
@@ -109,7 +109,7 @@ def test_each_problem_is_reported_by_one_shard(tiny_model_dir, tmp_path):
     seen = {}
     for i in range(2):
         progress = Seen()
-        trace(config(tiny_model_dir, data, tmp_path / f"s{i}.nc", components="hidden", shard=f"{i}/2"), progress=progress)
+        execute(config(tiny_model_dir, data, tmp_path / f"s{i}.nc", components="hidden", shard=f"{i}/2"), progress=progress)
         seen[i] = progress.lines
     # records (by position): line 1 -> 0, line 3 -> 1, line 4 -> 0, line 5 -> 1; line 2 is no record: shard 0's
     assert seen == {0: [2], 1: [3]}
@@ -117,7 +117,7 @@ def test_each_problem_is_reported_by_one_shard(tiny_model_dir, tmp_path):
 
 def test_more_shards_than_records_is_refused(tiny_model_dir, data_file, tmp_path):
     with pytest.raises(ConfigError, match="only 3 records"):
-        trace(config(tiny_model_dir, data_file, tmp_path / "s.nc", components="hidden", shard="3/4"))
+        execute(config(tiny_model_dir, data_file, tmp_path / "s.nc", components="hidden", shard="3/4"))
 
 
 @pytest.mark.parametrize("text", ["3/3", "-1/2", "a/b", "1", "0/0"])

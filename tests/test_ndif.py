@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from nnct.cube import open_cube
-from nnct.run import partial_dir
+from nnct.results.cube import open_cube
+from nnct.methods.run import partial_dir
 
 pytestmark = [pytest.mark.ndif, pytest.mark.embedded]
 
@@ -171,7 +171,7 @@ def test_status_and_check(server):
 
 
 def test_a_model_the_server_cannot_run_lists_the_hosted_ones(server, tmp_path):
-    from nnct import embedded
+    from nnct.model import embedded
 
     assert nnct("remote", "check", "smollm2-135m", "--ndif-host", HOST, key=server.key).returncode == 0
     unknown = tmp_path / "no-weights"  # the client can build it; the server has no weights to load

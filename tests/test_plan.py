@@ -3,7 +3,8 @@
 import pytest
 
 from nnct.errors import ConfigError
-from nnct.plan import Cell, cells, components, first_layer, patches, schedule, window_layers
+from nnct.interventions.plan import Cell, cells, first_layer, patches, schedule, window_layers, written_layers
+from nnct.model.sites import components
 
 
 @pytest.mark.parametrize(
@@ -31,6 +32,12 @@ def test_components_parse_and_order():
         components("")
 
 
+def test_written_layers_follow_the_site():
+    assert list(written_layers(Cell(0, 7, "hidden"), 10, 30)) == [7]  # the residual stream: one layer
+    assert list(written_layers(Cell(0, 7, "mlp"), 3, 30)) == [6, 7, 8]  # a sublayer: the window
+    assert list(written_layers(Cell(0, 0, "attn"), 4, 30)) == [0, 1]
+
+
 def test_cells_cover_every_token_layer_component_once():
     got = cells(3, 2, ("hidden", "mlp"))
     assert len(got) == 12 and len(set(got)) == 12
@@ -46,7 +53,7 @@ def test_first_layer():
 
 def test_schedule_groups_by_first_layer_and_skips_the_clean_prefix():
     all_cells = cells(5, 2, ("hidden", "mlp"))  # 20 cells; mlp window 3 starts at layer 0 for both layers
-    plan = schedule(all_cells, samples=3, batch_rows=7, window=3, n_layers=2, first_corrupted=2)
+    plan = schedule(all_cells, samples=3, batch_rows=7, window=3, n_layers=2, first_changed=2)
     assert sorted(plan.unchanged, key=str) == sorted([c for c in all_cells if c.token < 2], key=str)
     traced = [c for b in plan.batches for c in b.cells]
     assert sorted(traced + plan.unchanged, key=str) == sorted(all_cells, key=str)  # every cell once
@@ -56,7 +63,7 @@ def test_schedule_groups_by_first_layer_and_skips_the_clean_prefix():
         assert all(first_layer(c, 3, 2) == b.first_layer for c in b.cells)
     # first layer 0: mlp@0, mlp@1 (6 cells); 1: hidden@0 (3 cells); 2 (none run): hidden@1 (3 cells)
     assert [b.first_layer for b in plan.batches] == [0] * 3 + [1] * 2 + [2] * 2
-    one = schedule(all_cells, samples=3, batch_rows=2, window=3, n_layers=2, first_corrupted=0)
+    one = schedule(all_cells, samples=3, batch_rows=2, window=3, n_layers=2, first_changed=0)
     assert all(len(b.cells) == 1 for b in one.batches) and len(one.batches) == 20  # at least one cell a batch
 
 
@@ -71,7 +78,7 @@ def test_patches_rows_and_window():
 
 def test_auto_batch_rows_whole_cells_within_budget():
     from conftest import make_adapter
-    from nnct.engine import auto_batch_rows
+    from nnct.exec.engine import auto_batch_rows
 
     adapter = make_adapter("llama")
     for n_tokens in (5, 25, 100, 1000):
@@ -84,8 +91,8 @@ def test_auto_batch_rows_whole_cells_within_budget():
 
 def test_schedule_token_rows_gives_late_batches_more_cells():
     all_cells = cells(10, 1, ("hidden",))  # one first layer (1), tokens 0..9
-    plan = schedule(all_cells, samples=2, batch_rows=100, window=1, n_layers=1, first_corrupted=0, n_tokens=10, token_rows=40)
+    plan = schedule(all_cells, samples=2, batch_rows=100, window=1, n_layers=1, first_changed=0, n_tokens=10, token_rows=40)
     # start 0: 40 // (2 * 10) = 2 cells; start 2: 40 // 16 = 2; start 4: 40 // 12 = 3; start 7: 40 // 6 = 6 (3 left)
     assert [(b.start, len(b.cells)) for b in plan.batches] == [(0, 2), (2, 2), (4, 3), (7, 3)]
-    capped = schedule(all_cells, samples=2, batch_rows=4, window=1, n_layers=1, first_corrupted=0, n_tokens=10, token_rows=40)
+    capped = schedule(all_cells, samples=2, batch_rows=4, window=1, n_layers=1, first_changed=0, n_tokens=10, token_rows=40)
     assert max(len(b.cells) for b in capped.batches) == 2  # batch_rows still bounds memory

@@ -9,10 +9,10 @@ from click.testing import CliRunner
 
 from cubes import make_cube, records
 from nnct.cli import main
-from nnct.cube import write
+from nnct.results.cube import write
 from nnct.errors import ConfigError
-from nnct.plot import average_figure, draw, example_figure, lines_figure, scales
-from nnct.summary import summarize
+from nnct.analysis.plot import average_figure, draw, example_figure, lines_figure, scales
+from nnct.analysis.summary import summarize
 
 
 def panels(fig):
@@ -30,7 +30,7 @@ def test_example_heatmap_layout_and_values():
     assert labels == ["w0*", "w1*", "w2*", "w3*", "w4", "w5"]  # the subject's tokens are the corrupted ones
     assert axes[0].get_xlabel() == "layer"
     assert axes[1].get_xlabel() == "layer (centre of 3 restored layers)"
-    expected = rec.p_restored[:, :, 1, 0].astype(np.float64) - np.float32(rec.p_corrupt[0])
+    expected = rec.values["p_restored"][:, :, 1, 0].astype(np.float64) - np.float32(rec.values["p_corrupt"][0])
     np.testing.assert_allclose(np.asarray(axes[1].images[0].get_array()), expected, atol=1e-6)
     assert "r2/cf1" in fig._suptitle.get_text() and "'T2'" in fig._suptitle.get_text()
 
@@ -41,7 +41,7 @@ def test_example_figures_share_a_scale_per_component():
     a, b = example_figure(ds, "r0/fact", scale=scale), example_figure(ds, "r3/cf1", scale=scale)
     for k in range(2):
         assert panels(a)[k].images[0].get_clim() == panels(b)[k].images[0].get_clim()
-    hidden_max = max(float(np.max(r.p_restored[:, :, 0, 0] - np.float32(r.p_corrupt[0]))) for r in records())
+    hidden_max = max(float(np.max(r.values["p_restored"][:, :, 0, 0] - np.float32(r.values["p_corrupt"][0]))) for r in records())
     assert scale["hidden"] == (0.0, pytest.approx(hidden_max, abs=1e-6))
 
 

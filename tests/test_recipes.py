@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from nnct.cube import open_cube
+from nnct.results.cube import open_cube
 
 ROOT = Path(__file__).resolve().parent.parent
 JUST = shutil.which("just") or str(Path(sys.executable).parent / "just")

@@ -16,34 +16,35 @@ import pytest
 import xarray as xr
 
 from conftest import make_adapter
-from test_engine import TOL, prepared
+from test_engine import TOL, pair, prepared
 from test_run import config
-from nnct import models, noise, remote
-from nnct.cube import open_cube
-from nnct.engine import Engine, Settings
+import nnct.model.loading
 from nnct.errors import ConfigError, ModelNotHosted, RemoteAuthError, RemoteFailed
-from nnct.run import Progress, collect, partial_dir, trace
+from nnct.exec import engine as engine_lib, remote
+from nnct.exec.engine import Engine, Settings
+from nnct.methods.run import Progress, collect, execute, partial_dir
+from nnct.results.cube import open_cube
 
 SIM = remote.LOCAL
 
 
 @pytest.mark.parametrize("family, reverse", [("llama", False), ("gptj", False), ("qwen2", True)])
-def test_one_session_gives_the_local_numbers_for_several_examples(family, reverse, one_torch_thread):
+def test_one_session_gives_the_local_numbers_for_several_examples(family, reverse):
     adapter = make_adapter(family)
-    preps = [prepared(adapter), prepared(adapter, seed=1)]
-    engine = Engine(adapter, Settings(samples=3, window=3, reverse=reverse, batch_rows=9))
-    reply = engine.request(preps, remote.backend(SIM, adapter))
+    jobs = [(ex.ids, ex.corrupt, ex.answers) for ex in (prepared(adapter), prepared(adapter, seed=1), pair(adapter))]
+    engine = Engine(adapter, Settings(window=3, reverse=reverse, batch_rows=9))
+    reply = remote.request(engine, jobs, remote.backend(SIM, adapter))
     assert (reply.device, reply.dtype) == ("cpu", "float32")  # read in the session, from the weights
-    assert len(reply.results) == 2
-    for prep, there in zip(preps, reply.results):
-        here = engine.trace(prep)
-        for field in ("p_clean", "p_corrupt", "p_restored"):
+    assert len(reply.results) == 3
+    for job, there in zip(jobs, reply.results):
+        here = engine.trace(*job)
+        for field in ("p_clean", "p_corrupt", "p_restored", "logit_restored"):
             np.testing.assert_allclose(getattr(there, field), getattr(here, field), atol=TOL, err_msg=field)
         assert there.clean_top1 == here.clean_top1
     assert not np.allclose(reply.results[0].p_restored, reply.results[1].p_restored, equal_nan=True)  # other noise
 
 
-def test_the_request_carries_no_weights(monkeypatch, one_torch_thread):
+def test_the_request_carries_no_weights(monkeypatch):
     """The session is serialised with the engine in it: only envoys may travel by reference.
     A model with 16 MiB of MLP weights must still make a request of a few hundred KiB."""
     from nnsight.schema.request import RequestModel
@@ -58,21 +59,20 @@ def test_the_request_carries_no_weights(monkeypatch, one_torch_thread):
     monkeypatch.setattr(RequestModel, "serialize", staticmethod(counting))
     adapter = make_adapter("llama", intermediate_size=16384)
     weights = sum(p.numel() * p.element_size() for p in adapter.hf.parameters())
-    engine = Engine(adapter, Settings(components=("hidden",), samples=2, window=3))
-    engine.request([prepared(adapter, samples=2)] * 3, remote.backend(SIM, adapter))
+    engine = Engine(adapter, Settings(components=("hidden",), window=3))
+    ex = prepared(adapter, samples=2)
+    remote.request(engine, [(ex.ids, ex.corrupt, ex.answers)] * 3, remote.backend(SIM, adapter))
     assert len(sizes) == 1  # one request for the three examples
     assert weights > 16 << 20 and sizes[0] < 1 << 20
 
 
 def test_embedding_std_through_a_session_equals_the_weights_rows():
-    from nnct import noise
-
     adapter = make_adapter("gemma")  # scales its embeddings: the module's output, not the weight rows
     ids = [[3, 4, 5], [6, 3]]
     direct = adapter.hf.get_submodule("model.embed_tokens")(__import__("torch").tensor([[3, 4, 5, 6, 3]]))
     expected = float(direct.detach().double().std())
-    assert noise.embedding_std(adapter, ids) == pytest.approx(expected, rel=1e-12)
-    assert noise.embedding_std(adapter, ids, remote.backend(SIM, adapter)) == pytest.approx(expected, rel=1e-12)
+    assert engine_lib.embedding_std(adapter.parts, ids) == pytest.approx(expected, rel=1e-12)
+    assert engine_lib.embedding_std(adapter.parts, ids, remote.backend(SIM, adapter)) == pytest.approx(expected, rel=1e-12)
 
 
 @pytest.mark.parametrize("cells, budget, groups", [
@@ -95,12 +95,12 @@ KW = dict(experiment="subject", max_cf=1, components="hidden,attn", batch_rows=6
 @pytest.fixture(scope="module")
 def local_cube(tiny_model_dir, data_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("local") / "here.nc"
-    trace(config(tiny_model_dir, data_file, out, **KW))
+    execute(config(tiny_model_dir, data_file, out, **KW))
     return open_cube(out)
 
 
 def assert_same_numbers(there: xr.Dataset, here: xr.Dataset) -> None:
-    probs = ["p_restored", "p_clean", "p_corrupt"]
+    probs = ["p_restored", "p_clean", "p_corrupt", "logit_restored", "logit_clean", "logit_corrupt"]
     for name in probs:
         np.testing.assert_allclose(there[name].values, here[name].values, atol=TOL, err_msg=name)
     xr.testing.assert_equal(there.drop_vars(probs), here.drop_vars(probs))
@@ -112,14 +112,14 @@ def cells_per_example(ds: xr.Dataset) -> list[int]:
 
 @pytest.mark.parametrize("request_cells", [1, 10**6, None])
 def test_run_packs_examples_into_requests(request_cells, local_cube, tiny_model_dir, data_file, tmp_path,
-                                          monkeypatch, one_torch_thread):
+                                          monkeypatch):
     cells = cells_per_example(local_cube)
     budget = request_cells or cells[0] + cells[1]  # None: the first two examples fit, no third
     seen = []
-    real = Engine.request
-    monkeypatch.setattr(Engine, "request", lambda self, preps, backend: seen.append(len(preps)) or real(self, preps, backend))
+    real = remote.request
+    monkeypatch.setattr(remote, "request", lambda engine, jobs, backend: seen.append(len(jobs)) or real(engine, jobs, backend))
     out = tmp_path / "there.nc"
-    summary = trace(config(tiny_model_dir, data_file, out, remote=SIM, request_cells=budget, **KW))
+    summary = execute(config(tiny_model_dir, data_file, out, remote=SIM, request_cells=budget, **KW))
     assert seen == [len(g) for g in remote.pack(list(range(len(cells))), cells, budget)]
     assert summary.requests == len(seen) + 1  # and one for the noise level
     there = open_cube(out)
@@ -154,31 +154,29 @@ class Retries(Progress):
         self.seen.append((attempt, delay))
 
 
-def test_failed_requests_are_retried_with_backoff(local_cube, tiny_model_dir, data_file, tmp_path, monkeypatch,
-                                                  one_torch_thread):
+def test_failed_requests_are_retried_with_backoff(local_cube, tiny_model_dir, data_file, tmp_path, monkeypatch):
     monkeypatch.setattr(remote, "backend", Flaky({2, 3}))  # the first example's request fails twice
     monkeypatch.setattr(remote.time, "sleep", lambda s: None)
     progress = Retries()
     out = tmp_path / "there.nc"
-    summary = trace(config(tiny_model_dir, data_file, out, remote=SIM, request_cells=1, retries=2, retry_delay=0.5, **KW),
+    summary = execute(config(tiny_model_dir, data_file, out, remote=SIM, request_cells=1, retries=2, retry_delay=0.5, **KW),
                     progress=progress)
     assert progress.seen == [(1, 0.5), (2, 1.0)]
     assert summary.requests == 1 + local_cube.sizes["example"] + 2
     assert_same_numbers(open_cube(out), local_cube)
 
 
-def test_a_run_whose_retries_run_out_resumes(local_cube, tiny_model_dir, data_file, tmp_path, monkeypatch,
-                                             one_torch_thread):
+def test_a_run_whose_retries_run_out_resumes(local_cube, tiny_model_dir, data_file, tmp_path, monkeypatch):
     monkeypatch.setattr(remote.time, "sleep", lambda s: None)
     out = tmp_path / "there.nc"
     cfg = config(tiny_model_dir, data_file, out, remote=SIM, request_cells=1, retries=1, **KW)
     monkeypatch.setattr(remote, "backend", Flaky({4, 5}))  # std, example 0, example 1, then example 2 twice
     with pytest.raises(RemoteFailed, match=r"ConnectionRefusedError.*after 2 tries"):
-        trace(cfg)
+        execute(cfg)
     kept = sorted(p.name for p in partial_dir(out).glob("*.npz"))
     assert kept == ["000000.npz", "000001.npz"] and not out.exists()
     monkeypatch.setattr(remote, "backend", Flaky(set()))
-    summary = trace(dataclasses.replace(cfg, resume=True))
+    summary = execute(dataclasses.replace(cfg, resume=True))
     assert summary.resumed == 2 and summary.requests == local_cube.sizes["example"] - 2
     assert_same_numbers(open_cube(out), local_cube)
 
@@ -212,10 +210,10 @@ class FakeServer:
 
         return Backend()
 
-    def request(self, engine, preps, backend):
+    def request(self, engine, jobs, backend):
         assert backend.job_id is None
         backend.job_id = next(self.ids)
-        results = [dataclasses.asdict(engine.trace(p)) for p in preps]
+        results = [dataclasses.asdict(engine.trace(*job)) for job in jobs]
         self.done[backend.job_id] = {"out": {"results": results, "device": "cuda:0", "dtype": "torch.float32"}}
         return None
 
@@ -224,11 +222,11 @@ class FakeServer:
 def fake_server(local_cube, monkeypatch):
     server = FakeServer()
     monkeypatch.setattr(remote, "backend", server.backend)
-    monkeypatch.setattr(Engine, "request", lambda self, preps, backend: server.request(self, preps, backend))
+    monkeypatch.setattr(remote, "request", server.request)
     monkeypatch.setattr(remote, "server", lambda host=None: remote.Server("http://fake:1"))
-    monkeypatch.setattr(noise, "embedding_std", lambda adapter, ids, backend=None: local_cube.attrs["noise_level"] / 3)
-    load = models.load  # the fake server computes here, with the weights
-    monkeypatch.setattr(models, "load", lambda name, device, dtype, weights: load(name, device, dtype))
+    monkeypatch.setattr(engine_lib, "embedding_std", lambda parts, ids, backend=None: local_cube.attrs["noise_level"] / 3)
+    load = nnct.model.loading.load  # the fake server computes here, with the weights
+    monkeypatch.setattr(nnct.model.loading, "load", lambda name, device, dtype, weights: load(name, device, dtype))
     return server
 
 
@@ -240,9 +238,9 @@ class Failures(Progress):
         self.jobs.append((job_id, str(error)))
 
 
-def test_submit_then_collect(fake_server, local_cube, tiny_model_dir, data_file, tmp_path, one_torch_thread):
+def test_submit_then_collect(fake_server, local_cube, tiny_model_dir, data_file, tmp_path):
     server, out, n = fake_server, tmp_path / "there.nc", local_cube.sizes["example"]
-    first = trace(config(tiny_model_dir, data_file, out, remote="http://fake:1", request_cells=1, wait=False, **KW))
+    first = execute(config(tiny_model_dir, data_file, out, remote="http://fake:1", request_cells=1, wait=False, **KW))
     assert first.pending == n and not out.exists()
     server.running, server.failing = {"job0"}, {"job1"}
     progress = Failures()
@@ -259,14 +257,12 @@ def test_submit_then_collect(fake_server, local_cube, tiny_model_dir, data_file,
 
 
 def test_collect_sends_lost_jobs_again_and_gives_up_on_failing_ones(fake_server, local_cube, tiny_model_dir,
-                                                                     data_file, tmp_path, monkeypatch, one_torch_thread):
-    from nnct import run
-
+                                                                     data_file, tmp_path, monkeypatch):
     server, out = fake_server, tmp_path / "there.nc"
-    trace(config(tiny_model_dir, data_file, out, remote="http://fake:1", request_cells=10**6, retries=1, wait=False, **KW))
+    execute(config(tiny_model_dir, data_file, out, remote="http://fake:1", request_cells=10**6, retries=1, wait=False, **KW))
     server.lost = {"job0"}  # every example in one job, which the server then forgets
     assert collect(str(out)).pending == 1  # just submitted: not lost yet
-    monkeypatch.setattr(run._Requests, "LOST_AFTER", -1.0)
+    monkeypatch.setattr(remote.Requests, "LOST_AFTER", -1.0)
     progress = Failures()
     assert collect(str(out), progress=progress).pending == 1
     assert progress.jobs == [("job0", "http://fake:1 has no record of the job")]
@@ -375,10 +371,10 @@ def test_server_settings(monkeypatch):
 def test_no_wait_needs_a_server(tiny_model_dir, data_file, tmp_path):
     for where in (None, SIM):
         with pytest.raises(ConfigError, match="--no-wait needs a remote server"):
-            trace(config(tiny_model_dir, data_file, tmp_path / "c.nc", remote=where, wait=False))
+            execute(config(tiny_model_dir, data_file, tmp_path / "c.nc", remote=where, wait=False))
 
 
-def test_cli_remote_options(tiny_model_dir, data_file, tmp_path, one_torch_thread):
+def test_cli_remote_options(tiny_model_dir, data_file, tmp_path):
     from click.testing import CliRunner
 
     from nnct.cli import main

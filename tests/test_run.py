@@ -23,9 +23,9 @@ from click.testing import CliRunner
 from conftest import RECORDS, write_jsonl
 import nnct
 from nnct.cli import main
-from nnct.cube import open_cube
+from nnct.results.cube import open_cube
 from nnct.errors import DataError, RecordError, ResumeMismatch
-from nnct.run import Progress, RunConfig, partial_dir, trace
+from nnct.methods.run import Progress, RunConfig, partial_dir, execute
 
 # METHOD.md, "The effect cube": the attrs names and the dimensions.
 METHOD_ATTRS = (
@@ -86,7 +86,7 @@ class Recorder(Progress):
 def interrupted(cfg: RunConfig) -> Path:
     """Run `cfg` until the second example is under way, then interrupt it."""
     with pytest.raises(KeyboardInterrupt):
-        trace(cfg, progress=InterruptAt(2))
+        execute(cfg, progress=InterruptAt(2))
     return partial_dir(cfg.out)
 
 
@@ -94,7 +94,6 @@ def listing(pdir: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(pdir.iterdir())}
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 
@@ -102,7 +101,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def reference(tmp_path_factory, tiny_model_dir, data_file):
     """An uninterrupted run with the SMALL settings: (summary, cube, path)."""
     out = tmp_path_factory.mktemp("reference") / "reference.nc"
-    summary = trace(config(tiny_model_dir, data_file, out))
+    summary = execute(config(tiny_model_dir, data_file, out))
     return summary, open_cube(out), out
 
 
@@ -200,7 +199,7 @@ def test_noise_s3_counts_span_tokens_of_every_example(exp, tmp_path, tiny_model_
     assert len(ids) == {"object": 6, "subject": 12}[exp]
     level = 3 * expected_std(tiny_model_dir, ids)
     out = tmp_path / f"{exp}.nc"
-    summary = trace(config(tiny_model_dir, data_file, out, experiment=exp, components="hidden", max_cf=1))
+    summary = execute(config(tiny_model_dir, data_file, out, experiment=exp, components="hidden", max_cf=1))
     ds = open_cube(out)
     assert summary.examples == 6
     assert ds.attrs["noise_rule"] == "s3"
@@ -209,7 +208,7 @@ def test_noise_s3_counts_span_tokens_of_every_example(exp, tmp_path, tiny_model_
 
 def test_noise_plain_float_is_used_as_is(tmp_path, tiny_model_dir, data_file):
     out = tmp_path / "float.nc"
-    summary = trace(config(tiny_model_dir, data_file, out, noise_level="0.5", components="hidden", max_examples=1))
+    summary = execute(config(tiny_model_dir, data_file, out, noise_level="0.5", components="hidden", max_examples=1))
     ds = open_cube(out)
     assert float(ds.attrs["noise_level"]) == 0.5 and summary.noise_level == 0.5
     assert ds.attrs["noise_rule"] == "0.5"
@@ -227,7 +226,7 @@ def test_resume_after_keyboard_interrupt(tmp_path, tiny_model_dir, data_file, re
     created = json.loads((pdir / "run.json").read_text())["created"]
 
     progress = Recorder()
-    summary = trace(replace(cfg, resume=True), progress=progress)
+    summary = execute(replace(cfg, resume=True), progress=progress)
     assert (summary.examples, summary.resumed) == (3, 1)
     # Progress is told what is already done, and sees only the rest.
     per_token = 4 * 3  # layers x components
@@ -246,7 +245,7 @@ def test_existing_partial_without_resume_is_refused(tmp_path, tiny_model_dir, da
     pdir = interrupted(cfg)
     before = listing(pdir)
     with pytest.raises(ResumeMismatch) as exc:
-        trace(cfg)
+        execute(cfg)
     assert "--resume" in str(exc.value)
     assert listing(pdir) == before  # nothing deleted, nothing overwritten
     assert not Path(cfg.out).exists()
@@ -257,7 +256,7 @@ def test_resume_with_other_settings_names_the_setting(tmp_path, tiny_model_dir, 
     pdir = interrupted(cfg)
     before = listing(pdir)
     with pytest.raises(ResumeMismatch) as exc:
-        trace(replace(cfg, samples=3, resume=True))
+        execute(replace(cfg, samples=3, resume=True))
     assert "samples" in str(exc.value)
     assert "window" not in str(exc.value)
     assert listing(pdir) == before
@@ -308,7 +307,7 @@ def test_resume_after_kill_9(tmp_path, tiny_model_dir):
     ref = tmp_path / "reference.nc"
     cfg = RunConfig(data=str(data), out=str(ref), model=str(tiny_model_dir), experiment="subject", samples=2,
                     window=3, max_cf=2, components="hidden", batch_rows=8)
-    trace(cfg)
+    execute(cfg)
     assert_same_cube(open_cube(out), open_cube(ref))
 
 
@@ -320,7 +319,7 @@ def test_bad_records_are_skipped_and_counted(tmp_path, tiny_model_dir):
     subj_elsewhere = {**RECORDS[1], "id": "r4", "subj": "Eiffel Tower"}  # not in its prompt_wo_ctx
     data = write_jsonl(tmp_path / "mixed.jsonl", [RECORDS[0], "{not json", no_subj, "", RECORDS[2], subj_elsewhere])
     out = tmp_path / "mixed.nc"
-    summary = trace(config(tiny_model_dir, data, out, components="hidden"))
+    summary = execute(config(tiny_model_dir, data, out, components="hidden"))
 
     assert all(isinstance(p, RecordError) for p in summary.skipped)
     assert [(p.path, p.line, p.field) for p in summary.skipped] == [
@@ -337,7 +336,7 @@ def test_no_good_record_is_a_config_error(tmp_path, tiny_model_dir):
     data = write_jsonl(tmp_path / "bad.jsonl", ["{not json", no_subj])
     out = tmp_path / "bad.nc"
     with pytest.raises(DataError, match="no record"):
-        trace(config(tiny_model_dir, data, out))
+        execute(config(tiny_model_dir, data, out))
     assert not out.exists() and not partial_dir(out).exists()
 
 
@@ -348,7 +347,7 @@ def test_partial_dir_without_run_json_is_cleared(tmp_path, tiny_model_dir, data_
     pdir = partial_dir(cfg.out)
     pdir.mkdir()
     (pdir / "000000.npz").write_bytes(b"stale")
-    trace(cfg)
+    execute(cfg)
     assert not pdir.exists()
     assert open_cube(cfg.out).sizes["example"] == len(RECORDS)
 
@@ -364,7 +363,7 @@ def test_skipped_records_are_reported_before_tracing(tmp_path, tiny_model_dir):
         def cells(self, n):
             events.append("cells")
 
-    trace(config(tiny_model_dir, data, tmp_path / "run.nc"), progress=Recorder())
+    execute(config(tiny_model_dir, data, tmp_path / "run.nc"), progress=Recorder())
     assert events[0] == ("skipped", [(2, "<json>")])
     assert "cells" in events[1:]
 
@@ -372,7 +371,7 @@ def test_skipped_records_are_reported_before_tracing(tmp_path, tiny_model_dir):
 def test_resume_uses_the_stored_batch_budget(tmp_path, tiny_model_dir, data_file, monkeypatch):
     """Auto batch sizes follow the memory free when a run starts; a resumed run must make
     the same batches, so it takes the budget stored with the run, not today's."""
-    import nnct.engine as engine
+    import nnct.exec.engine as engine
 
     cfg = config(tiny_model_dir, data_file, tmp_path / "run.nc", batch_rows=None)
     pdir = interrupted(cfg)
@@ -382,5 +381,5 @@ def test_resume_uses_the_stored_batch_budget(tmp_path, tiny_model_dir, data_file
     (pdir / "run.json").write_text(json.dumps(meta))
     seen, original = [], engine.auto_batch_rows
     monkeypatch.setattr(engine, "auto_batch_rows", lambda a, n, s, budget: seen.append(budget) or original(a, n, s, budget))
-    trace(replace(cfg, resume=True))
+    execute(replace(cfg, resume=True))
     assert seen and set(seen) == {12345}

@@ -12,10 +12,10 @@ import dataclasses
 import pytest
 from conftest import RECORDS, make_tokenizer
 
-from nnct.data import Record, parse_record
+from nnct.inputs.records import Record, parse_record
 from nnct.errors import ConfigError, RecordError, SpanNotFound
-from nnct.prompts import experiment, examples_for
-from nnct.spans import Tokens, answer_token, overlapping, segments, span_positions, tokenize
+from nnct.inputs.prompts import experiment, examples_for
+from nnct.inputs.spans import Tokens, answer_token, overlapping, segments, span_positions, tokenize
 
 DEFAULT = "C: {context} {prompt}"
 
@@ -409,7 +409,7 @@ def test_answer_token_tiny(tok):
 def bpe():
     from transformers import AutoTokenizer
 
-    from nnct import embedded
+    from nnct.model import embedded
 
     return AutoTokenizer.from_pretrained(embedded.local_dir())
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from cubes import LAYOUTS, make_cube, records
-from nnct.cube import open_cube, write
+from nnct.results.cube import open_cube, write
 from nnct.errors import ConfigError
-from nnct.summary import segment_effects, summarize, table, to_frame
+from nnct.analysis.summary import segment_effects, summarize, table, to_frame
 
 # Student t 0.975 quantiles from a printed table, by degrees of freedom.
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776}
@@ -26,14 +26,22 @@ def by_hand(recs, segment, layer, comp, metric="prob", reverse=False):
         if not toks:
             continue
         ie = []
+        kind = "logit" if metric == "logit_diff" else "p"
+        clean, corrupt = (r.values[f"{kind}_{run}"].astype(F32).astype(np.float64) for run in ("clean", "corrupt"))
         for k in toks:
-            restored = r.p_restored[k, layer, comp].astype(np.float64)
-            clean, corrupt = r.p_clean.astype(F32).astype(np.float64), r.p_corrupt.astype(F32).astype(np.float64)
-            if metric == "prob":
-                ie.append(clean[0] - restored[0] if reverse else restored[0] - corrupt[0])
+            restored = r.values[f"{kind}_restored"][k, layer, comp].astype(np.float64)
+            if metric in ("prob", "recovery"):
+                m = lambda p: p[0]  # noqa: E731
+            elif metric == "logit_diff":
+                m = lambda v: v[0] - v[1]  # noqa: E731
             else:
-                lr = lambda p: math.log(p[0]) - math.log(p[1])  # noqa: E731
-                ie.append(lr(clean) - lr(restored) if reverse else lr(restored) - lr(corrupt))
+                m = lambda p: math.log(p[0]) - math.log(p[1])  # noqa: E731
+            ie.append(m(clean) - m(restored) if reverse else m(restored) - m(corrupt))
+        if metric == "recovery":
+            te = clean[0] - corrupt[0]
+            if abs(te) < 1e-3:
+                continue
+            ie = [v / te for v in ie]
         values.append(sum(ie) / len(ie))
     n = len(values)
     mean = sum(values) / n
@@ -47,7 +55,7 @@ def by_hand(recs, segment, layer, comp, metric="prob", reverse=False):
 CASES = [("subject_last", 2, 1), ("subject_middle", 0, 0), ("subsequent_further", 3, 1), ("last", 1, 0), ("prefix", 2, 0)]
 
 
-@pytest.mark.parametrize("metric", ["prob", "log_ratio"])
+@pytest.mark.parametrize("metric", ["prob", "log_ratio", "logit_diff", "recovery"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["restore", "reverse"])
 def test_aie_and_ci_match_a_hand_computation(metric, reverse):
     recs = records()
@@ -68,13 +76,13 @@ def test_aie_and_ci_match_a_hand_computation(metric, reverse):
 def test_ate_and_means():
     recs = records()
     s = summarize(make_cube())
-    te = [float(F32(r.p_clean[0])) - float(F32(r.p_corrupt[0])) for r in recs]
+    te = [float(F32(r.values["p_clean"][0])) - float(F32(r.values["p_corrupt"][0])) for r in recs]
     n = len(te)
     mean = sum(te) / n
     half = T975[n - 1] * math.sqrt(sum((v - mean) ** 2 for v in te) / (n - 1)) / math.sqrt(n)
     assert float(s.ate.sel(metric="prob")) == pytest.approx(mean, abs=1e-6)
     assert float(s.ate_high.sel(metric="prob")) == pytest.approx(mean + half, rel=2e-3)
-    assert float(s.p_clean) == pytest.approx(np.mean([F32(r.p_clean[0]) for r in recs]), abs=1e-6)
+    assert float(s.p_clean) == pytest.approx(np.mean([F32(r.values["p_clean"][0]) for r in recs]), abs=1e-6)
     assert float(s.share_target_first) == pytest.approx(4 / 5)
 
 
@@ -112,7 +120,7 @@ def test_target_and_alt_wins_split_the_examples():
     recs = records()
     wins = summarize(make_cube(), filter="target-wins").attrs["examples"]
     losses = summarize(make_cube(), filter="alt-wins").attrs["examples"]
-    assert wins == sum(F32(r.p_clean[0]) > F32(r.p_clean[1]) for r in recs)
+    assert wins == sum(F32(r.values["p_clean"][0]) > F32(r.values["p_clean"][1]) for r in recs)
     assert wins + losses == len(recs)
 
 
@@ -158,7 +166,7 @@ def test_table_and_frame():
     text = table(s)
     assert "subject_last" in text and "95% CI" in text and "hidden" in text and "mlp" in text
     df = to_frame(s)
-    assert len(df) == 2 * 7 * 4 * 2
+    assert len(df) == 5 * 7 * 4 * 2  # every metric of a cube with logits
     n = df[df.metric == "prob"].groupby("segment").n.first().to_dict()
     assert n == {str(k): int(v) for k, v in s.n.sel(metric="prob").to_series().items()}
     assert set(df.columns) >= {"metric", "segment", "layer", "component", "aie", "aie_low", "aie_high", "n"}

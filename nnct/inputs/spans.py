@@ -4,14 +4,15 @@ The one place that maps a mention to tokens (METHOD.md): a token belongs to a me
 its characters overlap the mention's. Special tokens (BOS) have empty offsets and never
 belong to a span, whatever the tokenizer prepends; byte-level tokenizers put the leading
 space inside a token (" Paris"), which still overlaps "Paris". Segment labels name the
-region a token is in, for ROME's averaged figure (no context) or the context layout.
+region a token is in, for ROME's averaged figure (no context), the context layout, or a
+free prompt pair (`pair_segments`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import RecordError, SpanNotFound
+from ..errors import RecordError, SpanNotFound
 from .prompts import CharRange, Example
 
 
@@ -35,24 +36,34 @@ def tokenize(tokenizer, text: str) -> Tokens:
     )
 
 
-def answer_token(tokenizer, answer: str) -> int:
-    """The first token of " " + answer, without special tokens (ROME's choice)."""
+def answer_ids(tokenizer, answer: str) -> tuple[int, ...]:
+    """The tokens of " " + answer, without special tokens (ROME's spelling of an answer)."""
     ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
     if not ids:
         raise SpanNotFound(f"answer {answer!r} has no tokens")
-    return int(ids[0])
+    return tuple(int(i) for i in ids)
 
 
-def answer_tokens(tokenizer, example: Example, path: str, line: int) -> tuple[int, int]:
-    """The (target, alt) tokens of an example. Answers that share their first token cannot be
-    told apart by it (p_target would equal p_alt): such a record is reported, not traced."""
+def answer_token(tokenizer, answer: str) -> int:
+    """The first token of " " + answer, without special tokens (ROME's choice)."""
+    return answer_ids(tokenizer, answer)[0]
+
+
+def answer_tokens(tokenizer, example: Example, path: str, line: int, full: bool = False,
+                  fields: tuple[str, str] = ("obj", "obj_cf")) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The (target, alt) tokens of an example: the first token of each (`full`: all of them).
+    Answers whose traced tokens are the same cannot be told apart (p_target would equal
+    p_alt): such an example is reported, not traced. `fields` name the two answers' fields."""
     try:
-        target, alt = answer_token(tokenizer, example.target), answer_token(tokenizer, example.alt)
+        target, alt = answer_ids(tokenizer, example.target), answer_ids(tokenizer, example.alt)
     except SpanNotFound as exc:
-        raise RecordError(path, line, "obj", str(exc)) from None
+        raise RecordError(path, line, fields[0], str(exc)) from None
+    if not full:
+        target, alt = target[:1], alt[:1]
     if target == alt:
-        raise RecordError(path, line, "obj_cf", f"{example.target!r} and {example.alt!r} start with the same token"
-                          f" {tokenizer.decode([target])!r}: their first-token probabilities are one number")
+        what = "are the same tokens" if full else f"start with the same token {tokenizer.decode(list(target))!r}"
+        raise RecordError(path, line, fields[1], f"{example.target!r} and {example.alt!r} {what}:"
+                          f" their {'probabilities' if full else 'first-token probabilities'} are one number")
     return target, alt
 
 
@@ -76,8 +87,9 @@ def span_positions(tokens: Tokens, example: Example) -> list[int]:
 
 # Every segment label, in prompt order (the rows of ROME's averaged figure and of nnct's tables).
 SEGMENT_ORDER = (
-    "bos", "prefix", "context_before", "subject_first", "subject_middle", "subject_last", "subsequent_first",
-    "subsequent_further", "relation", "object_first", "object_middle", "object_last", "context_after", "question", "last",
+    "bos", "prefix", "context_before", "subject_first", "subject_middle", "subject_last", "changed_first", "changed_middle",
+    "changed_last", "between", "subsequent_first", "subsequent_further", "relation", "object_first", "object_middle",
+    "object_last", "context_after", "question", "last",
 )
 
 
@@ -121,4 +133,26 @@ def segments(tokens: Tokens, example: Example) -> list[str]:
             labels.append("context_before")
         else:
             labels.append("context_after")
+    return labels
+
+
+def pair_segments(tokens: Tokens, changed: list[int]) -> list[str]:
+    """Labels of a free prompt pair's tokens, ROME's layout with the tokens that differ in
+    the subject's place: `prefix` before them, `changed_first/middle/last` (by order among
+    the differing tokens; one alone is `_last`), `between` for equal tokens among them,
+    `subsequent_first/further` after them, `bos` and `last`."""
+    labels = []
+    for i in range(len(tokens)):
+        if i == len(tokens) - 1:
+            labels.append("last")
+        elif tokens.special[i]:
+            labels.append("bos")
+        elif i in changed:
+            labels.append(_part("changed", changed.index(i), len(changed)))
+        elif i < changed[0]:
+            labels.append("prefix")
+        elif i < changed[-1]:
+            labels.append("between")
+        else:
+            labels.append("subsequent_first" if i == changed[-1] + 1 else "subsequent_further")
     return labels

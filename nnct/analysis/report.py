@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .cube import effects
+from ..results.cube import effects
 
 
 def describe(ds, max_examples: int = 10) -> str:

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import spans
-from .data import load_records
-from .errors import DataError, RecordError
-from .prompts import examples_for, experiment
+from ..errors import DataError, RecordError
+from ..inputs import spans
+from ..inputs.prompts import examples_for, experiment
+from ..inputs.records import load_records
 
 COLUMNS = ("record_id", "line", "condition", "target", "alt", "p_target", "p_alt", "winner", "source", "top1", "top1_is",
            "prompt")
@@ -48,11 +48,11 @@ def _source(condition: str, target_wins: bool) -> str:
 def compare(adapter, data: str, prompt_format: str = "C: {context} {prompt}", max_cf: int | None = None,
             max_examples: int | None = None) -> Answers:
     """The answers table of a data set: a row per (record, condition); `max_cf` None: every counterfactual."""
-    from .engine import Engine, Settings
+    from ..exec.engine import Engine, Settings
 
     engine = Engine(adapter, Settings())
     loaded = load_records(data)
-    records = loaded.records[:max_examples] if max_examples is not None else loaded.records
+    records = loaded.items[:max_examples] if max_examples is not None else loaded.items
     rows, skipped = [], list(loaded.problems)
     for record in records:
         try:
@@ -69,7 +69,7 @@ def compare(adapter, data: str, prompt_format: str = "C: {context} {prompt}", ma
                 "record_id": record.id, "line": record.line, "condition": condition, "target": ex.target, "alt": ex.alt,
                 "p_target": float(p_target), "p_alt": float(p_alt), "winner": "target" if p_target > p_alt else "alt",
                 "source": _source(condition, p_target > p_alt), "top1": adapter.tokenizer.decode([top1]),
-                "top1_is": "target" if top1 == ids[0] else "alt" if top1 == ids[1] else "other", "prompt": ex.prompt,
+                "top1_is": "target" if top1 == ids[0][0] else "alt" if top1 == ids[1][0] else "other", "prompt": ex.prompt,
             })
     if not rows:
         raise DataError(f"{data}: no record could be compared ({len(skipped)} skipped)")

@@ -2,27 +2,24 @@
 
 Causal tracing touches six parts of a decoder: the token embeddings (noise goes on their
 output), the decoder layers (the residual stream after layer l is a layer's output), each
-layer's attention and MLP outputs, the final norm and the unembedding. Their module paths
-differ per family; `LAYOUTS` maps each family once, and `Adapter.check` resolves every
-path when the model loads, so a renamed module fails there with the missing path named,
-not deep inside a trace. Some modules return tuples (attention everywhere, GPT-J's
-decoder layer); `first` takes the tensor that is the part's output, and
-`Layout.layer_tuple` says what a skipped layer must return in its place.
+layer's attention and MLP, the final norm and the unembedding. Their module paths differ
+per family; `LAYOUTS` maps each family once, and `Adapter.check` resolves every path when
+the model loads, so a renamed module fails there with the missing path named, not deep
+inside a trace. Some modules return tuples (attention everywhere, GPT-J's decoder layer);
+`first` takes the tensor that is the part's output, and `Layout.layer_tuple` says what a
+skipped layer must return in its place. Which value of a part an intervention reads or
+writes is `sites`' business; this module only finds the modules.
 
-Models come from three places: the embedded default (`smollm2-135m`, see `embedded`), a
-local directory, or a hub id (only for users whose machine reaches a hub). For a run on a
-remote server, `load(..., weights=False)` builds the model on PyTorch's meta device from
-its config: the parts and sizes are there, the weights stay on the server.
+`Parts` is the model as an engine sees it: envoys and sizes, no weights, no tokenizer, so
+that an engine can travel into a remote nnsight session.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from . import embedded
-from .errors import ConfigError, ModelNotFound, UnsupportedModel
+from ..errors import UnsupportedModel
 
 
 @dataclass(frozen=True)
@@ -52,8 +49,6 @@ LAYOUTS: dict[str, Layout] = {
     "gptj": GPTJ,
     "gpt_neox": NEOX,
 }
-
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 def first(output: Any) -> Any:
@@ -96,16 +91,14 @@ def _missing(module, layout: Layout, n_layers: int) -> list[str]:
 
 @dataclass(frozen=True)
 class Parts:
-    """The model as the engine sees it: the nnsight envoys of the parts it patches and the
-    sizes it plans with, and nothing that holds weights, so that an engine can be sent
-    whole into a remote nnsight session (only envoys travel by reference)."""
+    """The model as the engine sees it: the nnsight envoys of the parts it patches, their
+    layout and the sizes it plans with, and nothing that holds weights, so that an engine
+    can be sent whole into a remote nnsight session (only envoys travel by reference)."""
 
     nn: Any
     embed: Any
-    layers: tuple
-    attn: tuple
-    mlp: tuple
-    layer_tuple: bool
+    layers: tuple  # envoys of the decoder layers
+    layout: Layout
     n_layers: int
     d_model: int
     d_kv: int
@@ -121,7 +114,7 @@ class Adapter:
 
     def __init__(self, hf_model, tokenizer, name: str, revision: str = "", device: str = "cpu", nn=None):
         """`nn`: the nnsight model over `hf_model` when it is built already (without weights,
-        for a remote run); otherwise `hf_model` is wrapped here."""
+        for a remote run, or by the user); otherwise `hf_model` is wrapped here."""
         from nnsight import TransformersModel
 
         config = hf_model.config
@@ -143,17 +136,11 @@ class Adapter:
         self.name = name
         self.revision = revision
         self.device = device
-        self.dtype = str(next(hf_model.parameters()).dtype).removeprefix("torch.")
-        self.nn = nn if nn is not None else TransformersModel(hf_model, tokenizer=tokenizer)
-        self.embed = _resolve(self.nn, self.layout.embed)
-        self.layers = list(_resolve(self.nn, self.layout.layers))
-        self.attn = [getattr(layer, self.layout.attn) for layer in self.layers]
-        self.mlp = [getattr(layer, self.layout.mlp) for layer in self.layers]
-        self.norm = _resolve(self.nn, self.layout.norm)
-        self.unembed = _resolve(self.nn, self.layout.unembed)
         self.torch_dtype = next(hf_model.parameters()).dtype
+        self.dtype = str(self.torch_dtype).removeprefix("torch.")
+        self.nn = nn if nn is not None else TransformersModel(hf_model, tokenizer=tokenizer)
         self.parts = Parts(
-            self.nn, self.embed, tuple(self.layers), tuple(self.attn), tuple(self.mlp), self.layout.layer_tuple,
+            self.nn, _resolve(self.nn, self.layout.embed), tuple(_resolve(self.nn, self.layout.layers)), self.layout,
             self.n_layers, self.d_model, self.d_kv, self.d_ff, self.n_heads, self.vocab, self.device, self.torch_dtype,
         )
 
@@ -174,65 +161,9 @@ class Adapter:
             f"missing {', '.join(best)}; supported families: {known}"
         )
 
+    def layer_modules(self) -> list:
+        """The decoder layers as torch modules (for plain-PyTorch code such as the bench's loop)."""
+        return list(self.hf.get_submodule(self.layout.layers))
+
     def embedding_matrix(self):
         return self.hf.get_submodule(self.layout.embed).weight
-
-
-def _device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda"):
-        raise ConfigError(f"unknown device '{device}': use cpu, cuda or auto")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda, but torch sees no CUDA device")
-    return device
-
-
-REMOTE = "remote"  # the device of a model loaded without weights: the server's
-
-
-def load(name: str = embedded.NAME, device: str = "cpu", dtype: str = "float32", weights: bool = True) -> Adapter:
-    """The embedded default, a local directory, or a hub id, as an Adapter; without its
-    weights (`weights=False`, for a remote server, which picks device and dtype) when asked."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if dtype not in DTYPES:
-        raise ConfigError(f"unknown dtype '{dtype}': use {', '.join(DTYPES)}")
-    device = _device(device) if weights else REMOTE
-    if name == embedded.NAME:
-        source, revision = str(embedded.local_dir()), embedded.revision()
-    elif Path(name).is_dir():
-        source, revision = str(Path(name).resolve()), "local"
-    elif name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise ModelNotFound(f"{name}: no such model directory")
-    else:
-        source, revision = name, ""
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        if not weights:
-            return _without_weights(source, tokenizer, name, revision)
-        hf = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype))
-    except (OSError, ValueError, ImportError) as exc:
-        raise ModelNotFound(f"cannot load model '{name}': {str(exc).splitlines()[0]}") from None
-    if not revision:
-        revision = str(getattr(hf.config, "_commit_hash", "") or "")
-    return Adapter(hf.to(device), tokenizer, name=name, revision=revision, device=device)
-
-
-def _without_weights(source: str, tokenizer, name: str, revision: str) -> Adapter:
-    """The model on the meta device, named as a remote server knows it: its hub id, or for a
-    local directory (a server on this machine, or one sharing its disk) the path itself."""
-    import nnsight.modeling.huggingface as nhf
-    from nnsight import TransformersModel
-
-    if Path(source).is_dir():
-        # nnsight asks the hub for a model's canonical id; a directory is its own.
-        nhf._ID_CACHE[source] = source
-    # The tokenizer is passed: nnsight cannot guess it for a model built without weights.
-    nn = TransformersModel(source, task="text-generation", tokenizer=tokenizer)
-    hf = nn._module
-    revision = revision or str(getattr(hf.config, "_commit_hash", "") or "")
-    return Adapter(hf, tokenizer, name=name, revision=revision, device=REMOTE, nn=nn)

@@ -1,9 +1,12 @@
-"""`nnct bench`: nnct's engine against the plain ROME loop, measured side by side in one run.
+"""`nnct bench`: nnct's engine against one forward pass per cell, side by side in one run.
 
-The plain loop is ROME's `trace_with_patch` as `experiments/causal_trace.py` runs it: for
-every cell, one forward of S+1 rows (row 0 clean, rows 1..S noisy), plain PyTorch forward
-hooks add the noise and copy row 0's state into the other rows at the cell, and the
-probability is read from logits over every position. It runs on a random sample of the
+The plain loop is what the field runs. For noise it is ROME's `trace_with_patch` as
+`experiments/causal_trace.py` runs it: for every cell, one forward of S+1 rows (row 0
+clean, rows 1..S noisy), plain PyTorch forward hooks add the noise and copy row 0's value
+into the other rows at the cell, and the probability is read from logits over every
+position. For a prompt pair it is TransformerLens' `patching.py`: the clean run's values
+cached once, then for every cell one forward of the corrupted prompt with the clean value
+written at the cell, logits over every position. Either runs on a random sample of the
 example's cells (`plain_cells`; the whole example would take the plain loop an hour), so
 its time per cell is extrapolated to all cells; nnct traces the whole example, and the two
 are compared on the sampled cells (max |difference|). Half the sample is timed before nnct's
@@ -29,54 +32,78 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import noise, spans
-from .data import load_records
-from .errors import DataError
-from .engine import CPU_TOKEN_ROWS, Engine, Prepared, Settings, auto_batch_rows, memory_budget
-from .models import Adapter, first
-from .plan import COMPONENTS, Cell, cells, first_layer, schedule, window_layers
-from .prompts import examples_for, experiment
+from ..errors import DataError
+from ..exec.engine import CPU_TOKEN_ROWS, Engine, Settings, auto_batch_rows, embedding_std, memory_budget
+from ..inputs import spans
+from ..inputs.pairs import substitute
+from ..inputs.prompts import examples_for, experiment
+from ..inputs.records import load_records
+from ..interventions.corruption import RunInput, draw, noise_input, prompt_input
+from ..interventions.plan import Cell, cells, first_layer, schedule, written_layers
+from ..model.parts import Adapter, first
+from ..model.sites import COMPONENTS, SITES
 
 
-# -- the plain ROME loop ------------------------------------------------------------------
+# -- the plain loop ----------------------------------------------------------------------------
 
-def rome_loop(adapter: Adapter, prep: Prepared, todo: list[Cell], window: int, replace_noise: bool = False) -> dict:
-    """ROME's loop: p_restored[answer] per cell, one forward of S+1 rows each, plain hooks."""
-    hf, layout, L = adapter.hf, adapter.layout, adapter.n_layers
-    S = prep.noise.shape[0]
-    noise_rows = prep.noise.to(adapter.device, next(hf.parameters()).dtype)
-    x = torch.tensor([prep.ids] * (S + 1), device=adapter.device)
-    span = list(prep.span)
-    blocks = hf.get_submodule(layout.layers)
-
-    def module(layer, component):
-        block = blocks[layer]
-        return {"hidden": block, "mlp": getattr(block, layout.mlp), "attn": getattr(block, layout.attn)}[component]
+def plain_loop(adapter: Adapter, ids, corrupt: RunInput, answers: tuple[int, int], todo: list[Cell], window: int,
+               cached_clean: bool = False) -> dict:
+    """p_restored[answer] per cell, one forward per cell with plain hooks: ROME's S+1 rows
+    (row 0 clean), or with `cached_clean` the clean values cached once and only the S
+    corrupted rows run (TransformerLens)."""
+    hf, layout = adapter.hf, adapter.layout
+    layers = adapter.layer_modules()
+    dtype = next(hf.parameters()).dtype
+    S = corrupt.rows
+    corrupted = corrupt.ids.to(adapter.device).expand(S, -1)
+    x = corrupted if cached_clean else torch.cat([torch.tensor([list(ids)], device=adapter.device), corrupted])
+    off = 0 if cached_clean else 1  # the first corrupted row
+    noise = None if corrupt.values is None else corrupt.values.to(adapter.device, dtype)
+    span = list(corrupt.positions)
 
     def add_noise(mod, inp, out):
-        out[1:, span] = noise_rows if replace_noise else out[1:, span] + noise_rows
+        rows = out[off:, span]
+        out[off:, span] = noise if corrupt.replace else rows + noise
         return out
 
-    def restore(token):
+    def module(layer, name):
+        return SITES[name].module(layers[layer], layout)
+
+    clean = {}
+    if cached_clean:
+        def keep(key):
+            def hook(mod, inp, out):
+                clean[key] = first(out)[0].detach().clone()
+            return hook
+        keys = {(l, c.component) for c in todo for l in written_layers(c, window, adapter.n_layers)}
+        hooks = [module(*key).register_forward_hook(keep(key)) for key in keys]
+        try:
+            with torch.no_grad():
+                hf(torch.tensor([list(ids)], device=adapter.device))
+        finally:
+            for h in hooks:
+                h.remove()
+
+    def restore(key, token):
         def hook(mod, inp, out):
             h = first(out)
-            h[1:, token] = h[0, token]
+            h[off:, token] = clean[key][token] if cached_clean else h[0, token]
             return out
         return hook
 
     results = {}
     with torch.no_grad():
         for cell in todo:
-            layers = [cell.layer] if cell.component == "hidden" else window_layers(cell.layer, window, L)
-            hooks = [hf.get_submodule(layout.embed).register_forward_hook(add_noise)]
-            hooks += [module(layer, cell.component).register_forward_hook(restore(cell.token)) for layer in layers]
+            hooks = [hf.get_submodule(layout.embed).register_forward_hook(add_noise)] if noise is not None else []
+            hooks += [module(l, cell.component).register_forward_hook(restore((l, cell.component), cell.token))
+                      for l in written_layers(cell, window, adapter.n_layers)]
             try:
                 logits = hf(x).logits
             finally:
                 for h in hooks:
                     h.remove()
-            probs = torch.softmax(logits[1:, -1].float(), dim=-1).mean(dim=0)
-            results[cell] = probs[list(prep.answers)].double().cpu().numpy()
+            probs = torch.softmax(logits[off:, -1].float(), dim=-1).mean(dim=0)
+            results[cell] = probs[list(answers)].double().cpu().numpy()
     return results
 
 
@@ -154,13 +181,14 @@ class PeakMemory:
 
 # -- the benchmark -----------------------------------------------------------------------------
 
-def bench_example(adapter: Adapter, data: str, n_tokens: int, passage: str = "first"):
+def bench_example(adapter: Adapter, data: str, n_tokens: int, passage: str = "first", corruption_kind: str = "noise"):
     """A subject-experiment context prompt of about `n_tokens` tokens: the first record's
     passage and passages of the following records until the prompt is long enough. The
     span is the first record's subject in its own passage, which goes `first` (the span
     near the start: the least favourable case for skipping positions) or `last` (the
-    relevant passage just before the question, as retrieval often places it)."""
-    records = load_records(data).records
+    relevant passage just before the question, as retrieval often places it). For a
+    prompt pair the subject is substituted as `trace --corruption substitute` does."""
+    records = load_records(data).items
     if not records:
         raise DataError(f"{data}: no valid record to build a benchmark prompt from")
     base, fillers = records[0], [p for r in records[1:] for p in r.passages]
@@ -171,17 +199,26 @@ def bench_example(adapter: Adapter, data: str, n_tokens: int, passage: str = "fi
         ex = examples_for(replace(base, passages=tuple(passages)), exp, exp.prompt_format, 0)[0]
         tokens = spans.tokenize(adapter.tokenizer, ex.prompt)
         if len(tokens) >= n_tokens or not fillers:
-            return ex, tokens
+            break
         others.append(fillers.pop(0))
+    if corruption_kind == "prompt":
+        ex = substitute(ex, exp, base, records, adapter.tokenizer, data)
+    return ex, tokens
 
 
 def run(adapter: Adapter, data: str, n_tokens: int = 25, components=COMPONENTS, samples: int = 10, window: int = 10,
-        batch_rows: int | None = None, plain_cells: int = 30, seed: int = 0, passage: str = "first") -> dict:
-    ex, tokens = bench_example(adapter, data, n_tokens, passage)
-    span = spans.span_positions(tokens, ex)
-    level = 3 * noise.embedding_std(adapter, [[tokens.ids[i] for i in span]])
+        batch_rows: int | None = None, plain_cells: int = 30, seed: int = 0, passage: str = "first",
+        corruption: str = "noise") -> dict:
+    ex, tokens = bench_example(adapter, data, n_tokens, passage, corruption)
     answers = (spans.answer_token(adapter.tokenizer, ex.target), spans.answer_token(adapter.tokenizer, ex.alt))
-    prep = Prepared(tokens.ids, tuple(span), answers, noise.draw(seed, samples, len(span), adapter.d_model, level))
+    if corruption == "prompt":
+        corrupt_ids = spans.tokenize(adapter.tokenizer, ex.corrupt_prompt).ids
+        span = [i for i, (a, b) in enumerate(zip(tokens.ids, corrupt_ids)) if a != b]
+        corrupt, samples = prompt_input(corrupt_ids), 1
+    else:
+        span = spans.span_positions(tokens, ex)
+        level = 3 * embedding_std(adapter.parts, [[tokens.ids[i] for i in span]])
+        corrupt = noise_input(tokens.ids, span, draw(seed, samples, len(span), adapter.d_model, level))
     T, L = len(tokens), adapter.n_layers
     todo = cells(T, L, tuple(components))
     budget = memory_budget(adapter.device)
@@ -189,39 +226,46 @@ def run(adapter: Adapter, data: str, n_tokens: int = 25, components=COMPONENTS, 
     token_rows = CPU_TOKEN_ROWS if batch_rows is None and adapter.device == "cpu" else None
     sampled = random.Random(seed).sample(todo, min(plain_cells, len(todo)))
     shape = Shape.of(adapter)
+    cached = corruption == "prompt"  # TransformerLens caches the clean run; ROME runs it in every forward
+
+    def plain(part):
+        return plain_loop(adapter, tokens.ids, corrupt, answers, part, window, cached_clean=cached)
 
     # This machine's speed drifts over minutes, so the plain loop is timed in two halves,
     # one before and one after nnct's run, and the matmul rate likewise.
     half = len(sampled) // 2
-    rates, plain, t_plain_total = [matmul_gflops()], {}, 0.0
+    rates, results, t_plain_total = [matmul_gflops()], {}, 0.0
     with PeakMemory() as mem_plain:
         t0 = time.perf_counter()
-        plain.update(rome_loop(adapter, prep, sampled[:half], window))
+        results.update(plain(sampled[:half]))
         t_plain_total += time.perf_counter() - t0
     with PeakMemory() as mem_nnct:
         t0 = time.perf_counter()
-        result = Engine(adapter, Settings(tuple(components), samples, window, batch_rows=batch_rows, batch_budget=budget)).trace(prep)
+        engine = Engine(adapter, Settings(tuple(components), window, batch_rows=batch_rows, batch_budget=budget))
+        result = engine.trace(tokens.ids, corrupt, ((answers[0],), (answers[1],)))
         t_nnct = time.perf_counter() - t0
     t0 = time.perf_counter()
-    plain.update(rome_loop(adapter, prep, sampled[half:], window))
+    results.update(plain(sampled[half:]))
     t_plain_total += time.perf_counter() - t0
     rates.append(matmul_gflops())
     rate, t_plain_cell = sum(rates) / 2, t_plain_total / len(sampled)
 
     comp = {c: i for i, c in enumerate(components)}
-    diff = max(float(np.abs(result.p_restored[c.token, c.layer, comp[c.component]] - p).max()) for c, p in plain.items())
+    diff = max(float(np.abs(result.p_restored[c.token, c.layer, comp[c.component]] - p).max()) for c, p in results.items())
     t_plain = t_plain_cell * len(todo)
-    f_plain = len(todo) * shape.forward(samples + 1, T, logits_at=T)
+    per_cell_rows = samples if cached else samples + 1
+    f_plain = len(todo) * shape.forward(per_cell_rows, T, logits_at=T) + (shape.forward(1, T, logits_at=T) if cached else 0)
     f_nnct = engine_flops(shape, T, samples, todo, window, min(span), rows, token_rows)
     f_floor = floor_flops(shape, T, samples, todo, window, min(span))
     return {
         "model": adapter.name, "tokens": T, "span": [min(span), max(span) + 1], "passage": passage,
-        "components": ",".join(components),
+        "corruption": corruption, "plain": "TransformerLens (clean cached, 1 forward per cell)" if cached
+        else "ROME (S+1 rows per cell)", "components": ",".join(components),
         "samples": samples, "window": window, "cells": len(todo), "plain_cells_timed": len(sampled), "batch_rows": rows,
         "device": adapter.device, "dtype": adapter.dtype, "threads": torch.get_num_threads(),
         "matmul_gflops": rate,
-        "plain": {"seconds": t_plain, "cells_per_s": len(todo) / t_plain, "gflop": f_plain / 1e9,
-                  "gflops": f_plain / t_plain / 1e9, "peak_mib": mem_plain.bytes / 2**20},
+        "plain_loop": {"seconds": t_plain, "cells_per_s": len(todo) / t_plain, "gflop": f_plain / 1e9,
+                       "gflops": f_plain / t_plain / 1e9, "peak_mib": mem_plain.bytes / 2**20},
         "nnct": {"seconds": t_nnct, "cells_per_s": len(todo) / t_nnct, "gflop": f_nnct / 1e9,
                  "gflops": f_nnct / t_nnct / 1e9, "peak_mib": mem_nnct.bytes / 2**20},
         "floor_gflop": f_floor / 1e9, "speedup": t_plain / t_nnct, "max_abs_diff": diff,
@@ -229,20 +273,19 @@ def run(adapter: Adapter, data: str, n_tokens: int = 25, components=COMPONENTS, 
 
 
 def table(r: dict) -> str:
-    head = (f"{r['model']} | {r['tokens']} tokens (span {r['span'][0]}..{r['span'][1]}, passage {r.get('passage', 'first')}) | "
-            f"{r['components']} | S={r['samples']} "
+    head = (f"{r['model']} | {r['tokens']} tokens ({r.get('corruption', 'noise')}, span {r['span'][0]}..{r['span'][1]},"
+            f" passage {r.get('passage', 'first')}) | {r['components']} | S={r['samples']} "
             f"w={r['window']} | {r['cells']} cells | {r['device']} {r['dtype']} {r['threads']} threads | "
             f"matmul {r['matmul_gflops']:.1f} GFLOP/s")
     rows = [("engine", "seconds", "cells/s", "GFLOP", "GFLOP/s", "% of matmul", "peak MiB")]
-    for name in ("plain", "nnct"):
+    for name in ("plain_loop", "nnct"):
         m = r[name]
-        rows.append((name if name == "nnct" else f"plain ROME loop (timed on {r['plain_cells_timed']} cells)",
-                     f"{m['seconds']:.1f}", f"{m['cells_per_s']:.2f}", f"{m['gflop']:.0f}", f"{m['gflops']:.1f}",
+        label = "nnct" if name == "nnct" else f"plain loop: {r.get('plain', 'ROME')} (timed on {r['plain_cells_timed']} cells)"
+        rows.append((label, f"{m['seconds']:.1f}", f"{m['cells_per_s']:.2f}", f"{m['gflop']:.0f}", f"{m['gflops']:.1f}",
                      f"{100 * m['gflops'] / r['matmul_gflops']:.0f}%", f"{m['peak_mib']:.0f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [head] + ["  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths))) for row in rows]
     lines.append(f"speedup {r['speedup']:.1f}x | max |difference| {r['max_abs_diff']:.2e} | "
                  f"exact-trace floor {r['floor_gflop']:.0f} GFLOP: nnct computes {r['nnct']['gflop'] / r['floor_gflop']:.2f}x the floor, "
-                 f"the plain loop {r['plain']['gflop'] / r['floor_gflop']:.1f}x")
+                 f"the plain loop {r['plain_loop']['gflop'] / r['floor_gflop']:.1f}x")
     return "\n".join(lines)
-

@@ -1,9 +1,13 @@
-"""Remote execution: the server, its backends, and what goes wrong on the way.
+"""Remote execution: the server, its backends, the requests of a run, and what goes wrong.
 
-A remote run sends each group of examples to the server as one nnsight session (see
-`engine.Engine.request`); this module says where to (`Server`: the host from `--ndif-host`,
-`NDIF_HOST` or nnsight's config, and the API key from `NDIF_API_KEY` or nnsight's config),
-builds the nnsight backend that carries a session there (counting the bytes each way), and
+Every line of nnct that talks to a server is here. A remote run sends its examples in
+groups (`pack`: whole examples, up to `request_cells` cells each) as one nnsight session
+per group (`request`: the local engine's traces, inside the session, so that the base
+runs' caches stay on the server and only the measures come back). `Server` says where to
+(the host from `--ndif-host`, `NDIF_HOST` or nnsight's config, and the API key from
+`NDIF_API_KEY` or nnsight's config); `backend` builds the nnsight backend that carries a
+session there (counting the bytes each way); `Requests` runs a run's requests, waiting for
+them or submitting them and collecting them later (their job ids kept in a file), and
 turns the ways a request fails into nnct's typed errors:
 
 - a refused, failed or timed-out request, or a server that went away, is retried with
@@ -27,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, TypeVar
 
-from .errors import ConfigError, ModelNotHosted, NnctError, RemoteAuthError, RemoteFailed
+from ..errors import ConfigError, ModelNotHosted, NnctError, RemoteAuthError, RemoteFailed
 
 LOCAL = "local"
 PUBLIC_HOST = "https://api.ndif.us"
@@ -279,3 +283,163 @@ def kind(remote: str | None) -> str:
     if remote is None:
         return "local"
     return "nnsight remote=local" if remote == LOCAL else remote
+
+
+@dataclass
+class Reply:
+    """What one request brought back: its examples' measures and where the server ran them."""
+
+    results: list
+    device: str
+    dtype: str
+
+
+def request(engine, jobs: list, backend) -> Reply | None:
+    """The measures of `jobs` ((ids, corrupted RunInput, answers) each) from one nnsight
+    session sent through `backend`: the base runs' caches stay with the model between the
+    traces, and only the measures come back (None when the backend does not wait for the
+    result: `decode` what `Requests` collects later). The session reads the model's device
+    and dtype from the weights it finds there."""
+    import dataclasses
+
+    import nnsight
+
+    from .engine import Engine
+
+    parts, out = engine.parts, None  # a backend that does not wait leaves the session's names unset
+    with parts.nn.session(backend=backend):
+        weight = parts.embed.weight
+        there = Engine(dataclasses.replace(parts, device=str(weight.device), torch_dtype=weight.dtype), engine.settings)
+        results = []  # a loop, not a comprehension: nnsight runs the body with its own locals
+        for ids, corrupt, answers in jobs:
+            results.append(dataclasses.asdict(there.trace(ids, corrupt, answers)))
+        out = nnsight.save({"results": results, "device": str(weight.device), "dtype": str(weight.dtype)})
+    return None if out is None else decode({"out": out})
+
+
+def decode(saves: dict) -> Reply:
+    """A request's saved values (by name, as a backend collects them) as a Reply."""
+    from .engine import Measures
+
+    out = saves["out"]
+    return Reply([Measures(**r) for r in out["results"]], out["device"], out["dtype"].removeprefix("torch."))
+
+
+class Requests:
+    """A run's remote requests: packing, retries, jobs submitted without waiting, and their
+    counts. `target` is "local" (nnsight's simulation) or a Server."""
+
+    POLL_SECONDS = 2.0
+    # A job the server has not heard of for this long is taken as lost (its status store was
+    # wiped, e.g. by a restart): right after a submit, its first status may still be on the way.
+    LOST_AFTER = 120.0
+
+    def __init__(self, target, adapter, progress, retries: int = 3, retry_delay: float = 2.0, request_timeout: float = 3600.0,
+                 request_cells: int = 10000, wait: bool = True):
+        self.target, self.adapter, self.progress = target, adapter, progress
+        self.retry = Retry(attempts=retries + 1, delay=retry_delay)
+        self.timeout, self.request_cells, self.wait = request_timeout, request_cells, wait
+        self.pending = self.sent = self.bytes_sent = self.bytes_received = 0
+
+    def _classify(self, exc: BaseException):
+        if self.target == LOCAL:
+            return RemoteFailed(f"nnsight's local simulation: {type(exc).__name__}: {exc}")
+        return classify(exc, self.target, self.adapter)
+
+    def _call(self, fn, blocking: bool = True, job_id: str | None = None):
+        """fn(backend) with a fresh backend per try, retried; the bytes counted."""
+
+        def attempt():
+            b = backend(self.target, self.adapter, blocking=blocking, job_id=job_id, timeout=self.timeout)
+            self.sent += job_id is None
+            try:
+                return fn(b), b
+            finally:
+                self.bytes_sent += getattr(b, "sent", 0)
+                self.bytes_received += getattr(b, "received", 0)
+
+        return self.retry.run(attempt, self._classify, self.progress.retry)
+
+    def embedding_std(self, span_ids: list[list[int]]) -> float:
+        from .engine import embedding_std
+
+        return self._call(lambda b: embedding_std(self.adapter.parts, span_ids, b))[0]
+
+    def run(self, engine, names: list[str], todo: list[int], n_cells: list[int], job, keep, jobs: list, save_jobs,
+            placed) -> None:
+        """Trace examples `todo` remotely: `job(k)` is example k's (ids, corrupted input,
+        answers), `keep(k, measures)` stores its result, `placed(device, dtype)` hears where
+        the server ran it. `jobs` are the jobs submitted earlier without waiting;
+        `save_jobs(jobs)` keeps the list whenever it changes (empty: none left)."""
+        finished: set[int] = set()
+
+        def take(examples: list[int], reply: Reply) -> None:
+            placed(reply.device, reply.dtype)
+            for k, result in zip(examples, reply.results):
+                keep(k, result)
+                finished.add(k)
+                self.progress.cells(n_cells[k])
+
+        # Jobs submitted earlier without waiting: collect what finished; a failed one's
+        # examples go again, as their own request, until they have had their tries.
+        again: list[tuple[list[int], int]] = []
+        for entry in list(jobs):
+            saved = self._collect(entry)
+            if isinstance(saved, RemoteFailed):
+                self.progress.failed_job(entry["job_id"], saved)
+                if entry["tries"] >= self.retry.attempts:
+                    raise RemoteFailed(f"{saved} (job {entry['job_id']}; its examples have failed {entry['tries']} times)")
+                again.append((entry["examples"], entry["tries"] + 1))
+                jobs.remove(entry)
+            elif saved is not None:
+                take(entry["examples"], decode(saved))
+                jobs.remove(entry)
+            save_jobs(jobs)
+        submitted = {k for entry in jobs for k in entry["examples"]} | {k for group, _ in again for k in group}
+        fresh = pack([k for k in todo if k not in submitted | finished], n_cells, self.request_cells)
+        for group, tries in again + [(g, 1) for g in fresh]:
+            for k in group:
+                self.progress.example(names[k])
+            send = functools.partial(request, engine, [job(k) for k in group])
+            if self.wait:
+                take(group, self._call(send)[0])
+            else:
+                b = self._call(send, blocking=False)[1]
+                jobs.append({"examples": group, "job_id": b.job_id, "submitted": time.time(), "tries": tries})
+                save_jobs(jobs)
+        self.pending = len(jobs)
+        if not jobs:
+            save_jobs(jobs)
+
+    def _collect(self, entry: dict):
+        """A submitted job's saved values; None while it runs (waiting for it with `wait`);
+        a RemoteFailed when it failed, was lost, or its result can no longer be downloaded
+        (a result's link expires). Errors that concern the run (a refused key, a model the
+        server cannot run) are raised."""
+        import httpx
+        from nnsight.intervention.backends.remote import RemoteError
+
+        def poll(b):
+            try:
+                return b.poll(), b.status
+            except RemoteError as exc:  # the job itself failed
+                return exc, None
+            except httpx.HTTPStatusError as exc:
+                if str(exc.request.url).startswith(self.target.host):
+                    raise  # the server refused the poll itself: retried, or a refused key
+                return RemoteFailed(f"its result can no longer be downloaded ({exc.response.status_code})"), None
+
+        while True:
+            saved, status = self._call(poll, blocking=False, job_id=entry["job_id"])[0]
+            if isinstance(saved, RemoteError):
+                error = self._classify(saved)
+                if not isinstance(error, RemoteFailed):
+                    raise error
+                return error
+            if isinstance(saved, RemoteFailed):
+                return saved
+            if saved is None and status is None and time.time() - entry["submitted"] > self.LOST_AFTER:
+                return RemoteFailed(f"{self.target.host} has no record of the job")
+            if saved is not None or not self.wait:
+                return saved
+            time.sleep(self.POLL_SECONDS)

@@ -11,8 +11,9 @@ silent"):
   segment, so `n(segment)` can be smaller than the number of examples.
 - Confidence intervals are Student t intervals over examples: mean +- t(0.975, n-1) * sd / sqrt(n),
   sd with n-1 degrees of freedom; NaN where n < 2.
-- Metrics: `prob` (p difference, ROME) and `log_ratio` (the same difference in
-  log(p_target / p_alt)), both of the target answer.
+- Metrics: every metric of `interventions.metrics` the cube gives (`prob`, ROME's p
+  difference; `log_ratio`; `logit_diff`; the recoveries, fractions of the total effect
+  averaged over the examples where that is defined), all of the target answer.
 - Filters select examples before anything is averaged: `known` (the clean top-1 token is the
   target's: ROME's filter), `target-wins` / `alt-wins` (by clean probability: for a
   counterfactual variant, the context's answer or the memorised one wins).
@@ -28,9 +29,9 @@ import warnings
 
 import numpy as np
 
-from .cube import METRICS, metric_effects
-from .errors import ConfigError
-from .spans import SEGMENT_ORDER
+from ..errors import ConfigError
+from ..inputs.spans import SEGMENT_ORDER
+from ..results.cube import metric_effects, metrics_of
 
 FILTERS = ("known", "target-wins", "alt-wins")
 
@@ -103,9 +104,12 @@ def _quiet():
         yield
 
 
-def summarize(ds, variant: str | None = None, filter: str | None = None, metrics=METRICS):
-    """The summary Dataset of a cube (see the module's docstring)."""
+def summarize(ds, variant: str | None = None, filter: str | None = None, metrics=None):
+    """The summary Dataset of a cube (see the module's docstring), in `metrics` (default:
+    every metric the cube gives)."""
     import xarray as xr
+
+    metrics = tuple(metrics or metrics_of(ds))
 
     chosen = select(ds, variant, filter)
     if chosen.sizes["example"] == 0:
@@ -160,6 +164,9 @@ def _band(first: int, last: int) -> str:
 
 def table(summary, metric: str = "prob", bands: int = 6) -> str:
     """A plain-text table per component: AIE by segment over layer bands, and the peak with its CI."""
+    if metric not in summary.metric.values:
+        raise ConfigError(f"metric {metric} is not in this summary (it has {', '.join(summary.metric.values)}): a cube without"
+                          " logits gives no logit metric; trace it again with nnct >= 0.4")
     s = summary.sel(metric=metric)
     layers = summary.layer.values
     groups = np.array_split(np.arange(len(layers)), min(bands, len(layers)))

@@ -3,8 +3,10 @@
 A data set is read whole before a run starts, so that a bad record is reported once, with
 its file, line and field, and skipped, while the good ones go on. `load_records` returns
 both lists; the caller decides whether a run with problems may go on (it always does, but
-it says how many were skipped). The schema is METHOD.md's; `id` is optional and defaults
-to the line number.
+it says how many were skipped). `read_jsonl` is the line-by-line reader every data set
+shares (`pairs` reads its files with it); `load_objects` takes records a notebook holds
+(dicts), checked the same way, their "line" being their position from 1. The schema is METHOD.md's; `id` is optional and defaults
+to the line number; `subj_cf` (optional) names a subject for subject substitution.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import DataError, RecordError
+from ..errors import DataError, RecordError
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ class Record:
     question: str = ""
     answers: tuple[str, ...] = ()
     prop: str = ""
+    subj_cf: str = ""  # optional: the subject that `--corruption substitute` puts in the subject's place
 
     @property
     def context(self) -> str:
@@ -37,12 +40,14 @@ class Record:
 
 @dataclass
 class Loaded:
+    """What a data set gave: its items (records, or pairs) in file order, and the bad lines."""
+
     path: str
-    records: list[Record] = field(default_factory=list)
+    items: list = field(default_factory=list)
     problems: list[RecordError] = field(default_factory=list)
 
 
-def _text(obj: dict, name: str, path: str, line: int, required: bool = True) -> str:
+def text_field(obj: dict, name: str, path: str, line: int, required: bool = True) -> str:
     value = obj.get(name)
     if value is None:
         if required:
@@ -68,43 +73,72 @@ def _texts(obj: dict, name: str, path: str, line: int, required: bool) -> tuple[
     return tuple(value)
 
 
-def parse_record(text: str, path: str, line: int) -> Record:
-    """One JSONL line to a Record, or a RecordError naming the field at fault."""
+def _object(text: str, path: str, line: int) -> dict:
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         raise RecordError(path, line, "<json>", f"not valid JSON ({exc.msg} at column {exc.colno})") from None
     if not isinstance(obj, dict):
         raise RecordError(path, line, "<json>", f"expected an object, got {type(obj).__name__}")
+    return obj
+
+
+def item_id(obj: dict, path: str, line: int) -> str:
+    rid = obj.get("id", f"line{line}")
+    if not isinstance(rid, (str, int)) or "/" in str(rid) or not str(rid).strip():
+        raise RecordError(path, line, "id", "expected a non-empty string without '/'")
+    return str(rid)
+
+
+def record_from(obj: dict, path: str, line: int) -> Record:
+    """A dict in METHOD.md's schema to a Record, or a RecordError naming the field at fault."""
     passages = obj.get("passages", [])
     if not isinstance(passages, list) or not all(
         isinstance(p, dict) and isinstance(p.get("text"), str) for p in passages
     ):
         raise RecordError(path, line, "passages", 'expected a list of {"text": ...} objects')
-    rid = obj.get("id", f"line{line}")
-    if not isinstance(rid, (str, int)) or "/" in str(rid) or not str(rid).strip():
-        raise RecordError(path, line, "id", "expected a non-empty string without '/'")
     return Record(
-        id=str(rid),
+        id=item_id(obj, path, line),
         line=line,
-        subj=_text(obj, "subj", path, line),
-        obj=_text(obj, "obj", path, line),
-        prompt_wo_ctx=_text(obj, "prompt_wo_ctx", path, line),
+        subj=text_field(obj, "subj", path, line),
+        obj=text_field(obj, "obj", path, line),
+        prompt_wo_ctx=text_field(obj, "prompt_wo_ctx", path, line),
         obj_cf=_texts(obj, "obj_cf", path, line, required=True),
         passages=tuple(p["text"] for p in passages),
-        question=_text(obj, "question", path, line, required=False),
+        question=text_field(obj, "question", path, line, required=False),
         answers=_texts(obj, "answers", path, line, required=False),
         prop=str(obj.get("prop", "")),
+        subj_cf=text_field(obj, "subj_cf", path, line, required=False),
     )
 
 
-def load_records(path: str | Path) -> Loaded:
-    """Every record of a JSONL file; malformed ones go to `problems`, never raise."""
+def parse_record(text: str, path: str, line: int) -> Record:
+    """One JSONL line to a Record, or a RecordError naming the field at fault."""
+    return record_from(_object(text, path, line), path, line)
+
+
+def _add(loaded: Loaded, seen: dict[str, int], make, obj_or_text, line: int) -> None:
+    try:
+        obj = _object(obj_or_text, loaded.path, line) if isinstance(obj_or_text, str) else obj_or_text
+        if not isinstance(obj, dict):
+            raise RecordError(loaded.path, line, "<json>", f"expected an object, got {type(obj).__name__}")
+        item = make(obj, loaded.path, line)
+        if item.id in seen:
+            raise RecordError(loaded.path, line, "id", f"'{item.id}' repeats line {seen[item.id]}")
+    except RecordError as exc:
+        loaded.problems.append(exc)
+        return
+    seen[item.id] = line
+    loaded.items.append(item)
+
+
+def read_jsonl(path: str | Path, make=record_from) -> Loaded:
+    """Every item of a JSONL file, made by `make(obj, path, line)`; malformed ones go to
+    `problems`, never raise."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such data file")
-    loaded = Loaded(path=str(path))
-    seen: dict[str, int] = {}
+    loaded, seen = Loaded(path=str(path)), {}
     with path.open("rb") as f:
         for line, raw in enumerate(f, start=1):
             try:
@@ -113,15 +147,19 @@ def load_records(path: str | Path) -> Loaded:
             except UnicodeDecodeError as exc:
                 loaded.problems.append(RecordError(str(path), line, "<json>", f"not UTF-8 (byte {exc.start})"))
                 continue
-            if not text.strip():
-                continue
-            try:
-                record = parse_record(text, str(path), line)
-                if record.id in seen:
-                    raise RecordError(str(path), line, "id", f"'{record.id}' repeats line {seen[record.id]}")
-            except RecordError as exc:
-                loaded.problems.append(exc)
-                continue
-            seen[record.id] = line
-            loaded.records.append(record)
+            if text.strip():
+                _add(loaded, seen, make, text, line)
     return loaded
+
+
+def load_objects(objs, make=record_from, label: str = "<records>") -> Loaded:
+    """Items a notebook holds (dicts), checked as a file's lines are; line = position from 1."""
+    loaded, seen = Loaded(path=label), {}
+    for line, obj in enumerate(objs, start=1):
+        _add(loaded, seen, make, obj, line)
+    return loaded
+
+
+def load_records(path: str | Path) -> Loaded:
+    """Every record of a JSONL file; malformed ones go to `problems`, never raise."""
+    return read_jsonl(path, record_from)

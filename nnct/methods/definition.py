@@ -20,7 +20,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 # What an experiment fixes; where the data, the model and the machine are is the run's business.
 TRACE_KEYS = ("experiment", "prompt_format", "samples", "window", "noise_level", "seed", "components", "max_cf",

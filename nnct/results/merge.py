@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError
 from .cube import open_cube
-from .errors import ConfigError
 
 # Where a shard ran and when: these may differ between the shards of one run.
 PROVENANCE = ("created", "device", "backend", "shard")
 # Padding of the token dimension (cube.assemble's).
-TOKEN_FILL = {"p_restored": np.nan, "token_id": -1, "corrupted": 0, "token_str": "", "segment": ""}
+TOKEN_FILL = {"p_restored": np.nan, "logit_restored": np.nan, "token_id": -1, "corrupted": 0, "token_str": "", "segment": ""}
 
 
 def _strings_in_memory(ds):

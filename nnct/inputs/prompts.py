@@ -1,5 +1,8 @@
 """Examples: the prompt of one (record, variant), the characters to corrupt, the answers.
 
+An `Example` is text: the prompt, the character ranges of its mentions and of the span to
+corrupt, the two answers, and, for a prompt pair, the corrupted prompt (`pairs`).
+
 An experiment names the span it corrupts (METHOD.md): `subject` (1), `object` (2) and
 `relation` (3) corrupt a part of the context passage; `subject-noctx` (0) corrupts the
 subject in `prompt_wo_ctx`, with no passage (ROME). Everything here is on characters;
@@ -18,8 +21,8 @@ from __future__ import annotations
 import string
 from dataclasses import dataclass, replace
 
-from .data import Record
-from .errors import ConfigError, RecordError
+from .records import Record
+from ..errors import ConfigError, RecordError
 
 CharRange = tuple[int, int]
 
@@ -71,6 +74,7 @@ class Example:
     relation: tuple[CharRange, ...]
     context: CharRange | None  # the passage(s), when the prompt has one
     question: CharRange  # the `{prompt}` / `{question}` part
+    corrupt_prompt: str | None = None  # a prompt pair's corrupted prompt; None: noise on `span`
 
 
 FIELDS = ("context", "prompt", "question")

@@ -1,0 +1,3 @@
+"""Analysis of cubes: `summary` (ATE, AIE per segment with confidence intervals, best
+layers, in every metric), `plot` (ROME-style figures), `report` (a cube described in text).
+"""

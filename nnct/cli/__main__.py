@@ -1,0 +1,5 @@
+"""`python -m nnct.cli`: the `nnct` command."""
+
+from . import main
+
+main()

@@ -1,0 +1,103 @@
+"""The commands that read cubes: `info`, `merge`, `summarize`, `plot`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..analysis.summary import FILTERS
+from ..errors import NnctError
+from ..interventions.metrics import METRICS
+from .app import fail, main, open_cube
+
+VARIANT_HELP = "Only this variant: fact, cf (every counterfactual) or an exact name such as cf2."
+FILTER_HELP = "known: the clean top-1 token is the target's (ROME); target-/alt-wins: by clean probability."
+METRIC_HELP = ("prob (ROME), logit_diff, log_ratio, recovery (of p), recovery_logit_diff: fractions of the total effect"
+               " (docs/method.md).")
+
+
+@main.command()
+@click.argument("cube_path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--examples", default=10, show_default=True, help="How many examples to list.")
+def info(cube_path, examples):
+    """Print what a cube holds: attrs, dims, examples, ATE."""
+    from ..analysis import report
+
+    ds = open_cube(cube_path)
+    try:
+        text = report.describe(ds, max_examples=examples)
+    except (ValueError, KeyError, AttributeError) as exc:
+        fail(f"{cube_path}: not an nnct effect cube ({type(exc).__name__}: {exc})")
+    click.echo(text)
+
+
+@main.command()
+@click.argument("shards", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "-o", "out", required=True, type=click.Path(dir_okay=False), help="The merged cube (FILE.nc).")
+def merge(shards, out):
+    """Join the shard cubes of one run (`trace --shard i/n`) into one cube, in the data set's order."""
+    from ..results import cube, merge as merge_lib
+
+    try:
+        merged = merge_lib.merge(shards)
+        cube.write(merged, out)
+    except NnctError as exc:
+        fail(str(exc))
+    except (OSError, ValueError, KeyError, AttributeError) as exc:
+        fail(f"cannot merge: {type(exc).__name__}: {exc}")
+    click.echo(f"wrote {out}: {merged.sizes['example']} examples from {len(shards)} shards")
+
+
+@main.command()
+@click.argument("cube_path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--metric", type=click.Choice(list(METRICS)), default="prob", show_default=True,
+              help="The metric of the printed table (the files hold every metric the cube gives). " + METRIC_HELP)
+@click.option("--variant", default=None, help=VARIANT_HELP)
+@click.option("--filter", "filter_", type=click.Choice(FILTERS), default=None, help=FILTER_HELP)
+@click.option("--out", type=click.Path(dir_okay=False), help="Write the summary as NetCDF (FILE.nc).")
+@click.option("--csv", "csv_out", type=click.Path(dir_okay=False), help="Write the AIE table in long form (FILE.csv).")
+@click.option("--bands", default=6, show_default=True, type=click.IntRange(min=1), help="Layer bands of the printed table.")
+def summarize(cube_path, metric, variant, filter_, out, csv_out, bands):
+    """ATE, AIE per segment x layer x component with 95% CIs, best layers: a table and files."""
+    from ..analysis import summary
+    from ..results import cube
+
+    ds = open_cube(cube_path, chunks={"example": 256})
+    try:
+        s = summary.summarize(ds, variant=variant, filter=filter_)
+        text = summary.table(s, metric, bands)
+    except NnctError as exc:
+        fail(f"{cube_path}: {exc}")
+    s.attrs["cube"] = str(cube_path)
+    click.echo(f"{cube_path}: " + text)
+    if out:
+        cube.write(s, out)
+        click.echo(f"wrote {out}")
+    if csv_out:
+        Path(csv_out).parent.mkdir(parents=True, exist_ok=True)
+        summary.to_frame(s).to_csv(csv_out, index=False, float_format="%.6g")
+        click.echo(f"wrote {csv_out}")
+
+
+@main.command()
+@click.argument("cube_path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "-o", "out", required=True, type=click.Path(file_okay=False), help="Directory of the figures.")
+@click.option("--examples", default=6, show_default=True, help="Per-example heatmaps of the first N examples selected.")
+@click.option("--segments", default=None, help="Comma list of the segments of the AIE line plot [default: subject_last,"
+              " object_last, relation and last, where present].")
+@click.option("--metric", type=click.Choice(list(METRICS)), default="prob", show_default=True, help=METRIC_HELP)
+@click.option("--variant", default=None, help=VARIANT_HELP)
+@click.option("--filter", "filter_", type=click.Choice(FILTERS), default=None, help=FILTER_HELP)
+def plot(cube_path, out, examples, segments, metric, variant, filter_):
+    """ROME-style heatmaps per example, the average heatmap over segments and AIE lines (PNG + PDF)."""
+    from ..analysis import plot as plot_lib, summary
+
+    ds = open_cube(cube_path, chunks={"example": 256})
+    try:
+        chosen = summary.select(ds, variant, filter_)
+        s = summary.summarize(ds, variant=variant, filter=filter_, metrics=(metric,))
+        paths = plot_lib.draw(chosen, s, out, examples, segments.split(",") if segments else None, metric)
+    except NnctError as exc:
+        fail(f"{cube_path}: {exc}")
+    click.echo(f"wrote {len(paths)} files into {out}")

@@ -1,0 +1,200 @@
+"""The commands that run a model: `trace` (records), `patch` (prompt pairs), `answers`.
+
+`trace` and `patch` share their options where they apply (what to restore, how, where the
+model runs, where the cube goes); both build a `RunConfig` and hand it to
+`methods.run.execute`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import NnctError
+from .app import BOOL01, fail, main, rows, run_and_report
+
+OUT_HELP = "The cube to write (FILE.nc). Required: this or --output-dir."
+
+
+def _shared(f):
+    """The options of every cube-filling command."""
+    options = [
+        click.option("--model", "--model_name", "model", default="smollm2-135m", show_default=True,
+                     help="The embedded default (smollm2-135m), a local model directory, or a hub id."),
+        click.option("--out", "out", type=click.Path(), help=OUT_HELP),
+        click.option("--output-dir", "--output_dir", "output_dir", type=click.Path(),
+                     help="Write DIR/effects.nc instead of --out."),
+        click.option("--components", default="hidden,mlp,attn", show_default=True, help="Comma list of hidden, mlp, attn."),
+        click.option("--window", default=10, show_default=True, type=int, help="Layer window for mlp/attn restoration."),
+        click.option("--reverse-patching", "--reverse_patching", "reverse", type=BOOL01, is_flag=False, flag_value="1",
+                     default="0", show_default=True, help="Noising: write corrupted states into clean runs (flag, or 0/1)."),
+        click.option("--answer", type=click.Choice(["first", "full"]), default="first", show_default=True,
+                     help="An answer's first token, or all its tokens (teacher-forced product)."),
+        click.option("--max-examples", "--max-datapoints", "--max_datapoints", "max_examples", type=int, default=None,
+                     help="Trace only the first N records (pairs) of the data set."),
+        click.option("--batch-size", "--batch_size", "batch_rows", default="auto", show_default=True,
+                     help="Rows per forward pass, or auto (from the memory available)."),
+        click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True),
+        click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True),
+        click.option("--shard", default=None, help="i/n: only records i, i+n, ... (0-based), for `nnct merge` to join."),
+        click.option("--remote", "remote_", is_flag=False, flag_value="ndif", default=None,
+                     help="Run on an NDIF server (--ndif-host, NDIF_HOST or nnsight's config); --remote local: nnsight's"
+                          " local simulation."),
+        click.option("--ndif-host", "ndif_host", default=None,
+                     help="The NDIF server's URL (implies --remote) [default: NDIF_HOST, or NDIF's]."),
+        click.option("--request-cells", default=10000, show_default=True, type=int,
+                     help="Remote: cells per request (whole examples, at least one per request)."),
+        click.option("--retries", default=3, show_default=True, type=int,
+                     help="Remote: tries again after a failed request, with backoff."),
+        click.option("--request-timeout", default=3600.0, show_default=True, type=float,
+                     help="Remote: seconds to wait for a request's result before trying again (0: no limit)."),
+        click.option("--no-wait", "no_wait", is_flag=True, help="Remote: submit the requests and exit; `nnct remote collect` later."),
+        click.option("--resume", is_flag=True, help="Complete the unfinished run of the same settings at --out."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bar, no per-example summary."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _remote(value: str | None, host: str | None) -> str | None:
+    """--remote / --ndif-host as RunConfig.remote: None, "local", or the server's URL."""
+    from ..exec import remote
+
+    if value == remote.LOCAL:
+        if host:
+            fail("--remote local runs here: it takes no --ndif-host")
+        return remote.LOCAL
+    if value is None and host is None:
+        return None
+    if value not in (None, "ndif") and not value.startswith(("http://", "https://")):
+        fail(f"--remote {value}: use --remote alone, --remote local, or --remote URL")
+    try:
+        return remote.server(host or (value if value != "ndif" else None)).host
+    except NnctError as exc:
+        fail(str(exc))
+
+
+def _config(method: str, out, output_dir, reverse, remote_, ndif_host, no_wait, options, out_required=True):
+    from ..methods import run
+
+    if out and output_dir:
+        fail("give one of --out FILE.nc and --output-dir DIR, not both")
+    if out_required and not (out or output_dir):
+        fail("give --out FILE.nc or --output-dir DIR: where the cube goes")
+    out = out or (str(Path(output_dir) / "effects.nc") if output_dir else None)
+    options["batch_rows"] = rows(options["batch_rows"])
+    return run.RunConfig(out=out, method=method, reverse=reverse == "1", remote=_remote(remote_, ndif_host), wait=not no_wait,
+                         **options)
+
+
+def _use_definition(ctx, param, value):
+    """Eager: the definition's settings become the defaults of the options that follow."""
+    from ..methods import definition
+
+    if value is None:
+        return None
+    try:
+        d = definition.load(value)
+    except NnctError as exc:
+        fail(str(exc))
+    defaults = {k: ("1" if v else "0") if isinstance(v, bool) else v for k, v in d.trace.items()}
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return d.label
+
+
+def _with_overrides(label: str, values: dict) -> str:
+    """The definition's label, plus the settings of it that the command line changed: a cube
+    traced with `--samples 3` must not pass for the definition's own."""
+    from click.core import ParameterSource
+
+    from ..methods.definition import TRACE_KEYS
+
+    ctx = click.get_current_context()
+    changed = [f"{k}={values[k]}" for k in TRACE_KEYS if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE]
+    return f"{label} ({', '.join(changed)})" if changed else label
+
+
+@main.command()
+@click.option("--definition", type=click.Path(dir_okay=False), is_eager=True, callback=_use_definition,
+              help="An experiment definition (experiments/*.toml): its settings become the defaults; options override them.")
+@click.option("--data", "--data_path", "data", required=True, type=click.Path(), help="JSONL records (docs/method.md schema).")
+@click.option("--experiment", "--experiment-type", "--experiment_type", "experiment", default="subject", show_default=True,
+              help="subject (1), object (2), relation (3) or subject-noctx (0).")
+@click.option("--corruption", type=click.Choice(["noise", "substitute"]), default="noise", show_default=True,
+              help="Gaussian noise on the span (ROME), or another subject/object of the same length substituted.")
+@click.option("--prompt-format", "--prompt_format", "prompt_format", default=None,
+              help="Prompt template with {context}, {prompt}, {question} [default: the experiment's own].")
+@click.option("--samples", default=10, show_default=True, type=int, help="Noise samples S per example.")
+@click.option("--noise-level", "--noise_level", "noise_level", default="s3", show_default=True,
+              help="A float, or sK = K x std of the span tokens' input embeddings.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the noise.")
+@click.option("--max-cf", "--max_cf", "max_cf", default=1, show_default=True, type=int, help="Counterfactual variants per record.")
+@click.option("--replace", type=BOOL01, is_flag=False, flag_value="1", default="0", show_default=True,
+              help="Replace the span's embeddings by the noise instead of adding it (flag, or 0/1).")
+@_shared
+def trace(output_dir, out, replace, reverse, quiet, remote_, ndif_host, no_wait, **options):
+    """Trace a data set of records and write its effect cube (--out FILE.nc or --output-dir
+    DIR is required)."""
+    from ..methods import run
+
+    if options["definition"]:
+        options["definition"] = _with_overrides(options["definition"], dict(options, replace=replace, reverse=reverse))
+    cfg = _config("trace", out, output_dir, reverse, remote_, ndif_host, no_wait, dict(options, replace=replace == "1"))
+    run_and_report(lambda bar: run.execute(cfg, progress=bar), cfg.out, quiet, "rerun with --resume")
+
+
+@main.command()
+@click.option("--pairs", "pairs", type=click.Path(), help="JSONL prompt pairs: id (optional), clean, corrupt, target, alt.")
+@click.option("--clean", help="The clean prompt of one pair (with --corrupt, --target, --alt).")
+@click.option("--corrupt", help="The corrupted prompt: the clean one with a few tokens changed.")
+@click.option("--target", help="The answer whose value is traced (its first token of ' ' + answer).")
+@click.option("--alt", help="The competing answer.")
+@_shared
+def patch(pairs, clean, corrupt, target, alt, output_dir, out, reverse, quiet, remote_, ndif_host, no_wait, **options):
+    """Activation patching between two prompts: the clean value of every cell written into
+    the corrupted run (--reverse-patching: the corrupted value into the clean run). With
+    --pairs, --out FILE.nc or --output-dir DIR is required; one pair given inline is
+    printed, and written where --out says."""
+    from ..methods import run
+
+    inline = [clean, corrupt, target, alt]
+    if pairs and any(v is not None for v in inline):
+        fail("give --pairs FILE or --clean/--corrupt/--target/--alt, not both")
+    if not pairs and None in inline:
+        fail("give --pairs FILE.jsonl, or all of --clean, --corrupt, --target and --alt")
+    cfg = _config("patch", out, output_dir, reverse, remote_, ndif_host, no_wait, dict(options, data=pairs),
+                  out_required=bool(pairs))
+    items = None if pairs else [{"id": "pair", "clean": clean, "corrupt": corrupt, "target": target, "alt": alt}]
+    run_and_report(lambda bar: run.execute(cfg, progress=bar, items=items), cfg.out, quiet, "rerun with --resume")
+
+
+@main.command()
+@click.option("--model", "--model_name", "model", default="smollm2-135m", show_default=True)
+@click.option("--data", "--data_path", "data", required=True, type=click.Path(), help="JSONL records (docs/method.md schema).")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="The table to write (FILE.csv).")
+@click.option("--prompt-format", "--prompt_format", "prompt_format", default="C: {context} {prompt}", show_default=True,
+              help="The prompt of the context conditions.")
+@click.option("--max-cf", "--max_cf", "max_cf", type=int, default=None, help="Counterfactual passages per record [default: all].")
+@click.option("--max-examples", "--max-datapoints", "--max_datapoints", "max_examples", type=int, default=None,
+              help="Only the first N records of the data set.")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+def answers(model, data, out, prompt_format, max_cf, max_examples, device, dtype):
+    """Which answer wins per record with no passage, the fact's passage and each counterfactual one."""
+    from ..methods import answers as answers_lib
+    from ..model import load
+
+    try:
+        adapter = load(model, device=device, dtype=dtype)
+        result = answers_lib.compare(adapter, data, prompt_format, max_cf, max_examples)
+    except NnctError as exc:
+        fail(str(exc))
+    for problem in result.skipped:
+        click.echo(f"skipped {problem}", err=True)
+    df = answers_lib.frame(result)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out, index=False, float_format="%.6g")
+    click.echo(answers_lib.table(df))
+    click.echo(f"wrote {out}: {len(df)} prompts from {df.record_id.nunique()} records ({len(result.skipped)} skipped)")

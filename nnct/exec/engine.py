@@ -1,0 +1,350 @@
+"""Execution: a plan's forward passes as nnsight interventions.
+
+An example is a clean prompt (its ids), a corrupted `RunInput` (S rows: noise samples, or
+one row of a counterfactual prompt) and two answers. It costs two full forwards, then one
+forward per batch of the schedule (`plan`):
+- the clean run (1 row) and the corrupted run (S rows). One of them is the **base** of the
+  restored runs: the corrupted run when restoring, the clean run when reverse patching. The
+  other is the **source** of the values written into cells. The base run keeps its
+  residual stream after every layer and its key/value cache; the source run keeps the
+  values of the sites being traced.
+- each batch runs its cells' rows (S per cell; row j*S + s is cell j's sample s) only from
+  position `start` on, over the base run's cache cropped to `start` positions, and only
+  from layer `first_layer` on: every earlier decoder layer is skipped (nnsight's `skip`),
+  its output being the base run's residual stream (with the residual-stream cells' values
+  written in, for those restored just before `first_layer`). From there, layer by layer,
+  each site is read in the order the model runs them and one indexed assignment per
+  (layer, site) writes the source values; only the answers' values at the last position
+  (`metrics`: probabilities and logits) leave the trace.
+Cells before the first changed token need no forward: their values are the base run's.
+
+The engine does not know what made the corrupted input: noise and a counterfactual prompt
+are both a `RunInput`. An answer of several tokens (teacher-forced probability) costs one
+more pass over the same plan, with the answer's earlier tokens appended to the prompt.
+
+Everything inside a trace is an nnsight intervention on the model's own modules. The
+engine holds only the model's envoys and sizes (`model.Parts`), so that `exec.remote` can
+run it inside an nnsight session sent to a server, where the model sits and its dtype are
+read from the server's own weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..interventions.corruption import RunInput
+from ..interventions.plan import Batch, cells, patches, schedule
+from ..model.loading import REMOTE
+from ..model.parts import Adapter, Parts
+from ..model.sites import SITES, in_forward_order
+
+Answers = tuple[tuple[int, ...], tuple[int, ...]]  # (target tokens, alt tokens)
+# What a forward reports per row: p(target), p(alt), logit(target), logit(alt) of the answers'
+# first tokens at the last prompt position, and the log-probability of the rest of one
+# answer, teacher-forced (0 when none is read).
+P, LOGIT, FOLLOW = slice(0, 2), slice(2, 4), 4
+N_VALUES = 5
+
+
+@dataclass(frozen=True)
+class Settings:
+    components: tuple[str, ...] = ("hidden", "mlp", "attn")
+    window: int = 10
+    reverse: bool = False
+    batch_rows: int | None = None  # None: `auto_batch_rows` for each example
+    batch_budget: int = 1 << 30  # bytes of working memory a batch may take, for auto
+
+
+@dataclass
+class Measures:
+    """What the engine measured of one example (the cube's measured variables; p and
+    logits are means over the corrupted rows)."""
+
+    p_clean: np.ndarray  # [answer]
+    p_corrupt: np.ndarray  # [answer]
+    p_restored: np.ndarray  # [token, layer, component, answer]
+    logit_clean: np.ndarray  # [answer]
+    logit_corrupt: np.ndarray  # [answer]
+    logit_restored: np.ndarray  # [token, layer, component, answer]
+    clean_top1: int  # the clean prompt's most probable next token (ROME's "known" filter)
+
+
+def memory_budget(device: str) -> int:
+    """Bytes a batch may take: a quarter of the memory free now on the device, at most
+    1 GiB on a CPU and 16 GiB on a GPU; 4 GiB on a remote server, whose free memory cannot
+    be read from here. A run fixes it once, so that a resumed run makes the same batches."""
+    if device == REMOTE:
+        return 4 << 30
+    if device == "cuda":
+        return min(16 << 30, torch.cuda.mem_get_info()[0] // 4)
+    try:
+        with open("/proc/meminfo") as f:
+            free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        free = 4 << 30
+    return min(1 << 30, free // 4)
+
+
+# On a CPU, a batch of about this many rows x positions already runs near the machine's
+# matmul rate; more rows only make a batch start earlier than its later cells need
+# (measured on the embedded model at 25 tokens: 60-90 rows beat 290 by 1.9x).
+CPU_TOKEN_ROWS = 2048
+
+
+def auto_batch_rows(model: Adapter | Parts, n_tokens: int, samples: int, budget: int = 1 << 30) -> int:
+    """The most rows per forward that `budget` bytes of working memory allow (the copied
+    key/value cache and its extension, the activations, the attention scores and the
+    float32 softmax over the vocabulary, per row), in whole cells, at least one."""
+    a = model
+    elt = a.torch_dtype.itemsize
+    per_row = elt * n_tokens * (4 * a.n_layers * a.d_kv + 6 * a.d_model + 3 * a.d_ff + a.n_heads * n_tokens) + 8 * a.vocab
+    rows = max(samples, min(4096, budget // per_row))
+    return rows - rows % samples
+
+
+def passes(answers: Answers) -> int:
+    """Passes over the plan an example takes: one, plus one per answer of several tokens
+    beyond the first such answer."""
+    return max(1, sum(len(a) > 1 for a in answers))
+
+
+@dataclass
+class Run:
+    """What a full forward leaves for the batches."""
+
+    values: torch.Tensor  # [row, N_VALUES], float64, CPU
+    states: dict[str, torch.Tensor]  # site -> [row, layer, token, d_model]
+    cache: object = None  # the model's key/value cache of every position
+    top1: torch.Tensor | None = None  # [row], the most probable next token
+
+
+@dataclass(frozen=True)
+class _Read:
+    """What one pass reads: the answers' first tokens at the last prompt position, and
+    `follow`, the tokens of one answer after its first, at the positions after it."""
+
+    first: tuple[int, int]
+    follow: tuple[int, ...] = ()
+    answer: int = 0  # which answer `follow` continues (0 target, 1 alt)
+
+
+class Engine:
+    def __init__(self, model: Adapter | Parts, settings: Settings):
+        # envoys and sizes only: the engine can travel to a remote session
+        self.parts = model.parts if isinstance(model, Adapter) else model
+        self.settings = settings
+
+    def _forward(self, ids: torch.Tensor, rows: int, read: _Read, *, edit=None, writes=None, save=(), keep_cache=False,
+                 first_layer=0, cache=None, skip_value=None, top1=False) -> Run:
+        """One nnsight trace over `rows` rows of `ids` ([1 or rows, positions]).
+
+        edit: (positions, values [row, position, d_model], replace) onto the input
+        embeddings; writes: (layer, site) -> (rows, positions, values); layers before
+        `first_layer` are skipped and output `skip_value`; `cache` holds the positions
+        before these.
+        """
+        a, writes = self.parts, writes or {}
+        x = ids.to(a.device).expand(rows, -1)
+        kept_logits = 1 + len(read.follow)
+        saved: dict[str, list] = {c: [] for c in save}
+        kwargs = {"logits_to_keep": kept_logits, "use_cache": keep_cache or cache is not None}
+        if keep_cache:
+            from transformers import DynamicCache
+
+            # A plain cache keeps every position: the one a model builds for itself may keep
+            # only a sliding window on some layers (Gemma 2/3, Mistral), not what we crop.
+            cache = DynamicCache()
+        if cache is not None:
+            kwargs["past_key_values"] = cache
+        sites = in_forward_order({name for _, name in writes} | set(saved))
+        kept = top = follow = None  # only values saved in the trace come out of it
+        with torch.no_grad(), a.nn.trace(x, **kwargs):
+            if edit is not None:
+                positions, values, replace = edit
+                emb = a.embed.output
+                emb[:, positions] = values if replace else emb[:, positions] + values
+            for layer in range(first_layer):
+                a.layers[layer].skip((skip_value,) if a.layout.layer_tuple else skip_value)
+            for layer in range(first_layer, a.n_layers):
+                for site in sites:
+                    write = writes.get((layer, site.name))
+                    if write is None and site.name not in saved:
+                        continue
+                    value = site.read(a, layer)
+                    if write is not None:
+                        site.write(value, *write)
+                    if site.name in saved:
+                        saved[site.name].append(value.save())
+            # The model's own logits, not the unembedding's output: Gemma 2/3 soft-cap after it.
+            output = a.nn.output
+            at = output.logits[:, 0].float()
+            logits = at[:, list(read.first)].save()
+            probs = at.softmax(-1)[:, list(read.first)].save()
+            if read.follow:
+                rest = output.logits[:, 1:].float().log_softmax(-1)
+                follow = rest.gather(-1, torch.tensor(read.follow, device=rest.device)[None, :, None].expand(rows, -1, 1))
+                follow = follow.sum(dim=(1, 2)).save()
+            if top1:
+                top = at.argmax(-1).save()
+            if keep_cache:
+                kept = output.past_key_values.save()
+        values = torch.zeros(rows, N_VALUES, dtype=torch.float64)
+        values[:, P], values[:, LOGIT] = probs.double().cpu(), logits.double().cpu()
+        if follow is not None:
+            values[:, FOLLOW] = follow.double().cpu()
+        states = {c: torch.stack(v, dim=1) for c, v in saved.items()}
+        return Run(values, states, kept, top.cpu() if top1 else None)
+
+    def _batch_inputs(self, batch: Batch, samples: int, base_input: RunInput, base: Run, source: Run) -> dict:
+        """The keyword arguments of `_forward` for one batch of the schedule."""
+        a, s = self.parts, self.settings
+        rows, start, first_layer = len(batch.cells) * samples, batch.start, batch.first_layer
+        sample = torch.arange(rows, device=a.device) % samples  # row j*S + s is cell j's sample s
+        zeros = torch.zeros(rows, dtype=torch.long, device=a.device)
+        base_row, source_row = (zeros, sample) if s.reverse else (sample, zeros)
+
+        writes = {}
+        for (layer, name), p in patches(batch.cells, samples, s.window, a.n_layers).items():
+            rows_at, tokens = torch.tensor(p.rows, device=a.device), torch.tensor(p.tokens, device=a.device)
+            writes[(layer, name)] = (rows_at, tokens - start, source.states[name][source_row[rows_at], layer, tokens])
+        # Residual-stream writes just before the first layer run go into the skipped stream instead.
+        into_skip = [writes.pop(key) for key in list(writes) if key[0] == first_layer - 1 and SITES[key[1]].residual]
+        ids = base_input.ids.to(a.device)
+        kwargs = {"ids": ids[:, start:] if ids.shape[0] == 1 else ids[base_row, start:], "writes": writes, "first_layer": first_layer}
+
+        edited = [k for k, t in enumerate(base_input.positions) if t >= start]
+        if first_layer == 0 and edited:
+            values = base_input.values.to(a.device, a.torch_dtype)[base_row][:, edited]
+            kwargs["edit"] = ([base_input.positions[k] - start for k in edited], values, base_input.replace)
+        if first_layer > 0:
+            stream = base.states["hidden"][base_row, first_layer - 1, start:]  # indexing copies: ours to write
+            for write in into_skip:
+                stream[write[0], write[1]] = write[2]
+            kwargs["skip_value"] = stream
+        if start > 0:
+            kwargs["cache"] = self._cropped_cache(base.cache, base_row, start, first_layer)
+        return kwargs
+
+    @staticmethod
+    def _cropped_cache(cache, base_row, start: int, first_layer: int):
+        """The base run's keys and values of the first `start` positions, one row per batch row.
+        Skipped layers never read theirs, but the first layer's length tells the model where
+        the new positions are: a broadcast view keeps it without a copy."""
+        from transformers import DynamicCache
+
+        rows, out = len(base_row), DynamicCache()
+        for layer, kv in enumerate(cache.layers):
+            assert kv.keys.shape[-2] >= start, "the base run's cache lacks positions"
+            if layer < first_layer:
+                keys, values = (t[:1, :, :start].expand(rows, -1, -1, -1) for t in (kv.keys, kv.values))
+            else:
+                keys, values = (t[base_row, :, :start] for t in (kv.keys, kv.values))
+            out.update(keys, values, layer)
+        return out
+
+    def _edit(self, inp: RunInput):
+        a = self.parts
+        return None if inp.values is None else (list(inp.positions), inp.values.to(a.device, a.torch_dtype), inp.replace)
+
+    def clean(self, ids, answers: Answers) -> tuple[np.ndarray, int]:
+        """P(answers) and the most probable token after the untouched prompt: one forward per pass."""
+        p, top = None, 0
+        for k, (extra, read) in enumerate(self._passes(answers)):
+            run = self._forward(torch.tensor([list(ids) + extra]), 1, read, top1=k == 0)
+            p, top = self._combine(p, run.values, read), (int(run.top1[0]) if k == 0 else top)
+        return p[0, P].numpy(), top
+
+    @staticmethod
+    def _passes(answers: Answers) -> list[tuple[list[int], _Read]]:
+        """(tokens appended to the prompt, what is read) per pass: one pass when both answers
+        are one token, else one per answer of several tokens (its earlier tokens appended)."""
+        first = (answers[0][0], answers[1][0])
+        long = [k for k, a in enumerate(answers) if len(a) > 1]
+        return [(list(answers[k][:-1]), _Read(first, tuple(answers[k][1:]), k)) for k in long] or [([], _Read(first))]
+
+    @staticmethod
+    def _combine(acc, values: torch.Tensor, read: _Read) -> torch.Tensor:
+        """The pass's values folded into those of earlier passes: an answer read to its end
+        has p = p(first token) x exp(log p of the rest)."""
+        out = values.clone() if acc is None else acc
+        if read.follow:
+            out[..., read.answer] = out[..., read.answer] * torch.exp(values[..., FOLLOW])
+        return out
+
+    def trace(self, ids, corrupt: RunInput, answers: Answers, on_batch: Callable[[int], None] | None = None) -> Measures:
+        """The example's measures: every cell of the settings' components restored."""
+        values, top1 = None, 0
+        for k, (extra, read) in enumerate(self._passes(answers)):
+            more = torch.tensor([extra], dtype=torch.long).expand(corrupt.ids.shape[0], -1)
+            pass_input = RunInput(torch.cat([corrupt.ids, more], dim=1), corrupt.positions, corrupt.values, corrupt.replace)
+            clean, corrupted, restored, top = self._pass(list(ids) + extra, len(ids), pass_input, read, on_batch, top1=k == 0)
+            top1 = top if k == 0 else top1
+            both = torch.cat([clean, corrupted, restored.reshape(-1, N_VALUES)])
+            values = self._combine(values, both, read)
+        S = corrupt.rows
+        clean, corrupted, restored = values[:1], values[1:1 + S], values[1 + S:].reshape(len(ids), self.parts.n_layers, -1, S, N_VALUES)
+        mean = restored.mean(dim=3).numpy()
+        return Measures(
+            clean[0, P].numpy(), corrupted[:, P].mean(dim=0).numpy(), mean[..., P].astype(np.float32),
+            clean[0, LOGIT].numpy(), corrupted[:, LOGIT].mean(dim=0).numpy(), mean[..., LOGIT].astype(np.float32),
+            top1,
+        )
+
+    def _pass(self, ids: list[int], n_tokens: int, corrupt: RunInput, read: _Read, on_batch, top1: bool):
+        """One pass over the plan: values of the clean run [1, V], the corrupted run [S, V] and
+        every restored cell [token, layer, component, S, V] (the cells of the first `n_tokens`)."""
+        a, s = self.parts, self.settings
+        S, n_all = corrupt.rows, len(ids)
+        clean_input = RunInput(torch.tensor([ids], dtype=torch.long))
+        base_save, source_save = ("hidden",), s.components
+        clean = self._forward(clean_input.ids, 1, read, save=base_save if s.reverse else source_save, keep_cache=s.reverse,
+                              top1=top1)
+        corrupted = self._forward(corrupt.ids, S, read, edit=self._edit(corrupt), save=source_save if s.reverse else base_save,
+                                  keep_cache=not s.reverse)
+        base, source = (clean, corrupted) if s.reverse else (corrupted, clean)
+        base_input = clean_input if s.reverse else corrupt
+        base_values = base.values.expand(S, -1) if s.reverse else base.values
+
+        restored = torch.full((n_tokens, a.n_layers, len(s.components), S, N_VALUES), float("nan"), dtype=torch.float64)
+        comp_index = {c: i for i, c in enumerate(s.components)}
+        rows = s.batch_rows or auto_batch_rows(a, n_all, S, s.batch_budget)
+        token_rows = CPU_TOKEN_ROWS if s.batch_rows is None and a.device == "cpu" else None
+        plan = schedule(cells(n_tokens, a.n_layers, s.components), S, rows, s.window, a.n_layers, corrupt.changed(ids),
+                        n_all, token_rows)
+        for cell in plan.unchanged:
+            restored[cell.token, cell.layer, comp_index[cell.component]] = base_values
+        if on_batch and plan.unchanged:
+            on_batch(len(plan.unchanged))
+        for batch in plan.batches:
+            run = self._forward(rows=len(batch.cells) * S, read=read, **self._batch_inputs(batch, S, base_input, base, source))
+            for cell, value in zip(batch.cells, run.values.view(len(batch.cells), S, N_VALUES)):
+                restored[cell.token, cell.layer, comp_index[cell.component]] = value
+            if on_batch:
+                on_batch(len(batch.cells))
+        return clean.values, corrupted.values, restored, (int(clean.top1[0]) if top1 else 0)
+
+
+def embedding_std(parts: Parts, span_token_ids: list[list[int]], backend=None) -> float:
+    """Std of the input embeddings of all span tokens (repeats counted, as ROME does): the
+    embedding module's output, one token per row, in one nnsight session that stops after
+    the embeddings. Through a remote `backend` it runs where the weights are, and only the
+    number comes back."""
+    import nnsight
+
+    from ..errors import ConfigError
+
+    ids = torch.tensor([i for ids in span_token_ids for i in ids], dtype=torch.long)[:, None]
+    if ids.numel() == 0:
+        raise ConfigError("no span tokens to measure the embeddings' standard deviation on")
+    std = None
+    with parts.nn.session(backend=backend):
+        tokens = ids.to(parts.embed.weight.device)  # the server's device, remotely
+        with parts.nn.trace(tokens) as tracer:
+            rows = parts.embed.output.detach().double()
+            std = nnsight.save(float(rows.std()))
+            tracer.stop()
+    return std

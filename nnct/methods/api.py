@@ -1,0 +1,89 @@
+"""The Python API for notebooks: `trace` and `patch` return the cube as an xarray Dataset.
+
+Both take a model in any form a notebook has it (a name, a local directory, a loaded
+transformers model with its tokenizer, an nnsight model, an nnct Adapter) and their data in
+any form (a JSONL path, dicts, or one prompt given by keywords), and run through the same
+`methods.run.execute` as the command line: the numbers are the same, a bad record is
+reported (as a Python warning, unless `progress` hears it) and skipped, and with `out=` the
+run is kept on disk as it goes and resumable (`resume=True`). Settings are `RunConfig`'s
+field names (`batch_size` is accepted for `batch_rows`).
+
+    import nnct
+    ds = nnct.patch(clean="The Eiffel Tower is located in the city of",
+                    corrupt="The Louvre Museum is located in the city of", target="Paris", alt="London")
+    ds = nnct.trace("smollm2-135m", "facts.jsonl", experiment="subject-noctx", samples=3)
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import fields
+from pathlib import Path
+
+from ..errors import ConfigError
+from .run import Progress, RunConfig, execute
+
+_KNOWN = {f.name for f in fields(RunConfig)} - {"data", "out", "method", "model", "resume"}
+
+
+class _Warn(Progress):
+    def skipped(self, problems):
+        for problem in problems:
+            warnings.warn(f"skipped {problem}", stacklevel=4)
+
+
+def _config(method: str, model, data, out, resume: bool, settings: dict) -> tuple[RunConfig, object]:
+    if "batch_size" in settings:
+        settings["batch_rows"] = settings.pop("batch_size")
+    unknown = sorted(set(settings) - _KNOWN)
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(_KNOWN | {'batch_size'}))}")
+    name = model if isinstance(model, (str, Path)) else None
+    path = str(data) if isinstance(data, (str, Path)) else None
+    cfg = RunConfig(data=path, out=str(out) if out else None, method=method, model=str(name or getattr(model, "name", "")),
+                    resume=resume, **settings)
+    return cfg, None if path else (list(data) if not isinstance(data, dict) else [data])
+
+
+def _run(cfg: RunConfig, model, items, progress, tokenizer):
+    from ..model.loading import wrap
+
+    adapter = None
+    if not isinstance(model, (str, Path)):
+        adapter = wrap(model, tokenizer)
+        cfg = RunConfig(**{**cfg.__dict__, "model": adapter.name, "device": adapter.device})
+    return execute(cfg, adapter, progress or _Warn(), items).cube
+
+
+def trace(model="smollm2-135m", data=None, *, prompt: str | None = None, subject: str | None = None,
+          target: str | None = None, alt: str | None = None, out=None, resume: bool = False, progress: Progress | None = None,
+          tokenizer=None, **settings):
+    """ROME's causal tracing of records (a JSONL path or dicts in METHOD.md's schema), or of
+    one `prompt` with its `subject`, `target` and `alt` (experiment subject-noctx), into the
+    effect cube. `corruption="substitute"` corrupts by another subject or object instead of
+    noise."""
+    if prompt is not None:
+        if data is not None or None in (subject, target, alt):
+            raise ConfigError("trace(prompt=...) takes subject, target and alt, and no data")
+        data = [{"id": "prompt", "subj": subject, "obj": target, "obj_cf": [alt], "prompt_wo_ctx": prompt}]
+        settings.setdefault("experiment", "subject-noctx")
+    if data is None:
+        raise ConfigError("trace needs data (a JSONL path or records) or prompt=...")
+    cfg, items = _config("trace", model, data, out, resume, settings)
+    return _run(cfg, model, items, progress, tokenizer)
+
+
+def patch(model="smollm2-135m", pairs=None, *, clean: str | None = None, corrupt: str | None = None,
+          target: str | None = None, alt: str | None = None, out=None, resume: bool = False, progress: Progress | None = None,
+          tokenizer=None, **settings):
+    """Activation patching between two prompts: every cell of the clean run written into the
+    corrupted one (reverse: the other way), for pairs (a JSONL path, or dicts with clean,
+    corrupt, target, alt and an optional id) or one pair given by keywords."""
+    if clean is not None:
+        if pairs is not None or None in (corrupt, target, alt):
+            raise ConfigError("patch(clean=...) takes corrupt, target and alt, and no pairs")
+        pairs = [{"id": "pair", "clean": clean, "corrupt": corrupt, "target": target, "alt": alt}]
+    if pairs is None:
+        raise ConfigError("patch needs pairs (a JSONL path or dicts) or clean=..., corrupt=..., target=..., alt=...")
+    cfg, items = _config("patch", model, pairs, out, resume, settings)
+    return _run(cfg, model, items, progress, tokenizer)

@@ -1,0 +1,485 @@
+"""A run over a data set: cases -> engine -> rows -> cube, in memory or resumable on disk.
+
+Every method that fills a cube (`trace`: records, noise or substitution; `patch`: prompt
+pairs) is a `RunConfig` executed here. `execute` makes the cases of the data set
+(`inputs.cases`), measures the noise level when noise corrupts (over the whole data set,
+so that every shard of a run uses the same), builds each case's corrupted `RunInput`,
+runs the engine here or sends the cases to a server (`exec.remote`), and assembles the
+cube. Without `out` the rows stay in memory and the cube is returned (the notebook API);
+with `out` they go to disk as they finish.
+
+A run on disk keeps its finished examples in `<out>.partial/` beside the output: `run.json`
+(the settings and everything derived from the whole data set, such as the noise level)
+and one file per finished example, each written atomically. A run killed at any moment
+(kill -9 included) therefore keeps every example it finished; `resume=True` checks that
+the settings are the same, skips what is done, and assembles the same cube an
+uninterrupted run would have written (same noise, same batches, same `created`). The cube
+is written to a temporary file and renamed over `out`, and only then is the partial
+directory removed.
+
+A remote run (`remote`: a host, or "local" for nnsight's simulation) sends the examples in
+requests of whole examples, up to `request_cells` cells each, each retried with backoff.
+Without `wait`, the requests are submitted and their job ids kept in `jobs.json` in the
+partial directory; a later call (`collect`) collects what finished, submits again what
+failed, and writes the cube once every example is in.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from .. import __version__
+from ..errors import ConfigError, DataError, RecordError, RemoteFailed, ResumeMismatch
+from ..exec import remote
+from ..inputs import cases as cases_lib
+from ..inputs.pairs import load_pairs
+from ..inputs.prompts import experiment
+from ..inputs.records import Loaded, load_objects, load_records
+from ..interventions import corruption
+from ..interventions.metrics import ANSWER_PROB
+from ..model.loading import REMOTE
+from ..model.sites import components as parse_components
+from ..results import cube
+
+METHODS = ("trace", "patch")
+CORRUPTIONS = {"trace": ("noise", "substitute"), "patch": ("prompt",)}
+PAIRS = "pairs"  # the `experiment` attr of a cube of prompt pairs
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: str | None  # a JSONL file of records (trace) or pairs (patch); None: items given to `execute`
+    out: str | None = None  # the cube to write; None: the cube stays in memory
+    method: str = "trace"
+    model: str = "smollm2-135m"
+    experiment: str = "subject"
+    corruption: str = "noise"  # trace: noise | substitute; patch: prompt
+    answer: str = "first"  # first: an answer's first token; full: all its tokens, teacher-forced
+    prompt_format: str | None = None  # None: the experiment's default
+    samples: int = 10
+    window: int = 10
+    noise_level: str = "s3"
+    seed: int = 0
+    components: str = "hidden,mlp,attn"
+    max_cf: int = 1
+    max_examples: int | None = None  # counts records, as the seed's --max_datapoints
+    replace: bool = False
+    reverse: bool = False
+    batch_rows: int | None = None  # None: chosen from the memory available
+    device: str = "cpu"
+    dtype: str = "float32"
+    resume: bool = False
+    definition: str | None = None  # the experiment definition's label, e.g. "subject v1"
+    shard: str | None = None  # "i/n": only records i, i+n, i+2n, ... (0-based); see `parse_shard`
+    remote: str | None = None  # None: here; a host URL; "local": nnsight's simulation of a request
+    request_cells: int = 10000  # remote: cells per request (whole examples, at least one)
+    retries: int = 3  # remote: tries after a failed one, with exponential backoff
+    retry_delay: float = 2.0  # remote: seconds before the first retry
+    request_timeout: float = 3600.0  # remote: seconds a request may take before it is retried (0: no limit)
+    wait: bool = True  # remote: False submits the requests and returns; collect them later
+
+    @property
+    def noised(self) -> bool:
+        return self.corruption == "noise"
+
+
+@dataclass
+class Summary:
+    out: str | None
+    records: int  # records traced
+    examples: int
+    skipped: list[RecordError] = field(default_factory=list)
+    resumed: int = 0
+    noise_level: float = 0.0
+    pending: int = 0  # remote, not waiting: requests submitted and not collected yet
+    requests: int = 0  # remote: requests sent (retries included)
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    cube: object = None  # the cube (an xarray Dataset) once every example is in
+
+
+class Progress:
+    """Callbacks a front end may implement; the default does nothing."""
+
+    def start(self, total_examples: int, total_cells: int, done_examples: int, done_cells: int) -> None: ...
+
+    def example(self, example_id: str) -> None: ...
+
+    def cells(self, n: int) -> None: ...
+
+    def skipped(self, problems: list[RecordError]) -> None:
+        """The records that will not be traced, before tracing starts."""
+
+    def retry(self, attempt: int, error: Exception, delay: float) -> None:
+        """A remote request failed and is tried again after `delay` seconds."""
+
+    def failed_job(self, job_id: str, error: Exception) -> None:
+        """A submitted remote job failed; its examples are submitted again."""
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """"i/n" -> (i, n) with 0 <= i < n: shard i of n takes every n-th record from the i-th."""
+    if text is None:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard {text}: expected i/n, e.g. 0/4 (shards are numbered from 0)") from None
+    if not 0 <= i < n:
+        raise ConfigError(f"--shard {text}: need 0 <= i < n (shards are numbered from 0)")
+    return i, n
+
+
+def normalised(cfg: RunConfig) -> RunConfig:
+    """The settings a run actually uses: a prompt corruption has one corrupted row and no
+    noise settings (they are reset, so that they neither label the cube nor block a resume)."""
+    if cfg.method == "patch" and cfg.corruption == "noise":
+        cfg = replace(cfg, corruption="prompt")
+    if cfg.noised:
+        return cfg
+    default = RunConfig(data=None)
+    return replace(cfg, samples=1, noise_level="none", seed=default.seed, replace=False,
+                   experiment=PAIRS if cfg.method == "patch" else cfg.experiment,
+                   prompt_format="" if cfg.method == "patch" else cfg.prompt_format)
+
+
+def _validate(cfg: RunConfig, in_memory: bool = False) -> None:
+    if cfg.method not in METHODS:
+        raise ConfigError(f"unknown method {cfg.method!r}; known: {', '.join(METHODS)}")
+    if cfg.corruption not in CORRUPTIONS[cfg.method]:
+        raise ConfigError(f"--corruption {cfg.corruption}: {cfg.method} takes {' or '.join(CORRUPTIONS[cfg.method])}")
+    if cfg.answer not in ANSWER_PROB:
+        raise ConfigError(f"--answer {cfg.answer}: use {' or '.join(ANSWER_PROB)}")
+    if cfg.samples < 1:
+        raise ConfigError(f"--samples {cfg.samples}: need at least 1")
+    if cfg.window < 1:
+        raise ConfigError(f"--window {cfg.window}: need at least 1")
+    if cfg.max_cf < 0:
+        raise ConfigError(f"--max-cf {cfg.max_cf}: cannot be negative")
+    if cfg.max_examples is not None and cfg.max_examples < 1:
+        raise ConfigError(f"--max-examples {cfg.max_examples}: need at least 1")
+    if cfg.batch_rows is not None and cfg.batch_rows < 1:
+        raise ConfigError(f"--batch-size {cfg.batch_rows}: need at least 1 row")
+    if cfg.out is not None and Path(cfg.out).suffix != ".nc":
+        raise ConfigError(f"--out {cfg.out}: the cube is a NetCDF file, name it *.nc")
+    if cfg.out is None and (cfg.resume or cfg.shard or not cfg.wait):
+        raise ConfigError("--resume, --shard and --no-wait keep a run on disk: give it an output file")
+    if not in_memory and (cfg.data is None or not Path(cfg.data).is_file()):
+        raise DataError(f"{cfg.data}: no such data file")
+    if cfg.method == "trace":
+        experiment(cfg.experiment)
+    parse_components(cfg.components)
+    if cfg.noised:
+        corruption.parse(cfg.noise_level)
+    parse_shard(cfg.shard)
+    if cfg.remote is not None:
+        if cfg.remote != remote.LOCAL:
+            remote.server(cfg.remote)
+        if cfg.request_cells < 1:
+            raise ConfigError(f"--request-cells {cfg.request_cells}: need at least 1")
+        if cfg.retries < 0:
+            raise ConfigError(f"--retries {cfg.retries}: cannot be negative")
+        if cfg.request_timeout < 0:
+            raise ConfigError(f"--request-timeout {cfg.request_timeout}: cannot be negative (0: no limit)")
+    if not cfg.wait and cfg.remote in (None, remote.LOCAL):
+        raise ConfigError("--no-wait needs a remote server: a run here (or nnsight's local simulation) has nothing to collect later")
+
+
+def _load(cfg: RunConfig, items) -> Loaded:
+    if items is not None:
+        return items if isinstance(items, Loaded) else (load_pairs(items) if cfg.method == "patch" else load_objects(items))
+    return load_pairs(cfg.data) if cfg.method == "patch" else load_records(cfg.data)
+
+
+def _no_case(cfg: RunConfig, loaded: Loaded, problems: list[RecordError]) -> DataError:
+    reasons = "; ".join(str(p) for p in problems[:3]) + ("; ..." if len(problems) > 3 else "")
+    hint = ""
+    if cfg.method == "trace" and experiment(cfg.experiment).context and problems and all(p.field == "passages" for p in problems):
+        hint = (f". Experiment '{cfg.experiment}' corrupts a part of the context passage, and these records have none:"
+                f" records without passages fit --experiment subject-noctx")
+    label = cfg.data or loaded.path
+    return DataError(f"{label}: no record could be traced ({len(problems)} skipped: {reasons}){hint}")
+
+
+def prepare(adapter, cfg: RunConfig, items=None) -> tuple[list[cases_lib.Case], list[RecordError], list[int], Loaded]:
+    """The cases of every record (all shards), the records skipped with their reasons, the
+    line of each record (by position), and the data set as loaded."""
+    loaded = _load(cfg, items)
+    full = cfg.answer == "full"
+    if cfg.method == "patch":
+        made = cases_lib.from_pairs(loaded, adapter.tokenizer, full, cfg.max_examples)
+    else:
+        exp = experiment(cfg.experiment)
+        made = cases_lib.from_records(loaded, exp, cfg.prompt_format or exp.prompt_format, cfg.max_cf, adapter.tokenizer,
+                                      cfg.corruption == "substitute", full, cfg.max_examples)
+    return (*made, loaded)
+
+
+def _shard(items: list, problems: list[RecordError], lines: list[int], shard: tuple[int, int] | None):
+    """The cases and problems of one shard. A line that is no record (bad JSON) is shard 0's."""
+    if shard is None:
+        return items, problems
+    i, n = shard
+    if n > len(lines):
+        raise ConfigError(f"--shard {i}/{n}: the data set has only {len(lines)} records, so some shards would be empty")
+    index = {line: k for k, line in enumerate(lines)}
+    mine = [p for p in problems if (index[p.line] % n == i if p.line in index else i == 0)]
+    return [c for c in items if c.index % n == i], mine
+
+
+def _sha256(path: str | None, loaded: Loaded) -> str:
+    h = hashlib.sha256()
+    if path is None:  # a notebook's items: their content
+        h.update(repr(loaded.items).encode())
+        return h.hexdigest()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def partial_dir(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.name + ".partial")
+
+
+# How a remote run makes its requests: free to change on resume, kept for `collect`.
+REQUESTING = ("request_cells", "retries", "retry_delay", "request_timeout")
+
+
+def _settings(cfg: RunConfig, adapter, loaded: Loaded) -> dict:
+    """What must match for a resumed run to complete the same cube."""
+    s = asdict(cfg)
+    # How requests are sized, retried and waited for changes no number.
+    for k in ("out", "resume", "wait", *REQUESTING):
+        s.pop(k)
+    if adapter.device == REMOTE:
+        s.pop("dtype")  # the server's choice, not a setting of the run
+    s["nnct_version"] = __version__
+    s["device"] = adapter.device
+    if cfg.method == "trace":
+        s["prompt_format"] = cfg.prompt_format or experiment(cfg.experiment).prompt_format
+        s["experiment"] = experiment(cfg.experiment).name
+    s["components"] = ",".join(parse_components(cfg.components))
+    s["data"] = str(Path(cfg.data).resolve()) if cfg.data else loaded.path
+    s["data_sha256"] = _sha256(cfg.data, loaded)
+    s["model_revision"] = adapter.revision
+    return s
+
+
+def _remove(pdir: Path) -> None:
+    """Remove a partial directory: renamed first, so that a kill midway never leaves example
+    files without their run.json where a later run would take them for its own."""
+    trash = pdir.with_name(f".{pdir.name}.removing-{os.getpid()}")
+    os.replace(pdir, trash)
+    shutil.rmtree(trash)
+
+
+def _created() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _open_partial(cfg: RunConfig, settings: dict) -> tuple[Path, dict]:
+    pdir = partial_dir(cfg.out)
+    meta = pdir / "run.json"
+    if pdir.is_dir() and not meta.is_file():
+        _remove(pdir)  # killed before its run.json was written: nothing in it is usable
+    if meta.is_file():
+        if not cfg.resume:
+            raise ResumeMismatch(f"{pdir} holds an unfinished run: add --resume to complete it, or delete it to start over")
+        stored = json.loads(meta.read_text())
+        diff = {k: (stored["settings"].get(k), v) for k, v in settings.items() if stored["settings"].get(k) != v}
+        if diff:
+            lines = "; ".join(f"{k}: stored {a!r}, now {b!r}" for k, (a, b) in diff.items())
+            raise ResumeMismatch(f"{pdir}: cannot resume with other settings ({lines})")
+        return pdir, stored
+    pdir.mkdir(parents=True, exist_ok=True)
+    return pdir, {"settings": settings, "created": _created()}
+
+
+def _target(cfg: RunConfig):
+    """Where the examples run: None (here), "local" (nnsight's simulation) or a Server."""
+    if cfg.remote is None or cfg.remote == remote.LOCAL:
+        return cfg.remote
+    return remote.server(cfg.remote)
+
+
+class _Store:
+    """Where finished rows go: memory, or one file each in the partial directory."""
+
+    def __init__(self, n: int, pdir: Path | None):
+        self.pdir = pdir
+        self.files = [pdir / f"{i:06d}.npz" for i in range(n)] if pdir else None
+        self.rows: list = [None] * n
+
+    def done(self) -> list[bool]:
+        return [f.is_file() for f in self.files] if self.files else [r is not None for r in self.rows]
+
+    def put(self, k: int, row: cube.Row) -> None:
+        if self.files:
+            row.save(self.files[k])
+        else:
+            self.rows[k] = row
+
+    def all(self, names: list[str]) -> list:
+        return [cube.Row.load(f, i) for f, i in zip(self.files, names)] if self.files else self.rows
+
+
+def _row(case: cases_lib.Case, measures, tokenizer) -> cube.Row:
+    ex = case.example
+    return cube.Row(
+        example=ex.id, record_id=ex.record_id, variant=ex.variant, prompt=ex.prompt, corrupt_prompt=ex.corrupt_prompt or "",
+        target_str=ex.target, alt_str=ex.alt, line=case.line, token_ids=list(case.ids), token_str=list(case.token_str),
+        segment=list(case.segments), span=list(case.span), answer_ids=[a[0] for a in case.answers],
+        clean_top1=measures.clean_top1, clean_top1_str=tokenizer.decode([measures.clean_top1]),
+        values={k: getattr(measures, k) for k in cube.MEASURED},
+    )
+
+
+def execute(cfg: RunConfig, adapter=None, progress: Progress | None = None, items=None) -> Summary:
+    """Run (or resume, or collect) a run; once every example is in, the cube is written to
+    `cfg.out` (when given) and returned in the Summary. `items`: the data set's records or
+    pairs as a notebook holds them (dicts), instead of `cfg.data`."""
+    from ..exec.engine import Engine, Settings, embedding_std, memory_budget, passes
+    from ..model.loading import load
+
+    cfg = normalised(cfg)
+    _validate(cfg, in_memory=items is not None)  # before the model loads, so that a typo fails at once
+    comps = parse_components(cfg.components)
+    target = _target(cfg)
+    weights = target is None or target == remote.LOCAL  # a server has its own
+    adapter = adapter or load(cfg.model, device=cfg.device, dtype=cfg.dtype, weights=weights)
+    progress = progress or Progress()
+    every, problems, lines, loaded = prepare(adapter, cfg, items)
+    chosen, problems = _shard(every, problems, lines, parse_shard(cfg.shard))
+    progress.skipped(problems)
+    if not chosen:
+        raise _no_case(cfg, loaded, problems)
+    settings = _settings(cfg, adapter, loaded)
+    pdir, meta = _open_partial(cfg, settings) if cfg.out else (None, {"settings": settings, "created": _created()})
+    ids = [c.example.id for c in chosen]
+    if meta.get("examples", ids) != ids:
+        raise ResumeMismatch(f"{pdir}: the stored run traced other examples than this data set gives now")
+    requests = remote.Requests(target, adapter, progress, cfg.retries, cfg.retry_delay, cfg.request_timeout,
+                               cfg.request_cells, cfg.wait) if target is not None else None
+    save_meta = (lambda: _write_json(pdir / "run.json", meta)) if pdir else (lambda: None)
+    if "noise_level" not in meta:
+        level = 0.0
+        if cfg.noised:
+            # Over the whole data set, not the shard: every shard of a run uses the same level.
+            spec = corruption.parse(cfg.noise_level)
+            span_ids = [[c.ids[i] for i in c.span] for c in every]
+            std = None
+            if spec.multiplier is not None:
+                std = requests.embedding_std(span_ids) if requests else embedding_std(adapter.parts, span_ids)
+            level = spec.level(std)
+        meta.update(noise_level=level, examples=ids, batch_budget=memory_budget(adapter.device))
+        save_meta()
+    level = float(meta["noise_level"])
+    if requests:
+        meta["requesting"] = {k: getattr(cfg, k) for k in REQUESTING}  # `collect` asks the same way
+        save_meta()
+
+    engine = Engine(adapter, Settings(comps, cfg.window, cfg.reverse, cfg.batch_rows, meta["batch_budget"]))
+    store = _Store(len(chosen), pdir)
+    n_cells = [len(c.ids) * adapter.n_layers * len(comps) * passes(c.answers) for c in chosen]
+    done = store.done()
+    progress.start(len(chosen), sum(n_cells), sum(done), sum(n for n, d in zip(n_cells, done) if d))
+
+    def job(k: int):
+        c = chosen[k]
+        if c.corrupt_ids is not None:
+            return c.ids, corruption.prompt_input(c.corrupt_ids), c.answers
+        noise = corruption.draw(cfg.seed, cfg.samples, len(c.span), adapter.d_model, level)
+        return c.ids, corruption.noise_input(c.ids, c.span, noise, cfg.replace), c.answers
+
+    def keep(k: int, measures) -> None:
+        store.put(k, _row(chosen[k], measures, adapter.tokenizer))
+
+    todo = [k for k, finished in enumerate(done) if not finished]
+    if requests is None:
+        for k in todo:
+            progress.example(ids[k])
+            keep(k, engine.trace(*job(k), on_batch=progress.cells))
+        meta["placed"] = {"device": adapter.device, "dtype": adapter.dtype}
+    else:
+        def placed(device: str, dtype: str) -> None:
+            if "placed" not in meta:
+                meta["placed"] = {"device": device, "dtype": dtype}
+                save_meta()
+            elif meta["placed"]["dtype"] != dtype:
+                raise RemoteFailed(f"the server now runs the model in {dtype}; this run began in {meta['placed']['dtype']}")
+
+        jobs_file = pdir / "jobs.json" if pdir else None
+
+        def save_jobs(jobs: list) -> None:
+            if jobs:
+                _write_json(jobs_file, jobs)
+            elif jobs_file and jobs_file.is_file():
+                jobs_file.unlink()
+
+        jobs = json.loads(jobs_file.read_text()) if jobs_file and jobs_file.is_file() else []
+        requests.run(engine, ids, todo, n_cells, job, keep, jobs, save_jobs, placed)
+    placement = meta.get("placed", {"device": "", "dtype": ""})
+    summary = Summary(cfg.out, len({c.example.record_id for c in chosen}), len(chosen), problems, sum(done), level)
+    if requests:
+        summary.pending, summary.requests = requests.pending, requests.sent
+        summary.bytes_sent, summary.bytes_received = requests.bytes_sent, requests.bytes_received
+    if summary.pending:
+        return summary
+
+    summary.cube = cube.assemble(store.all(ids), adapter.n_layers, comps, _attrs(cfg, adapter, settings, meta, level, placement))
+    if cfg.out:
+        cube.write(summary.cube, cfg.out)
+        _remove(pdir)
+    return summary
+
+
+def _attrs(cfg: RunConfig, adapter, settings: dict, meta: dict, level: float, placement: dict) -> dict:
+    answer = "first token of ' ' + answer" if cfg.answer == "first" else "all tokens of ' ' + answer, teacher-forced"
+    return {
+        "model": cfg.model, "model_revision": adapter.revision, "nnct_version": __version__,
+        "experiment": settings["experiment"], "prompt_format": settings["prompt_format"] or "",
+        "samples": cfg.samples, "window": cfg.window, "noise_rule": cfg.noise_level, "noise_level": level,
+        "seed": cfg.seed, "replace": int(cfg.replace), "reverse_patching": int(cfg.reverse),
+        "dtype": placement["dtype"], "backend": remote.kind(cfg.remote),
+        "device": placement["device"], "created": meta["created"],
+        "components": settings["components"], "max_cf": cfg.max_cf, "data": settings["data"],
+        "answer_token": answer, "definition": cfg.definition or "",
+        "shard": cfg.shard or "", "data_sha256": settings["data_sha256"],
+        "max_examples": -1 if cfg.max_examples is None else cfg.max_examples,
+        "corruption": "noise" if cfg.noised else "prompt",
+    }
+
+
+def _write_json(path: Path, value) -> None:
+    """Written beside and renamed over `path`: a kill never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    tmp.replace(path)
+
+
+def collect(out: str, wait: bool = False, progress: Progress | None = None, **requesting) -> Summary:
+    """Collect the requests a remote run submitted without waiting (and submit again what
+    failed), asking as the run did unless `requesting` (see REQUESTING) says otherwise; the
+    cube is written once every example is in."""
+    from dataclasses import fields
+
+    meta_file = partial_dir(out) / "run.json"
+    if not meta_file.is_file():
+        raise DataError(f"{partial_dir(out)}: no unfinished run to collect for {out}")
+    meta = json.loads(meta_file.read_text())
+    stored = meta["settings"]
+    if stored.get("remote") in (None, remote.LOCAL):
+        raise ConfigError(f"{out}: its run has no server to collect from; complete it with nnct trace --resume")
+    known = {f.name for f in fields(RunConfig)}
+    how = {**meta.get("requesting", {}), **{k: v for k, v in requesting.items() if v is not None}}
+    cfg = RunConfig(**{k: v for k, v in stored.items() if k in known and k != "out"}, **how, out=out, resume=True, wait=wait)
+    return execute(cfg, progress=progress)
+

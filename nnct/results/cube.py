@@ -1,0 +1,209 @@
+"""The effect cube: one labelled xarray Dataset per run, stored as NetCDF (METHOD.md).
+
+This module owns the schema. A run keeps one `Row` per finished example (written as it
+goes, see `methods.run`), and `assemble` builds the cube from them: the token dimension is
+padded to the longest prompt (NaN in `p_restored`, "" in `token_str` and `segment`, -1 in
+`token_id`), examples keep the order of the data set. Beyond METHOD.md's list the cube
+holds the answers' logits beside their probabilities (`logit_clean`, `logit_corrupt`,
+`logit_restored`: the first tokens' logits, means over the corrupted rows), so that every
+metric of `interventions.metrics` is derived without another run; `corrupted(example,
+token)` (1 where the input was corrupted: the relation span need not be contiguous, and a
+prompt pair marks the positions that differ); `corrupt_prompt(example)` (a pair's
+corrupted prompt, "" under noise); `token_id(example, token)`; `answer_id(example,
+answer)` (the answer's first token); `line(example)` (the record's line in the data file:
+shards merge back into the data set's order) and `clean_top1`, `clean_top1_str(example)`
+(the clean prompt's most probable next token: ROME's "known" filter keeps the examples
+where it is the target's). IE and TE are derived (`effects`, `metric_effects`), never
+stored. A cube written before the logits existed still answers every metric made of
+probabilities.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..interventions import metrics
+
+ANSWERS = ("target", "alt")
+ATTRS = (
+    "model", "model_revision", "nnct_version", "experiment", "prompt_format", "samples", "window",
+    "noise_rule", "noise_level", "seed", "replace", "reverse_patching", "dtype", "backend", "device", "created",
+)
+
+
+# The measured variables of an example (the engine's `Measures`), as the cube stores them.
+MEASURED = ("p_clean", "p_corrupt", "p_restored", "logit_clean", "logit_corrupt", "logit_restored")
+_TEXT = ("example", "record_id", "variant", "prompt", "corrupt_prompt", "target_str", "alt_str", "clean_top1_str")
+_INTS = ("token_ids", "span", "answer_ids")
+
+
+@dataclass
+class Row:
+    """Everything the cube keeps of one example: where it came from, its tokens, and what
+    the engine measured (`values`: MEASURED's arrays, [answer] or [token, layer, component,
+    answer])."""
+
+    example: str
+    record_id: str
+    variant: str
+    prompt: str
+    corrupt_prompt: str  # "" when noise corrupted the prompt
+    target_str: str
+    alt_str: str
+    line: int  # the record's line in the data file
+    token_ids: list[int]
+    token_str: list[str]
+    segment: list[str]
+    span: list[int]  # corrupted positions
+    answer_ids: list[int]  # [answer]: the first token of each answer
+    clean_top1: int  # the clean prompt's most probable next token
+    clean_top1_str: str
+    values: dict[str, np.ndarray]
+
+    def save(self, path: Path) -> None:
+        """Write atomically (temporary file, then rename): a kill leaves it whole or absent."""
+        arrays = {k: np.array(getattr(self, k)) for k in _TEXT}
+        arrays.update({k: np.array(getattr(self, k), dtype=np.int64) for k in (*_INTS, "clean_top1", "line")})
+        arrays.update(token_str=np.array(self.token_str, dtype=str), segment=np.array(self.segment, dtype=str))
+        arrays.update({k: np.asarray(self.values[k]) for k in MEASURED})
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path, example: str | None = None) -> "Row":
+        """Read one back; with `example`, check that it is that example's."""
+        with np.load(path) as z:
+            fields = {k: str(z[k]) for k in _TEXT}
+            fields.update({k: z[k].tolist() for k in (*_INTS, "token_str", "segment")})
+            fields.update(clean_top1=int(z["clean_top1"]), line=int(z["line"]), values={k: z[k] for k in MEASURED})
+        if example is not None and fields["example"] != example:
+            raise ValueError(f"{path} holds {fields['example']}, expected {example}")
+        return cls(**fields)
+
+
+def assemble(rows: list[Row], n_layers: int, components: tuple[str, ...], attrs: dict):
+    """The cube of a run from its examples, in the given order."""
+    import xarray as xr
+
+    n_ex, n_tok = len(rows), max((len(r.token_ids) for r in rows), default=0)
+    per_cell = {k: np.full((n_ex, n_tok, n_layers, len(components), len(ANSWERS)), np.nan, dtype=np.float32)
+                for k in ("p_restored", "logit_restored")}
+    token_str = np.full((n_ex, n_tok), "", dtype=object)
+    segment = np.full((n_ex, n_tok), "", dtype=object)
+    token_id = np.full((n_ex, n_tok), -1, dtype=np.int32)
+    corrupted = np.zeros((n_ex, n_tok), dtype=np.int8)
+    for i, r in enumerate(rows):
+        n = len(r.token_ids)
+        for k, grid in per_cell.items():
+            grid[i, :n] = r.values[k]
+        token_str[i, :n], segment[i, :n], token_id[i, :n] = r.token_str, r.segment, r.token_ids
+        corrupted[i, r.span] = 1
+
+    def per_example(name, dtype=object):
+        return ("example", np.array([getattr(r, name) for r in rows], dtype=dtype))
+
+    def per_answer(values):
+        return (("example", "answer"), np.array(values, dtype=np.float32).reshape(n_ex, len(ANSWERS)))
+
+    ex, ex_tok, cell = ("example",), ("example", "token"), ("example", "token", "layer", "component", "answer")
+    ds = xr.Dataset(
+        data_vars={
+            "p_restored": (cell, per_cell["p_restored"]),
+            "p_clean": per_answer([r.values["p_clean"] for r in rows]),
+            "p_corrupt": per_answer([r.values["p_corrupt"] for r in rows]),
+            "logit_restored": (cell, per_cell["logit_restored"]),
+            "logit_clean": per_answer([r.values["logit_clean"] for r in rows]),
+            "logit_corrupt": per_answer([r.values["logit_corrupt"] for r in rows]),
+            "span_start": (ex, np.array([min(r.span) for r in rows], dtype=np.int32)),
+            "span_end": (ex, np.array([max(r.span) + 1 for r in rows], dtype=np.int32)),
+            "corrupted": (ex_tok, corrupted),
+            "token_id": (ex_tok, token_id),
+            "answer_id": (("example", "answer"), np.array([r.answer_ids for r in rows], dtype=np.int32).reshape(n_ex, 2)),
+            "clean_top1": per_example("clean_top1", np.int32),
+            "line": per_example("line", np.int32),
+            **{k: per_example(k) for k in ("target_str", "alt_str", "record_id", "variant", "prompt", "corrupt_prompt",
+                                           "clean_top1_str")},
+        },
+        coords={
+            "example": np.array([r.example for r in rows], dtype=object),
+            "token": np.arange(n_tok, dtype=np.int32),
+            "layer": np.arange(n_layers, dtype=np.int32),
+            "component": np.array(list(components), dtype=object),
+            "answer": np.array(list(ANSWERS), dtype=object),
+            "token_str": (ex_tok, token_str),
+            "segment": (ex_tok, segment),
+            "n_tokens": (ex, np.array([len(r.token_ids) for r in rows], dtype=np.int32)),
+        },
+        attrs=dict(attrs),
+    )
+    return ds
+
+
+def write(ds, path: str | Path) -> None:
+    """Write the cube atomically: to a temporary file beside it, then rename over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        ds.to_netcdf(tmp, engine="netcdf4")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def open_cube(path: str | Path, chunks: dict | None = None):
+    """The cube in memory, or, with `chunks` (e.g. {"example": 256}), opened lazily with
+    dask: a merged cube of thousands of examples is then read a chunk at a time."""
+    import xarray as xr
+
+    if chunks is not None:
+        return xr.open_dataset(path, engine="netcdf4", chunks=chunks)
+    with xr.open_dataset(path, engine="netcdf4") as ds:
+        return ds.load()
+
+
+def effects(ds):
+    """(IE[example, token, layer, component, answer], TE[example, answer]) of the
+    probabilities, per METHOD.md. Forward: IE = p_restored - p_corrupt. Reverse patching:
+    IE = p_clean - p_patched, where the cube's `p_restored` holds p_patched. TE = p_clean -
+    p_corrupt in both."""
+    te = ds.p_clean - ds.p_corrupt
+    if int(ds.attrs.get("reverse_patching", 0)):
+        return (ds.p_clean - ds.p_restored).transpose(*ds.p_restored.dims), te
+    return ds.p_restored - ds.p_corrupt, te
+
+
+def metrics_of(ds) -> tuple[str, ...]:
+    """The metrics this cube can give (the logit ones need a cube that stores logits)."""
+    return tuple(n for n, m in metrics.METRICS.items() if not m.uses_logits or "logit_clean" in ds)
+
+
+def metric_effects(ds, name: str):
+    """(IE[example, token, layer, component], TE[example]) of the target answer in one metric
+    of `interventions.metrics`, from the values the cube stores (means over the corrupted
+    rows). A value that cannot be taken (a probability of 0 has no log-ratio; a recovery
+    whose total effect is too small) is NaN, so that averages leave it out."""
+    m = metrics.base(name)
+    if m.uses_logits and "logit_clean" not in ds:
+        raise ConfigError(f"metric {name} needs the answers' logits, which this cube lacks: trace it again with nnct >= 0.4")
+
+    def value(kind):
+        get = {"clean": "_clean", "corrupt": "_corrupt", "restored": "_restored"}[kind]
+        pt, pa = (ds["p" + get].sel(answer=a, drop=True) for a in ANSWERS)
+        lt, la = ((ds["logit" + get].sel(answer=a, drop=True) for a in ANSWERS) if m.uses_logits else (None, None))
+        return m.value(pt, pa, lt, la)
+
+    reverse = bool(int(ds.attrs.get("reverse_patching", 0)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ie, te = metrics.effects(name, value("clean"), value("corrupt"), value("restored"), reverse)
+    return ie.where(np.isfinite(ie)).transpose("example", "token", "layer", "component"), te.where(np.isfinite(te))
