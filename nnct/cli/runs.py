@@ -166,7 +166,7 @@ def patch(pairs, clean, corrupt, target, alt, output_dir, out, reverse, quiet, r
         fail("give --pairs FILE.jsonl, or all of --clean, --corrupt, --target and --alt")
     cfg = _config("patch", out, output_dir, reverse, remote_, ndif_host, no_wait, dict(options, data=pairs),
                   out_required=bool(pairs))
-    items = None if pairs else [{"id": "pair", "clean": clean, "corrupt": corrupt, "target": target, "alt": alt}]
+    items = None if pairs else [{"id": "inline", "clean": clean, "corrupt": corrupt, "target": target, "alt": alt}]
     run_and_report(lambda bar: run.execute(cfg, progress=bar, items=items), cfg.out, quiet, "rerun with --resume")
 
 

@@ -29,7 +29,7 @@ _KNOWN = {f.name for f in fields(RunConfig)} - {"data", "out", "method", "model"
 class _Warn(Progress):
     def skipped(self, problems):
         for problem in problems:
-            warnings.warn(f"skipped {problem}", stacklevel=4)
+            warnings.warn(f"skipped {problem}", stacklevel=5)
 
 
 def _config(method: str, model, data, out, resume: bool, settings: dict) -> tuple[RunConfig, object]:
