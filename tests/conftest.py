@@ -28,6 +28,8 @@ WORDS = (
 ).split()
 VOCAB = 128  # model vocab; the tokenizer uses the first len(WORDS) ids
 
+ROOT = Path(__file__).resolve().parent.parent  # the repository
+
 FAMILIES = ("llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3", "gpt2", "gptj", "gpt_neox")
 
 
@@ -126,3 +128,15 @@ def tiny_data(tmp_path) -> Path:
 def data_file(tmp_path_factory) -> Path:
     """The same three records, shared by a session (so one reference run serves many tests)."""
     return write_jsonl(tmp_path_factory.mktemp("data") / "facts.jsonl", RECORDS)
+
+
+# Small run settings; batch_rows 8 with 2 samples = 4 cells a forward, so each example takes
+# many forwards (and a Progress sees many `cells` calls).
+SMALL = dict(experiment="subject-noctx", samples=2, window=3, components="hidden,mlp,attn", batch_rows=8)
+
+
+def config(model_dir, data, out, **kw):
+    """A RunConfig of the tiny model over `data` into `out`, SMALL's settings unless `kw` says."""
+    from nnct.methods.run import RunConfig
+
+    return RunConfig(data=str(data), out=str(out), model=str(model_dir), **{**SMALL, **kw})

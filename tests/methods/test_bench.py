@@ -9,7 +9,7 @@ import pytest
 
 from conftest import FAMILIES, make_adapter
 from reference import Reference
-from test_engine import CORRUPT_IDS, IDS, SPAN, TOL, pair, prepared
+from examples import CORRUPT_IDS, IDS, SPAN, TOL, pair, prepared
 from nnct.interventions.plan import Cell
 from nnct.methods.bench import Shape, floor_flops, plain_loop, table
 from nnct.model.sites import COMPONENTS

@@ -23,15 +23,16 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from conftest import ROOT
 from nnct.results.cube import open_cube
 from nnct.methods.run import partial_dir
 
 pytestmark = [pytest.mark.ndif, pytest.mark.embedded]
 
-HERE = Path(__file__).parent / "ndif"
+HERE = ROOT / "tests" / "ndif"
 WORK = Path(os.environ.get("NDIF_WORK", Path(os.environ.get("TMPDIR", "/tmp")) / "local-ndif"))
 HOST = "http://127.0.0.1:8001"
-DATA = str(Path(__file__).parents[1] / "experiments" / "data" / "known_smollm2.jsonl")
+DATA = str(ROOT / "experiments" / "data" / "known_smollm2.jsonl")
 # The first two records (the noise level is measured over the records of the run: keep them).
 TRACE = ["trace", "--data", DATA, "--experiment", "subject-noctx", "--samples", "2", "--components", "hidden",
          "--max-examples", "2", "-q"]

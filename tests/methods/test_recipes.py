@@ -12,9 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import ROOT
 from nnct.results.cube import open_cube
 
-ROOT = Path(__file__).resolve().parent.parent
 JUST = shutil.which("just") or str(Path(sys.executable).parent / "just")
 
 

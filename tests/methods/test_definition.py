@@ -5,11 +5,11 @@ options override them, and the cube records which definition made it."""
 from __future__ import annotations
 
 from dataclasses import fields
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from conftest import ROOT
 from nnct.cli import main
 from nnct.results.cube import open_cube
 from nnct.methods.definition import TRACE_KEYS, load
@@ -17,7 +17,7 @@ from nnct.methods.run import RunConfig
 from nnct.errors import ConfigError
 from nnct.inputs.prompts import experiment
 
-EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+EXPERIMENTS = ROOT / "experiments"
 
 
 @pytest.mark.parametrize("name", ["subject-noctx", "subject", "object", "relation"])

@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from conftest import make_adapter
-from test_engine import TOL, pair, prepared
-from test_run import config
+from conftest import config, make_adapter
+from examples import TOL, pair, prepared
 import nnct.model.loading
 from nnct.errors import ConfigError, ModelNotHosted, RemoteAuthError, RemoteFailed
 from nnct.exec import engine as engine_lib, remote

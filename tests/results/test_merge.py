@@ -8,7 +8,7 @@ import pytest
 import xarray as xr
 from click.testing import CliRunner
 
-from test_run import config
+from conftest import config
 from nnct.cli import main
 from nnct.results.cube import open_cube, write
 from nnct.errors import ConfigError
@@ -95,7 +95,7 @@ def test_merge_cli(shards, tmp_path):
 
 
 def test_each_problem_is_reported_by_one_shard(tiny_model_dir, tmp_path):
-    from conftest import RECORDS, write_jsonl
+    from conftest import config, RECORDS, write_jsonl
     from nnct.methods.run import Progress
 
     bad_record = dict(RECORDS[1], subj="Mont Blanc")  # not in its prompt: a problem found while preparing

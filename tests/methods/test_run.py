@@ -20,7 +20,7 @@ import torch
 import xarray as xr
 from click.testing import CliRunner
 
-from conftest import RECORDS, write_jsonl
+from conftest import RECORDS, config, write_jsonl
 import nnct
 from nnct.cli import main
 from nnct.results.cube import open_cube
@@ -33,14 +33,6 @@ METHOD_ATTRS = (
     "noise_level", "seed", "replace", "reverse_patching", "dtype", "backend", "device", "created",
 )
 METHOD_DIMS = {"example", "token", "layer", "component", "answer"}
-
-# Small settings; batch_rows 8 with 2 samples = 4 cells a forward, so each example takes
-# many forwards (and a Progress sees many `cells` calls).
-SMALL = dict(experiment="subject-noctx", samples=2, window=3, components="hidden,mlp,attn", batch_rows=8)
-
-
-def config(model_dir, data, out, **kw) -> RunConfig:
-    return RunConfig(data=str(data), out=str(out), model=str(model_dir), **{**SMALL, **kw})
 
 
 

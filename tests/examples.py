@@ -1,0 +1,47 @@
+"""Hand-made examples on the tiny models, shared by the engine, bench and remote tests: one
+prompt, its noised span, a counterfactual prompt that differs there, and the clean top two
+tokens as answers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from nnct.exec.engine import Engine, Settings
+from nnct.interventions.corruption import RunInput, noise_input, prompt_input
+
+IDS = (0, 8, 25, 26, 10, 11, 8, 23, 9)  # <s> the Eiffel Tower is in the Paris of
+SPAN = (2, 3)
+# The same prompt with "Eiffel Tower" -> "Vinson Massif": positions 2 and 3 differ.
+CORRUPT_IDS = (0, 8, 29, 30, 10, 11, 8, 23, 9)
+TOL = 2e-6
+
+
+@dataclass
+class Example:
+    ids: tuple
+    corrupt: RunInput
+    answers: tuple
+    noise: torch.Tensor | None = None
+
+    def trace(self, adapter, **settings):
+        return Engine(adapter, Settings(**settings)).trace(self.ids, self.corrupt, self.answers)
+
+
+def top_two(adapter, ids=IDS):
+    with torch.no_grad():
+        top = adapter.hf(torch.tensor([ids])).logits[0, -1].topk(2).indices
+    return (int(top[0]),), (int(top[1]),)
+
+
+def prepared(adapter, samples=3, scale=3.0, seed=0, replace=False) -> Example:
+    """Noise of `scale` x the embeddings' std; the answers are the clean top two tokens."""
+    g = torch.Generator().manual_seed(seed)
+    std = float(adapter.embedding_matrix().detach().std())
+    noise = torch.randn(samples, len(SPAN), adapter.d_model, generator=g) * scale * std
+    return Example(IDS, noise_input(IDS, SPAN, noise, replace), top_two(adapter), noise)
+
+
+def pair(adapter, corrupt_ids=CORRUPT_IDS) -> Example:
+    return Example(IDS, prompt_input(corrupt_ids), top_two(adapter))
