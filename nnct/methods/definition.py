@@ -23,8 +23,8 @@ from pathlib import Path
 from ..errors import ConfigError
 
 # What an experiment fixes; where the data, the model and the machine are is the run's business.
-TRACE_KEYS = ("experiment", "prompt_format", "samples", "window", "noise_level", "seed", "components", "max_cf",
-              "replace", "reverse")
+TRACE_KEYS = ("experiment", "corruption", "answer", "prompt_format", "samples", "window", "noise_level", "seed",
+              "components", "max_cf", "replace", "reverse")
 TYPES = {"samples": int, "window": int, "seed": int, "max_cf": int, "replace": bool, "reverse": bool,
          "noise_level": (str, int, float)}  # "s3" or a plain number
 

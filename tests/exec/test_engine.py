@@ -98,18 +98,26 @@ def test_teacher_forced_answers_match_reference(family, lengths):
             np.testing.assert_allclose(result.p_restored[token, layer, comp(component)], p.numpy(), rtol=1e-5, atol=1e-9)
 
 
-def test_single_token_answers_take_one_pass():
-    """One-token answers read exactly what the first-token mode reads (no extra pass)."""
+def test_one_pass_per_answer_of_several_tokens():
+    """One-token answers take one pass; so does one longer answer (the pass that reads its
+    continuation reads both first tokens too); two longer answers take two."""
     adapter = make_adapter("llama")
     ex = prepared(adapter)
-    calls = []
+    base_runs = []  # one base run (the one whose cache the batches read) per pass
     engine = Engine(adapter, Settings(window=3))
     forward = engine._forward
-    engine._forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
+
+    def counting(*args, **kwargs):
+        base_runs.extend([1] if kwargs.get("keep_cache") else [])
+        return forward(*args, **kwargs)
+
+    engine._forward = counting
     engine.trace(ex.ids, ex.corrupt, ex.answers)
-    one = len(calls)
+    assert len(base_runs) == 1
     engine.trace(ex.ids, ex.corrupt, ((ex.answers[0][0], 40), ex.answers[1]))
-    assert len(calls) - one == one, "an answer of two tokens takes one more pass over the same plan"
+    assert len(base_runs) == 2
+    engine.trace(ex.ids, ex.corrupt, ((ex.answers[0][0], 40), (ex.answers[1][0], 41)))
+    assert len(base_runs) == 4
 
 
 @pytest.mark.parametrize("replace", [False, True], ids=["add", "replace"])

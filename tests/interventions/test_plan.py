@@ -53,7 +53,8 @@ def test_first_layer():
 
 def test_schedule_groups_by_first_layer_and_skips_the_clean_prefix():
     all_cells = cells(5, 2, ("hidden", "mlp"))  # 20 cells; mlp window 3 starts at layer 0 for both layers
-    plan = schedule(all_cells, samples=3, batch_rows=7, window=3, n_layers=2, first_changed=2)
+    plan = schedule(all_cells, samples=3, batch_rows=7, window=3, n_layers=2, first_changed=2, n_tokens=5,
+                    max_waste=float("inf"))
     assert sorted(plan.unchanged, key=str) == sorted([c for c in all_cells if c.token < 2], key=str)
     traced = [c for b in plan.batches for c in b.cells]
     assert sorted(traced + plan.unchanged, key=str) == sorted(all_cells, key=str)  # every cell once
@@ -63,7 +64,7 @@ def test_schedule_groups_by_first_layer_and_skips_the_clean_prefix():
         assert all(first_layer(c, 3, 2) == b.first_layer for c in b.cells)
     # first layer 0: mlp@0, mlp@1 (6 cells); 1: hidden@0 (3 cells); 2 (none run): hidden@1 (3 cells)
     assert [b.first_layer for b in plan.batches] == [0] * 3 + [1] * 2 + [2] * 2
-    one = schedule(all_cells, samples=3, batch_rows=2, window=3, n_layers=2, first_changed=0)
+    one = schedule(all_cells, samples=3, batch_rows=2, window=3, n_layers=2, first_changed=0, n_tokens=5)
     assert all(len(b.cells) == 1 for b in one.batches) and len(one.batches) == 20  # at least one cell a batch
 
 
@@ -91,8 +92,24 @@ def test_auto_batch_rows_whole_cells_within_budget():
 
 def test_schedule_token_rows_gives_late_batches_more_cells():
     all_cells = cells(10, 1, ("hidden",))  # one first layer (1), tokens 0..9
-    plan = schedule(all_cells, samples=2, batch_rows=100, window=1, n_layers=1, first_changed=0, n_tokens=10, token_rows=40)
+    plan = schedule(all_cells, samples=2, batch_rows=100, window=1, n_layers=1, first_changed=0, n_tokens=10, token_rows=40,
+                    max_waste=float("inf"))
     # start 0: 40 // (2 * 10) = 2 cells; start 2: 40 // 16 = 2; start 4: 40 // 12 = 3; start 7: 40 // 6 = 6 (3 left)
     assert [(b.start, len(b.cells)) for b in plan.batches] == [(0, 2), (2, 2), (4, 3), (7, 3)]
-    capped = schedule(all_cells, samples=2, batch_rows=4, window=1, n_layers=1, first_changed=0, n_tokens=10, token_rows=40)
+    capped = schedule(all_cells, samples=2, batch_rows=4, window=1, n_layers=1, first_changed=0, n_tokens=10, token_rows=40,
+                      max_waste=float("inf"))
     assert max(len(b.cells) for b in capped.batches) == 2  # batch_rows still bounds memory
+
+
+def test_schedule_bounds_the_positions_a_batch_recomputes():
+    """Cells at tokens 0..9 of 10, one row each: a batch from token s with n cells runs
+    n * (10 - s) positions where its cells need sum(10 - t); it stops before that passes 1.25x."""
+    all_cells = cells(10, 1, ("hidden",))
+    plan = schedule(all_cells, samples=1, batch_rows=100, window=1, n_layers=1, first_changed=0, n_tokens=10, max_waste=0.25)
+    # from 0: 3 cells run 30 for 27 needed (1.11), a 4th would run 40 for 34 (1.18), a 5th 50 for 40 (1.25),
+    # a 6th 60 for 45 (1.33): 5 cells; from 5: 2 cells run 10 for 9, a 3rd 15 for 12 (1.25), a 4th 20 for 14: 3;
+    # from 8: 2 cells run 4 for 3 (1.33): 1; from 9: 1
+    assert [(b.start, len(b.cells)) for b in plan.batches] == [(0, 5), (5, 3), (8, 1), (9, 1)]
+    for b in plan.batches:
+        run, need = len(b.cells) * (10 - b.start), sum(10 - c.token for c in b.cells)
+        assert len(b.cells) == 1 or run <= 1.25 * need
