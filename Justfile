@@ -50,6 +50,13 @@ memory-study n="30" out=(runs + "/memory") args="" lean="":
     python analysis/memory_study.py {{out}} | tee {{out}}/memory_study.txt
     python analysis/context_vs_memory.py {{out}} -o {{out}}/figures
 
+# Subject substitution against Gaussian noise on the same 40 known facts (subject-noctx, ROME's
+# settings): both traces (resumed if interrupted), then the comparison's table and figures.
+substitution-study out=(runs + "/subst"):
+    nnct trace --experiment subject-noctx --corruption substitute --data experiments/data/substitution_study.jsonl --out {{out}}/substitute.nc --resume -q
+    nnct trace --experiment subject-noctx --data experiments/data/substitution_study.jsonl --out {{out}}/noise.nc --resume -q
+    python analysis/substitution_vs_noise.py {{out}}/noise.nc {{out}}/substitute.nc -o {{out}}/comparison
+
 # The test suite: tiny random models, the embedded model, a local NDIF server (set up first, once).
 test *args: ndif-setup
     python -m pytest -q {{args}}
@@ -69,7 +76,8 @@ ndif-setup:
     bash tests/ndif/auth-db.sh setup
     touch "$done"
 
-# nnct's engine against the plain ROME loop, side by side (prints a table; --json FILE to keep it).
+# nnct's engine against one forward per cell, side by side (prints a table; --json FILE to keep it;
+# --corruption prompt for a prompt pair).
 bench *args:
     nnct bench {{args}}
 

@@ -90,6 +90,8 @@ def wrap(model: Any = embedded.NAME, tokenizer=None, device: str = "cpu", dtype:
     from nnsight import Envoy
 
     if isinstance(model, Envoy):  # an nnsight model (TransformersModel, LanguageModel, ...)
+        if getattr(model, "dispatched", True) is False:
+            model.dispatch()  # built lazily, on the meta device: its weights now
         hf, tok = model._module, tokenizer or getattr(model, "tokenizer", None)
         nn = model
     else:

@@ -64,3 +64,38 @@ def test_rome_picture_on_eiffel(smol, tmp_path):
     assert ie[last, 25:].min() > ie[subject, 25:].max()
     # Tokens before the subject see no noise: restoring them does nothing.
     assert np.abs(ie[0]).max() < 1e-5
+
+
+def test_patch_both_forms_and_substitution_on_the_embedded_model(smol, tmp_path):
+    """The tutorial's pair (the Louvre for the Eiffel Tower), inline and from a file, and the
+    same substitution made from a record by `trace --corruption substitute`."""
+    from click.testing import CliRunner
+
+    from nnct.cli import main
+
+    clean, corrupt = EIFFEL["prompt_wo_ctx"], "The Louvre Museum is located in the city of"
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"id": "louvre", "clean": clean, "corrupt": corrupt, "target": "Paris", "alt": "London"}) + "\n")
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text(json.dumps({**EIFFEL, "subj_cf": "Louvre Museum", "obj_cf": ["London"]}) + "\n")
+    runner, outs = CliRunner(), {}
+    for name, args in {
+        "inline": ["patch", "--clean", clean, "--corrupt", corrupt, "--target", "Paris", "--alt", "London"],
+        "pairs": ["patch", "--pairs", str(pairs)],
+        "substitute": ["trace", "--data", str(facts), "--experiment", "subject-noctx", "--corruption", "substitute"],
+    }.items():
+        outs[name] = tmp_path / f"{name}.nc"
+        result = runner.invoke(main, [*args, "--components", "hidden", "--out", str(outs[name]), "-q"])
+        assert result.exit_code == 0, result.output
+    cubes = {name: cube.open_cube(path) for name, path in outs.items()}
+    for ds in cubes.values():
+        assert ds.attrs["corruption"] == "prompt" and ds.attrs["samples"] == 1
+        np.testing.assert_array_equal(ds.p_restored.values, cubes["inline"].p_restored.values)
+    ds = cubes["substitute"]
+    p_clean, p_corrupt = (float(ds[k].sel(answer="target")[0]) for k in ("p_clean", "p_corrupt"))
+    assert abs(p_clean - 0.70) < 0.01 and p_corrupt < p_clean  # the Louvre is in Paris too, less surely
+    # " E", "iffel", " Tower" against " Lou", "vre", " Museum": the three subject tokens differ
+    assert ds.corrupted.values[0].tolist()[:5] == [0, 1, 1, 1, 0]
+    assert list(ds.segment.values[0][1:4]) == ["subject_first", "subject_middle", "subject_last"]
+    last = int(ds.n_tokens[0]) - 1
+    assert abs(float(ds.p_restored.sel(answer="target", component="hidden")[0, last, -1]) - p_clean) < 1e-5

@@ -33,3 +33,12 @@ def test_wrap_takes_what_a_notebook_holds():
     assert wrap(adapter) is adapter
     with pytest.raises(ConfigError, match="tokenizer"):
         wrap(hf)
+
+
+def test_wrap_dispatches_a_lazily_built_nnsight_model(tiny_model_dir):
+    from nnsight import TransformersModel
+
+    lazy = TransformersModel(str(tiny_model_dir), task="text-generation", tokenizer=make_tokenizer())
+    assert lazy.dispatched is False
+    adapter = wrap(lazy)
+    assert lazy.dispatched and next(adapter.hf.parameters()).device.type == "cpu"
