@@ -120,7 +120,7 @@ def write_jsonl(path: Path, lines) -> Path:
 
 @pytest.fixture
 def tiny_data(tmp_path) -> Path:
-    """Three good records in the METHOD.md schema, in words the tiny tokenizer knows."""
+    """Three good records in the docs/method.md schema, in words the tiny tokenizer knows."""
     return write_jsonl(tmp_path / "facts.jsonl", RECORDS)
 
 

@@ -1,5 +1,5 @@
 """A slow, independent reference for activation patching: plain PyTorch forward hooks, one
-row per forward pass, no nnsight, no batching, no caches. It follows METHOD.md's wording
+row per forward pass, no nnsight, no batching, no caches. It follows docs/method.md's wording
 directly (noise on a span, or a counterfactual prompt; restore or reverse-patch one cell;
 p and logits of the answers, teacher-forced for answers of several tokens) and shares
 nothing with nnct's engine but the model and its module paths."""
@@ -92,7 +92,7 @@ class Reference:
         return torch.softmax(logits[-1].float(), -1).double()[[_answer(a)[0] for a in answers]], states
 
     def cell(self, ids, span, noise, answers, token, layer, component, window, replace=False, reverse=False):
-        """METHOD.md's p_restored (or p_patched when reverse) of one cell, mean over samples."""
+        """docs/method.md's p_restored (or p_patched when reverse) of one cell, mean over samples."""
         return self._cell(ids, answers, token, layer, component, window, reverse,
                           [dict(span=span, noise=noise[s], replace=replace) for s in range(noise.shape[0])])[0]
 

@@ -3,8 +3,7 @@
 `summarize` turns an effect cube into a small Dataset over (metric, segment, layer,
 component): the average indirect effect (AIE) per segment, its 95% confidence interval over
 examples, the best layer per segment and component, the ATE, and the share of examples
-whose clean prompt ranks the target first. Choices (README, "Choices where METHOD.md is
-silent"):
+whose clean prompt ranks the target first. Choices (docs/method.md, "Summaries"):
 
 - A segment's effect in one example is the mean over its tokens (ROME averages the middle
   subject tokens the same way); the AIE is the mean over the examples that have the

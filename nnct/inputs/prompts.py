@@ -3,10 +3,10 @@
 An `Example` is text: the prompt, the character ranges of its mentions and of the span to
 corrupt, the two answers, and, for a prompt pair, the corrupted prompt (`pairs`).
 
-An experiment names the span it corrupts (METHOD.md): `subject` (1), `object` (2) and
+An experiment names the span it corrupts (docs/method.md): `subject` (1), `object` (2) and
 `relation` (3) corrupt a part of the context passage; `subject-noctx` (0) corrupts the
 subject in `prompt_wo_ctx`, with no passage (ROME). Everything here is on characters;
-`spans` maps characters to tokens. Choices METHOD.md leaves open, made here once:
+`spans` maps characters to tokens. Choices the sources leave open, made here once:
 
 - A mention is the first occurrence of its text inside its region (the passage for the
   context experiments, the prompt for subject-noctx), as ROME's `find_token_range` does.

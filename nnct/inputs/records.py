@@ -5,7 +5,7 @@ its file, line and field, and skipped, while the good ones go on. `load_records`
 both lists; the caller decides whether a run with problems may go on (it always does, but
 it says how many were skipped). `read_jsonl` is the line-by-line reader every data set
 shares (`pairs` reads its files with it); `load_objects` takes records a notebook holds
-(dicts), checked the same way, their "line" being their position from 1. The schema is METHOD.md's; `id` is optional and defaults
+(dicts), checked the same way, their "line" being their position from 1. The schema is docs/method.md's; `id` is optional and defaults
 to the line number; `subj_cf` (optional) names a subject for subject substitution.
 """
 
@@ -34,7 +34,7 @@ class Record:
 
     @property
     def context(self) -> str:
-        """The passages' texts joined by a space (METHOD.md's `{context}`)."""
+        """The passages' texts joined by a space (docs/method.md's `{context}`)."""
         return " ".join(self.passages)
 
 
@@ -91,7 +91,7 @@ def item_id(obj: dict, path: str, line: int) -> str:
 
 
 def record_from(obj: dict, path: str, line: int) -> Record:
-    """A dict in METHOD.md's schema to a Record, or a RecordError naming the field at fault."""
+    """A dict in docs/method.md's schema to a Record, or a RecordError naming the field at fault."""
     passages = obj.get("passages", [])
     if not isinstance(passages, list) or not all(
         isinstance(p, dict) and isinstance(p.get("text"), str) for p in passages

@@ -1,6 +1,6 @@
 """From characters to token positions: the corrupted span and the segment of each token.
 
-The one place that maps a mention to tokens (METHOD.md): a token belongs to a mention if
+The one place that maps a mention to tokens (docs/method.md): a token belongs to a mention if
 its characters overlap the mention's. Special tokens (BOS) have empty offsets and never
 belong to a span, whatever the tokenizer prepends; byte-level tokenizers put the leading
 space inside a token (" Paris"), which still overlaps "Paris". Segment labels name the
@@ -100,7 +100,7 @@ def _part(name: str, index: int, count: int) -> str:
 
 
 def segments(tokens: Tokens, example: Example) -> list[str]:
-    """A label for each token (METHOD.md's segments). A one-token mention is `_last`."""
+    """A label for each token (docs/method.md's segments). A one-token mention is `_last`."""
     subj = overlapping(tokens, [example.subject]) if example.subject else []
     obj = overlapping(tokens, [example.object]) if example.object else []
     rel = set(overlapping(tokens, example.relation))
@@ -113,14 +113,7 @@ def segments(tokens: Tokens, example: Example) -> list[str]:
         elif tokens.special[i]:
             labels.append("bos")
         elif example.context is None:
-            if i in subj:
-                labels.append(_part("subject", subj.index(i), len(subj)))
-            elif subj and i == subj[-1] + 1:
-                labels.append("subsequent_first")
-            elif subj and i > subj[-1]:
-                labels.append("subsequent_further")
-            else:
-                labels.append("prefix")
+            labels.append(_around(i, subj, "subject"))
         elif i in subj:
             labels.append(_part("subject", subj.index(i), len(subj)))
         elif i in obj:
@@ -136,23 +129,21 @@ def segments(tokens: Tokens, example: Example) -> list[str]:
     return labels
 
 
+def _around(i: int, mention: list[int], name: str) -> str:
+    """ROME's label of position i (neither BOS nor the last) around one mention: `prefix`
+    before it, `name_first/middle/last` on it, `between` on equal tokens among its
+    positions, `subsequent_first/further` after it."""
+    if i in mention:
+        return _part(name, mention.index(i), len(mention))
+    if not mention or i < mention[0]:
+        return "prefix"
+    if i < mention[-1]:
+        return "between"
+    return "subsequent_first" if i == mention[-1] + 1 else "subsequent_further"
+
+
 def pair_segments(tokens: Tokens, changed: list[int]) -> list[str]:
-    """Labels of a free prompt pair's tokens, ROME's layout with the tokens that differ in
-    the subject's place: `prefix` before them, `changed_first/middle/last` (by order among
-    the differing tokens; one alone is `_last`), `between` for equal tokens among them,
-    `subsequent_first/further` after them, `bos` and `last`."""
-    labels = []
-    for i in range(len(tokens)):
-        if i == len(tokens) - 1:
-            labels.append("last")
-        elif tokens.special[i]:
-            labels.append("bos")
-        elif i in changed:
-            labels.append(_part("changed", changed.index(i), len(changed)))
-        elif i < changed[0]:
-            labels.append("prefix")
-        elif i < changed[-1]:
-            labels.append("between")
-        else:
-            labels.append("subsequent_first" if i == changed[-1] + 1 else "subsequent_further")
-    return labels
+    """Labels of a free prompt pair's tokens: ROME's layout with the tokens that differ in
+    the subject's place (`changed_first/middle/last`, by order among them)."""
+    return ["last" if i == len(tokens) - 1 else "bos" if tokens.special[i] else _around(i, changed, "changed")
+            for i in range(len(tokens))]

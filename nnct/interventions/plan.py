@@ -6,7 +6,7 @@ A cell (token t, layer l, site c) occupies `samples` consecutive rows of a forwa
 per corrupted row (a noise sample; a counterfactual prompt has one), or, reverse patching,
 one per corrupted row whose value is written into a clean row. Restoring a site writes it at
 t in layer l, or, for a windowed site (mlp, attn), in every layer of the window around l
-(METHOD.md). A batch's writes are grouped by (layer, site) so that the engine makes one
+(docs/method.md). A batch's writes are grouped by (layer, site) so that the engine makes one
 indexed write per module it touches, in the order the model runs them.
 
 What an exact trace must compute is much less than a full forward per cell, and the plan
@@ -40,7 +40,7 @@ class Cell:
 
 
 def window_layers(layer: int, window: int, n_layers: int) -> range:
-    """METHOD.md's window: range(max(0, l - w//2), min(L, l - (-w//2)))."""
+    """docs/method.md's window: range(max(0, l - w//2), min(L, l - (-w//2)))."""
     return range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2)))
 
 

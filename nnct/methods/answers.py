@@ -3,7 +3,7 @@
 For each record, one clean forward per condition: `none` (`prompt_wo_ctx`, no passage: the
 answer can only come from the weights), `fact` (the record's own passage, which agrees with
 memory) and `cf1..cfK` (the passage with the object replaced by `obj_cf[i-1]`: context and
-memory disagree). Target and alt answers are METHOD.md's: for `none` and `fact` the target
+memory disagree). Target and alt answers are docs/method.md's: for `none` and `fact` the target
 is `obj` and the alt `obj_cf[0]`; for `cfi` the target is the context's `obj_cf[i-1]` and
 the alt the memorised `obj`. The winner is the answer with the higher probability (of its
 first token, as everywhere in nnct); `source` says what the winner is: `context` or

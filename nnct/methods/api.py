@@ -58,7 +58,7 @@ def _run(cfg: RunConfig, model, items, progress, tokenizer):
 def trace(model="smollm2-135m", data=None, *, prompt: str | None = None, subject: str | None = None,
           target: str | None = None, alt: str | None = None, out=None, resume: bool = False, progress: Progress | None = None,
           tokenizer=None, **settings):
-    """ROME's causal tracing of records (a JSONL path or dicts in METHOD.md's schema), or of
+    """ROME's causal tracing of records (a JSONL path or dicts in docs/method.md's schema), or of
     one `prompt` with its `subject`, `target` and `alt` (experiment subject-noctx), into the
     effect cube. `corruption="substitute"` corrupts by another subject or object instead of
     noise."""

@@ -1,9 +1,9 @@
-"""The effect cube: one labelled xarray Dataset per run, stored as NetCDF (METHOD.md).
+"""The effect cube: one labelled xarray Dataset per run, stored as NetCDF (docs/method.md).
 
 This module owns the schema. A run keeps one `Row` per finished example (written as it
 goes, see `methods.run`), and `assemble` builds the cube from them: the token dimension is
 padded to the longest prompt (NaN in `p_restored`, "" in `token_str` and `segment`, -1 in
-`token_id`), examples keep the order of the data set. Beyond METHOD.md's list the cube
+`token_id`), examples keep the order of the data set. Beyond docs/method.md's list the cube
 holds the answers' logits beside their probabilities (`logit_clean`, `logit_corrupt`,
 `logit_restored`: the first tokens' logits, means over the corrupted rows), so that every
 metric of `interventions.metrics` is derived without another run; `corrupted(example,
@@ -174,7 +174,7 @@ def open_cube(path: str | Path, chunks: dict | None = None):
 
 def effects(ds):
     """(IE[example, token, layer, component, answer], TE[example, answer]) of the
-    probabilities, per METHOD.md. Forward: IE = p_restored - p_corrupt. Reverse patching:
+    probabilities, per docs/method.md. Forward: IE = p_restored - p_corrupt. Reverse patching:
     IE = p_clean - p_patched, where the cube's `p_restored` holds p_patched. TE = p_clean -
     p_corrupt in both."""
     te = ds.p_clean - ds.p_corrupt

@@ -1,4 +1,4 @@
-"""`nnct.summary` against numbers computed a second way: loops over the hand-made examples
+"""`nnct.analysis.summary` against numbers computed a second way: loops over the hand-made examples
 of `cubes.py`, a t quantile from a printed table, and invariants of the filters."""
 
 from __future__ import annotations

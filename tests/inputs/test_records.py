@@ -1,4 +1,4 @@
-"""nnct.data.load_records: good records load, each bad one is reported (file, line, field)
+"""nnct.inputs.records.load_records: good records load, each bad one is reported (file, line, field)
 and skipped while the good ones around it still load."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""nnct.prompts.examples_for + nnct.spans: which tokens are corrupted, and their segments.
+"""nnct.inputs.prompts.examples_for + nnct.inputs.spans: which tokens are corrupted, and their segments.
 
 Every expected position below is written out by hand from the tokenizer's words. The tiny
 word-level tokenizer of conftest prepends a BOS `<s>` (empty offsets) and splits

@@ -1,4 +1,4 @@
-"""Corruptions: METHOD.md's noise rule and its draw, seeded on the CPU; the RunInput each
+"""Corruptions: docs/method.md's noise rule and its draw, seeded on the CPU; the RunInput each
 corruption becomes, and the first position where it differs from the clean prompt."""
 
 import pytest

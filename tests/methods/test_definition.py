@@ -1,4 +1,4 @@
-"""Experiment definitions: the repository's own load and name what METHOD.md says; bad
+"""Experiment definitions: the repository's own load and name what docs/method.md says; bad
 files name the file and the key; on the command line a definition gives the defaults and
 options override them, and the cube records which definition made it."""
 
@@ -26,7 +26,7 @@ def test_repository_definitions(name):
     assert d.name == name and d.version >= 1 and d.label == f"{name} v{d.version}"
     exp = experiment(d.trace["experiment"])
     assert exp.name == name
-    assert d.trace["prompt_format"] == exp.prompt_format  # METHOD.md's default format
+    assert d.trace["prompt_format"] == exp.prompt_format  # docs/method.md's default format
     assert (d.trace["samples"], d.trace["window"], d.trace["noise_level"]) == (10, 10, "s3")  # ROME's settings
     assert d.trace.get("max_cf", 0) == (1 if exp.context else 0)
 

@@ -1,5 +1,5 @@
-"""`nnct.run.trace` end to end on the tiny llama saved as a local model directory: the cube
-it writes (METHOD.md's attrs and dims), the noise level it stores, resuming after an
+"""`nnct.methods.run.execute` end to end on the tiny llama saved as a local model directory: the cube
+it writes (docs/method.md's attrs and dims), the noise level it stores, resuming after an
 interruption (KeyboardInterrupt and kill -9), refusing to resume with other settings, and
 skipping bad records."""
 
@@ -27,7 +27,7 @@ from nnct.results.cube import open_cube
 from nnct.errors import DataError, RecordError, ResumeMismatch
 from nnct.methods.run import Progress, RunConfig, partial_dir, execute
 
-# METHOD.md, "The effect cube": the attrs names and the dimensions.
+# docs/method.md, "The effect cube": the attrs names and the dimensions.
 METHOD_ATTRS = (
     "model", "model_revision", "nnct_version", "experiment", "prompt_format", "samples", "window", "noise_rule",
     "noise_level", "seed", "replace", "reverse_patching", "dtype", "backend", "device", "created",
@@ -137,7 +137,7 @@ def test_cube_has_method_attrs_and_dims(reference, tiny_model_dir):
 
 
 def span_token_ids(tokenizer, prompt: str, start: int, end: int) -> list[int]:
-    """METHOD.md: a token is in the span if its characters overlap the mention (no specials)."""
+    """docs/method.md: a token is in the span if its characters overlap the mention (no specials)."""
     enc = tokenizer(prompt, return_offsets_mapping=True, return_special_tokens_mask=True)
     return [
         i for i, (a, b), special in zip(enc["input_ids"], enc["offset_mapping"], enc["special_tokens_mask"])
