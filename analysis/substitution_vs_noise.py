@@ -8,7 +8,8 @@ layers. This compares the two cubes of one data set (experiment subject-noctx): 
 AIE of hidden, mlp and attn at the last subject token and at the last token, with 95%
 intervals, in probability and as a fraction of each example's total effect (recovery); the
 averages over early, middle and late layer thirds; where each peaks; and MLP against
-attention. It writes a table (`table.txt`) and a figure (`figure.png`, `.pdf`).
+attention. It writes a table (`table.txt`) and a figure per metric (`figure_prob.png`,
+`figure_recovery.png`, and PDFs).
 """
 
 from __future__ import annotations

@@ -106,13 +106,16 @@ def _use_definition(ctx, param, value):
 
 def _with_overrides(label: str, values: dict) -> str:
     """The definition's label, plus the settings of it that the command line changed: a cube
-    traced with `--samples 3` must not pass for the definition's own."""
+    traced with `--samples 3` must not pass for the definition's own. Noise settings are left
+    out under another corruption, which does not read them."""
     from click.core import ParameterSource
 
     from ..methods.definition import TRACE_KEYS
+    from ..methods.run import NOISE_KEYS
 
     ctx = click.get_current_context()
-    changed = [f"{k}={values[k]}" for k in TRACE_KEYS if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE]
+    read = [k for k in TRACE_KEYS if values["corruption"] == "noise" or k not in NOISE_KEYS]
+    changed = [f"{k}={values[k]}" for k in read if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE]
     return f"{label} ({', '.join(changed)})" if changed else label
 
 

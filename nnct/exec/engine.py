@@ -19,8 +19,10 @@ forward per batch of the schedule (`plan`):
 Cells before the first changed token need no forward: their values are the base run's.
 
 The engine does not know what made the corrupted input: noise and a counterfactual prompt
-are both a `RunInput`. An answer of several tokens (teacher-forced probability) costs one
-more pass over the same plan, with the answer's earlier tokens appended to the prompt.
+are both a `RunInput`. An answer of several tokens (teacher-forced probability) is read in a
+pass of its own (clean, corrupted and restored runs with the answer's earlier tokens
+appended to the prompt), which also reads both answers' first tokens: one pass when at most
+one answer has several tokens, two when both do.
 
 Everything inside a trace is an nnsight intervention on the model's own modules. The
 engine holds only the model's envoys and sizes (`model.Parts`), so that `exec.remote` can

@@ -36,7 +36,7 @@ class Case:
     line: int  # the record's line in the data file
 
 
-def make(ex: Example, tokenizer, path: str, line: int, index: int, span_field: str = "subj", full_answers: bool = False) -> Case:
+def make(ex: Example, tokenizer, path: str, line: int, index: int, span_field: str, full_answers: bool = False) -> Case:
     """The case of an example, or a RecordError naming what is wrong with it."""
     tokens = spans.tokenize(tokenizer, ex.prompt)
     fields = ("target", "alt") if ex.variant == VARIANT else ("obj", "obj_cf")
@@ -64,7 +64,8 @@ def from_records(loaded: Loaded, exp: Experiment, prompt_format: str, max_cf: in
                  full_answers: bool = False, max_records: int | None = None) -> tuple[list[Case], list[RecordError], list[int]]:
     """The cases of every record (the first `max_records`), the records skipped with their
     reasons, and each record's line (by position). With `substitute`, each example's
-    corrupted prompt is made by substitution (`pairs`), else noise goes on its span."""
+    corrupted prompt is made by substitution (`pairs`, which searches the whole data set,
+    so that a shorter run is a prefix of a longer one), else noise goes on its span."""
     if substitute:
         check_substitutable(exp)
     records = loaded.items[:max_records] if max_records is not None else loaded.items
@@ -74,7 +75,7 @@ def from_records(loaded: Loaded, exp: Experiment, prompt_format: str, max_cf: in
             made = []
             for ex in examples_for(record, exp, prompt_format, max_cf, loaded.path):
                 if substitute:
-                    ex = pairs.substitute(ex, exp, record, records, tokenizer, loaded.path)
+                    ex = pairs.substitute(ex, exp, record, loaded.items, tokenizer, loaded.path)
                 made.append(make(ex, tokenizer, loaded.path, record.line, index, exp.span, full_answers))
         except RecordError as exc:
             problems.append(exc)

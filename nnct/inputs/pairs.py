@@ -9,16 +9,20 @@ patching needs equal lengths; the whole prompt is counted, since a tokenizer may
 across the mention's edges):
 
 - a **subject** (experiments `subject-noctx` and `subject`) becomes the record's `subj_cf`
-  when it has one, else the subject of another record of the same `prop` whose object
-  differs (a substitute that shares the answer would corrupt nothing), searched in data-set
-  order from the record after this one, wrapping around, so that substitutes spread over
+  when it has one, else the subject of another record of the same `prop` (a record without
+  `prop` is reported) whose object differs (a substitute that shares the answer would
+  corrupt nothing), searched in the whole data set's order (whatever `--max-examples`
+  traces) from the record after this one, wrapping around, so that substitutes spread over
   the data set;
 - an **object** (experiment `object`) becomes the first of the record's other objects (`obj`
-  and `obj_cf` in order, the mention's own text left out): for the fact variant that is the
-  first counterfactual of the same length, i.e. the alt answer stated in the passage;
+  and `obj_cf` in order, the mention's own text left out, whatever `--max-cf`) whose prompt
+  has the clean prompt's length: for the fact variant that is the first counterfactual of
+  that length (the alt answer when `obj_cf[0]` fits);
 - the relation words are no single mention: substituting them is refused.
 
-A record without a fitting substitute is reported (file, line, field) and skipped.
+Only the span's characters are replaced (the mention's first occurrence, as noise corrupts
+only that one). A record without a fitting substitute is reported (file, line, field) and
+skipped.
 """
 
 from __future__ import annotations
@@ -85,6 +89,9 @@ def substitute(ex: Example, exp: Experiment, record: Record, records: list[Recor
     check_substitutable(exp)
     (start, end), text = ex.span[0], ex.prompt
     mention = text[start:end]
+    if exp.span == "subject" and not (record.prop or record.subj_cf):
+        raise RecordError(path, record.line, "prop", "missing: a substitute subject is another record's of the same prop"
+                          " (or give subj_cf)")
     if exp.span == "subject":
         candidates, field = _subjects(record, records), "subj_cf" if record.subj_cf else "subj"
     else:

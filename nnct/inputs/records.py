@@ -5,8 +5,9 @@ its file, line and field, and skipped, while the good ones go on. `load_records`
 both lists; the caller decides whether a run with problems may go on (it always does, but
 it says how many were skipped). `read_jsonl` is the line-by-line reader every data set
 shares (`pairs` reads its files with it); `load_objects` takes records a notebook holds
-(dicts), checked the same way, their "line" being their position from 1. The schema is docs/method.md's; `id` is optional and defaults
-to the line number; `subj_cf` (optional) names a subject for subject substitution.
+(dicts), checked the same way, their "line" being their position from 1. The schema is
+docs/method.md's; `id` is optional and defaults to the line number; `subj_cf` (optional)
+names a subject for subject substitution.
 """
 
 from __future__ import annotations
@@ -55,8 +56,10 @@ def text_field(obj: dict, name: str, path: str, line: int, required: bool = True
         return ""
     if not isinstance(value, str):
         raise RecordError(path, line, name, f"expected a string, got {type(value).__name__}")
-    if required and not value.strip():
-        raise RecordError(path, line, name, "empty")
+    if not value.strip():
+        if required:
+            raise RecordError(path, line, name, "empty")
+        return ""  # an optional field left blank is absent
     return value
 
 

@@ -25,7 +25,6 @@ from typing import Any
 
 from ..errors import ConfigError
 
-KINDS = ("noise", "prompt")
 _RULE = re.compile(r"^s(\d+(\.\d*)?)$")
 
 

@@ -38,7 +38,7 @@ from .. import __version__
 from ..errors import ConfigError, DataError, RecordError, RemoteFailed, ResumeMismatch
 from ..exec import remote
 from ..inputs import cases as cases_lib
-from ..inputs.pairs import load_pairs
+from ..inputs.pairs import check_substitutable, load_pairs
 from ..inputs.prompts import experiment
 from ..inputs.records import Loaded, load_objects, load_records
 from ..interventions import corruption
@@ -136,9 +136,14 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return i, n
 
 
+# The settings only noise reads: a prompt corruption resets them.
+NOISE_KEYS = ("samples", "noise_level", "seed", "replace")
+
+
 def normalised(cfg: RunConfig) -> RunConfig:
     """The settings a run actually uses: a prompt corruption has one corrupted row and no
-    noise settings (they are reset, so that they neither label the cube nor block a resume)."""
+    noise settings (NOISE_KEYS are reset, so that they neither label the cube nor block a
+    resume)."""
     if cfg.method == "patch" and cfg.corruption == "noise":
         cfg = replace(cfg, corruption="prompt")
     if cfg.noised:
@@ -173,7 +178,9 @@ def _validate(cfg: RunConfig, in_memory: bool = False) -> None:
     if not in_memory and (cfg.data is None or not Path(cfg.data).is_file()):
         raise DataError(f"{cfg.data}: no such data file")
     if cfg.method == "trace":
-        experiment(cfg.experiment)
+        exp = experiment(cfg.experiment)
+        if cfg.corruption == "substitute":
+            check_substitutable(exp)
     parse_components(cfg.components)
     if cfg.noised:
         corruption.parse(cfg.noise_level)
@@ -187,6 +194,8 @@ def _validate(cfg: RunConfig, in_memory: bool = False) -> None:
             raise ConfigError(f"--retries {cfg.retries}: cannot be negative")
         if cfg.request_timeout < 0:
             raise ConfigError(f"--request-timeout {cfg.request_timeout}: cannot be negative (0: no limit)")
+    if not cfg.wait and cfg.data is None:
+        raise ConfigError("--no-wait needs a data file: `collect` reads the data set again when the results come in")
     if not cfg.wait and cfg.remote in (None, remote.LOCAL):
         raise ConfigError("--no-wait needs a remote server: a run here (or nnsight's local simulation) has nothing to collect later")
 
@@ -477,7 +486,7 @@ def collect(out: str, wait: bool = False, progress: Progress | None = None, **re
     meta = json.loads(meta_file.read_text())
     stored = meta["settings"]
     if stored.get("remote") in (None, remote.LOCAL):
-        raise ConfigError(f"{out}: its run has no server to collect from; complete it with nnct trace --resume")
+        raise ConfigError(f"{out}: its run has no server to collect from; complete it by running it again with --resume")
     known = {f.name for f in fields(RunConfig)}
     how = {**meta.get("requesting", {}), **{k: v for k, v in requesting.items() if v is not None}}
     cfg = RunConfig(**{k: v for k, v in stored.items() if k in known and k != "out"}, **how, out=out, resume=True, wait=wait)

@@ -3,17 +3,16 @@
 This module owns the schema. A run keeps one `Row` per finished example (written as it
 goes, see `methods.run`), and `assemble` builds the cube from them: the token dimension is
 padded to the longest prompt (NaN in `p_restored`, "" in `token_str` and `segment`, -1 in
-`token_id`), examples keep the order of the data set. Beyond docs/method.md's list the cube
-holds the answers' logits beside their probabilities (`logit_clean`, `logit_corrupt`,
-`logit_restored`: the first tokens' logits, means over the corrupted rows), so that every
-metric of `interventions.metrics` is derived without another run; `corrupted(example,
-token)` (1 where the input was corrupted: the relation span need not be contiguous, and a
-prompt pair marks the positions that differ); `corrupt_prompt(example)` (a pair's
-corrupted prompt, "" under noise); `token_id(example, token)`; `answer_id(example,
-answer)` (the answer's first token); `line(example)` (the record's line in the data file:
-shards merge back into the data set's order) and `clean_top1`, `clean_top1_str(example)`
-(the clean prompt's most probable next token: ROME's "known" filter keeps the examples
-where it is the target's). IE and TE are derived (`effects`, `metric_effects`), never
+`token_id`), examples keep the order of the data set (docs/method.md lists every variable).
+Besides ROME's probabilities the cube holds the answers' logits (`logit_clean`,
+`logit_corrupt`, `logit_restored`: the first tokens' logits, means over the corrupted rows),
+so that every metric of `interventions.metrics` is derived without another run;
+`corrupted(example, token)` (1 where the input was corrupted: the relation span need not be
+contiguous, and a prompt pair marks the positions that differ); `corrupt_prompt(example)`
+(a pair's corrupted prompt, "" under noise); `line(example)` (the record's line in the data
+file: shards merge back into the data set's order) and `clean_top1(example)` (the clean
+prompt's most probable next token: ROME's "known" filter keeps the examples where it is the
+target's). IE and TE are derived (`effects`, `metric_effects`), never
 stored. A cube written before the logits existed still answers every metric made of
 probabilities.
 """

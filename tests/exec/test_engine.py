@@ -76,26 +76,32 @@ def test_noise_logits_are_sample_means():
 @pytest.mark.parametrize("lengths", [(2, 3), (1, 2), (3, 1)], ids=["both-long", "alt-long", "target-long"])
 def test_teacher_forced_answers_match_reference(family, lengths):
     """Answers of several tokens: p is the product over the answer's tokens, each given the
-    prompt and the earlier ones; logits are the first token's."""
+    prompt and the earlier ones; logits are the first token's. Noise and pairs, restoring and
+    reverse patching, cells before, on and after the span."""
     adapter = make_adapter(family)
     target = (12, 40, 41)[: lengths[0]]
     alt = (13, 40, 41)[: lengths[1]]  # the same tail as the target's: each pass must know its answer
-    for ex, reverse in [(prepared(adapter), False), (pair(adapter), True)]:
-        ex.answers = (target, alt)
-        result = ex.trace(adapter, window=3, reverse=reverse, batch_rows=6)
-        ref = Reference(adapter)
-        if ex.noise is not None:
-            p_clean, p_corrupt = ref.clean_and_corrupt(IDS, SPAN, ex.noise, ex.answers)
-            np.testing.assert_allclose(result.p_corrupt, p_corrupt.numpy(), rtol=1e-5, atol=1e-9)
-        else:
-            p_clean, _ = ref.measure(IDS, ex.answers)
-        np.testing.assert_allclose(result.p_clean, p_clean.numpy(), rtol=1e-5, atol=1e-9)
-        for token, layer, component in [(2, 1, "hidden"), (3, 0, "mlp"), (8, 2, "attn")]:
+    ref = Reference(adapter)
+    for make in (prepared, pair):
+        for reverse in (False, True):
+            ex = make(adapter)
+            ex.answers = (target, alt)
+            result = ex.trace(adapter, window=3, reverse=reverse, batch_rows=6)
             if ex.noise is not None:
-                p = ref.cell(IDS, SPAN, ex.noise, ex.answers, token, layer, component, window=3)
+                p_clean, p_corrupt = ref.clean_and_corrupt(IDS, SPAN, ex.noise, ex.answers)
             else:
-                p, _ = ref.pair_cell(IDS, CORRUPT_IDS, ex.answers, token, layer, component, window=3, reverse=True)
-            np.testing.assert_allclose(result.p_restored[token, layer, comp(component)], p.numpy(), rtol=1e-5, atol=1e-9)
+                p_clean, p_corrupt = ref.measure(IDS, ex.answers)[0], ref.measure(CORRUPT_IDS, ex.answers)[0]
+            np.testing.assert_allclose(result.p_clean, p_clean.numpy(), rtol=1e-5, atol=1e-9)
+            np.testing.assert_allclose(result.p_corrupt, p_corrupt.numpy(), rtol=1e-5, atol=1e-9)
+            for token, layer, component in [(1, 2, "hidden"), (2, 1, "hidden"), (3, 0, "mlp"), (8, 2, "attn")]:
+                if ex.noise is not None:
+                    runs = [dict(span=SPAN, noise=ex.noise[s]) for s in range(ex.noise.shape[0])]
+                    p, logit = ref._cell(IDS, ex.answers, token, layer, component, 3, reverse, runs)
+                else:
+                    p, logit = ref.pair_cell(IDS, CORRUPT_IDS, ex.answers, token, layer, component, window=3, reverse=reverse)
+                at, what = (token, layer, comp(component)), f"{make.__name__} reverse={reverse} {token, layer, component}"
+                np.testing.assert_allclose(result.p_restored[at], p.numpy(), rtol=1e-5, atol=1e-9, err_msg=what)
+                np.testing.assert_allclose(result.logit_restored[at], logit.numpy(), atol=5e-5, err_msg=what)
 
 
 def test_one_pass_per_answer_of_several_tokens():

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from conftest import config, make_adapter
+from conftest import config, make_adapter, write_jsonl
 from examples import TOL, pair, prepared
 import nnct.model.loading
 from nnct.errors import ConfigError, ModelNotHosted, RemoteAuthError, RemoteFailed
@@ -394,3 +394,17 @@ def test_cli_remote_options(tiny_model_dir, data_file, tmp_path):
     ]:
         done = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "x.nc"), *args])
         assert done.exit_code == 2 and says in done.output, (args, done.output)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["restore", "reverse"])
+def test_prompt_pairs_and_full_answers_run_remotely_as_here(tiny_model_dir, tmp_path, reverse):
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [
+        {"clean": "the Eiffel Tower is in the city of", "corrupt": "the Vinson Massif is in the city of", "target": "Paris city",
+         "alt": "Rome"},
+        {"clean": "Beats Music is owned by", "corrupt": "Beats Music was owned by", "target": "Apple", "alt": "Amazon"}])
+    kw = dict(method="patch", components="hidden,mlp", reverse=reverse, answer="full")
+    here = execute(config(tiny_model_dir, pairs, tmp_path / "here.nc", **kw)).cube
+    summary = execute(config(tiny_model_dir, pairs, tmp_path / "there.nc", remote=SIM, **kw))
+    assert summary.requests == 1  # no noise level to measure: one request for both pairs
+    assert summary.cube.attrs["backend"] == "nnsight remote=local"
+    assert_same_numbers(summary.cube.assign_attrs(backend="local"), here)

@@ -176,3 +176,80 @@ def test_trace_help_says_the_output_is_required():
 
 def test_the_tokenizer_of_this_file_is_the_tiny_one():
     assert make_tokenizer()("the Vinson Massif")["input_ids"] == [0, 8, 29, 30]
+
+
+def test_normalised_resets_what_a_prompt_corruption_does_not_read():
+    from nnct.methods.run import normalised
+
+    noisy = RunConfig(data="d", samples=5, seed=3, replace=True, noise_level="0.5")
+    assert normalised(noisy) == noisy
+    sub = normalised(RunConfig(data="d", corruption="substitute", samples=5, seed=3, replace=True, noise_level="0.5"))
+    assert (sub.samples, sub.seed, sub.replace, sub.noise_level, sub.experiment) == (1, 0, False, "none", "subject")
+    pairs = normalised(RunConfig(data="d", method="patch", samples=7, prompt_format="{prompt}"))
+    assert (pairs.corruption, pairs.samples, pairs.experiment, pairs.prompt_format) == ("prompt", 1, "pairs", "")
+
+
+def test_a_patch_run_resumes_into_the_uninterrupted_cube(tiny_model_dir, pairs_file, pair_cube, tmp_path):
+    from nnct.methods.run import Progress, partial_dir
+
+    class StopAfterOne(Progress):
+        started = 0
+
+        def example(self, example_id):
+            self.started += 1
+            if self.started == 2:
+                raise KeyboardInterrupt
+
+    out = tmp_path / "resumed.nc"
+    cfg = RunConfig(data=str(pairs_file), out=str(out), method="patch", model=str(tiny_model_dir), **SMALL)
+    with pytest.raises(KeyboardInterrupt):
+        execute(cfg, progress=StopAfterOne())
+    assert [p.name for p in partial_dir(out).glob("*.npz")] == ["000000.npz"]
+    # --samples means nothing to a prompt pair: it does not block the resume
+    summary = execute(RunConfig(**{**cfg.__dict__, "resume": True, "samples": 7}))
+    assert summary.resumed == 1
+    xr.testing.assert_identical(open_cube(out).drop_attrs(), pair_cube.drop_attrs())
+
+
+def test_substitution_searches_the_whole_data_set(tiny_model_dir, tmp_path):
+    """A run of the first record takes the substitute the whole run takes (the next subject
+    of the prop in the data set, though that record is not traced), and a record without
+    prop or subj_cf is reported."""
+    facts = [{**r, "prop": "P"} for r in RECORDS] + [{k: v for k, v in RECORDS[0].items() if k != "prop"} | {"id": "r4"}]
+    data = write_jsonl(tmp_path / "facts.jsonl", facts)
+    settings = dict(experiment="subject-noctx", corruption="substitute", components="hidden")
+    first = nnct.trace(str(tiny_model_dir), data, max_examples=1, **settings)
+    assert str(first.corrupt_prompt.values[0]) == "the Vinson Massif is located in the city of"
+    with pytest.warns(UserWarning, match="facts.jsonl:4: field 'prop': missing"):
+        every = nnct.trace(str(tiny_model_dir), data, **settings)
+    assert list(every.example.values) == ["r1/fact", "r2/fact", "r3/fact"]
+    assert list(every.corrupt_prompt.values) == ["the Vinson Massif is located in the city of",
+                                                 "Beats Music is located in the continent of", "Eiffel Tower is owned by"]
+
+
+def test_a_relation_substitution_and_an_in_memory_no_wait_fail_before_the_model_loads(tmp_path, data_file):
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match="use --corruption noise"):
+        execute(RunConfig(data=str(data_file), out=str(tmp_path / "x.nc"), model="no/such/model", experiment="relation",
+                          corruption="substitute"))
+    with pytest.raises(ConfigError, match="--no-wait needs a data file"):
+        execute(RunConfig(data=None, out=str(tmp_path / "x.nc"), model="no/such/model", remote="http://h:1", wait=False),
+                items=RECORDS)
+    assert time.perf_counter() - start < 5  # a model name that does not exist was never looked up
+
+
+@pytest.mark.parametrize("metric", ["logit_diff", "recovery"])
+def test_summarize_and_plot_take_a_metric(pair_cube, tmp_path, metric):
+    from nnct.results.cube import write
+
+    path = tmp_path / "pairs.nc"
+    write(pair_cube, path)
+    runner = CliRunner()
+    result = runner.invoke(main, ["summarize", str(path), "--metric", metric])
+    assert result.exit_code == 0, result.output
+    assert f"metric {metric}" in result.output
+    result = runner.invoke(main, ["plot", str(path), "--metric", metric, "-o", str(tmp_path / "fig")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "fig" / "aie_lines.png").is_file()

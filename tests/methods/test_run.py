@@ -86,9 +86,6 @@ def listing(pdir: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(pdir.iterdir())}
 
 
-
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, tiny_model_dir, data_file):
     """An uninterrupted run with the SMALL settings: (summary, cube, path)."""

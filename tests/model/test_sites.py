@@ -4,7 +4,7 @@ and through torch alike), and the entries' forward order is the order a decoder 
 import pytest
 
 from conftest import FAMILIES, make_adapter
-from nnct.model import SITES, components
+from nnct.model import SITES
 from nnct.model.sites import in_forward_order
 
 
@@ -16,14 +16,26 @@ def test_every_site_resolves_in_every_family(family):
             assert site.module(envoy, adapter.layout)._module is site.module(module, adapter.layout)
 
 
-def test_sites_are_read_in_forward_order():
-    """A decoder layer runs attention, then the MLP, then outputs the residual stream."""
-    assert [s.name for s in in_forward_order(["hidden", "attn", "mlp"])] == ["attn", "mlp", "hidden"]
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sites_are_read_in_the_order_the_model_runs_them(family):
+    """nnsight reads modules in forward order: the entries' `order` must be the order in
+    which each family's decoder layer finishes them (parallel-residual GPT-J and NeoX too)."""
+    import torch
+
+    adapter = make_adapter(family)
+    finished = []
+    layer = adapter.layer_modules()[1]
+    hooks = [site.module(layer, adapter.layout).register_forward_hook(lambda *a, name=site.name: finished.append(name))
+             for site in SITES.values()]
+    try:
+        with torch.no_grad():
+            adapter.hf(torch.tensor([[0, 8, 25, 26]]))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert [s.name for s in in_forward_order(SITES)] == finished
+
+
+def test_only_the_residual_stream_is_written_at_one_layer():
     assert [s.name for s in SITES.values() if s.residual] == ["hidden"]
     assert {s.name for s in SITES.values() if s.windowed} == {"mlp", "attn"}
-
-
-def test_components_name_sites_in_the_cube_order():
-    assert components("attn,hidden") == ("hidden", "attn")
-    with pytest.raises(Exception, match="unknown component"):
-        components("head")
