@@ -47,3 +47,7 @@ class RemoteAuthError(NnctError):
 
 class ModelNotHosted(NnctError):
     """The server cannot run the model; the message lists the ones it hosts."""
+
+
+class OutputBusy(NnctError):
+    """Another live nnct process is writing the same output."""

@@ -1,7 +1,8 @@
 """Figures from cubes and summaries, in the layouts researchers know from ROME.
 
 - `example_figure`: one example, one panel per component; rows are the prompt's tokens (their
-  text, corrupted ones marked with `*`), columns the layers, colour the indirect effect on
+  text, a leading space shown as `␣` so that word starts stay visible, corrupted ones
+  marked with `*`), columns the layers, colour the indirect effect on
   the target answer, in the metric asked for. Each site's colours and name are its entry's
   in `model.sites` (ROME's: purple hidden, green MLP, red attention).
 - `average_figure`: the summary's AIE, rows are segments, columns layers, one panel per component.
@@ -23,8 +24,16 @@ from ..errors import ConfigError
 from ..interventions.metrics import metric as metric_entry
 from ..model.sites import SITES
 from ..results.cube import metric_effects
+from ..results.files import atomic
 
 LINE_SEGMENTS = ("subject_last", "changed_last", "object_last", "relation", "last")  # the AIE lines drawn by default
+
+
+def shown(token: str) -> str:
+    """A token as a figure shows it: a leading space as `␣`, so that word starts stay visible
+    (" Paris" is a word, "iffel" the middle of one)."""
+    stripped = token.lstrip(" ")
+    return "␣" * (len(token) - len(stripped)) + stripped
 
 
 def _label(metric: str) -> str:
@@ -55,7 +64,7 @@ def example_figure(ds, example: str, metric: str = "prob", scale: dict | None = 
     one = ds.sel(example=[example])
     ie, _ = metric_effects(one, metric)
     n = int(one.n_tokens.values[0])
-    labels = [f"{t!s}{'*' if c else ''}" for t, c in zip(one.token_str.values[0][:n], one.corrupted.values[0][:n])]
+    labels = [f"{shown(str(t))}{'*' if c else ''}" for t, c in zip(one.token_str.values[0][:n], one.corrupted.values[0][:n])]
     comps = [str(c) for c in ds.component.values]
     scale = scale or scales(one, metric)
     fig = Figure(figsize=(3.6 * len(comps) + 1.0, 0.28 * n + 2.0), layout="constrained")
@@ -128,11 +137,11 @@ def _caption(summary, metric: str) -> str:
 
 
 def _save(fig, base: Path) -> list[Path]:
-    base.parent.mkdir(parents=True, exist_ok=True)
     out = []
     for ext in ("png", "pdf"):
         path = base.with_name(base.name + "." + ext)
-        fig.savefig(path, dpi=150)
+        with atomic(path) as tmp:
+            fig.savefig(tmp, dpi=150)
         out.append(path)
     return out
 

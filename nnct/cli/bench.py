@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from ..errors import NnctError
@@ -31,10 +29,9 @@ from .app import fail, main, rows
 def bench(model, data, tokens, corruption, components, samples, window, batch_rows, plain_cells, passage, device, dtype,
           json_out):
     """Time nnct's engine against one forward per cell on one prompt, side by side."""
-    import json
-
     from ..methods import bench as bench_lib
     from ..model import components as parse_components, load
+    from ..results import files
 
     try:
         adapter = load(model, device=device, dtype=dtype)
@@ -44,4 +41,4 @@ def bench(model, data, tokens, corruption, components, samples, window, batch_ro
         fail(str(exc))
     click.echo(bench_lib.table(result))
     if json_out:
-        Path(json_out).write_text(json.dumps(result, indent=1) + "\n")
+        files.write_json(json_out, result)

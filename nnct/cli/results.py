@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import contextlib
 
 import click
 
@@ -37,11 +37,12 @@ def info(cube_path, examples):
 @click.option("--out", "-o", "out", required=True, type=click.Path(dir_okay=False), help="The merged cube (FILE.nc).")
 def merge(shards, out):
     """Join the shard cubes of one run (`trace --shard i/n`) into one cube, in the data set's order."""
-    from ..results import cube, merge as merge_lib
+    from ..results import cube, files, merge as merge_lib
 
     try:
-        merged = merge_lib.merge(shards)
-        cube.write(merged, out)
+        with files.locked(out):
+            merged = merge_lib.merge(shards)
+            cube.write(merged, out)
     except NnctError as exc:
         fail(str(exc))
     except (OSError, ValueError, KeyError, AttributeError) as exc:
@@ -61,23 +62,26 @@ def merge(shards, out):
 def summarize(cube_path, metric, variant, filter_, out, csv_out, bands):
     """ATE, AIE per segment x layer x component with 95% CIs, best layers: a table and files."""
     from ..analysis import summary
-    from ..results import cube
+    from ..results import cube, files
 
     ds = open_cube(cube_path, chunks={"example": 256})
     try:
-        s = summary.summarize(ds, variant=variant, filter=filter_)
-        text = summary.table(s, metric, bands)
+        with contextlib.ExitStack() as writing:
+            for path in filter(None, (out, csv_out)):
+                writing.enter_context(files.locked(path))
+            s = summary.summarize(ds, variant=variant, filter=filter_)
+            text = summary.table(s, metric, bands)
+            s.attrs["cube"] = str(cube_path)
+            if out:
+                cube.write(s, out)
+            if csv_out:
+                with files.atomic(csv_out) as tmp:
+                    summary.to_frame(s).to_csv(tmp, index=False, float_format="%.6g")
     except NnctError as exc:
         fail(f"{cube_path}: {exc}")
-    s.attrs["cube"] = str(cube_path)
     click.echo(f"{cube_path}: " + text)
-    if out:
-        cube.write(s, out)
-        click.echo(f"wrote {out}")
-    if csv_out:
-        Path(csv_out).parent.mkdir(parents=True, exist_ok=True)
-        summary.to_frame(s).to_csv(csv_out, index=False, float_format="%.6g")
-        click.echo(f"wrote {csv_out}")
+    for path in filter(None, (out, csv_out)):
+        click.echo(f"wrote {path}")
 
 
 @main.command()
@@ -92,12 +96,14 @@ def summarize(cube_path, metric, variant, filter_, out, csv_out, bands):
 def plot(cube_path, out, examples, segments, metric, variant, filter_):
     """ROME-style heatmaps per example, the average heatmap over segments and AIE lines (PNG + PDF)."""
     from ..analysis import plot as plot_lib, summary
+    from ..results import files
 
     ds = open_cube(cube_path, chunks={"example": 256})
     try:
-        chosen = summary.select(ds, variant, filter_)
-        s = summary.summarize(ds, variant=variant, filter=filter_, metrics=(metric,))
-        paths = plot_lib.draw(chosen, s, out, examples, segments.split(",") if segments else None, metric)
+        with files.locked(out):
+            chosen = summary.select(ds, variant, filter_)
+            s = summary.summarize(ds, variant=variant, filter=filter_, metrics=(metric,))
+            paths = plot_lib.draw(chosen, s, out, examples, segments.split(",") if segments else None, metric)
     except NnctError as exc:
         fail(f"{cube_path}: {exc}")
     click.echo(f"wrote {len(paths)} files into {out}")

@@ -188,16 +188,18 @@ def answers(model, data, out, prompt_format, max_cf, max_examples, device, dtype
     """Which answer wins per record with no passage, the fact's passage and each counterfactual one."""
     from ..methods import answers as answers_lib
     from ..model import load
+    from ..results import files
 
     try:
-        adapter = load(model, device=device, dtype=dtype)
-        result = answers_lib.compare(adapter, data, prompt_format, max_cf, max_examples)
+        with files.locked(out):
+            adapter = load(model, device=device, dtype=dtype)
+            result = answers_lib.compare(adapter, data, prompt_format, max_cf, max_examples)
+            df = answers_lib.frame(result)
+            with files.atomic(out) as tmp:
+                df.to_csv(tmp, index=False, float_format="%.6g")
     except NnctError as exc:
         fail(str(exc))
     for problem in result.skipped:
         click.echo(f"skipped {problem}", err=True)
-    df = answers_lib.frame(result)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out, index=False, float_format="%.6g")
     click.echo(answers_lib.table(df))
     click.echo(f"wrote {out}: {len(df)} prompts from {df.record_id.nunique()} records ({len(result.skipped)} skipped)")

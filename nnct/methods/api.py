@@ -16,6 +16,7 @@ field names (`batch_size` is accepted for `batch_rows`).
 
 from __future__ import annotations
 
+import sys
 import warnings
 from dataclasses import fields
 from pathlib import Path
@@ -29,7 +30,17 @@ _KNOWN = {f.name for f in fields(RunConfig)} - {"data", "out", "method", "model"
 class _Warn(Progress):
     def skipped(self, problems):
         for problem in problems:
-            warnings.warn(f"skipped {problem}", stacklevel=5)
+            warnings.warn(f"skipped {problem}", stacklevel=_outside())
+
+
+def _outside() -> int:
+    """The stack level, seen from the caller, of the first frame outside nnct: where a
+    warning points (the notebook's line)."""
+    root = str(Path(__file__).resolve().parents[1])
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(root):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _config(method: str, model, data, out, resume: bool, settings: dict) -> tuple[RunConfig, object]:

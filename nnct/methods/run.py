@@ -26,6 +26,7 @@ failed, and writes the cube once every example is in.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -45,7 +46,7 @@ from ..interventions import corruption
 from ..interventions.metrics import ANSWER_PROB
 from ..model.loading import REMOTE
 from ..model.sites import components as parse_components
-from ..results import cube
+from ..results import cube, files
 
 METHODS = ("trace", "patch")
 CORRUPTIONS = {"trace": ("noise", "substitute"), "patch": ("prompt",)}
@@ -114,7 +115,9 @@ class Progress:
     def cells(self, n: int) -> None: ...
 
     def skipped(self, problems: list[RecordError]) -> None:
-        """The records that will not be traced, before tracing starts."""
+        """Records that will not be traced, before tracing starts: the lines that are no
+        record as soon as the data set is read (before the model loads), then the records
+        found wrong once the model's tokenizer reads them."""
 
     def retry(self, attempt: int, error: Exception, delay: float) -> None:
         """A remote request failed and is tried again after `delay` seconds."""
@@ -216,10 +219,9 @@ def _no_case(cfg: RunConfig, loaded: Loaded, problems: list[RecordError]) -> Dat
     return DataError(f"{label}: no record could be traced ({len(problems)} skipped: {reasons}){hint}")
 
 
-def prepare(adapter, cfg: RunConfig, items=None) -> tuple[list[cases_lib.Case], list[RecordError], list[int], Loaded]:
-    """The cases of every record (all shards), the records skipped with their reasons, the
-    line of each record (by position), and the data set as loaded."""
-    loaded = _load(cfg, items)
+def prepare(adapter, cfg: RunConfig, loaded: Loaded) -> tuple[list[cases_lib.Case], list[RecordError], list[int]]:
+    """The cases of every record (all shards), the records skipped with their reasons (the
+    data set's bad lines among them), and the line of each record (by position)."""
     full = cfg.answer == "full"
     if cfg.method == "patch":
         made = cases_lib.from_pairs(loaded, adapter.tokenizer, full, cfg.max_examples)
@@ -227,7 +229,7 @@ def prepare(adapter, cfg: RunConfig, items=None) -> tuple[list[cases_lib.Case], 
         exp = experiment(cfg.experiment)
         made = cases_lib.from_records(loaded, exp, cfg.prompt_format or exp.prompt_format, cfg.max_cf, adapter.tokenizer,
                                       cfg.corruption == "substitute", full, cfg.max_examples)
-    return (*made, loaded)
+    return made
 
 
 def _shard(items: list, problems: list[RecordError], lines: list[int], shard: tuple[int, int] | None):
@@ -355,19 +357,32 @@ def execute(cfg: RunConfig, adapter=None, progress: Progress | None = None, item
     """Run (or resume, or collect) a run; once every example is in, the cube is written to
     `cfg.out` (when given) and returned in the Summary. `items`: the data set's records or
     pairs as a notebook holds them (dicts), instead of `cfg.data`."""
+    cfg = normalised(cfg)
+    _validate(cfg, in_memory=items is not None)  # before the model loads, so that a typo fails at once
+    with files.locked(cfg.out) if cfg.out else contextlib.nullcontext():
+        return _execute(cfg, adapter, progress, items)
+
+
+def _execute(cfg: RunConfig, adapter, progress: Progress | None, items) -> Summary:
     from ..exec.engine import Engine, Settings, embedding_std, memory_budget, passes
     from ..model.loading import load
 
-    cfg = normalised(cfg)
-    _validate(cfg, in_memory=items is not None)  # before the model loads, so that a typo fails at once
     comps = parse_components(cfg.components)
     target = _target(cfg)
+    progress = progress or Progress()
+    # The data set is read before the model loads: a line that is no record is reported at once.
+    loaded = _load(cfg, items)
+    shard = parse_shard(cfg.shard)
+    lines = [item.line for item in loaded.items[: cfg.max_examples]]
+    _, early = _shard([], loaded.problems, lines, shard)
+    progress.skipped(early)
+    if not loaded.items:
+        raise _no_case(cfg, loaded, early)
     weights = target is None or target == remote.LOCAL  # a server has its own
     adapter = adapter or load(cfg.model, device=cfg.device, dtype=cfg.dtype, weights=weights)
-    progress = progress or Progress()
-    every, problems, lines, loaded = prepare(adapter, cfg, items)
-    chosen, problems = _shard(every, problems, lines, parse_shard(cfg.shard))
-    progress.skipped(problems)
+    every, problems, lines = prepare(adapter, cfg, loaded)
+    chosen, problems = _shard(every, problems, lines, shard)
+    progress.skipped([p for p in problems if p not in early])
     if not chosen:
         raise _no_case(cfg, loaded, problems)
     settings = _settings(cfg, adapter, loaded)
@@ -377,7 +392,7 @@ def execute(cfg: RunConfig, adapter=None, progress: Progress | None = None, item
         raise ResumeMismatch(f"{pdir}: the stored run traced other examples than this data set gives now")
     requests = remote.Requests(target, adapter, progress, cfg.retries, cfg.retry_delay, cfg.request_timeout,
                                cfg.request_cells, cfg.wait) if target is not None else None
-    save_meta = (lambda: _write_json(pdir / "run.json", meta)) if pdir else (lambda: None)
+    save_meta = (lambda: files.write_json(pdir / "run.json", meta)) if pdir else (lambda: None)
     if "noise_level" not in meta:
         level = 0.0
         if cfg.noised:
@@ -429,7 +444,7 @@ def execute(cfg: RunConfig, adapter=None, progress: Progress | None = None, item
 
         def save_jobs(jobs: list) -> None:
             if jobs:
-                _write_json(jobs_file, jobs)
+                files.write_json(jobs_file, jobs)
             elif jobs_file and jobs_file.is_file():
                 jobs_file.unlink()
 
@@ -465,13 +480,6 @@ def _attrs(cfg: RunConfig, adapter, settings: dict, meta: dict, level: float, pl
         "max_examples": -1 if cfg.max_examples is None else cfg.max_examples,
         "corruption": "noise" if cfg.noised else "prompt",
     }
-
-
-def _write_json(path: Path, value) -> None:
-    """Written beside and renamed over `path`: a kill never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    tmp.replace(path)
 
 
 def collect(out: str, wait: bool = False, progress: Progress | None = None, **requesting) -> Summary:

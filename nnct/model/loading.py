@@ -49,19 +49,49 @@ def load(name: str = embedded.NAME, device: str = "cpu", dtype: str = "float32",
     elif Path(name).is_dir():
         source, revision = str(Path(name).resolve()), "local"
     elif name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise ModelNotFound(f"{name}: no such model directory")
+        raise ModelNotFound(f"'{name}' is not the embedded model ({embedded.NAME}), there is no directory"
+                            f" {Path(name).expanduser().resolve()}, and it cannot be a hub id (org/name)")
     else:
         source, revision = name, ""
+        _hub_reachable(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         if not weights:
             return _without_weights(source, tokenizer, name, revision)
         hf = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype))
     except (OSError, ValueError, ImportError) as exc:
-        raise ModelNotFound(f"cannot load model '{name}': {str(exc).splitlines()[0]}") from None
+        what = "a local directory, but not a model nnct can load" if revision == "local" else "a hub id"
+        raise ModelNotFound(f"cannot load model '{name}' ({what}): {_one_line(exc)}") from None
     if not revision:
         revision = str(getattr(hf.config, "_commit_hash", "") or "")
     return Adapter(hf.to(device), tokenizer, name=name, revision=revision, device=device)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The whole of an error's message on one line (transformers' span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _tried(name: str) -> str:
+    return (f"'{name}' is not the embedded model ({embedded.NAME}), not a directory (none at {Path(name).resolve()}),"
+            f" and as a hub id")
+
+
+def _hub_reachable(name: str) -> None:
+    """Fail within seconds when `name` can only be a hub id and no hub can be asked: the hub
+    is unreachable, or HF_HUB_OFFLINE is set and the hub cache does not hold the model
+    (transformers would otherwise retry for about a minute)."""
+    import httpx
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE:
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            raise ModelNotFound(f"{_tried(name)} it is not in the hub cache, and HF_HUB_OFFLINE is set")
+        return
+    try:
+        httpx.head(constants.ENDPOINT, timeout=5.0)
+    except httpx.HTTPError as exc:
+        raise ModelNotFound(f"{_tried(name)} the hub ({constants.ENDPOINT}) cannot be reached: {_one_line(exc)}") from None
 
 
 def _without_weights(source: str, tokenizer, name: str, revision: str) -> Adapter:

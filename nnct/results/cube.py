@@ -19,8 +19,6 @@ probabilities.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +26,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..interventions import metrics
+from .files import atomic
 
 ANSWERS = ("target", "alt")
 ATTRS = (
@@ -71,10 +70,8 @@ class Row:
         arrays.update({k: np.array(getattr(self, k), dtype=np.int64) for k in (*_INTS, "clean_top1", "line")})
         arrays.update(token_str=np.array(self.token_str, dtype=str), segment=np.array(self.segment, dtype=str))
         arrays.update({k: np.asarray(self.values[k]) for k in MEASURED})
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
+        with atomic(path) as tmp:
+            np.savez(tmp, **arrays)
 
     @classmethod
     def load(cls, path: Path, example: str | None = None) -> "Row":
@@ -147,17 +144,9 @@ def assemble(rows: list[Row], n_layers: int, components: tuple[str, ...], attrs:
 
 
 def write(ds, path: str | Path) -> None:
-    """Write the cube atomically: to a temporary file beside it, then rename over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    """Write the cube atomically, readable as the user's other files (`files.atomic`)."""
+    with atomic(path) as tmp:
         ds.to_netcdf(tmp, engine="netcdf4")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def open_cube(path: str | Path, chunks: dict | None = None):

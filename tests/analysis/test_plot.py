@@ -83,3 +83,12 @@ def test_plot_cli_with_a_filter(tmp_path):
     result = CliRunner().invoke(main, ["plot", str(cube), "-o", str(out), "--variant", "cf", "--examples", "5"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (out / "examples").iterdir()) == ["r2_cf1.pdf", "r2_cf1.png", "r3_cf1.pdf", "r3_cf1.png"]
+
+
+def test_token_labels_show_where_words_start():
+    ds = make_cube()
+    labels = ds.token_str.values.copy()
+    labels[0, :5] = ["<s>", " Com", "me", " j", "'ai"]
+    ds = ds.assign_coords(token_str=(("example", "token"), labels))
+    shown = [t.get_text() for t in panels(example_figure(ds, "r0/fact"))[0].get_yticklabels()]
+    assert shown == ["<s>", "␣Com*", "me*", "␣j", "'ai"]  # r0's subject tokens (positions 1, 2) are corrupted
