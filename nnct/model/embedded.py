@@ -62,6 +62,9 @@ def local_dir() -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     # Write beside the target and rename, so a killed conversion never leaves a half cache.
     tmp = Path(tempfile.mkdtemp(prefix=f".{NAME}-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide a shared cache (NNCT_CACHE) from colleagues
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
