@@ -46,7 +46,8 @@ def wait_for(condition, proc: subprocess.Popen, seconds: float = 120) -> None:
 
 
 def test_a_second_writer_exits_at_once_naming_the_first(tmp_path, tiny_model_dir):
-    data, out = write_jsonl(tmp_path / "many.jsonl", MANY), tmp_path / "r.nc"
+    # the first takes its lock before its model loads: it outlives the second's check by seconds
+    data, out = write_jsonl(tmp_path / "many.jsonl", MANY[:6]), tmp_path / "r.nc"
     args = ["trace", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(out), *ARGS]
     first = nnct(tmp_path, *args, name="first")
     try:
@@ -63,7 +64,7 @@ def test_a_second_writer_exits_at_once_naming_the_first(tmp_path, tiny_model_dir
         if first.poll() is None:
             first.kill()
     assert out.is_file() and not partial_dir(out).exists() and not lock.exists()
-    assert open_cube(out).sizes["example"] == 48
+    assert open_cube(out).sizes["example"] == 16
 
 
 def test_a_killed_holder_blocks_nothing(tmp_path, tiny_model_dir):
@@ -135,25 +136,37 @@ def test_a_line_that_is_no_record_is_reported_before_the_model_loads(tmp_path, m
 
 
 def test_ten_random_kills_each_resumed_give_the_uninterrupted_cube(tmp_path, tiny_model_dir):
-    data = write_jsonl(tmp_path / "many.jsonl", MANY[:18])
+    """Ten SIGKILLs at random points spread over one run: two while the process starts (and
+    measures the noise level), seven while it traces (after a random number of stored
+    examples, a random moment into the next), one once every example is stored (while the
+    cube is assembled and written); each time the run is resumed."""
+    data = write_jsonl(tmp_path / "many.jsonl", MANY[:12])  # 36 examples
     whole = tmp_path / "whole.nc"
     execute(config(tiny_model_dir, data, whole, experiment="subject", max_cf=2, components="hidden,mlp", batch_rows=4))
     out = tmp_path / "killed.nc"
+    pdir = partial_dir(out)
     args = ["trace", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(out), *ARGS, "--resume"]
     rng = random.Random(10)
-    kills = 0
-    while kills < 10 and not out.exists():
-        proc = nnct(tmp_path, *args, name=f"run{kills}")
-        # a random moment: while the process starts, reads, traces or writes
-        time.sleep(rng.uniform(0.5, 6.0))
+    stored = [0, 0, *sorted(rng.sample(range(1, 36), 7)), 36]  # examples on disk before each kill
+    kept = []
+    for k, at in enumerate(stored):
+        proc = nnct(tmp_path, *args, name=f"run{k}")
+        try:
+            if at:
+                wait_for(lambda: len(list(pdir.glob("*.npz"))) >= at, proc)
+                time.sleep(rng.uniform(0, 0.3))
+            else:
+                time.sleep(rng.uniform(0.5, 4.0))
+        except AssertionError:
+            assert proc.wait(timeout=60) == 0 and at == 36, (tmp_path / f"run{k}.txt").read_text()  # finished first
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
-            kills += 1
+            kept.append(len(list(pdir.glob("*.npz"))))
         proc.wait(timeout=120)
-        assert proc.returncode in (0, -signal.SIGKILL), (tmp_path / f"run{kills}.txt").read_text()
+        assert proc.returncode in (0, -signal.SIGKILL), (tmp_path / f"run{k}.txt").read_text()
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    assert kills >= 5, "the runs finished before they could be killed: the test killed too late"
+    assert len(kept) >= 9 and len(set(kept)) >= 7, f"the kills landed at too few stages: {kept}"
     a, b = open_cube(out), open_cube(whole)
     xr.testing.assert_identical(a.drop_attrs(), b.drop_attrs())
     assert {k: v for k, v in a.attrs.items() if k not in ("created", "data")} == \
