@@ -140,14 +140,15 @@ def test_ten_random_kills_each_resumed_give_the_uninterrupted_cube(tmp_path, tin
     measures the noise level), seven while it traces (after a random number of stored
     examples, a random moment into the next), one once every example is stored (while the
     cube is assembled and written); each time the run is resumed."""
-    data = write_jsonl(tmp_path / "many.jsonl", MANY[:12])  # 36 examples
+    data = write_jsonl(tmp_path / "many.jsonl", MANY[:12])  # 32 examples (3, 3 and 2 per copy of RECORDS)
     whole = tmp_path / "whole.nc"
     execute(config(tiny_model_dir, data, whole, experiment="subject", max_cf=2, components="hidden,mlp", batch_rows=4))
     out = tmp_path / "killed.nc"
     pdir = partial_dir(out)
     args = ["trace", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(out), *ARGS, "--resume"]
     rng = random.Random(10)
-    stored = [0, 0, *sorted(rng.sample(range(1, 36), 7)), 36]  # examples on disk before each kill
+    n = 32
+    stored = [0, 0, *sorted(rng.sample(range(1, n), 7)), n]  # examples on disk before each kill
     kept = []
     for k, at in enumerate(stored):
         proc = nnct(tmp_path, *args, name=f"run{k}")
@@ -158,7 +159,7 @@ def test_ten_random_kills_each_resumed_give_the_uninterrupted_cube(tmp_path, tin
             else:
                 time.sleep(rng.uniform(0.5, 4.0))
         except AssertionError:
-            assert proc.wait(timeout=60) == 0 and at == 36, (tmp_path / f"run{k}.txt").read_text()  # finished first
+            assert proc.wait(timeout=60) == 0 and at == n, (tmp_path / f"run{k}.txt").read_text()  # finished first
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             kept.append(len(list(pdir.glob("*.npz"))))
@@ -168,6 +169,7 @@ def test_ten_random_kills_each_resumed_give_the_uninterrupted_cube(tmp_path, tin
     assert result.exit_code == 0, result.output
     assert len(kept) >= 9 and len(set(kept)) >= 7, f"the kills landed at too few stages: {kept}"
     a, b = open_cube(out), open_cube(whole)
+    assert a.sizes["example"] == n
     xr.testing.assert_identical(a.drop_attrs(), b.drop_attrs())
     assert {k: v for k, v in a.attrs.items() if k not in ("created", "data")} == \
         {k: v for k, v in b.attrs.items() if k not in ("created", "data")}
