@@ -154,7 +154,7 @@ def test_ten_random_kills_each_resumed_give_the_uninterrupted_cube(tmp_path, tin
         proc = nnct(tmp_path, *args, name=f"run{k}")
         try:
             if at:
-                wait_for(lambda: len(list(pdir.glob("*.npz"))) >= at, proc)
+                wait_for(lambda at=at: len(list(pdir.glob("*.npz"))) >= at, proc)
                 time.sleep(rng.uniform(0, 0.3))
             else:
                 time.sleep(rng.uniform(0.5, 4.0))
