@@ -63,7 +63,7 @@ test *args: ndif-setup
 
 # Only the fast tests (no embedded model, no NDIF server).
 test-fast *args:
-    python -m pytest -q -m "not embedded" {{args}}
+    python -m pytest -q -m "not embedded and not ndif" {{args}}
 
 # The local NDIF server the remote tests start (tests/ndif/): its own venv with ndif 0.1.2, and
 # a Postgres of API keys; about 2 minutes once, then nothing.
