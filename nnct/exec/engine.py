@@ -109,9 +109,8 @@ def auto_batch_rows(model: Adapter | Parts, n_tokens: int, samples: int, budget:
 
 
 def passes(answers: Answers) -> int:
-    """Passes over the plan an example takes: one, plus one per answer of several tokens
-    beyond the first such answer."""
-    return max(1, sum(len(a) > 1 for a in answers))
+    """Passes over the plan an example takes (for progress counts): `Engine._passes`'."""
+    return len(Engine._passes(answers))
 
 
 @dataclass

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from ..errors import RecordError, SpanNotFound
 from . import pairs, spans
-from .pairs import VARIANT, check_substitutable
+from .pairs import VARIANT
 from .prompts import Example, Experiment, examples_for
 from .records import Loaded
 
@@ -66,8 +66,6 @@ def from_records(loaded: Loaded, exp: Experiment, prompt_format: str, max_cf: in
     reasons, and each record's line (by position). With `substitute`, each example's
     corrupted prompt is made by substitution (`pairs`, which searches the whole data set,
     so that a shorter run is a prefix of a longer one), else noise goes on its span."""
-    if substitute:
-        check_substitutable(exp)
     records = loaded.items[:max_records] if max_records is not None else loaded.items
     problems, out = list(loaded.problems), []
     for index, record in enumerate(records):

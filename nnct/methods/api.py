@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sys
 import warnings
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -62,7 +62,7 @@ def _run(cfg: RunConfig, model, items, progress, tokenizer):
     adapter = None
     if not isinstance(model, (str, Path)):
         adapter = wrap(model, tokenizer)
-        cfg = RunConfig(**{**cfg.__dict__, "model": adapter.name, "device": adapter.device})
+        cfg = replace(cfg, model=adapter.name, device=adapter.device)
     return execute(cfg, adapter, progress or _Warn(), items).cube
 
 
