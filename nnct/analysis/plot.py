@@ -4,7 +4,7 @@
   text, a leading space shown as `␣` so that word starts stay visible, corrupted ones
   marked with `*`), columns the layers, colour the indirect effect on
   the target answer, in the metric asked for. Each site's colours and name are its entry's
-  in `model.sites` (ROME's: purple hidden, green MLP, red attention).
+  in `interventions.components` (ROME's: purple hidden, green MLP, red attention).
 - `average_figure`: the summary's AIE, rows are segments, columns layers, one panel per component.
 - `lines_figure`: AIE by layer for chosen segments, with their 95% confidence bands.
 
@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..interventions.metrics import metric as metric_entry
-from ..model.sites import SITES
+from ..interventions.components import COMPONENTS
 from ..results.cube import metric_effects
 from ..results.files import atomic
 
@@ -41,7 +41,7 @@ def _label(metric: str) -> str:
 
 
 def _xlabel(component: str, window: int) -> str:
-    return f"layer (centre of {window} restored layers)" if SITES[component].windowed else "layer"
+    return f"layer (centre of {window} restored layers)" if COMPONENTS[component].windowed else "layer"
 
 
 def _scale(values: np.ndarray) -> tuple[float, float]:
@@ -72,10 +72,10 @@ def example_figure(ds, example: str, metric: str = "prob", scale: dict | None = 
     for ax, comp in zip(axes, comps):
         grid = ie.sel(component=comp).values[0, :n]
         vmin, vmax = scale[comp]
-        im = ax.imshow(grid, aspect="auto", cmap=SITES[comp].cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+        im = ax.imshow(grid, aspect="auto", cmap=COMPONENTS[comp].cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
         ax.set_yticks(range(n), labels, fontsize=8)
         ax.set_xlabel(_xlabel(comp, int(ds.attrs.get("window", 10))))
-        ax.set_title(f"restoring {SITES[comp].title}")
+        ax.set_title(f"restoring {COMPONENTS[comp].title}")
         fig.colorbar(im, ax=ax, label=_label(metric), shrink=0.8)
     target = str(one.target_str.values[0])
     p_clean = float(one.p_clean.sel(answer="target").values[0])
@@ -95,10 +95,10 @@ def average_figure(summary, metric: str = "prob"):
     for ax, comp in zip(axes, comps):
         grid = s.aie.sel(component=comp).values
         vmin, vmax = _scale(grid)
-        im = ax.imshow(grid, aspect="auto", cmap=SITES[comp].cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+        im = ax.imshow(grid, aspect="auto", cmap=COMPONENTS[comp].cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
         ax.set_yticks(range(len(segs)), [f"{g} (n={int(s.n.sel(segment=g))})" for g in segs], fontsize=8)
         ax.set_xlabel(_xlabel(comp, int(summary.attrs.get("window", 10))))
-        ax.set_title(f"AIE, restoring {SITES[comp].title}")
+        ax.set_title(f"AIE, restoring {COMPONENTS[comp].title}")
         fig.colorbar(im, ax=ax, label="A" + _label(metric), shrink=0.8)
     fig.suptitle(_caption(summary, metric), fontsize=9)
     return fig
@@ -122,7 +122,7 @@ def lines_figure(summary, segments: list[str], metric: str = "prob"):
             ax.fill_between(layers, c.aie_low.values, c.aie_high.values, color=line.get_color(), alpha=0.2, linewidth=0)
         ax.axhline(0, color="grey", linewidth=0.5)
         ax.set_xlabel(_xlabel(comp, int(summary.attrs.get("window", 10))))
-        ax.set_title(f"restoring {SITES[comp].title}")
+        ax.set_title(f"restoring {COMPONENTS[comp].title}")
     axes[0].set_ylabel("A" + _label(metric))
     axes[-1].legend(fontsize=7, loc="best")
     fig.suptitle(_caption(summary, metric) + "; bands: 95% CI", fontsize=9)

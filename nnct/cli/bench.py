@@ -30,7 +30,8 @@ def bench(model, data, tokens, corruption, components, samples, window, batch_ro
           json_out):
     """Time nnct's engine against one forward per cell on one prompt, side by side."""
     from ..methods import bench as bench_lib
-    from ..model import components as parse_components, load
+    from ..interventions.components import components as parse_components
+    from ..model import load
     from ..results import files
 
     try:

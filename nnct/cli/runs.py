@@ -25,7 +25,7 @@ def _shared(f):
         click.option("--out", "out", type=click.Path(), help=OUT_HELP),
         click.option("--output-dir", "--output_dir", "output_dir", type=click.Path(),
                      help="Write DIR/effects.nc instead of --out."),
-        click.option("--components", default="hidden,mlp,attn", show_default=True, help="Comma list of hidden, mlp, attn."),
+        click.option("--components", default="hidden,mlp,attn", show_default=True, help="Comma list of hidden, mlp, attn, head, head_all_pos, hidden-sever-mlp, hidden-sever-attn."),
         click.option("--window", default=10, show_default=True, type=int, help="Layer window for mlp/attn restoration."),
         click.option("--reverse-patching", "--reverse_patching", "reverse", type=BOOL01, is_flag=False, flag_value="1",
                      default="0", show_default=True, help="Noising: write corrupted states into clean runs (flag, or 0/1)."),

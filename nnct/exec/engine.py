@@ -38,8 +38,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..interventions.components import COMPONENTS, grid, variables
 from ..interventions.corruption import RunInput
-from ..interventions.plan import Batch, cells, patches, schedule
+from ..interventions.plan import Batch, cells, patches, schedule, slot
 from ..model.loading import REMOTE
 from ..model.parts import Adapter, Parts
 from ..model.sites import SITES, in_forward_order
@@ -68,11 +69,20 @@ class Measures:
 
     p_clean: np.ndarray  # [answer]
     p_corrupt: np.ndarray  # [answer]
-    p_restored: np.ndarray  # [token, layer, component, answer]
     logit_clean: np.ndarray  # [answer]
     logit_corrupt: np.ndarray  # [answer]
-    logit_restored: np.ndarray  # [token, layer, component, answer]
     clean_top1: int  # the clean prompt's most probable next token (ROME's "known" filter)
+    # the restored cells per cube variable: p_restored [token, layer, component, answer],
+    # p_restored_head [token, layer, head, answer], ... and the logits alike (`components`)
+    restored: dict[str, np.ndarray]
+
+    @property
+    def p_restored(self) -> np.ndarray:
+        return self.restored["p_restored"]
+
+    @property
+    def logit_restored(self) -> np.ndarray:
+        return self.restored["logit_restored"]
 
 
 def memory_budget(device: str) -> int:
@@ -144,7 +154,7 @@ class Engine:
         """One nnsight trace over `rows` rows of `ids` ([1 or rows, positions]).
 
         edit: (positions, values [row, position, d_model], replace) onto the input
-        embeddings; writes: (layer, site) -> (rows, positions, values); layers before
+        embeddings; writes: (layer, site) -> (rows, positions, values, heads); layers before
         `first_layer` are skipped and output `skip_value`; `cache` holds the positions
         before these.
         """
@@ -169,7 +179,7 @@ class Engine:
                 emb = a.embed.output
                 emb[:, positions] = values if replace else emb[:, positions] + values
             for layer in range(first_layer):
-                a.layers[layer].skip((skip_value,) if a.layout.layer_tuple else skip_value)
+                a.layers[layer].skip((skip_value,) if a.layer_tuple else skip_value)
             for layer in range(first_layer, a.n_layers):
                 for site in sites:
                     write = writes.get((layer, site.name))
@@ -177,7 +187,7 @@ class Engine:
                         continue
                     value = site.read(a, layer)
                     if write is not None:
-                        site.write(value, *write)
+                        site.write(value, *write, d_head=a.d_head)
                     if site.name in saved:
                         saved[site.name].append(value.save())
             # The model's own logits, not the unembedding's output: Gemma 2/3 soft-cap after it.
@@ -209,9 +219,19 @@ class Engine:
         base_row, source_row = (zeros, sample) if s.reverse else (sample, zeros)
 
         writes = {}
-        for (layer, name), p in patches(batch.cells, samples, s.window, a.n_layers).items():
+        n_positions = base_input.ids.shape[1]
+        for (layer, name), p in patches(batch.cells, samples, s.window, a.n_layers, n_positions).items():
             rows_at, tokens = torch.tensor(p.rows, device=a.device), torch.tensor(p.tokens, device=a.device)
-            writes[(layer, name)] = (rows_at, tokens - start, source.states[name][source_row[rows_at], layer, tokens])
+            frozen = torch.tensor(p.frozen, device=a.device)
+            values = source.states[name][source_row[rows_at], layer, tokens] if not frozen.all() else None
+            if frozen.any():  # a severed path keeps the base run's own value
+                kept = base.states[name][base_row[rows_at], layer, tokens]
+                values = kept if values is None else torch.where(frozen[:, None], kept, values)
+            heads = None
+            if p.heads is not None:
+                heads = torch.tensor(p.heads, device=a.device)
+                values = SITES[name].slice(values, heads, a.d_head)
+            writes[(layer, name)] = (rows_at, tokens - start, values, heads)
         # Residual-stream writes just before the first layer run go into the skipped stream instead.
         into_skip = [writes.pop(key) for key in list(writes) if key[0] == first_layer - 1 and SITES[key[1]].residual]
         ids = base_input.ids.to(a.device)
@@ -223,8 +243,8 @@ class Engine:
             kwargs["edit"] = ([base_input.positions[k] - start for k in edited], values, base_input.replace)
         if first_layer > 0:
             stream = base.states["hidden"][base_row, first_layer - 1, start:]  # indexing copies: ours to write
-            for write in into_skip:
-                stream[write[0], write[1]] = write[2]
+            for rows_at, tokens, values, _ in into_skip:
+                stream[rows_at, tokens] = values
             kwargs["skip_value"] = stream
         if start > 0:
             kwargs["cache"] = self._cropped_cache(base.cache, base_row, start, first_layer)
@@ -278,30 +298,33 @@ class Engine:
 
     def trace(self, ids, corrupt: RunInput, answers: Answers, on_batch: Callable[[int], None] | None = None) -> Measures:
         """The example's measures: every cell of the settings' components restored."""
-        values, top1 = None, 0
+        acc, top1 = None, 0
         for k, (extra, read) in enumerate(self._passes(answers)):
             more = torch.tensor([extra], dtype=torch.long).expand(corrupt.ids.shape[0], -1)
             pass_input = RunInput(torch.cat([corrupt.ids, more], dim=1), corrupt.positions, corrupt.values, corrupt.replace)
-            clean, corrupted, restored, top = self._pass(list(ids) + extra, len(ids), pass_input, read, on_batch, top1=k == 0)
+            got, top = self._pass(list(ids) + extra, len(ids), pass_input, read, on_batch, top1=k == 0)
             top1 = top if k == 0 else top1
-            both = torch.cat([clean, corrupted, restored.reshape(-1, N_VALUES)])
-            values = self._combine(values, both, read)
-        S = corrupt.rows
-        clean, corrupted, restored = values[:1], values[1:1 + S], values[1 + S:].reshape(len(ids), self.parts.n_layers, -1, S, N_VALUES)
-        mean = restored.mean(dim=3).numpy()
-        return Measures(
-            clean[0, P].numpy(), corrupted[:, P].mean(dim=0).numpy(), mean[..., P].astype(np.float32),
-            clean[0, LOGIT].numpy(), corrupted[:, LOGIT].mean(dim=0).numpy(), mean[..., LOGIT].astype(np.float32),
-            top1,
-        )
+            acc = {name: self._combine(None if acc is None else acc[name], v, read) for name, v in got.items()}
+        clean, corrupted = acc.pop("clean"), acc.pop("corrupt")
+        restored = {}
+        for variable, values in acc.items():
+            mean = values.mean(dim=-2).numpy()  # over the corrupted rows
+            restored["p_" + variable] = mean[..., P].astype(np.float32)
+            restored["logit_" + variable] = mean[..., LOGIT].astype(np.float32)
+        return Measures(clean[0, P].numpy(), corrupted[:, P].mean(dim=0).numpy(), clean[0, LOGIT].numpy(),
+                        corrupted[:, LOGIT].mean(dim=0).numpy(), top1, restored)
 
     def _pass(self, ids: list[int], n_tokens: int, corrupt: RunInput, read: _Read, on_batch, top1: bool):
-        """One pass over the plan: values of the clean run [1, V], the corrupted run [S, V] and
-        every restored cell [token, layer, component, S, V] (the cells of the first `n_tokens`)."""
+        """One pass over the plan: the values of the clean run ("clean": [1, V]), the corrupted
+        run ("corrupt": [S, V]) and the restored cells of the first `n_tokens` positions (per
+        cube variable: [cells..., S, V]), and the clean run's top token."""
         a, s = self.parts, self.settings
         S, n_all = corrupt.rows, len(ids)
         clean_input = RunInput(torch.tensor([ids], dtype=torch.long))
-        base_save, source_save = ("hidden",), s.components
+        comps = [COMPONENTS[c] for c in s.components]
+        # the base run keeps its stream, and the values a severed path freezes
+        base_save = ("hidden", *{c.sever for c in comps if c.sever})
+        source_save = tuple({c.site for c in comps})
         clean = self._forward(clean_input.ids, 1, read, save=base_save if s.reverse else source_save, keep_cache=s.reverse,
                               top1=top1)
         corrupted = self._forward(corrupt.ids, S, read, edit=self._edit(corrupt), save=source_save if s.reverse else base_save,
@@ -310,23 +333,26 @@ class Engine:
         base_input = clean_input if s.reverse else corrupt
         base_values = base.values.expand(S, -1) if s.reverse else base.values
 
-        restored = torch.full((n_tokens, a.n_layers, len(s.components), S, N_VALUES), float("nan"), dtype=torch.float64)
-        comp_index = {c: i for i, c in enumerate(s.components)}
+        restored = {v: torch.full((*grid(v, s.components, n_tokens, a.n_layers, a.n_heads), S, N_VALUES), float("nan"),
+                                  dtype=torch.float64) for v in variables(s.components)}
         rows = s.batch_rows or auto_batch_rows(a, n_all, S, s.batch_budget)
         token_rows = CPU_TOKEN_ROWS if s.batch_rows is None and a.device == "cpu" else None
-        plan = schedule(cells(n_tokens, a.n_layers, s.components), S, rows, s.window, a.n_layers, corrupt.changed(ids),
-                        n_all, token_rows)
+        first_changed = corrupt.changed(ids)
+        plan = schedule(cells(n_tokens, a.n_layers, s.components, a.n_heads, first_changed), S, rows, s.window, a.n_layers,
+                        first_changed, n_all, token_rows)
         for cell in plan.unchanged:
-            restored[cell.token, cell.layer, comp_index[cell.component]] = base_values
+            variable, at = slot(cell, s.components)
+            restored[variable][at] = base_values
         if on_batch and plan.unchanged:
             on_batch(len(plan.unchanged))
         for batch in plan.batches:
             run = self._forward(rows=len(batch.cells) * S, read=read, **self._batch_inputs(batch, S, base_input, base, source))
             for cell, value in zip(batch.cells, run.values.view(len(batch.cells), S, N_VALUES)):
-                restored[cell.token, cell.layer, comp_index[cell.component]] = value
+                variable, at = slot(cell, s.components)
+                restored[variable][at] = value
             if on_batch:
                 on_batch(len(batch.cells))
-        return clean.values, corrupted.values, restored, (int(clean.top1[0]) if top1 else 0)
+        return {"clean": clean.values, "corrupt": corrupted.values, **restored}, (int(clean.top1[0]) if top1 else 0)
 
 
 def embedding_std(parts: Parts, span_token_ids: list[list[int]], backend=None) -> float:

@@ -2,12 +2,16 @@
 forward writes where. Pure data, no model: the engine executes a plan, a remote session
 can carry one.
 
-A cell (token t, layer l, site c) occupies `samples` consecutive rows of a forward pass, one
-per corrupted row (a noise sample; a counterfactual prompt has one), or, reverse patching,
-one per corrupted row whose value is written into a clean row. Restoring a site writes it at
-t in layer l, or, for a windowed site (mlp, attn), in every layer of the window around l
-(docs/method.md). A batch's writes are grouped by (layer, site) so that the engine makes one
-indexed write per module it touches, in the order the model runs them.
+A cell (token t, layer l, component c, and a head for a component of heads; see
+`components`) occupies `samples` consecutive rows of a forward pass, one per corrupted row
+(a noise sample; a counterfactual prompt has one), or, reverse patching, one per corrupted
+row whose value is written into a clean row. Restoring a cell writes its site's source value
+at t in layer l, or, for a windowed site (mlp, attn, head), in every layer of the window
+around l (docs/method.md); an all-positions cell writes every position from t (the first
+corrupted one) to the end of the run; a severing cell also writes the base run's own value
+of the severed site at t in every layer after l (freezing it). A batch's writes are grouped
+by (layer, site) so that the engine makes one indexed write per module it touches, in the
+order the model runs them.
 
 What an exact trace must compute is much less than a full forward per cell, and the plan
 says what can be left out (the engine supplies it from the base run, the corrupted run,
@@ -30,13 +34,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..model.sites import SITES
+from .components import COMPONENTS, whole
 
 
 @dataclass(frozen=True)
 class Cell:
-    token: int
+    token: int  # an all-positions cell: the first position it writes
     layer: int
-    component: str  # a site's name
+    component: str  # a component's name
+    head: int | None = None  # a component of heads: which head
 
 
 def window_layers(layer: int, window: int, n_layers: int) -> range:
@@ -46,18 +52,40 @@ def window_layers(layer: int, window: int, n_layers: int) -> range:
 
 def written_layers(cell: Cell, window: int, n_layers: int) -> range:
     """The layers a cell writes its site in: its own, or the window's."""
-    return window_layers(cell.layer, window, n_layers) if SITES[cell.component].windowed else range(cell.layer, cell.layer + 1)
+    return window_layers(cell.layer, window, n_layers) if COMPONENTS[cell.component].windowed else range(cell.layer, cell.layer + 1)
 
 
-def cells(n_tokens: int, n_layers: int, comps: tuple[str, ...]) -> list[Cell]:
-    return [Cell(t, l, c) for c in comps for t in range(n_tokens) for l in range(n_layers)]
+def cells(n_tokens: int, n_layers: int, comps: tuple[str, ...], n_heads: int = 0, first_changed: int = 0) -> list[Cell]:
+    """Every cell of an example: (t, l) per component, per head for one of heads; an
+    all-positions component has one cell per (l, head), starting at `first_changed`."""
+    out = []
+    for name in comps:
+        c = COMPONENTS[name]
+        tokens = (first_changed,) if c.all_positions else range(n_tokens)
+        heads = range(n_heads) if c.heads else (None,)
+        out += [Cell(t, l, name, h) for t in tokens for l in range(n_layers) for h in heads]
+    return out
+
+
+def count(comps: tuple[str, ...], n_tokens: int, n_layers: int, n_heads: int) -> int:
+    """len(cells(...)), without making them."""
+    return sum((1 if COMPONENTS[c].all_positions else n_tokens) * n_layers * (n_heads if COMPONENTS[c].heads else 1)
+               for c in comps)
+
+
+def slot(cell: Cell, comps: tuple[str, ...]) -> tuple[str, tuple[int, ...]]:
+    """(cube variable suffix, index of the cell in that variable's cells: `components.grid`)."""
+    c = COMPONENTS[cell.component]
+    if not c.heads:
+        return c.variable, (cell.token, cell.layer, whole(comps).index(cell.component))
+    return c.variable, ((cell.layer, cell.head) if c.all_positions else (cell.token, cell.layer, cell.head))
 
 
 def first_layer(cell: Cell, window: int, n_layers: int) -> int:
     """The first layer that must run for a cell: the one after a residual-stream write (the
     layer's output is the write), else the first layer whose site it writes."""
     start = written_layers(cell, window, n_layers).start
-    return start + 1 if SITES[cell.component].residual else start
+    return start + 1 if SITES[COMPONENTS[cell.component].site].residual else start
 
 
 @dataclass(frozen=True)
@@ -96,7 +124,7 @@ def schedule(all_cells: list[Cell], samples: int, batch_rows: int, window: int, 
             groups.setdefault(first_layer(c, window, n_layers), []).append(c)
     out = []
     for layer, group in sorted(groups.items()):
-        group.sort(key=lambda c: (c.token, c.layer, c.component))
+        group.sort(key=lambda c: (c.token, c.layer, c.component, -1 if c.head is None else c.head))
         i = 0
         while i < len(group):
             start, needed, n = group[i].token, 0, 0
@@ -113,18 +141,38 @@ def schedule(all_cells: list[Cell], samples: int, batch_rows: int, window: int, 
 
 @dataclass(frozen=True)
 class Patch:
-    """Rows `rows` get the source value at positions `tokens` (row j*S + s: cell j, sample s)."""
+    """Element i sets row `rows[i]` (row j*S + s: cell j, sample s) at position `tokens[i]`,
+    to the source run's value, or, where `frozen[i]`, to the base run's own (a severed
+    path); only head `heads[i]`'s slice for a site of heads."""
 
     rows: list[int]
     tokens: list[int]
+    frozen: list[bool]
+    heads: list[int] | None = None
 
 
-def patches(batch: list[Cell], samples: int, window: int, n_layers: int) -> dict[tuple[int, str], Patch]:
-    """(layer, site) -> the writes of these cells there (absolute positions)."""
-    acc: dict[tuple[int, str], tuple[list[int], list[int]]] = {}
+def patches(batch: list[Cell], samples: int, window: int, n_layers: int, n_positions: int) -> dict[tuple[int, str], Patch]:
+    """(layer, site) -> the writes of these cells there (absolute positions; `n_positions`:
+    the run's length, where an all-positions cell stops)."""
+    acc: dict[tuple[int, str], dict[str, list]] = {}
+
+    def add(layer, site, rows, positions, head, frozen):
+        at = acc.setdefault((layer, site), {"rows": [], "tokens": [], "frozen": [], "heads": []})
+        for row in rows:
+            at["rows"] += [row] * len(positions)
+            at["tokens"] += list(positions)
+        n = len(rows) * len(positions)
+        at["frozen"] += [frozen] * n
+        at["heads"] += [head] * n
+
     for j, cell in enumerate(batch):
+        c = COMPONENTS[cell.component]
+        rows = range(j * samples, (j + 1) * samples)
+        positions = range(cell.token, n_positions) if c.all_positions else (cell.token,)
         for layer in written_layers(cell, window, n_layers):
-            rows, tokens = acc.setdefault((layer, cell.component), ([], []))
-            rows.extend(range(j * samples, (j + 1) * samples))
-            tokens.extend([cell.token] * samples)
-    return {key: Patch(*value) for key, value in acc.items()}
+            add(layer, c.site, rows, positions, cell.head, False)
+        if c.sever:
+            for layer in range(cell.layer + 1, n_layers):
+                add(layer, c.sever, rows, positions, None, True)
+    return {(layer, site): Patch(at["rows"], at["tokens"], at["frozen"], at["heads"] if SITES[site].heads else None)
+            for (layer, site), at in acc.items()}

@@ -17,8 +17,9 @@ attention scores and sums over the keys actually attended, the unembedding at th
 positions whose logits are computed). The **floor** is what an exact trace cannot avoid:
 the clean and corrupted runs once, and for each cell not before the first corrupted token,
 S rows over the positions from t on and the layers from the first one whose output
-changes (l + 1 for hidden, the window's first layer for mlp/attn), with logits at the last
-position only. (Finer savings are left out of it: the last layer needs only the last
+changes (l + 1 for hidden and its severed forms, the window's first layer for mlp, attn and
+head), with logits at the last position only; an all-positions head cell runs from the first
+corrupted token. (Finer savings are left out of it: the last layer needs only the last
 position, and a window's first layer needs only its MLP for an mlp cell.)
 """
 
@@ -39,9 +40,10 @@ from ..inputs.pairs import substitute
 from ..inputs.prompts import examples_for, experiment
 from ..inputs.records import load_records
 from ..interventions.corruption import RunInput, draw, noise_input, prompt_input
-from ..interventions.plan import Cell, cells, first_layer, schedule, written_layers
+from ..interventions.components import COMPONENTS
+from ..interventions.plan import Cell, cells, first_layer, schedule, slot, written_layers
 from ..model.parts import Adapter, first
-from ..model.sites import COMPONENTS, SITES
+from ..model.sites import SITES
 
 
 # -- the plain loop ----------------------------------------------------------------------------
@@ -50,11 +52,13 @@ def plain_loop(adapter: Adapter, ids, corrupt: RunInput, answers: tuple[int, int
                cached_clean: bool = False) -> dict:
     """p_restored[answer] per cell, one forward per cell with plain hooks: ROME's S+1 rows
     (row 0 clean), or with `cached_clean` the clean values cached once and only the S
-    corrupted rows run (TransformerLens)."""
+    corrupted rows run (TransformerLens). A severed path's frozen values come from one
+    corrupted forward recorded before the loop (ROME's `trace_with_repatch` runs that
+    forward again for every cell)."""
     hf, layout = adapter.hf, adapter.layout
     layers = adapter.layer_modules()
     dtype = next(hf.parameters()).dtype
-    S = corrupt.rows
+    S, T, dh = corrupt.rows, len(ids), adapter.d_head
     corrupted = corrupt.ids.to(adapter.device).expand(S, -1)
     x = corrupted if cached_clean else torch.cat([torch.tensor([list(ids)], device=adapter.device), corrupted])
     off = 0 if cached_clean else 1  # the first corrupted row
@@ -66,37 +70,60 @@ def plain_loop(adapter: Adapter, ids, corrupt: RunInput, answers: tuple[int, int
         out[off:, span] = noise if corrupt.replace else rows + noise
         return out
 
-    def module(layer, name):
-        return SITES[name].module(layers[layer], layout)
+    def hook(layer: int, site: str, fn):
+        """fn(value) on the site's value in `layer`, in place (its input or its output)."""
+        module = SITES[site].module(layers[layer], layout)
+        if SITES[site].value == "input":
+            return module.register_forward_pre_hook(lambda mod, args: fn(args[0]))
+        return module.register_forward_hook(lambda mod, inp, out: fn(first(out)))
 
-    clean = {}
-    if cached_clean:
+    def recorded(inputs, keys, rows, noised) -> dict:
+        """{(layer, site): value [rows, token, d]} of one forward over `inputs`."""
+        kept = {}
+
         def keep(key):
-            def hook(mod, inp, out):
-                clean[key] = first(out)[0].detach().clone()
-            return hook
-        keys = {(l, c.component) for c in todo for l in written_layers(c, window, adapter.n_layers)}
-        hooks = [module(*key).register_forward_hook(keep(key)) for key in keys]
+            return lambda value: kept.__setitem__(key, value[:rows].detach().clone())
+        hooks = [hook(*key, keep(key)) for key in keys]
+        if noised:
+            hooks.append(hf.get_submodule(layout.embed).register_forward_hook(add_noise))
         try:
             with torch.no_grad():
-                hf(torch.tensor([list(ids)], device=adapter.device))
+                hf(inputs)
         finally:
             for h in hooks:
                 h.remove()
+        return kept
 
-    def restore(key, token):
-        def hook(mod, inp, out):
-            h = first(out)
-            h[off:, token] = clean[key][token] if cached_clean else h[0, token]
-            return out
-        return hook
+    comps = {c.component: COMPONENTS[c.component] for c in todo}
+    clean, frozen = {}, {}
+    if cached_clean:
+        keys = {(l, comps[c.component].site) for c in todo for l in written_layers(c, window, adapter.n_layers)}
+        clean = recorded(torch.tensor([list(ids)], device=adapter.device), keys, 1, False)
+    severed = {c.sever for c in comps.values() if c.sever}
+    if severed:
+        frozen = recorded(corrupted, {(l, s) for l in range(adapter.n_layers) for s in severed}, S, noise is not None)
+
+    def restore(key, positions, columns):
+        def fn(value):
+            value[off:, positions, columns] = clean[key][0, positions, columns] if cached_clean else value[0, positions, columns]
+        return fn
+
+    def freeze(key, token):
+        def fn(value):
+            value[off:, token] = frozen[key][:, token]
+        return fn
 
     results = {}
     with torch.no_grad():
         for cell in todo:
+            c = comps[cell.component]
+            positions = list(range(cell.token, T)) if c.all_positions else [cell.token]
+            columns = slice(cell.head * dh, (cell.head + 1) * dh) if c.heads else slice(None)
             hooks = [hf.get_submodule(layout.embed).register_forward_hook(add_noise)] if noise is not None else []
-            hooks += [module(l, cell.component).register_forward_hook(restore((l, cell.component), cell.token))
+            hooks += [hook(l, c.site, restore((l, c.site), positions, columns))
                       for l in written_layers(cell, window, adapter.n_layers)]
+            if c.sever:
+                hooks += [hook(l, c.sever, freeze((l, c.sever), cell.token)) for l in range(cell.layer + 1, adapter.n_layers)]
             try:
                 logits = hf(x).logits
             finally:
@@ -206,7 +233,7 @@ def bench_example(adapter: Adapter, data: str, n_tokens: int, passage: str = "fi
     return ex, tokens
 
 
-def run(adapter: Adapter, data: str, n_tokens: int = 25, components=COMPONENTS, samples: int = 10, window: int = 10,
+def run(adapter: Adapter, data: str, n_tokens: int = 25, components=("hidden", "mlp", "attn"), samples: int = 10, window: int = 10,
         batch_rows: int | None = None, plain_cells: int = 30, seed: int = 0, passage: str = "first",
         corruption: str = "noise") -> dict:
     ex, tokens = bench_example(adapter, data, n_tokens, passage, corruption)
@@ -220,7 +247,7 @@ def run(adapter: Adapter, data: str, n_tokens: int = 25, components=COMPONENTS, 
         level = 3 * embedding_std(adapter.parts, [[tokens.ids[i] for i in span]])
         corrupt = noise_input(tokens.ids, span, draw(seed, samples, len(span), adapter.d_model, level))
     T, L = len(tokens), adapter.n_layers
-    todo = cells(T, L, tuple(components))
+    todo = cells(T, L, tuple(components), adapter.n_heads, min(span))
     budget = memory_budget(adapter.device)
     rows = batch_rows or auto_batch_rows(adapter, T, samples, budget)
     token_rows = CPU_TOKEN_ROWS if batch_rows is None and adapter.device == "cpu" else None
@@ -250,8 +277,10 @@ def run(adapter: Adapter, data: str, n_tokens: int = 25, components=COMPONENTS, 
     rates.append(matmul_gflops())
     rate, t_plain_cell = sum(rates) / 2, t_plain_total / len(sampled)
 
-    comp = {c: i for i, c in enumerate(components)}
-    diff = max(float(np.abs(result.p_restored[c.token, c.layer, comp[c.component]] - p).max()) for c, p in results.items())
+    def measured(cell):
+        variable, at = slot(cell, tuple(components))
+        return result.restored["p_" + variable][at]
+    diff = max(float(np.abs(measured(c) - p).max()) for c, p in results.items())
     t_plain = t_plain_cell * len(todo)
     per_cell_rows = samples if cached else samples + 1
     f_plain = len(todo) * shape.forward(per_cell_rows, T, logits_at=T) + (shape.forward(1, T, logits_at=T) if cached else 0)

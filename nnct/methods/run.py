@@ -43,9 +43,10 @@ from ..inputs.pairs import check_substitutable, load_pairs
 from ..inputs.prompts import experiment
 from ..inputs.records import Loaded, load_objects, load_records
 from ..interventions import corruption
+from ..interventions.components import components as parse_components
+from ..interventions.plan import count
 from ..interventions.metrics import ANSWER_PROB
 from ..model.loading import REMOTE
-from ..model.sites import components as parse_components
 from ..results import cube, files
 
 METHODS = ("trace", "patch")
@@ -349,7 +350,7 @@ def _row(case: cases_lib.Case, measures, tokenizer) -> cube.Row:
         target_str=ex.target, alt_str=ex.alt, line=case.line, token_ids=list(case.ids), token_str=list(case.token_str),
         segment=list(case.segments), span=list(case.span), answer_ids=[a[0] for a in case.answers],
         clean_top1=measures.clean_top1, clean_top1_str=tokenizer.decode([measures.clean_top1]),
-        values={k: getattr(measures, k) for k in cube.MEASURED},
+        values={**{k: getattr(measures, k) for k in cube.MEASURED}, **measures.restored},
     )
 
 
@@ -412,7 +413,7 @@ def _execute(cfg: RunConfig, adapter, progress: Progress | None, items) -> Summa
 
     engine = Engine(adapter, Settings(comps, cfg.window, cfg.reverse, cfg.batch_rows, meta["batch_budget"]))
     store = _Store(len(chosen), pdir)
-    n_cells = [len(c.ids) * adapter.n_layers * len(comps) * passes(c.answers) for c in chosen]
+    n_cells = [count(comps, len(c.ids), adapter.n_layers, adapter.n_heads) * passes(c.answers) for c in chosen]
     done = store.done()
     progress.start(len(chosen), sum(n_cells), sum(done), sum(n for n, d in zip(n_cells, done) if d))
 
@@ -458,7 +459,8 @@ def _execute(cfg: RunConfig, adapter, progress: Progress | None, items) -> Summa
     if summary.pending:
         return summary
 
-    summary.cube = cube.assemble(store.all(ids), adapter.n_layers, comps, _attrs(cfg, adapter, settings, meta, level, placement))
+    summary.cube = cube.assemble(store.all(ids), adapter.n_layers, comps, _attrs(cfg, adapter, settings, meta, level, placement),
+                                 adapter.n_heads)
     if cfg.out:
         cube.write(summary.cube, cfg.out)
         _remove(pdir)

@@ -3,11 +3,11 @@
 `load` builds an `Adapter` (the embedded default, a local directory, a hub id, or without
 weights for a server); `wrap` takes a model a notebook has already. `parts` maps every
 supported family's module paths once and checks them at load; `sites` names the values an
-intervention reads and writes (hidden, mlp, attn), one entry each.
+intervention reads and writes (hidden, mlp, attn, head), one entry each.
 """
 
 from .loading import DTYPES, REMOTE, load, wrap
 from .parts import Adapter, Parts, first
-from .sites import COMPONENTS, SITES, Site, components
+from .sites import SITES, Site
 
-__all__ = ["DTYPES", "REMOTE", "load", "wrap", "Adapter", "Parts", "first", "COMPONENTS", "SITES", "Site", "components"]
+__all__ = ["DTYPES", "REMOTE", "load", "wrap", "Adapter", "Parts", "first", "SITES", "Site"]

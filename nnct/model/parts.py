@@ -1,13 +1,17 @@
 """One standard naming of the parts nnct patches, over many architectures.
 
-Causal tracing touches six parts of a decoder: the token embeddings (noise goes on their
+Causal tracing touches seven parts of a decoder: the token embeddings (noise goes on their
 output), the decoder layers (the residual stream after layer l is a layer's output), each
-layer's attention and MLP, the final norm and the unembedding. Their module paths differ
+layer's attention, its output projection (whose input holds the heads' outputs side by
+side, before the projection mixes them) and MLP, the final norm and the unembedding. Their module paths differ
 per family; `LAYOUTS` maps each family once, and `Adapter.check` resolves every path when
 the model loads, so a renamed module fails there with the missing path named, not deep
 inside a trace. Some modules return tuples (attention everywhere, GPT-J's decoder layer);
-`first` takes the tensor that is the part's output, and `Layout.layer_tuple` says what a
-skipped layer must return in its place. Which value of a part an intervention reads or
+`first` takes the tensor that is the part's output, and `Parts.layer_tuple` says what a
+skipped layer must return in its place: found by one forward of one token when the model has
+its weights (transformers changes this between releases: GPT-J's blocks returned tuples
+before 5.24); a model without weights is taken to return the tensor, as every family does in
+current transformers. Which value of a part an intervention reads or
 writes is `sites`' business; this module only finds the modules.
 
 `Parts` is the model as an engine sees it: envoys and sizes, no weights, no tokenizer, so
@@ -28,15 +32,16 @@ class Layout:
     layers: str
     attn: str  # inside a layer
     mlp: str  # inside a layer
+    attn_out: str  # the attention's output projection, inside a layer; its input is [.., head * d_head]
     norm: str
     unembed: str
-    layer_tuple: bool = False  # a decoder layer returns (hidden, ...) rather than hidden
 
 
-LLAMA = Layout("model.embed_tokens", "model.layers", "self_attn", "mlp", "model.norm", "lm_head")
-GPT2 = Layout("transformer.wte", "transformer.h", "attn", "mlp", "transformer.ln_f", "lm_head")
-GPTJ = Layout("transformer.wte", "transformer.h", "attn", "mlp", "transformer.ln_f", "lm_head", layer_tuple=True)
-NEOX = Layout("gpt_neox.embed_in", "gpt_neox.layers", "attention", "mlp", "gpt_neox.final_layer_norm", "lm_head")
+LLAMA = Layout("model.embed_tokens", "model.layers", "self_attn", "mlp", "self_attn.o_proj", "model.norm", "lm_head")
+GPT2 = Layout("transformer.wte", "transformer.h", "attn", "mlp", "attn.c_proj", "transformer.ln_f", "lm_head")
+GPTJ = Layout("transformer.wte", "transformer.h", "attn", "mlp", "attn.out_proj", "transformer.ln_f", "lm_head")
+NEOX = Layout("gpt_neox.embed_in", "gpt_neox.layers", "attention", "mlp", "attention.dense", "gpt_neox.final_layer_norm",
+              "lm_head")
 
 LAYOUTS: dict[str, Layout] = {
     "llama": LLAMA,
@@ -65,7 +70,8 @@ def _config(config, *names):
     return None
 
 
-def _resolve(root: Any, path: str) -> Any:
+def resolve(root: Any, path: str) -> Any:
+    """The module (or envoy) at a dotted `path` under `root`."""
     node = root
     for name in path.split("."):
         node = getattr(node, name)
@@ -83,8 +89,10 @@ def _missing(module, layout: Layout, n_layers: int) -> list[str]:
         layers = module.get_submodule(layout.layers)
         if len(layers) != n_layers:
             missing.append(f"{layout.layers} ({len(layers)} layers, config says {n_layers})")
-        for part in (layout.attn, layout.mlp):
-            if not hasattr(layers[0], part):
+        for part in (layout.attn, layout.mlp, layout.attn_out):
+            try:
+                layers[0].get_submodule(part)
+            except AttributeError:
                 missing.append(f"{layout.layers}.0.{part}")
     return missing
 
@@ -103,10 +111,12 @@ class Parts:
     d_model: int
     d_kv: int
     d_ff: int
-    n_heads: int
+    n_heads: int  # query heads (grouped-query attention shares key/value heads among them)
+    d_head: int
     vocab: int
     device: str
     torch_dtype: Any
+    layer_tuple: bool  # a decoder layer returns (hidden, ...) rather than hidden
 
 
 class Adapter:
@@ -125,7 +135,7 @@ class Adapter:
         self.n_layers, self.d_model = int(n_layers), int(d_model)
         heads = int(_config(config, "num_attention_heads", "n_head") or 1)
         head_dim = int(_config(config, "head_dim") or self.d_model // heads)
-        self.n_heads = heads
+        self.n_heads, self.d_head = heads, head_dim
         self.d_q = heads * head_dim
         self.d_kv = int(_config(config, "num_key_value_heads") or heads) * head_dim
         self.d_ff = int(_config(config, "intermediate_size", "n_inner") or 4 * self.d_model)
@@ -140,8 +150,9 @@ class Adapter:
         self.dtype = str(self.torch_dtype).removeprefix("torch.")
         self.nn = nn if nn is not None else TransformersModel(hf_model, tokenizer=tokenizer)
         self.parts = Parts(
-            self.nn, _resolve(self.nn, self.layout.embed), tuple(_resolve(self.nn, self.layout.layers)), self.layout,
-            self.n_layers, self.d_model, self.d_kv, self.d_ff, self.n_heads, self.vocab, self.device, self.torch_dtype,
+            self.nn, resolve(self.nn, self.layout.embed), tuple(resolve(self.nn, self.layout.layers)), self.layout,
+            self.n_layers, self.d_model, self.d_kv, self.d_ff, self.n_heads, self.d_head, self.vocab, self.device, self.torch_dtype,
+            self._layer_tuple(hf_model),
         )
 
     @staticmethod
@@ -160,6 +171,23 @@ class Adapter:
             f"model type '{model_type}' ({type(module).__name__}) lacks the parts nnct patches: "
             f"missing {', '.join(best)}; supported families: {known}"
         )
+
+    def _layer_tuple(self, hf_model) -> bool:
+        """Whether a decoder layer returns a tuple, seen in one forward of one token (a model
+        on the meta device, without weights, is taken to return the tensor)."""
+        weight = next(hf_model.parameters())
+        if weight.is_meta:
+            return False
+        import torch
+
+        seen = []
+        hook = self.layer_modules()[0].register_forward_hook(lambda mod, inp, out: seen.append(isinstance(out, tuple)))
+        try:
+            with torch.no_grad():
+                hf_model(torch.zeros(1, 1, dtype=torch.long, device=weight.device))
+        finally:
+            hook.remove()
+        return seen[0]
 
     def layer_modules(self) -> list:
         """The decoder layers as torch modules (for plain-PyTorch code such as the bench's loop)."""

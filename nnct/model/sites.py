@@ -2,13 +2,17 @@
 
 A site is one entry of `SITES`. It says which module holds the value (a `Layout` field
 naming a module inside a decoder layer, or the layer itself), which value of it (its
-output), where it comes in a layer's forward pass (nnsight requires modules to be read in
+output, or its input), where it comes in a layer's forward pass (nnsight requires modules to be read in
 the order the model runs them within one invoke), whether restoring it at layer l writes
-that layer only or every layer of a window around l, and how figures draw it. `read` and
+that layer only or every layer of a window around l. What a cell of the cube restores (a
+site, perhaps one head of it, perhaps with another site frozen) is an
+`interventions.components` entry, which also says how figures draw it. `read` and
 `write` are the only code that touches a site's value (the plain-PyTorch loop of the bench
 finds the same module through `module`); the plan, the engine, the bench's
 plain loop and the figures ask the entry and switch on nothing. Adding a site (a head, the
 MLP's input, the down projection) is one more entry, as TransformerLens adds a patch setter.
+A site of heads (`head`: the attention output projection's input, [.., head * d_head]) is
+written one head's slice at a time; with grouped-query attention these are the query heads.
 
 Writing the residual stream (`hidden`) is special in one way the plan relies on: the layer's
 output *is* the written value, so a restored run can start at the next layer.
@@ -19,8 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError
-from .parts import Layout, Parts, first
+import torch
+
+from .parts import Layout, Parts, first, resolve
 
 
 @dataclass(frozen=True)
@@ -29,8 +34,8 @@ class Site:
     part: str | None  # the Layout field of the module inside a decoder layer; None: the layer itself
     order: int  # its place in a layer's forward pass (nnsight reads in this order)
     windowed: bool  # restoring it at layer l writes every layer of the window around l
-    title: str  # what figures call it
-    cmap: str  # its colour map in figures (ROME's colours)
+    value: str = "output"  # which value of the module: its output, or its (first) input
+    heads: bool = False  # the value's last dimension is [head, d_head]: a write sets one head's slice
 
     @property
     def residual(self) -> bool:
@@ -39,37 +44,44 @@ class Site:
 
     def module(self, layer: Any, layout: Layout) -> Any:
         """The module of this site in `layer` (an nnsight envoy or a torch module of a decoder layer)."""
-        return layer if self.part is None else getattr(layer, getattr(layout, self.part))
+        return layer if self.part is None else resolve(layer, getattr(layout, self.part))
 
     def read(self, parts: Parts, layer: int) -> Any:
-        """The site's value at `layer` inside a trace: [row, token, d_model]. Read each site
-        once per forward, in `order`: the value read is also what `write` writes into."""
-        return first(self.module(parts.layers[layer], parts.layout).output)
+        """The site's value at `layer` inside a trace: [row, token, d_model] ([row, token,
+        head * d_head] for a site of heads). Read each site once per forward, in `order`:
+        the value read is also what `write` writes into."""
+        module = self.module(parts.layers[layer], parts.layout)
+        return module.input if self.value == "input" else first(module.output)
 
-    def write(self, value: Any, rows, tokens, values) -> None:
-        """Set rows `rows` at positions `tokens` of a value `read` gave to `values`."""
-        value[rows, tokens] = values
+    def write(self, value: Any, rows, tokens, values, heads=None, d_head: int = 0) -> None:
+        """Set rows `rows` at positions `tokens` of a value `read` gave to `values` ([n, d]);
+        for a site of heads, only head `heads[i]`'s slice of element i (`values`: [n, d_head])."""
+        if heads is None:
+            value[rows, tokens] = values
+            return
+        value[rows[:, None], tokens[:, None], _columns(heads, d_head)] = values
+
+    @staticmethod
+    def slice(values, heads, d_head: int):
+        """[n, d_head]: head `heads[i]`'s slice of element i of `values` [n, head * d_head]."""
+        return values.gather(1, _columns(heads, d_head))
+
+
+def _columns(heads, d_head: int):
+    """[n, d_head]: the columns of head `heads[i]` in a value of [.., head * d_head]."""
+    return heads[:, None] * d_head + torch.arange(d_head, device=heads.device)
 
 
 SITES: dict[str, Site] = {
     s.name: s
     for s in (
-        Site("hidden", None, order=2, windowed=False, title="hidden state", cmap="Purples"),
-        Site("mlp", "mlp", order=1, windowed=True, title="MLP", cmap="Greens"),
-        Site("attn", "attn", order=0, windowed=True, title="attention", cmap="Reds"),
+        Site("hidden", None, order=3, windowed=False),
+        Site("mlp", "mlp", order=2, windowed=True),
+        Site("attn", "attn", order=1, windowed=True),
+        # The output projection's input: the heads' outputs before the projection mixes them.
+        Site("head", "attn_out", order=0, windowed=True, value="input", heads=True),
     )
 }
-# The cube's `component` order.
-COMPONENTS = tuple(SITES)
-
-
-def components(spec: str | list[str]) -> tuple[str, ...]:
-    """A comma list (or list) of site names, checked, in the cube's order."""
-    names = [c.strip() for c in spec.split(",")] if isinstance(spec, str) else list(spec)
-    bad = [c for c in names if c not in SITES]
-    if bad or not names:
-        raise ConfigError(f"unknown component(s) {bad}: use a comma list of {', '.join(SITES)}")
-    return tuple(c for c in COMPONENTS if c in names)
 
 
 def in_forward_order(names) -> list[Site]:

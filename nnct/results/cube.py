@@ -7,6 +7,9 @@ padded to the longest prompt (NaN in `p_restored`, "" in `token_str` and `segmen
 Besides ROME's probabilities the cube holds the answers' logits (`logit_clean`,
 `logit_corrupt`, `logit_restored`: the first tokens' logits, means over the corrupted rows),
 so that every metric of `interventions.metrics` is derived without another run;
+components of heads fill variables of their own (`p_restored_head(example, token, layer,
+head, answer)`, `p_restored_head_all_pos(example, layer, head, answer)`, with their logits;
+`interventions.components` says which variable each component fills);
 `corrupted(example, token)` (1 where the input was corrupted: the relation span need not be
 contiguous, and a prompt pair marks the positions that differ); `corrupt_prompt(example)`
 (a pair's corrupted prompt, "" under noise); `line(example)` (the record's line in the data
@@ -26,6 +29,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..interventions import metrics
+from ..interventions.components import variables, whole
 from .files import atomic
 
 ANSWERS = ("target", "alt")
@@ -35,8 +39,10 @@ ATTRS = (
 )
 
 
-# The measured variables of an example (the engine's `Measures`), as the cube stores them.
-MEASURED = ("p_clean", "p_corrupt", "p_restored", "logit_clean", "logit_corrupt", "logit_restored")
+# The measured variables of an example besides its restored cells (the engine's `Measures`).
+MEASURED = ("p_clean", "p_corrupt", "logit_clean", "logit_corrupt")
+# The restored cells are p_<v> and logit_<v> for each variable v the components fill.
+MEASURES = ("p_", "logit_")
 _TEXT = ("example", "record_id", "variant", "prompt", "corrupt_prompt", "target_str", "alt_str", "clean_top1_str")
 _INTS = ("token_ids", "span", "answer_ids")
 
@@ -44,8 +50,8 @@ _INTS = ("token_ids", "span", "answer_ids")
 @dataclass
 class Row:
     """Everything the cube keeps of one example: where it came from, its tokens, and what
-    the engine measured (`values`: MEASURED's arrays, [answer] or [token, layer, component,
-    answer])."""
+    the engine measured (`values`: MEASURED's arrays, [answer], and the restored cells of
+    each cube variable, e.g. p_restored [token, layer, component, answer])."""
 
     example: str
     record_id: str
@@ -69,7 +75,7 @@ class Row:
         arrays = {k: np.array(getattr(self, k)) for k in _TEXT}
         arrays.update({k: np.array(getattr(self, k), dtype=np.int64) for k in (*_INTS, "clean_top1", "line")})
         arrays.update(token_str=np.array(self.token_str, dtype=str), segment=np.array(self.segment, dtype=str))
-        arrays.update({k: np.asarray(self.values[k]) for k in MEASURED})
+        arrays.update({k: np.asarray(v) for k, v in self.values.items()})
         with atomic(path) as tmp:
             np.savez(tmp, **arrays)
 
@@ -79,27 +85,35 @@ class Row:
         with np.load(path) as z:
             fields = {k: str(z[k]) for k in _TEXT}
             fields.update({k: z[k].tolist() for k in (*_INTS, "token_str", "segment")})
-            fields.update(clean_top1=int(z["clean_top1"]), line=int(z["line"]), values={k: z[k] for k in MEASURED})
+            fields.update(clean_top1=int(z["clean_top1"]), line=int(z["line"]), values={k: z[k] for k in z.files if k.startswith(MEASURES)})
         if example is not None and fields["example"] != example:
             raise ValueError(f"{path} holds {fields['example']}, expected {example}")
         return cls(**fields)
 
 
-def assemble(rows: list[Row], n_layers: int, components: tuple[str, ...], attrs: dict):
-    """The cube of a run from its examples, in the given order."""
+def assemble(rows: list[Row], n_layers: int, components: tuple[str, ...], attrs: dict, n_heads: int = 0):
+    """The cube of a run from its examples, in the given order (`n_heads`: the model's query
+    heads, for components of heads)."""
     import xarray as xr
 
     n_ex, n_tok = len(rows), max((len(r.token_ids) for r in rows), default=0)
-    per_cell = {k: np.full((n_ex, n_tok, n_layers, len(components), len(ANSWERS)), np.nan, dtype=np.float32)
-                for k in ("p_restored", "logit_restored")}
+    size = {"token": n_tok, "layer": n_layers, "component": len(whole(components)), "head": n_heads}
+    cells = {}  # cube variable -> (dims, values)
+    for variable, dims in variables(components).items():
+        for k in (m + variable for m in MEASURES):
+            cells[k] = (("example", *dims, "answer"),
+                        np.full((n_ex, *(size[d] for d in dims), len(ANSWERS)), np.nan, dtype=np.float32))
     token_str = np.full((n_ex, n_tok), "", dtype=object)
     segment = np.full((n_ex, n_tok), "", dtype=object)
     token_id = np.full((n_ex, n_tok), -1, dtype=np.int32)
     corrupted = np.zeros((n_ex, n_tok), dtype=np.int8)
     for i, r in enumerate(rows):
         n = len(r.token_ids)
-        for k, grid in per_cell.items():
-            grid[i, :n] = r.values[k]
+        for k, (dims, grid) in cells.items():
+            if dims[1] == "token":
+                grid[i, :n] = r.values[k]
+            else:
+                grid[i] = r.values[k]
         token_str[i, :n], segment[i, :n], token_id[i, :n] = r.token_str, r.segment, r.token_ids
         corrupted[i, r.span] = 1
 
@@ -109,13 +123,12 @@ def assemble(rows: list[Row], n_layers: int, components: tuple[str, ...], attrs:
     def per_answer(values):
         return (("example", "answer"), np.array(values, dtype=np.float32).reshape(n_ex, len(ANSWERS)))
 
-    ex, ex_tok, cell = ("example",), ("example", "token"), ("example", "token", "layer", "component", "answer")
+    ex, ex_tok = ("example",), ("example", "token")
     ds = xr.Dataset(
         data_vars={
-            "p_restored": (cell, per_cell["p_restored"]),
+            **cells,
             "p_clean": per_answer([r.values["p_clean"] for r in rows]),
             "p_corrupt": per_answer([r.values["p_corrupt"] for r in rows]),
-            "logit_restored": (cell, per_cell["logit_restored"]),
             "logit_clean": per_answer([r.values["logit_clean"] for r in rows]),
             "logit_corrupt": per_answer([r.values["logit_corrupt"] for r in rows]),
             "span_start": (ex, np.array([min(r.span) for r in rows], dtype=np.int32)),
@@ -132,7 +145,8 @@ def assemble(rows: list[Row], n_layers: int, components: tuple[str, ...], attrs:
             "example": np.array([r.example for r in rows], dtype=object),
             "token": np.arange(n_tok, dtype=np.int32),
             "layer": np.arange(n_layers, dtype=np.int32),
-            "component": np.array(list(components), dtype=object),
+            **({"component": np.array(list(whole(components)), dtype=object)} if whole(components) else {}),
+            **({"head": np.arange(n_heads, dtype=np.int32)} if len(whole(components)) < len(components) else {}),
             "answer": np.array(list(ANSWERS), dtype=object),
             "token_str": (ex_tok, token_str),
             "segment": (ex_tok, segment),
@@ -160,15 +174,16 @@ def open_cube(path: str | Path, chunks: dict | None = None):
         return ds.load()
 
 
-def effects(ds):
-    """(IE[example, token, layer, component, answer], TE[example, answer]) of the
-    probabilities, per docs/method.md. Forward: IE = p_restored - p_corrupt. Reverse patching:
-    IE = p_clean - p_patched, where the cube's `p_restored` holds p_patched. TE = p_clean -
-    p_corrupt in both."""
+def effects(ds, of: str = "restored"):
+    """(IE[example, <cells of p_<of>>, answer], TE[example, answer]) of the probabilities,
+    per docs/method.md (`of`: a restored variable, e.g. "restored_head"). Forward: IE =
+    p_restored - p_corrupt. Reverse patching: IE = p_clean - p_patched, where the cube's
+    `p_restored` holds p_patched. TE = p_clean - p_corrupt in both."""
     te = ds.p_clean - ds.p_corrupt
+    restored = ds["p_" + of]
     if int(ds.attrs.get("reverse_patching", 0)):
-        return (ds.p_clean - ds.p_restored).transpose(*ds.p_restored.dims), te
-    return ds.p_restored - ds.p_corrupt, te
+        return (ds.p_clean - restored).transpose(*restored.dims), te
+    return restored - ds.p_corrupt, te
 
 
 def metrics_of(ds) -> tuple[str, ...]:
@@ -176,17 +191,21 @@ def metrics_of(ds) -> tuple[str, ...]:
     return tuple(n for n, m in metrics.METRICS.items() if not m.uses_logits or "logit_clean" in ds)
 
 
-def metric_effects(ds, name: str):
-    """(IE[example, token, layer, component], TE[example]) of the target answer in one metric
-    of `interventions.metrics`, from the values the cube stores (means over the corrupted
-    rows). A value that cannot be taken (a probability of 0 has no log-ratio; a recovery
-    whose total effect is too small) is NaN, so that averages leave it out."""
+def metric_effects(ds, name: str, of: str = "restored"):
+    """(IE[example, <cells of p_<of>>], TE[example]) of the target answer in one metric of
+    `interventions.metrics`, from the values the cube stores (means over the corrupted
+    rows); `of` names the restored variable (default `p_restored`'s cells [token, layer,
+    component]; "restored_head" for heads). A value that cannot be taken (a probability of 0
+    has no log-ratio; a recovery whose total effect is too small) is NaN, so that averages
+    leave it out."""
     m = metrics.base(name)
     if m.uses_logits and "logit_clean" not in ds:
         raise ConfigError(f"metric {name} needs the answers' logits, which this cube lacks: trace it again with nnct >= 0.4")
+    if "p_" + of not in ds:
+        raise ConfigError(f"this cube has no p_{of}: trace the component(s) that fill it")
 
     def value(kind):
-        get = {"clean": "_clean", "corrupt": "_corrupt", "restored": "_restored"}[kind]
+        get = {"clean": "_clean", "corrupt": "_corrupt", "restored": "_" + of}[kind]
         pt, pa = (ds["p" + get].sel(answer=a, drop=True) for a in ANSWERS)
         lt, la = ((ds["logit" + get].sel(answer=a, drop=True) for a in ANSWERS) if m.uses_logits else (None, None))
         return m.value(pt, pa, lt, la)
@@ -194,4 +213,5 @@ def metric_effects(ds, name: str):
     reverse = bool(int(ds.attrs.get("reverse_patching", 0)))
     with np.errstate(divide="ignore", invalid="ignore"):
         ie, te = metrics.effects(name, value("clean"), value("corrupt"), value("restored"), reverse)
-    return ie.where(np.isfinite(ie)).transpose("example", "token", "layer", "component"), te.where(np.isfinite(te))
+    cells = [d for d in ds["p_" + of].dims if d != "answer"]
+    return ie.where(np.isfinite(ie)).transpose(*cells), te.where(np.isfinite(te))

@@ -10,7 +10,7 @@ from conftest import FAMILIES, make_adapter
 from examples import CORRUPT_IDS, IDS, SPAN, TOL, pair, prepared
 from reference import Reference
 from nnct.exec.engine import Engine, Settings
-from nnct.model.sites import COMPONENTS
+from nnct.interventions.components import ORDER as COMPONENTS
 
 # Cells chosen to hit the window's clipping at both ends, the span, the tokens after it,
 # and the last token; with 4 layers and window 3 the window is [l-1, l+1] clipped.

@@ -3,8 +3,8 @@
 import pytest
 
 from nnct.errors import ConfigError
-from nnct.interventions.plan import Cell, cells, first_layer, patches, schedule, window_layers, written_layers
-from nnct.model.sites import components
+from nnct.interventions.plan import Cell, cells, count, first_layer, patches, schedule, slot, window_layers, written_layers
+from nnct.interventions.components import components
 
 
 @pytest.mark.parametrize(
@@ -70,11 +70,37 @@ def test_schedule_groups_by_first_layer_and_skips_the_clean_prefix():
 
 def test_patches_rows_and_window():
     batch = [Cell(4, 0, "hidden"), Cell(2, 1, "mlp")]
-    got = patches(batch, samples=2, window=2, n_layers=3)
+    got = patches(batch, samples=2, window=2, n_layers=3, n_positions=6)
     # hidden cell: rows 0,1 at layer 0; mlp cell (window 2 around layer 1 = layers 0, 1): rows 2,3.
     assert set(got) == {(0, "hidden"), (0, "mlp"), (1, "mlp")}
     assert got[(0, "hidden")].rows == [0, 1] and got[(0, "hidden")].tokens == [4, 4]
     assert got[(1, "mlp")].rows == [2, 3] and got[(1, "mlp")].tokens == [2, 2]
+    assert not any(any(p.frozen) for p in got.values()) and all(p.heads is None for p in got.values())
+
+
+def test_patches_of_heads_all_positions_and_severed_paths():
+    batch = [Cell(3, 1, "head", head=2), Cell(4, 0, "head_all_pos", head=1), Cell(2, 0, "hidden-sever-mlp")]
+    got = patches(batch, samples=1, window=1, n_layers=3, n_positions=6)
+    # one head at (3, 1); head 1 at positions 4, 5 of layer 0; hidden at (2, 0) with the MLP at
+    # token 2 frozen in layers 1 and 2
+    assert (got[(1, "head")].rows, got[(1, "head")].tokens, got[(1, "head")].heads) == ([0], [3], [2])
+    assert (got[(0, "head")].rows, got[(0, "head")].tokens, got[(0, "head")].heads) == ([1, 1], [4, 5], [1, 1])
+    assert (got[(0, "hidden")].rows, got[(0, "hidden")].tokens, got[(0, "hidden")].frozen) == ([2], [2], [False])
+    for layer in (1, 2):
+        p = got[(layer, "mlp")]
+        assert (p.rows, p.tokens, p.frozen, p.heads) == ([2], [2], [True], None)
+    assert (0, "mlp") not in got
+
+
+def test_cells_of_heads_and_all_positions():
+    got = cells(5, 2, ("hidden", "head", "head_all_pos"), n_heads=3, first_changed=2)
+    assert len(got) == count(("hidden", "head", "head_all_pos"), 5, 2, 3) == 5 * 2 + 5 * 2 * 3 + 2 * 3
+    assert {c.token for c in got if c.component == "head_all_pos"} == {2}
+    assert slot(Cell(4, 1, "head", 2), ("hidden", "head")) == ("restored_head", (4, 1, 2))
+    assert slot(Cell(2, 1, "head_all_pos", 0), ("head_all_pos",)) == ("restored_head_all_pos", (1, 0))
+    assert slot(Cell(4, 1, "hidden-sever-attn"), ("hidden", "hidden-sever-attn")) == ("restored", (4, 1, 1))
+    # a severed hidden cell runs from the layer after it, as a hidden cell does; a head from its window's first layer
+    assert first_layer(Cell(0, 1, "hidden-sever-mlp"), 3, 4) == 2 and first_layer(Cell(0, 2, "head", 0), 3, 4) == 1
 
 
 def test_auto_batch_rows_whole_cells_within_budget():

@@ -12,7 +12,7 @@ from reference import Reference
 from examples import CORRUPT_IDS, IDS, SPAN, TOL, pair, prepared
 from nnct.interventions.plan import Cell
 from nnct.methods.bench import Shape, floor_flops, plain_loop, table
-from nnct.model.sites import COMPONENTS
+from nnct.interventions.components import ORDER as COMPONENTS
 
 CELLS = [Cell(3, 1, "hidden"), Cell(4, 2, "mlp"), Cell(2, 0, "attn"), Cell(8, 3, "mlp"), Cell(5, 0, "hidden")]
 

@@ -19,14 +19,18 @@ def test_every_site_resolves_in_every_family(family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_sites_are_read_in_the_order_the_model_runs_them(family):
     """nnsight reads modules in forward order: the entries' `order` must be the order in
-    which each family's decoder layer finishes them (parallel-residual GPT-J and NeoX too)."""
+    which each family's decoder layer reaches their values (parallel-residual GPT-J and NeoX
+    too): a module's output when it finishes, its input when it starts."""
     import torch
 
     adapter = make_adapter(family)
     finished = []
     layer = adapter.layer_modules()[1]
-    hooks = [site.module(layer, adapter.layout).register_forward_hook(lambda *a, name=site.name: finished.append(name))
-             for site in SITES.values()]
+    hooks = []
+    for site in SITES.values():
+        module = site.module(layer, adapter.layout)
+        register = module.register_forward_pre_hook if site.value == "input" else module.register_forward_hook
+        hooks.append(register(lambda *a, name=site.name: finished.append(name)))
     try:
         with torch.no_grad():
             adapter.hf(torch.tensor([[0, 8, 25, 26]]))
@@ -38,4 +42,4 @@ def test_sites_are_read_in_the_order_the_model_runs_them(family):
 
 def test_only_the_residual_stream_is_written_at_one_layer():
     assert [s.name for s in SITES.values() if s.residual] == ["hidden"]
-    assert {s.name for s in SITES.values() if s.windowed} == {"mlp", "attn"}
+    assert {s.name for s in SITES.values() if s.windowed} == {"mlp", "attn", "head"}
