@@ -1,8 +1,10 @@
 """A slow, independent reference for activation patching: plain PyTorch forward hooks, one
 row per forward pass, no nnsight, no batching, no caches. It follows docs/method.md's wording
-directly (noise on a span, or a counterfactual prompt; restore or reverse-patch one cell;
-p and logits of the answers, teacher-forced for answers of several tokens) and shares
-nothing with nnct's engine but the model and its module paths."""
+directly (noise on a span, or a counterfactual prompt; restore or reverse-patch one cell:
+a whole site, one head's slice of the attention output projection's input, one head at every
+position from the cell's on, or the hidden state with the MLP or attention outputs at its
+token frozen in every later layer; p and logits of the answers, teacher-forced for answers
+of several tokens) and shares nothing with nnct's engine but the model and its module paths."""
 
 from __future__ import annotations
 
@@ -29,19 +31,26 @@ def _answer(a):
     return (a,) if isinstance(a, int) else tuple(a)
 
 
+SITES = ("hidden", "mlp", "attn", "head")
+
+
 class Reference:
     def __init__(self, adapter):
         self.hf = adapter.hf
         self.layout = adapter.layout
         self.n_layers = adapter.n_layers
+        self.d_head = adapter.d_head
 
-    def _module(self, layer: int, component: str):
+    def _module(self, layer: int, site: str):
         block = self.hf.get_submodule(self.layout.layers)[layer]
-        return {"hidden": block, "mlp": getattr(block, self.layout.mlp), "attn": getattr(block, self.layout.attn)}[component]
+        if site == "head":
+            return block.get_submodule(self.layout.attn_out)
+        return {"hidden": block, "mlp": getattr(block, self.layout.mlp), "attn": getattr(block, self.layout.attn)}[site]
 
     def logits(self, ids, span=None, noise=None, replace=False, writes=(), capture=False):
-        """One row. writes: [(layer, component, token, value)]. Returns (logits [token, vocab]
-        in float64, states {(layer, component): [token, d_model]})."""
+        """One row. writes: [(layer, site, token, value)]; a head's write is (layer, ("head",
+        h), token, value [d_head]) into the attention output projection's input. Returns
+        (logits [token, vocab] in float64, states {(layer, site): [token, d]})."""
         hooks, states = [], {}
         embed = self.hf.get_submodule(self.layout.embed)
         if noise is not None:
@@ -52,19 +61,29 @@ class Reference:
                 return out
             hooks.append(embed.register_forward_hook(add_noise))
         for layer in range(self.n_layers):
-            for component in ("hidden", "mlp", "attn"):
-                mine = [(t, v) for (l, c, t, v) in writes if l == layer and c == component]
+            for site in SITES:
+                mine = [(t, v, c[1] if isinstance(c, tuple) else None) for (l, c, t, v) in writes
+                        if l == layer and (c[0] if isinstance(c, tuple) else c) == site]
 
-                def hook(mod, inp, out, mine=mine, key=(layer, component)):
-                    value = _first(out)
+                def change(value, mine=mine, key=(layer, site)):
                     if mine:
                         value = value.clone()
-                        for t, v in mine:
-                            value[0, t] = v
+                        for t, v, h in mine:
+                            if h is None:
+                                value[0, t] = v
+                            else:
+                                value[0, t, h * self.d_head:(h + 1) * self.d_head] = v
                     if capture:
                         states[key] = value[0].clone()
-                    return _with_first(out, value) if mine else None
-                hooks.append(self._module(layer, component).register_forward_hook(hook))
+                    return value
+
+                module = self._module(layer, site)
+                if site == "head":
+                    hooks.append(module.register_forward_pre_hook(
+                        lambda mod, args, change=change: (change(args[0]), *args[1:])))
+                else:
+                    hooks.append(module.register_forward_hook(
+                        lambda mod, inp, out, change=change: _with_first(out, change(_first(out)))))
         try:
             with torch.no_grad():
                 logits = self.hf(torch.tensor([list(ids)])).logits[0]
@@ -91,25 +110,38 @@ class Reference:
         logits, states = self.logits(ids, span, noise, replace, writes, capture)
         return torch.softmax(logits[-1].float(), -1).double()[[_answer(a)[0] for a in answers]], states
 
-    def cell(self, ids, span, noise, answers, token, layer, component, window, replace=False, reverse=False):
+    def cell(self, ids, span, noise, answers, token, layer, component, window, replace=False, reverse=False, head=None):
         """docs/method.md's p_restored (or p_patched when reverse) of one cell, mean over samples."""
         return self._cell(ids, answers, token, layer, component, window, reverse,
-                          [dict(span=span, noise=noise[s], replace=replace) for s in range(noise.shape[0])])[0]
+                          [dict(span=span, noise=noise[s], replace=replace) for s in range(noise.shape[0])], head)[0]
 
-    def pair_cell(self, clean_ids, corrupt_ids, answers, token, layer, component, window, reverse=False):
+    def pair_cell(self, clean_ids, corrupt_ids, answers, token, layer, component, window, reverse=False, head=None):
         """(p, logit) of one cell of a prompt pair: the corrupted prompt with the clean value
         written back (or, reverse, the clean prompt with the corrupted value)."""
-        return self._cell(clean_ids, answers, token, layer, component, window, reverse, [dict(ids=corrupt_ids)])
+        return self._cell(clean_ids, answers, token, layer, component, window, reverse, [dict(ids=corrupt_ids)], head)
 
-    def _cell(self, ids, answers, token, layer, component, window, reverse, corruptions):
+    def _writes(self, ids, token, layer, component, window, head, source, base):
+        """The cell's writes: the source run's values, and a severed path's base-run values.
+        component: hidden, mlp, attn, head, head_all_pos, hidden-sever-mlp, hidden-sever-attn."""
+        if component.startswith("hidden-sever-"):
+            severed = component.removeprefix("hidden-sever-")
+            return [(layer, "hidden", token, source[(layer, "hidden")][token])] + [
+                (l, severed, token, base[(l, severed)][token]) for l in range(layer + 1, self.n_layers)]
         layers = [layer] if component == "hidden" else _window(layer, window, self.n_layers)
+        if component in ("head", "head_all_pos"):
+            cols = slice(head * self.d_head, (head + 1) * self.d_head)
+            positions = range(token, len(ids)) if component == "head_all_pos" else [token]
+            return [(l, ("head", head), t, source[(l, "head")][t, cols]) for l in layers for t in positions]
+        return [(l, component, token, source[(l, component)][token]) for l in layers]
+
+    def _cell(self, ids, answers, token, layer, component, window, reverse, corruptions, head=None):
         p_total, l_total = torch.zeros(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
         for c in corruptions:
             corrupt_ids = c.pop("ids", ids)
             _, clean = self.logits(ids, capture=True)
             _, corrupt = self.logits(corrupt_ids, capture=True, **c)
-            source, base_ids, base = (corrupt, ids, {}) if reverse else (clean, corrupt_ids, c)
-            writes = [(l, component, token, source[(l, component)][token]) for l in layers]
+            (source, states), base_ids, base = ((corrupt, clean), ids, {}) if reverse else ((clean, corrupt), corrupt_ids, c)
+            writes = self._writes(ids, token, layer, component, window, head, source, states)
             p, logit = self.measure(base_ids, answers, writes=writes, **base)
             p_total += p
             l_total += logit

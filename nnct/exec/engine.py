@@ -210,8 +210,9 @@ class Engine:
         states = {c: torch.stack(v, dim=1) for c, v in saved.items()}
         return Run(values, states, kept, top.cpu() if top1 else None)
 
-    def _batch_inputs(self, batch: Batch, samples: int, base_input: RunInput, base: Run, source: Run) -> dict:
-        """The keyword arguments of `_forward` for one batch of the schedule."""
+    def _batch_inputs(self, batch: Batch, samples: int, base_input: RunInput, base: Run, source: Run, n_tokens: int) -> dict:
+        """The keyword arguments of `_forward` for one batch of the schedule (`n_tokens`: the
+        prompt's, where an all-positions cell stops)."""
         a, s = self.parts, self.settings
         rows, start, first_layer = len(batch.cells) * samples, batch.start, batch.first_layer
         sample = torch.arange(rows, device=a.device) % samples  # row j*S + s is cell j's sample s
@@ -219,8 +220,7 @@ class Engine:
         base_row, source_row = (zeros, sample) if s.reverse else (sample, zeros)
 
         writes = {}
-        n_positions = base_input.ids.shape[1]
-        for (layer, name), p in patches(batch.cells, samples, s.window, a.n_layers, n_positions).items():
+        for (layer, name), p in patches(batch.cells, samples, s.window, a.n_layers, n_tokens).items():
             rows_at, tokens = torch.tensor(p.rows, device=a.device), torch.tensor(p.tokens, device=a.device)
             frozen = torch.tensor(p.frozen, device=a.device)
             values = source.states[name][source_row[rows_at], layer, tokens] if not frozen.all() else None
@@ -346,7 +346,7 @@ class Engine:
         if on_batch and plan.unchanged:
             on_batch(len(plan.unchanged))
         for batch in plan.batches:
-            run = self._forward(rows=len(batch.cells) * S, read=read, **self._batch_inputs(batch, S, base_input, base, source))
+            run = self._forward(rows=len(batch.cells) * S, read=read, **self._batch_inputs(batch, S, base_input, base, source, n_tokens))
             for cell, value in zip(batch.cells, run.values.view(len(batch.cells), S, N_VALUES)):
                 variable, at = slot(cell, s.components)
                 restored[variable][at] = value

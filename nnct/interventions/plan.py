@@ -7,8 +7,8 @@ A cell (token t, layer l, component c, and a head for a component of heads; see
 (a noise sample; a counterfactual prompt has one), or, reverse patching, one per corrupted
 row whose value is written into a clean row. Restoring a cell writes its site's source value
 at t in layer l, or, for a windowed site (mlp, attn, head), in every layer of the window
-around l (docs/method.md); an all-positions cell writes every position from t (the first
-corrupted one) to the end of the run; a severing cell also writes the base run's own value
+around l (docs/method.md); an all-positions cell writes every prompt position from t (the
+first corrupted one) on (not an answer's tokens appended for teacher forcing); a severing cell also writes the base run's own value
 of the severed site at t in every layer after l (freezing it). A batch's writes are grouped
 by (layer, site) so that the engine makes one indexed write per module it touches, in the
 order the model runs them.
@@ -153,7 +153,7 @@ class Patch:
 
 def patches(batch: list[Cell], samples: int, window: int, n_layers: int, n_positions: int) -> dict[tuple[int, str], Patch]:
     """(layer, site) -> the writes of these cells there (absolute positions; `n_positions`:
-    the run's length, where an all-positions cell stops)."""
+    the prompt's length, where an all-positions cell stops)."""
     acc: dict[tuple[int, str], dict[str, list]] = {}
 
     def add(layer, site, rows, positions, head, frozen):

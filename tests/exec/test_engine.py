@@ -214,3 +214,61 @@ def test_sliding_window_shorter_than_the_prompt(family):
         expected = ref.cell(IDS, SPAN, ex.noise, ex.answers, token, layer, component, window=3)
         np.testing.assert_allclose(result.p_restored[token, layer, comp(component)], expected.numpy(), atol=TOL,
                                    err_msg=f"{family} cell {(token, layer, component)}")
+
+
+# Cells of the finer components: (token, layer, head) for `head`, (layer, head) for `head_all_pos`
+# (from the first corrupted token), (token, layer) for the severed hidden states.
+HEAD_CELLS = [(3, 0, 1), (8, 3, 3), (5, 1, 0), (2, 2, 2)]
+ALL_POS_CELLS = [(0, 1), (2, 3), (3, 0)]
+SEVER_CELLS = [(3, 0), (4, 1), (8, 2), (2, 3)]
+FINER = ("hidden-sever-mlp", "hidden-sever-attn", "head", "head_all_pos")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("reverse", [False, True], ids=["restore", "reverse"])
+def test_heads_and_severed_paths_match_reference(family, reverse):
+    """One head's slice of the output projection's input (with a window), one head at every
+    position from the span on, and the hidden state with later MLP / attention outputs at its
+    token frozen; noise and prompt pairs, p and logits, every family."""
+    adapter = make_adapter(family)
+    ref = Reference(adapter)
+    for ex in (prepared(adapter, samples=2), pair(adapter)):
+        result = ex.trace(adapter, components=FINER, window=3, reverse=reverse, batch_rows=6)
+        runs = ([dict(span=SPAN, noise=ex.noise[s]) for s in range(2)] if ex.noise is not None
+                else [dict(ids=CORRUPT_IDS)])
+        wanted = ([((t, l, COMPONENTS.index(c) - 3), (t, l, c, None), "restored") for t, l in SEVER_CELLS
+                   for c in FINER[:2]]
+                  + [((t, l, h), (t, l, "head", h), "restored_head") for t, l, h in HEAD_CELLS]
+                  + [((l, h), (SPAN[0], l, "head_all_pos", h), "restored_head_all_pos") for l, h in ALL_POS_CELLS])
+        for at, (t, l, c, h), variable in wanted:
+            p, logit = ref._cell(IDS, ex.answers, t, l, c, 3, reverse, [dict(r) for r in runs], head=h)
+            what = f"{family} {'noise' if ex.noise is not None else 'pair'} {c} {at}"
+            np.testing.assert_allclose(result.restored["p_" + variable][at], p.numpy(), atol=TOL, err_msg=what)
+            np.testing.assert_allclose(result.restored["logit_" + variable][at], logit.numpy(), atol=5e-5, err_msg=what)
+
+
+def test_severing_nothing_is_the_hidden_trace():
+    """At the last layer no later MLP or attention is left to freeze: the severed cells are
+    the plain hidden cells exactly, in one trace and the same noise."""
+    adapter = make_adapter("llama")
+    ex = prepared(adapter)
+    result = ex.trace(adapter, components=("hidden", "hidden-sever-mlp", "hidden-sever-attn"), window=3)
+    p = result.p_restored
+    np.testing.assert_array_equal(p[:, -1, 1], p[:, -1, 0])
+    np.testing.assert_array_equal(p[:, -1, 2], p[:, -1, 0])
+    assert not np.allclose(p[SPAN[1], 0, 1], p[SPAN[1], 0, 0]), "severing must change an early cell for this test to mean something"
+
+
+def test_heads_with_a_multi_token_answer_match_reference():
+    """Teacher-forced answers: a head (and a head at every prompt position from the span on)
+    restored in both passes."""
+    adapter = make_adapter("gpt2")
+    ref = Reference(adapter)
+    ex = prepared(adapter, samples=2)
+    ex.answers = ((12, 40), (13,))
+    result = ex.trace(adapter, components=("head", "head_all_pos"), window=1)
+    runs = [dict(span=SPAN, noise=ex.noise[s]) for s in range(2)]
+    for at, (t, l, c, h), variable in [((5, 2, 1), (5, 2, "head", 1), "restored_head"),
+                                       ((1, 3), (SPAN[0], 1, "head_all_pos", 3), "restored_head_all_pos")]:
+        p, _ = ref._cell(IDS, ex.answers, t, l, c, 1, False, [dict(r) for r in runs], head=h)
+        np.testing.assert_allclose(result.restored["p_" + variable][at], p.numpy(), rtol=1e-5, atol=1e-9)

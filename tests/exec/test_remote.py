@@ -43,6 +43,23 @@ def test_one_session_gives_the_local_numbers_for_several_examples(family, revers
     assert not np.allclose(reply.results[0].p_restored, reply.results[1].p_restored, equal_nan=True)  # other noise
 
 
+@pytest.mark.parametrize("reverse", [False, True], ids=["restore", "reverse"])
+def test_heads_and_severed_paths_through_a_session(reverse):
+    """Heads (a slice of the output projection's input), all positions and severed paths
+    travel in the serialised session too."""
+    adapter = make_adapter("llama")
+    comps = ("hidden-sever-mlp", "hidden-sever-attn", "head", "head_all_pos")
+    jobs = [(ex.ids, ex.corrupt, ex.answers) for ex in (prepared(adapter, samples=2), pair(adapter))]
+    engine = Engine(adapter, Settings(comps, window=3, reverse=reverse, batch_rows=8))
+    reply = remote.request(engine, jobs, remote.backend(SIM, adapter))
+    for job, there in zip(jobs, reply.results):
+        here = engine.trace(*job)
+        assert set(there.restored) == set(here.restored) == {f"{m}_{v}" for m in ("p", "logit")
+                                                              for v in ("restored", "restored_head", "restored_head_all_pos")}
+        for name, values in here.restored.items():
+            np.testing.assert_allclose(there.restored[name], values, atol=TOL, err_msg=name)
+
+
 def test_the_request_carries_no_weights(monkeypatch):
     """The session is serialised with the engine in it: only envoys may travel by reference.
     A model with 16 MiB of MLP weights must still make a request of a few hundred KiB."""
