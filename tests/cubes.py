@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from nnct.interventions.components import grid, variables
 from nnct.results.cube import Row, assemble
+
+N_HEADS = 3
 
 ATTRS = {
     "model": "hand", "model_revision": "r", "nnct_version": "0.0.test", "experiment": "subject-noctx",
@@ -32,10 +35,15 @@ def records(n_layers: int = 4, components=("hidden", "mlp"), seed: int = 0, layo
         p_corrupt = rng.uniform(0.01, 0.5, size=2)
         answer_ids = [100 + i, 200 + i]
         span = [k for k, s in enumerate(seg) if s.startswith("subject")]
+        shapes = {v: (*grid(v, components, n, n_layers, N_HEADS), 2) for v in variables(components)}
+        first, *more = shapes  # drawn in the order the cubes of the first components had
         values = {"p_clean": p_clean, "p_corrupt": p_corrupt,
-                  "p_restored": rng.uniform(0.01, 0.99, size=(n, n_layers, len(components), 2)).astype(np.float32),
+                  "p_" + first: rng.uniform(0.01, 0.99, size=shapes[first]).astype(np.float32),
                   "logit_clean": rng.normal(size=2), "logit_corrupt": rng.normal(size=2),
-                  "logit_restored": rng.normal(size=(n, n_layers, len(components), 2)).astype(np.float32)}
+                  "logit_" + first: rng.normal(size=shapes[first]).astype(np.float32)}
+        for v in more:
+            values["p_" + v] = rng.uniform(0.01, 0.99, size=shapes[v]).astype(np.float32)
+            values["logit_" + v] = rng.normal(size=shapes[v]).astype(np.float32)
         out.append(Row(
             example=f"{id_prefix}{i}/{variant}", record_id=f"{id_prefix}{i}", variant=variant, prompt=" ".join(f"w{k}" for k in range(n)),
             corrupt_prompt="", target_str=f"T{i}", alt_str=f"A{i}", line=i + 1, token_ids=list(range(10, 10 + n)),
@@ -47,4 +55,4 @@ def records(n_layers: int = 4, components=("hidden", "mlp"), seed: int = 0, layo
 
 def make_cube(n_layers: int = 4, components=("hidden", "mlp"), seed: int = 0, reverse: bool = False, **attrs):
     return assemble(records(n_layers, components, seed), n_layers, components,
-                    {**ATTRS, "reverse_patching": int(reverse), **attrs})
+                    {**ATTRS, "reverse_patching": int(reverse), **attrs}, N_HEADS)

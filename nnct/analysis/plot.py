@@ -7,6 +7,12 @@
   in `interventions.components` (ROME's: purple hidden, green MLP, red attention).
 - `average_figure`: the summary's AIE, rows are segments, columns layers, one panel per component.
 - `lines_figure`: AIE by layer for chosen segments, with their 95% confidence bands.
+- `severed_figure`: ROME's severed-path figure: AIE by layer at the corrupted span's last
+  token of the hidden state restored alone, with the later MLPs severed and with the later
+  attention severed, with 95% bands.
+- `heads_figure`: per-head AIE, layers bottom to top and heads left to right, one panel per
+  segment of interest (and one for heads restored at all positions), the strongest heads
+  labelled.
 
 Colour scales are shared per component: every example figure drawn in one call uses the
 same scale for a component (so two examples compare at a glance). As in ROME, a scale starts
@@ -25,8 +31,12 @@ from ..interventions.metrics import metric as metric_entry
 from ..interventions.components import COMPONENTS
 from ..results.cube import metric_effects
 from ..results.files import atomic
+from .summary import FOCUS
 
-LINE_SEGMENTS = ("subject_last", "changed_last", "object_last", "relation", "last")  # the AIE lines drawn by default
+LINE_SEGMENTS = FOCUS  # the AIE lines drawn by default
+SEVERED = ("hidden", "hidden-sever-mlp", "hidden-sever-attn")  # the lines of the severed-path figure
+SPAN_LAST = ("subject_last", "changed_last", "object_last")  # the corrupted span's last token, by experiment
+LABELLED = 3  # heads labelled per panel
 
 
 def shown(token: str) -> str:
@@ -129,6 +139,75 @@ def lines_figure(summary, segments: list[str], metric: str = "prob"):
     return fig
 
 
+def severed_figure(summary, metric: str = "prob", segment: str | None = None):
+    """AIE by layer at `segment` (default: the corrupted span's last token) of the hidden
+    state alone and with the later MLP or attention outputs severed, with 95% bands."""
+    from matplotlib.figure import Figure
+
+    s = summary.sel(metric=metric)
+    comps = [c for c in SEVERED if c in set(summary.component.values)]
+    segment = segment or next((g for g in SPAN_LAST if g in set(summary.segment.values)), None)
+    if segment is None or len(comps) < 2:
+        raise ConfigError("the severed-path figure needs hidden and a hidden-sever-* component, at the span's last token")
+    colours = {"hidden": "#6a3d9a", "hidden-sever-mlp": "#33a02c", "hidden-sever-attn": "#e31a1c"}
+    layers = summary.layer.values
+    fig = Figure(figsize=(5.2, 3.6), layout="constrained")
+    ax = fig.subplots()
+    for comp in comps:
+        c = s.sel(component=comp, segment=segment)
+        ax.plot(layers, c.aie.values, color=colours[comp], label=COMPONENTS[comp].title)
+        ax.fill_between(layers, c.aie_low.values, c.aie_high.values, color=colours[comp], alpha=0.2, linewidth=0)
+    ax.axhline(0, color="grey", linewidth=0.5)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel("layer of the restored hidden state")
+    ax.set_ylabel("A" + _label(metric))
+    ax.set_title(f"at {segment} (n={int(s.n.sel(segment=segment))})", fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+    fig.suptitle(_caption(summary, metric) + "; bands: 95% CI", fontsize=9)
+    return fig
+
+
+def heads_figure(summary, metric: str = "prob", segments: list[str] | None = None):
+    """Per-head AIE (layers bottom to top, heads left to right): one panel per segment, and
+    one for heads restored at every position; the strongest `LABELLED` heads of each panel
+    are labelled with their AIE."""
+    from matplotlib.figure import Figure
+
+    s = summary.sel(metric=metric)
+    panels = []
+    if "aie_head" in summary:
+        present = list(summary.segment.values)
+        chosen = segments or [g for g in LINE_SEGMENTS if g in present] or present
+        unknown = [g for g in chosen if g not in present]
+        if unknown:
+            raise ConfigError(f"no segment {', '.join(unknown)} in these examples; they have {', '.join(present)}")
+        panels += [(f"{g} (n={int(s.n.sel(segment=g))})", s.aie_head.sel(segment=g).values) for g in chosen]
+    if "aie_head_all_pos" in summary:
+        panels.append(("all positions from the span on", s.aie_head_all_pos.values))
+    if not panels:
+        raise ConfigError("this summary has no heads: trace the head or head_all_pos component")
+    n_layers, n_heads = panels[0][1].shape
+    fig = Figure(figsize=(0.35 * n_heads * len(panels) + 1.6 * len(panels), 0.16 * n_layers + 1.8), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (title, grid) in zip(axes, panels):
+        vmin, vmax = _scale(grid)
+        im = ax.imshow(grid, aspect="auto", origin="lower", cmap=COMPONENTS["head"].cmap, vmin=vmin, vmax=vmax,
+                       interpolation="nearest")
+        flat = np.where(np.isnan(grid), -np.inf, grid).ravel()
+        for i in np.argsort(-flat)[:LABELLED]:
+            if flat[i] > 0:
+                layer, head = np.unravel_index(i, grid.shape)
+                ax.annotate(f"L{layer}H{head} {flat[i]:.2g}", (head, layer), fontsize=6, ha="center", va="center",
+                            xytext=(0, 7), textcoords="offset points")
+        ax.set_xticks(range(n_heads))
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer" + (f" (centre of {int(summary.attrs.get('window', 10))})" if int(summary.attrs.get("window", 10)) > 1 else ""))
+        ax.set_title(title, fontsize=8)
+        fig.colorbar(im, ax=ax, label="A" + _label(metric), shrink=0.8)
+    fig.suptitle(_caption(summary, metric) + ", restoring one attention head", fontsize=9)
+    return fig
+
+
 def _caption(summary, metric: str) -> str:
     a = summary.attrs
     ate = float(summary.ate.sel(metric=metric))
@@ -147,15 +226,23 @@ def _save(fig, base: Path) -> list[Path]:
 
 
 def draw(ds, summary, outdir: str | Path, examples: int = 6, segments: list[str] | None = None, metric: str = "prob") -> list[Path]:
-    """Write the example heatmaps (the first `examples` of `ds`), the average heatmap and the
-    AIE lines into `outdir`, each as PNG and PDF; returns the paths written."""
+    """Write into `outdir`, each as PNG and PDF, what the cube holds: for components of whole
+    sites the example heatmaps (the first `examples` of `ds`), the average heatmap and the AIE
+    lines, and the severed-path figure when severed components are in; for heads, the heads
+    figure. Returns the paths written."""
     outdir = Path(outdir)
-    chosen = ds.isel(example=slice(0, examples))
-    scale = scales(chosen, metric)
     paths = []
-    for ex in chosen.example.values:
-        paths += _save(example_figure(ds, str(ex), metric, scale), outdir / "examples" / str(ex).replace("/", "_"))
-    paths += _save(average_figure(summary, metric), outdir / "average")
-    segments = segments or [g for g in LINE_SEGMENTS if g in set(summary.segment.values)]
-    paths += _save(lines_figure(summary, segments, metric), outdir / "aie_lines")
+    if "aie" in summary:
+        chosen = ds.isel(example=slice(0, examples))
+        scale = scales(chosen, metric)
+        for ex in chosen.example.values:
+            paths += _save(example_figure(ds, str(ex), metric, scale), outdir / "examples" / str(ex).replace("/", "_"))
+        paths += _save(average_figure(summary, metric), outdir / "average")
+        lines = segments or [g for g in LINE_SEGMENTS if g in set(summary.segment.values)]
+        paths += _save(lines_figure(summary, lines, metric), outdir / "aie_lines")
+        if ("hidden" in summary.component.values and set(SEVERED[1:]) & set(summary.component.values)
+                and set(SPAN_LAST) & set(summary.segment.values)):
+            paths += _save(severed_figure(summary, metric), outdir / "severed")
+    if "aie_head" in summary or "aie_head_all_pos" in summary:
+        paths += _save(heads_figure(summary, metric, segments), outdir / "heads")
     return paths

@@ -8,8 +8,9 @@ from ..results.cube import effects
 
 
 def describe(ds, max_examples: int = 10) -> str:
-    """Attrs, dims, ATE and, per example, where its strongest indirect effect is."""
-    ie, te = effects(ds)
+    """Attrs, dims, ATE and, per example, where its strongest indirect effect is (per
+    component, and for heads)."""
+    te = ds.p_clean - ds.p_corrupt
     lines = ["attrs:"]
     lines += [f"  {k} = {v}" for k, v in ds.attrs.items()]
     lines.append("dims: " + ", ".join(f"{k}={v}" for k, v in ds.sizes.items()))
@@ -18,17 +19,24 @@ def describe(ds, max_examples: int = 10) -> str:
         f"  mean p_clean = {float(ds.p_clean.sel(answer='target').mean()):.4f}"
         f"  mean p_corrupt = {float(ds.p_corrupt.sel(answer='target').mean()):.4f}"
     )
-    lines.append("per example (target answer): p_clean, p_corrupt, strongest IE per component at (token, layer)")
-    target = ie.sel(answer="target")
+    lines.append("per example (target answer): p_clean, p_corrupt, strongest IE per component at (token, layer[, head])")
+    # (label, restored variable, selection): the grids searched per example
+    grids = [(str(c), "restored", {"component": c}) for c in ds.component.values] if "p_restored" in ds else []
+    grids += [(name, of, {}) for name, of in (("head", "restored_head"), ("head_all_pos", "restored_head_all_pos"))
+              if "p_" + of in ds]
+    targets = {of: effects(ds, of)[0].sel(answer="target") for of in {g[1] for g in grids}}
     for i, ex in enumerate(ds.example.values[:max_examples]):
         parts = []
-        for comp in ds.component.values:
-            grid = target.isel(example=i).sel(component=comp).values
+        for label, of, pick in grids:
+            cells = targets[of].isel(example=i).sel(pick)
+            grid = cells.values
             if np.all(np.isnan(grid)):
                 continue
-            t, l = np.unravel_index(np.nanargmax(grid), grid.shape)
-            tok = str(ds.token_str.values[i, t])
-            parts.append(f"{comp} {grid[t, l]:+.3f} at {tok!r}[{ds.segment.values[i, t]}] L{l}")
+            at = dict(zip(cells.dims, np.unravel_index(np.nanargmax(grid), grid.shape)))
+            where = f"L{at['layer']}" + (f"H{at['head']}" if "head" in at else "")
+            if "token" in at:
+                where = f"{str(ds.token_str.values[i, at['token']])!r}[{ds.segment.values[i, at['token']]}] " + where
+            parts.append(f"{label} {grid[tuple(at.values())]:+.3f} at {where}")
         p = ds.p_clean.isel(example=i).sel(answer="target"), ds.p_corrupt.isel(example=i).sel(answer="target")
         lines.append(f"  {ex} ({str(ds.target_str.values[i])!r}): {float(p[0]):.3f} -> {float(p[1]):.3f}; " + "; ".join(parts))
     if ds.sizes["example"] > max_examples:

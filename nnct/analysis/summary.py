@@ -3,7 +3,10 @@
 `summarize` turns an effect cube into a small Dataset over (metric, segment, layer,
 component): the average indirect effect (AIE) per segment, its 95% confidence interval over
 examples, the best layer per segment and component, the ATE, and the share of examples
-whose clean prompt ranks the target first. Choices (docs/method.md, "Summaries"):
+whose clean prompt ranks the target first; for a cube of heads the same over (metric,
+segment, layer, head) (`aie_head`) and, for heads restored at all positions, over (metric,
+layer, head) (`aie_head_all_pos`), and `strongest_heads` lists the largest. Choices
+(docs/method.md, "Summaries"):
 
 - A segment's effect in one example is the mean over its tokens (ROME averages the middle
   subject tokens the same way); the AIE is the mean over the examples that have the
@@ -33,6 +36,8 @@ from ..inputs.spans import SEGMENT_ORDER
 from ..results.cube import metric_effects, metrics_of
 
 FILTERS = ("known", "target-wins", "alt-wins")
+# The segments reported first (figures' lines, the strongest heads), where present.
+FOCUS = ("subject_last", "changed_last", "object_last", "relation", "last")
 
 
 def select(ds, variant: str | None = None, filter: str | None = None):
@@ -59,20 +64,22 @@ def segments_of(ds) -> list[str]:
     return [s for s in SEGMENT_ORDER if s in present] + sorted(present - set(SEGMENT_ORDER))
 
 
-def segment_effects(ds, metrics, segments: list[str], chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """(IE[metric, example, segment, layer, component], TE[metric, example]): per example, the
-    mean IE over the tokens of each segment (NaN where the example has none). One pass over
-    the cube, `chunk` examples at a time."""
+def segment_effects(ds, metrics, segments: list[str], chunk: int = 256, of: str = "restored") -> tuple[np.ndarray, np.ndarray]:
+    """(IE[metric, example, segment, layer, X], TE[metric, example]): per example, the mean IE
+    over the tokens of each segment (NaN where the example has none), of the restored
+    variable `of` (X: component, or head for "restored_head"). One pass over the cube,
+    `chunk` examples at a time."""
     n = ds.sizes["example"]
-    out = np.full((len(metrics), n, len(segments), ds.sizes["layer"], ds.sizes["component"]), np.nan)
+    rest = [ds.sizes[d] for d in ds["p_" + of].dims[2:-1]]  # after example and token, before answer
+    out = np.full((len(metrics), n, len(segments), *rest), np.nan)
     te = np.full((len(metrics), n), np.nan)
     for lo in range(0, n, chunk):
         part = ds.isel(example=slice(lo, lo + chunk)).load()
         seg = part.segment.values.astype(str)
         masks = [(seg == s)[:, :, None, None] for s in segments]
         for m, metric in enumerate(metrics):
-            ie, total = metric_effects(part, metric)
-            ie = ie.values.astype(np.float64)  # [example, token, layer, component]
+            ie, total = metric_effects(part, metric, of)
+            ie = ie.values.astype(np.float64)  # [example, token, layer, X]
             for k, mask in enumerate(masks):
                 count = mask.sum(axis=1)
                 summed = np.where(mask, ie, 0.0).sum(axis=1)
@@ -114,22 +121,34 @@ def summarize(ds, variant: str | None = None, filter: str | None = None, metrics
     if chosen.sizes["example"] == 0:
         raise ConfigError(f"no example is left after --variant {variant or 'all'} --filter {filter or 'none'}")
     segments = segments_of(chosen)
-    dims = ("metric", "segment", "layer", "component")
-    per_example, te = segment_effects(chosen, metrics, segments)
-    aie, low, high, n = mean_ci(per_example, axis=1)  # [metric, segment, layer, component]
+    data, te, n = {}, None, None
+    for of, name, x in (("restored", "aie", "component"), ("restored_head", "aie_head", "head")):
+        if "p_" + of not in chosen:
+            continue
+        dims = ("metric", "segment", "layer", x)
+        per_example, te = segment_effects(chosen, metrics, segments, of=of)
+        aie, low, high, count = mean_ci(per_example, axis=1)  # [metric, segment, layer, X]
+        data.update({name: (dims, aie), name + "_low": (dims, low), name + "_high": (dims, high)})
+        n = count.max(axis=(2, 3)) if n is None else np.maximum(n, count.max(axis=(2, 3)))
+        if x == "component":
+            best = np.argmax(np.where(np.isnan(aie), -np.inf, aie), axis=2)  # [metric, segment, component]
+            data["best_layer"] = (("metric", "segment", "component"), chosen.layer.values[best].astype(np.int32))
+            data["best_aie"] = (("metric", "segment", "component"), np.take_along_axis(aie, best[:, :, None, :], axis=2)[:, :, 0, :])
+    if "p_restored_head_all_pos" in chosen:
+        dims = ("metric", "layer", "head")
+        per_example, te = _all_positions(chosen, metrics)
+        aie, low, high, _ = mean_ci(per_example, axis=1)
+        data.update({"aie_head_all_pos": (dims, aie), "aie_head_all_pos_low": (dims, low), "aie_head_all_pos_high": (dims, high)})
     ate = np.stack(mean_ci(te, axis=1)[:3], axis=1)  # [metric, (mean, low, high)]
-    best = np.argmax(np.where(np.isnan(aie), -np.inf, aie), axis=2)  # [metric, segment, component]
-    best_aie = np.take_along_axis(aie, best[:, :, None, :], axis=2)[:, :, 0, :]
     target = chosen.answer_id.sel(answer="target").values if "answer_id" in chosen else None
     share = float(np.mean(chosen.clean_top1.values == target)) if target is not None else np.nan
-    coords = {"metric": list(metrics), "segment": segments, "layer": chosen.layer.values, "component": chosen.component.values}
+    coords = {"metric": list(metrics), "segment": segments, "layer": chosen.layer.values,
+              **{d: chosen[d].values for d in ("component", "head") if d in chosen.coords}}
     out = xr.Dataset(
         {
-            "aie": (dims, aie), "aie_low": (dims, low), "aie_high": (dims, high),
+            **data,
             # examples counted where the metric is finite (a probability of 0 has no log-ratio)
-            "n": (("metric", "segment"), n.max(axis=(2, 3)).astype(np.int32)),
-            "best_layer": (("metric", "segment", "component"), chosen.layer.values[best].astype(np.int32)),
-            "best_aie": (("metric", "segment", "component"), best_aie),
+            "n": (("metric", "segment"), (n if n is not None else np.zeros((len(metrics), len(segments)))).astype(np.int32)),
             "ate": (("metric",), ate[:, 0]), "ate_low": (("metric",), ate[:, 1]), "ate_high": (("metric",), ate[:, 2]),
             "p_clean": ((), float(chosen.p_clean.sel(answer="target").mean())),
             "p_corrupt": ((), float(chosen.p_corrupt.sel(answer="target").mean())),
@@ -147,9 +166,48 @@ def summarize(ds, variant: str | None = None, filter: str | None = None, metrics
     return out
 
 
+def _all_positions(ds, metrics, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(IE[metric, example, layer, head], TE[metric, example]) of heads restored at every position."""
+    n = ds.sizes["example"]
+    out = np.full((len(metrics), n, ds.sizes["layer"], ds.sizes["head"]), np.nan)
+    te = np.full((len(metrics), n), np.nan)
+    for lo in range(0, n, chunk):
+        part = ds.isel(example=slice(lo, lo + chunk)).load()
+        for m, metric in enumerate(metrics):
+            ie, total = metric_effects(part, metric, "restored_head_all_pos")
+            out[m, lo:lo + chunk], te[m, lo:lo + chunk] = ie.values, total.values
+    return out, te
+
+
+def strongest_heads(summary, metric: str = "prob", k: int = 5, segments: list[str] | None = None) -> list[dict]:
+    """The `k` heads of largest AIE per segment (per-token heads; default: the FOCUS
+    segments present) and over all positions, each with its 95% interval: dicts of segment
+    ("all positions" for the latter), layer, head, aie, low, high."""
+    found = []
+    present = [str(g) for g in summary.segment.values]
+    segments = segments or [g for g in FOCUS if g in present] or present
+    for name, segments in (("aie_head", segments if "aie_head" in summary else []),
+                           ("aie_head_all_pos", ["all positions"] if "aie_head_all_pos" in summary else [])):
+        for seg in segments:
+            pick = {"metric": metric} if name == "aie_head_all_pos" else {"metric": metric, "segment": seg}
+            grid = summary[name].sel(pick).values  # [layer, head]
+            flat = np.where(np.isnan(grid), -np.inf, grid).ravel()
+            for i in np.argsort(-flat)[:k]:
+                if not np.isfinite(flat[i]):
+                    break
+                layer, head = np.unravel_index(i, grid.shape)
+                found.append({"segment": str(seg), "layer": int(summary.layer.values[layer]), "head": int(head),
+                              "aie": float(grid[layer, head]),
+                              "low": float(summary[name + "_low"].sel(pick).values[layer, head]),
+                              "high": float(summary[name + "_high"].sel(pick).values[layer, head])})
+    return found
+
+
 def to_frame(summary):
-    """The AIE table in long form (one row per metric, segment, layer, component), for CSV."""
-    df = summary[["aie", "aie_low", "aie_high"]].to_dataframe().reset_index()
+    """The AIE table in long form (one row per metric, segment, layer, component; per head for
+    a cube of heads only), for CSV."""
+    name = "aie" if "aie" in summary else "aie_head"
+    df = summary[[name, name + "_low", name + "_high"]].to_dataframe().reset_index()
     return df.merge(summary["n"].to_dataframe().reset_index(), on=["metric", "segment"])
 
 
@@ -176,7 +234,7 @@ def table(summary, metric: str = "prob", bands: int = 6) -> str:
         f"ATE {float(s.ate):.4f} [{float(s.ate_low):.4f}, {float(s.ate_high):.4f}]; mean p_clean {float(summary.p_clean):.4f},"
         f" p_corrupt {float(summary.p_corrupt):.4f}; clean top-1 = target in {_share(float(summary.share_target_first))}",
     ]
-    for comp in summary.component.values:
+    for comp in summary.component.values if "aie" in summary else ():
         c = s.sel(component=comp)
         lines.append(f"\n{comp}: AIE by segment and layer band; peak with 95% CI")
         lines.append(f"{'segment':20s}{'n':>4s}" + "".join(f"{_band(layers[g[0]], layers[g[-1]]):>9s}" for g in groups)
@@ -189,4 +247,9 @@ def table(summary, metric: str = "prob", bands: int = 6) -> str:
                 bands_txt = "".join(f"{np.nanmean(row[g]):9.3f}" for g in groups)
             lines.append(f"{seg:20s}{int(s.n.sel(segment=seg)):4d}{bands_txt}{float(peak.aie):9.3f}"
                          f"   [{float(peak.aie_low):6.3f}, {float(peak.aie_high):6.3f}]{best:7d}")
+    heads = strongest_heads(summary, metric)
+    if heads:
+        lines.append("\nstrongest heads (AIE with 95% CI)")
+        for h in heads:
+            lines.append(f"{h['segment']:20s} L{h['layer']:<3d} H{h['head']:<3d}{h['aie']:9.3f}   [{h['low']:6.3f}, {h['high']:6.3f}]")
     return "\n".join(lines)

@@ -11,7 +11,7 @@ from cubes import make_cube, records
 from nnct.cli import main
 from nnct.results.cube import write
 from nnct.errors import ConfigError
-from nnct.analysis.plot import average_figure, draw, example_figure, lines_figure, scales
+from nnct.analysis.plot import average_figure, draw, example_figure, heads_figure, lines_figure, scales, severed_figure
 from nnct.analysis.summary import summarize
 
 
@@ -92,3 +92,32 @@ def test_token_labels_show_where_words_start():
     ds = ds.assign_coords(token_str=(("example", "token"), labels))
     shown = [t.get_text() for t in panels(example_figure(ds, "r0/fact"))[0].get_yticklabels()]
     assert shown == ["<s>", "␣Com*", "me*", "␣j", "'ai"]  # r0's subject tokens (positions 1, 2) are corrupted
+
+
+def test_heads_figure_panels_and_labels():
+    comps = ("hidden", "head", "head_all_pos")
+    s = summarize(make_cube(components=comps))
+    fig = heads_figure(s, segments=["subject_last", "last"])
+    axes = panels(fig)
+    assert [ax.get_title() for ax in axes] == ["subject_last (n=5)", "last (n=5)", "all positions from the span on"]
+    np.testing.assert_allclose(np.asarray(axes[1].images[0].get_array()), s.aie_head.sel(metric="prob", segment="last").values)
+    np.testing.assert_allclose(np.asarray(axes[2].images[0].get_array()), s.aie_head_all_pos.sel(metric="prob").values)
+    grid = s.aie_head.sel(metric="prob", segment="last").values
+    layer, head = np.unravel_index(np.argmax(grid), grid.shape)
+    assert any(t.get_text().startswith(f"L{layer}H{head} ") for t in axes[1].texts)  # the strongest head is labelled
+    assert len(axes[1].texts) == 3
+
+
+def test_severed_figure_draws_the_three_lines_at_the_span_end(tmp_path):
+    comps = ("hidden", "hidden-sever-mlp", "hidden-sever-attn")
+    ds = make_cube(components=comps)
+    s = summarize(ds)
+    ax = panels(severed_figure(s))[0]
+    lines = [line for line in ax.get_lines() if not line.get_label().startswith("_")]
+    assert [line.get_label() for line in lines] == ["hidden state", "hidden state, MLP severed", "hidden state, attention severed"]
+    np.testing.assert_allclose(lines[1].get_ydata(), s.aie.sel(metric="prob", segment="subject_last", component="hidden-sever-mlp"))
+    assert ax.get_title() == "at subject_last (n=5)"
+    names = {p.name for p in draw(ds, s, tmp_path, examples=1)}
+    assert {"severed.png", "severed.pdf"} <= names and "heads.png" not in names
+    with pytest.raises(ConfigError, match="severed-path figure needs"):
+        severed_figure(summarize(make_cube()))

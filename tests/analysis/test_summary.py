@@ -11,14 +11,14 @@ import pytest
 from cubes import LAYOUTS, make_cube, records
 from nnct.results.cube import open_cube, write
 from nnct.errors import ConfigError
-from nnct.analysis.summary import segment_effects, summarize, table, to_frame
+from nnct.analysis.summary import segment_effects, strongest_heads, summarize, table, to_frame
 
 # Student t 0.975 quantiles from a printed table, by degrees of freedom.
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776}
 F32 = np.float32
 
 
-def by_hand(recs, segment, layer, comp, metric="prob", reverse=False):
+def by_hand(recs, segment, layer, comp, metric="prob", reverse=False, of="restored"):
     """Per example: the mean over the segment's tokens of the IE; then mean and t interval."""
     values = []
     for r in recs:
@@ -29,7 +29,7 @@ def by_hand(recs, segment, layer, comp, metric="prob", reverse=False):
         kind = "logit" if metric == "logit_diff" else "p"
         clean, corrupt = (r.values[f"{kind}_{run}"].astype(F32).astype(np.float64) for run in ("clean", "corrupt"))
         for k in toks:
-            restored = r.values[f"{kind}_restored"][k, layer, comp].astype(np.float64)
+            restored = r.values[f"{kind}_{of}"][k, layer, comp].astype(np.float64)
             if metric in ("prob", "recovery"):
                 m = lambda p: p[0]  # noqa: E731
             elif metric == "logit_diff":
@@ -188,3 +188,39 @@ def test_summarize_cli_writes_netcdf_and_csv(tmp_path):
     assert csv.read_text().splitlines()[0] == "metric,segment,layer,component,aie,aie_low,aie_high,n"
     bad = CliRunner().invoke(main, ["summarize", str(cube), "--variant", "cf9"])
     assert bad.exit_code == 2 and "no example is left" in bad.output
+
+
+HEADS = ("hidden", "head", "head_all_pos")
+
+
+@pytest.mark.parametrize("metric", ["prob", "logit_diff"])
+def test_heads_aie_match_a_hand_computation(metric):
+    """Per-token heads average like components (over a segment's tokens, then examples);
+    heads at all positions average over examples."""
+    recs = records(components=HEADS)
+    s = summarize(make_cube(components=HEADS)).sel(metric=metric)
+    assert s.aie_head.dims == ("segment", "layer", "head")
+    for segment, layer, head in [("subject_last", 2, 1), ("last", 1, 2), ("subsequent_further", 3, 0)]:
+        mean, low, high, n = by_hand(recs, segment, layer, head, metric, of="restored_head")
+        cell = s.sel(segment=segment, layer=layer, head=head)
+        assert float(cell.aie_head) == pytest.approx(mean, abs=1e-6)
+        assert float(cell.aie_head_low) == pytest.approx(low, rel=2e-3, abs=1e-4)
+    kind = "logit" if metric == "logit_diff" else "p"
+    m = (lambda v: v[0] - v[1]) if metric == "logit_diff" else (lambda p: p[0])
+    for layer, head in [(0, 0), (3, 2)]:
+        values = [m(r.values[f"{kind}_restored_head_all_pos"][layer, head].astype(np.float64))
+                  - m(r.values[f"{kind}_corrupt"].astype(F32).astype(np.float64)) for r in recs]
+        assert float(s.aie_head_all_pos.sel(layer=layer, head=head)) == pytest.approx(np.mean(values), abs=1e-6)
+    # components of whole sites are summarised as before beside the heads
+    assert list(s.component.values) == ["hidden"]
+
+
+def test_strongest_heads_are_the_largest_with_their_intervals():
+    s = summarize(make_cube(components=HEADS))
+    top = strongest_heads(s, "prob", k=2, segments=["last"])
+    grid = s.aie_head.sel(metric="prob", segment="last").values
+    order = np.argsort(-grid.ravel())[:2]
+    assert [(h["layer"], h["head"]) for h in top[:2]] == [tuple(int(x) for x in np.unravel_index(i, grid.shape)) for i in order]
+    assert top[0]["low"] <= top[0]["aie"] <= top[0]["high"]
+    assert [h["segment"] for h in top] == ["last", "last", "all positions", "all positions"]
+    assert "strongest heads" in table(s)

@@ -72,6 +72,28 @@ def test_trace_under_the_new_spellings_with_flags(tmp_path, tiny_model_dir, data
     assert list(ds.example.values) == ["r1/fact", "r1/cf1"]
 
 
+def test_heads_and_severed_paths_from_the_command_line(tmp_path, tiny_model_dir, data_file):
+    """trace -> summarize -> plot with the finer components: their variables, the strongest
+    heads, the heads and severed-path figures."""
+    out = tmp_path / "heads.nc"
+    result = invoke("trace", "--model", tiny_model_dir, "--experiment", "subject-noctx", "--data", data_file, "--out", out,
+                    "--components", "head,hidden,hidden-sever-mlp,head_all_pos", "--samples", "2", "--window", "1",
+                    "--max-examples", "2", "--quiet")
+    assert result.exit_code == 0, result.output
+    ds = open_cube(out)
+    assert list(ds.component.values) == ["hidden", "hidden-sever-mlp"]
+    assert ds.p_restored_head.sizes["head"] == 4 and ds.p_restored_head_all_pos.dims == ("example", "layer", "head", "answer")
+    assert not ds.p_restored_head.isel(token=slice(0, 3)).isnull().any()
+    summary = invoke("summarize", out)
+    assert summary.exit_code == 0 and "strongest heads" in summary.output and "all positions" in summary.output
+    figs = tmp_path / "figs"
+    drawn = invoke("plot", out, "-o", figs, "--examples", "1")
+    assert drawn.exit_code == 0, drawn.output
+    assert (figs / "heads.png").is_file() and (figs / "severed.png").is_file()
+    bad = invoke("trace", "--model", tiny_model_dir, "--data", data_file, "--out", tmp_path / "x.nc", "--components", "heads")
+    assert bad.exit_code == 2 and "unknown component(s) ['heads']" in bad.output
+
+
 def test_experiment_type_2_is_object(tmp_path, tiny_model_dir, data_file):
     out = tmp_path / "object.nc"
     result = invoke(

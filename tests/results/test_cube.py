@@ -335,3 +335,42 @@ def test_a_cube_without_logits_gives_the_probability_metrics_only(cube):
     assert set(metrics_of(cube)) == {"prob", "log_ratio", "logit_diff", "recovery", "recovery_logit_diff"}
     with pytest.raises(Exception, match="needs the answers' logits"):
         metric_effects(old, "logit_diff")
+
+
+def test_heads_get_variables_of_their_own(tmp_path):
+    """Components of heads are stored beside (not padded into) `component`; a cube of heads
+    alone has no p_restored; the values survive the NetCDF round trip; effects follow."""
+    comps = ("hidden", "head", "head_all_pos")
+    a_head = (np.arange(3 * 2 * 3 * 2, dtype=np.float64).reshape(3, 2, 3, 2) + 1) / 256  # [token, layer, head, answer]
+    b_head = (np.arange(5 * 2 * 3 * 2, dtype=np.float64).reshape(5, 2, 3, 2) + 1) / 512
+    all_pos = (np.arange(2 * 3 * 2, dtype=np.float64).reshape(2, 3, 2) + 1) / 32  # [layer, head, answer]
+    rows = [rec_a(), rec_b()]
+    for r, head in zip(rows, (a_head, b_head)):
+        r.values["p_restored"] = r.values["p_restored"][:, :, :1]
+        r.values["logit_restored"] = r.values["logit_restored"][:, :, :1]
+        r.values.update(p_restored_head=head, logit_restored_head=head * 4, p_restored_head_all_pos=all_pos,
+                        logit_restored_head_all_pos=all_pos - 1)
+    path = tmp_path / "heads.nc"
+    write(assemble(rows, N_LAYERS, comps, ATTRS_IN, n_heads=3), path)
+    ds = open_cube(path)
+    assert ds.p_restored_head.dims == ("example", "token", "layer", "head", "answer")
+    assert ds.p_restored_head_all_pos.dims == ("example", "layer", "head", "answer")
+    assert list(ds.component.values) == ["hidden"] and list(ds["head"].values) == [0, 1, 2]
+    np.testing.assert_array_equal(ds.p_restored_head.values[0, :3], a_head.astype(np.float32))
+    assert np.isnan(ds.p_restored_head.values[0, 3:]).all()  # padding after the shorter prompt
+    np.testing.assert_array_equal(ds.logit_restored_head_all_pos.values[1], (all_pos - 1).astype(np.float32))
+    ie, _ = effects(ds, "restored_head")
+    np.testing.assert_array_equal(ie.sel(answer="target").values[1, :5, 1, 2],
+                                  (b_head[:, 1, 2, 0] - B_CORRUPT[0]).astype(np.float32))
+    ld, _ = metric_effects(ds, "logit_diff", "restored_head_all_pos")
+    assert ld.dims == ("example", "layer", "head")
+    np.testing.assert_allclose(ld.values[0, 1, 0], (all_pos[1, 0, 0] - all_pos[1, 0, 1]) - (A_LOGITS[1][0] - A_LOGITS[1][1]))
+    rows[0].values = {k: v for k, v in rows[0].values.items() if "restored_head" in k or k in ("p_clean", "p_corrupt",
+                                                                                                 "logit_clean", "logit_corrupt")}
+    heads_only = assemble(rows[:1], N_LAYERS, ("head", "head_all_pos"), ATTRS_IN, n_heads=3)
+    assert "p_restored" not in heads_only and "component" not in heads_only.coords
+    saved = tmp_path / "row.npz"
+    rows[1].save(saved)
+    back = Row.load(saved)
+    assert set(back.values) == set(rows[1].values)
+    np.testing.assert_array_equal(back.values["p_restored_head"], b_head)
