@@ -103,7 +103,7 @@ def local(tmp_path_factory):
 
 def assert_same_cube(path: Path, local: xr.Dataset) -> xr.Dataset:
     there = open_cube(path)
-    probs = ["p_restored", "p_clean", "p_corrupt", "logit_restored", "logit_clean", "logit_corrupt"]
+    probs = [k for k in local.data_vars if k.startswith(("p_", "logit_"))]
     for name in probs:
         diff = np.nanmax(np.abs(there[name].values - local[name].values))
         scale = 1 if name.startswith("p_") else max(1.0, float(np.nanmax(np.abs(local[name].values))))
@@ -128,6 +128,20 @@ def test_remote_trace_writes_the_local_cube(server, local, tmp_path):
     assert_same_cube(out, local)
     for text in (done.stdout, done.stderr, out.read_bytes().decode("latin-1")):
         assert server.key not in text
+
+
+def test_heads_and_severed_paths_remotely(server, tmp_path):
+    """A head at every position and a severed path: their writes run on the server too."""
+    args = ["trace", "--data", DATA, "--experiment", "subject-noctx", "--samples", "2", "--components",
+            "head_all_pos,hidden-sever-attn", "--max-examples", "1", "-q"]
+    here = tmp_path / "here.nc"
+    done = nnct(*args, "--out", here, key=None)
+    assert done.returncode == 0, done.stderr
+    there = tmp_path / "there.nc"
+    done = nnct(*args, "--remote", "--ndif-host", HOST, "--out", there, key=server.key)
+    assert done.returncode == 0, done.stderr
+    ds = assert_same_cube(there, open_cube(here))
+    assert "p_restored_head_all_pos" in ds and list(ds.component.values) == ["hidden-sever-attn"]
 
 
 def test_a_server_killed_mid_run_leaves_a_run_that_resumes(server, local, tmp_path):
