@@ -57,6 +57,16 @@ substitution-study out=(runs + "/subst"):
     nnct trace --experiment subject-noctx --data experiments/data/substitution_study.jsonl --out {{out}}/noise.nc --resume -q
     python analysis/substitution_vs_noise.py {{out}}/noise.nc {{out}}/substitute.nc -o {{out}}/comparison
 
+# ROME's severed paths and the attention heads that carry a fact (embedded model, 30 known facts):
+# hidden with later MLP / attention severed under noise (ROME's settings), one head at a time
+# (one layer, and at all positions) with the subject or the context's object substituted;
+# then the tables and figures of analysis/results/heads/.
+heads-study n="30" out=(runs + "/heads"):
+    nnct trace --experiment subject-noctx --data {{data}} --max-examples {{n}} --components hidden,hidden-sever-mlp,hidden-sever-attn --out {{out}}/severed.nc --resume -q
+    nnct trace --experiment subject-noctx --corruption substitute --data experiments/data/substitution_study.jsonl --max-examples {{n}} --components head,head_all_pos --window 1 --out {{out}}/heads-subject.nc --resume -q
+    nnct trace --experiment object --corruption substitute --data experiments/data/substitution_study.jsonl --max-examples {{n}} --components head,head_all_pos --window 1 --out {{out}}/heads-object.nc --resume -q
+    python analysis/heads_and_severing.py --severed {{out}}/severed.nc --heads {{out}}/heads-subject.nc --heads {{out}}/heads-object.nc -o {{out}}/figures
+
 # The test suite: tiny random models, the embedded model, a local NDIF server (set up first, once).
 test *args: ndif-setup
     python -m pytest -q {{args}}

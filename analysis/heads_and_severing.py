@@ -55,7 +55,7 @@ def severed_table(ds, metric: str) -> list[str]:
     per_example, _ = segment_effects(ds, (metric,), segments)  # [1, example, segment, layer, component]
     at = per_example[0, :, segments.index(SPAN_LAST)]  # [example, layer, component]
     comps = [str(c) for c in ds.component.values]
-    lines.append(f"\nremoved by severing (hidden - severed, paired over examples; mean over the third's layers, 95% CI)")
+    lines.append("\nremoved by severing (hidden - severed, paired over examples; mean over the third's layers, 95% CI)")
     for comp in SEVERED[1:]:
         gap = at[:, :, comps.index("hidden")] - at[:, :, comps.index(comp)]
         row = ""

@@ -185,10 +185,10 @@ def strongest_heads(summary, metric: str = "prob", k: int = 5, segments: list[st
     ("all positions" for the latter), layer, head, aie, low, high."""
     found = []
     present = [str(g) for g in summary.segment.values]
-    segments = segments or [g for g in FOCUS if g in present] or present
-    for name, segments in (("aie_head", segments if "aie_head" in summary else []),
-                           ("aie_head_all_pos", ["all positions"] if "aie_head_all_pos" in summary else [])):
-        for seg in segments:
+    focus = segments or [g for g in FOCUS if g in present] or present
+    for name, where in (("aie_head", focus if "aie_head" in summary else []),
+                        ("aie_head_all_pos", ["all positions"] if "aie_head_all_pos" in summary else [])):
+        for seg in where:
             pick = {"metric": metric} if name == "aie_head_all_pos" else {"metric": metric, "segment": seg}
             grid = summary[name].sel(pick).values  # [layer, head]
             flat = np.where(np.isnan(grid), -np.inf, grid).ravel()
