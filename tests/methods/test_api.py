@@ -72,6 +72,23 @@ def test_pair_cells_equal_the_reference(pair_cube, adapter):
             np.testing.assert_allclose(cell.logit_restored.values, logit.numpy(), atol=5e-5)
 
 
+def test_api_patches_heads_as_the_reference(adapter):
+    """`nnct.patch` with the finer components: a head, a head at all positions and a severed
+    path, each equal to the hook reference."""
+    tok, ref, pair = adapter.tokenizer, Reference(adapter), PAIRS[0]
+    ds = nnct.patch(adapter, clean=pair["clean"], corrupt=pair["corrupt"], target=pair["target"], alt=pair["alt"],
+                    components="head,head_all_pos,hidden-sever-attn", window=1)
+    clean, corrupt = tok(pair["clean"])["input_ids"], tok(pair["corrupt"])["input_ids"]
+    answers = [tok(" " + pair[k], add_special_tokens=False)["input_ids"][0] for k in ("target", "alt")]
+    first = next(i for i, (a, b) in enumerate(zip(clean, corrupt)) if a != b)
+    for variable, at, cell in [("p_restored_head", dict(token=5, layer=2, head=1), (5, 2, "head", 1)),
+                               ("p_restored_head_all_pos", dict(layer=1, head=3), (first, 1, "head_all_pos", 3)),
+                               ("p_restored", dict(token=4, layer=0, component="hidden-sever-attn"),
+                                (4, 0, "hidden-sever-attn", None))]:
+        p, _ = ref.pair_cell(clean, corrupt, answers, *cell[:3], window=1, head=cell[3])
+        np.testing.assert_allclose(ds[variable].sel(at).values[0], p.numpy(), atol=2e-6, err_msg=variable)
+
+
 def test_patch_cli_pairs_and_inline(tiny_model_dir, pairs_file, pair_cube, tmp_path):
     runner = CliRunner()
     out = tmp_path / "cli.nc"
