@@ -21,13 +21,12 @@ from pathlib import Path
 import click
 import numpy as np
 
-from nnct.analysis.plot import heads_figure, severed_figure
+from nnct.analysis.plot import SEVERED, heads_figure, severed_figure
 from nnct.analysis.summary import mean_ci, segment_effects, strongest_heads, summarize
 from nnct.results.cube import open_cube
 from nnct.results.files import atomic
 
-SPAN_LAST = "subject_last"
-SEVERED = ("hidden", "hidden-sever-mlp", "hidden-sever-attn")
+SEGMENT = "subject_last"  # ROME's severed paths are at the last subject token
 
 
 def thirds(n_layers: int) -> list[tuple[str, np.ndarray]]:
@@ -35,17 +34,17 @@ def thirds(n_layers: int) -> list[tuple[str, np.ndarray]]:
     return [(f"{name} L{p[0]}-{p[-1]}", p) for name, p in zip(("early", "middle", "late"), parts)]
 
 
-def severed_table(ds, metric: str) -> list[str]:
-    s = summarize(ds, metrics=(metric,)).sel(metric=metric)
+def severed_table(ds, summary, metric: str) -> list[str]:
+    s = summary.sel(metric=metric)
     a = s.attrs
-    lines = [f"severed paths ({a['experiment']}, S={a['samples']}, {a['examples']} examples): AIE ({metric}) at {SPAN_LAST}"
+    lines = [f"severed paths ({a['experiment']}, S={a['samples']}, {a['examples']} examples): AIE ({metric}) at {SEGMENT}"
              f" by layer third; peak with its 95% CI",
              f"ATE {float(s.ate):.3f} [{float(s.ate_low):.3f}, {float(s.ate_high):.3f}], p_clean {float(s.p_clean):.3f},"
              f" p_corrupt {float(s.p_corrupt):.3f}"]
     parts = thirds(s.sizes["layer"])
     lines.append(f"{'':34s}" + "".join(f"{t:>16s}" for t, _ in parts) + f"{'peak':>8s}{'95% CI':>18s}{'layer':>6s}")
     for comp in SEVERED:
-        c = s.sel(segment=SPAN_LAST, component=comp)
+        c = s.sel(segment=SEGMENT, component=comp)
         best = int(c.best_layer)
         peak = c.sel(layer=best)
         bands = "".join(f"{float(np.nanmean(c.aie.values[idx])):16.3f}" for _, idx in parts)
@@ -53,7 +52,7 @@ def severed_table(ds, metric: str) -> list[str]:
     # What severing removes, per example then averaged: hidden - severed, mean over a third's layers.
     segments = [str(g) for g in s.segment.values]
     per_example, _ = segment_effects(ds, (metric,), segments)  # [1, example, segment, layer, component]
-    at = per_example[0, :, segments.index(SPAN_LAST)]  # [example, layer, component]
+    at = per_example[0, :, segments.index(SEGMENT)]  # [example, layer, component]
     comps = [str(c) for c in ds.component.values]
     lines.append("\nremoved by severing (hidden - severed, paired over examples; mean over the third's layers, 95% CI)")
     for comp in SEVERED[1:]:
@@ -93,8 +92,9 @@ def main(severed_path, heads_paths, out, metric):
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ds = open_cube(severed_path)
-    lines = severed_table(ds, metric)
-    save(severed_figure(summarize(ds, metrics=(metric,)), metric, SPAN_LAST), out / "severed")
+    summary = summarize(ds, metrics=(metric,))
+    lines = severed_table(ds, summary, metric)
+    save(severed_figure(summary, metric, SEGMENT), out / "severed")
     for path in heads_paths:
         name = Path(path).stem
         s = summarize(open_cube(path), metrics=(metric, "recovery"))

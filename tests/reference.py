@@ -39,7 +39,8 @@ class Reference:
         self.hf = adapter.hf
         self.layout = adapter.layout
         self.n_layers = adapter.n_layers
-        self.d_head = adapter.d_head
+        config = adapter.hf.config  # heads from the config, their width from the projection's input
+        self.n_heads = getattr(config, "num_attention_heads", None) or config.n_head
 
     def _module(self, layer: int, site: str):
         block = self.hf.get_submodule(self.layout.layers)[layer]
@@ -72,7 +73,8 @@ class Reference:
                             if h is None:
                                 value[0, t] = v
                             else:
-                                value[0, t, h * self.d_head:(h + 1) * self.d_head] = v
+                                d = value.shape[-1] // self.n_heads
+                                value[0, t, h * d:(h + 1) * d] = v
                     if capture:
                         states[key] = value[0].clone()
                     return value
@@ -129,7 +131,8 @@ class Reference:
                 (l, severed, token, base[(l, severed)][token]) for l in range(layer + 1, self.n_layers)]
         layers = [layer] if component == "hidden" else _window(layer, window, self.n_layers)
         if component in ("head", "head_all_pos"):
-            cols = slice(head * self.d_head, (head + 1) * self.d_head)
+            d = source[(layer, "head")].shape[-1] // self.n_heads
+            cols = slice(head * d, (head + 1) * d)
             positions = range(token, len(ids)) if component == "head_all_pos" else [token]
             return [(l, ("head", head), t, source[(l, "head")][t, cols]) for l in layers for t in positions]
         return [(l, component, token, source[(l, component)][token]) for l in layers]

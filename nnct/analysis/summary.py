@@ -137,7 +137,9 @@ def summarize(ds, variant: str | None = None, filter: str | None = None, metrics
     if "p_restored_head_all_pos" in chosen:
         dims = ("metric", "layer", "head")
         per_example, te = _all_positions(chosen, metrics)
-        aie, low, high, _ = mean_ci(per_example, axis=1)
+        aie, low, high, count = mean_ci(per_example, axis=1)
+        if n is None:  # heads at all positions alone: every segment counts the examples
+            n = np.repeat(count.max(axis=(1, 2))[:, None], len(segments), axis=1)
         data.update({"aie_head_all_pos": (dims, aie), "aie_head_all_pos_low": (dims, low), "aie_head_all_pos_high": (dims, high)})
     ate = np.stack(mean_ci(te, axis=1)[:3], axis=1)  # [metric, (mean, low, high)]
     target = chosen.answer_id.sel(answer="target").values if "answer_id" in chosen else None
@@ -148,7 +150,7 @@ def summarize(ds, variant: str | None = None, filter: str | None = None, metrics
         {
             **data,
             # examples counted where the metric is finite (a probability of 0 has no log-ratio)
-            "n": (("metric", "segment"), (n if n is not None else np.zeros((len(metrics), len(segments)))).astype(np.int32)),
+            "n": (("metric", "segment"), n.astype(np.int32)),
             "ate": (("metric",), ate[:, 0]), "ate_low": (("metric",), ate[:, 1]), "ate_high": (("metric",), ate[:, 2]),
             "p_clean": ((), float(chosen.p_clean.sel(answer="target").mean())),
             "p_corrupt": ((), float(chosen.p_corrupt.sel(answer="target").mean())),
@@ -204,10 +206,12 @@ def strongest_heads(summary, metric: str = "prob", k: int = 5, segments: list[st
 
 
 def to_frame(summary):
-    """The AIE table in long form (one row per metric, segment, layer, component; per head for
-    a cube of heads only), for CSV."""
-    name = "aie" if "aie" in summary else "aie_head"
+    """The AIE table in long form (one row per metric, segment, layer, component; for a cube
+    of heads only, per head, and per layer and head for heads at all positions), for CSV."""
+    name = next(k for k in ("aie", "aie_head", "aie_head_all_pos") if k in summary)
     df = summary[[name, name + "_low", name + "_high"]].to_dataframe().reset_index()
+    if "segment" not in df:
+        return df
     return df.merge(summary["n"].to_dataframe().reset_index(), on=["metric", "segment"])
 
 

@@ -6,15 +6,17 @@ forward per batch of the schedule (`plan`):
 - the clean run (1 row) and the corrupted run (S rows). One of them is the **base** of the
   restored runs: the corrupted run when restoring, the clean run when reverse patching. The
   other is the **source** of the values written into cells. The base run keeps its
-  residual stream after every layer and its key/value cache; the source run keeps the
-  values of the sites being traced.
+  residual stream after every layer and its key/value cache, and the values of a site that
+  a severed path freezes (`components`); the source run keeps the values of the sites being
+  traced.
 - each batch runs its cells' rows (S per cell; row j*S + s is cell j's sample s) only from
   position `start` on, over the base run's cache cropped to `start` positions, and only
   from layer `first_layer` on: every earlier decoder layer is skipped (nnsight's `skip`),
   its output being the base run's residual stream (with the residual-stream cells' values
   written in, for those restored just before `first_layer`). From there, layer by layer,
   each site is read in the order the model runs them and one indexed assignment per
-  (layer, site) writes the source values; only the answers' values at the last position
+  (layer, site) writes the source values (a head's slice only, for a site of heads; the base
+  run's own values where a path is severed); only the answers' values at the last position
   (`metrics`: probabilities and logits) leave the trace.
 Cells before the first changed token need no forward: their values are the base run's.
 

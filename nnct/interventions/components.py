@@ -5,8 +5,9 @@ A component names a model site (`model.sites`) and how a cell restores it:
   every layer of the window around l);
 - `head`: one attention head's slice of the output projection's input at (t, l), with a
   window in every layer of it, as `attn`; one cell per (t, l, head);
-- `head_all_pos`: one head restored at every position from the first corrupted one to the
-  end of the run (TransformerLens' `_all_pos` patching); one cell per (l, head);
+- `head_all_pos`: one head restored at every prompt position from the first corrupted one
+  on (TransformerLens' `_all_pos` patching; an answer's tokens appended for teacher forcing
+  are not written), windowed as `head`; one cell per (l, head);
 - `hidden-sever-mlp`, `hidden-sever-attn`: the hidden state at (t, l) restored while the MLP
   (attention) outputs at t in every later layer keep their values from the base run (ROME's
   severed paths; the same noise sample, so severing nothing is the plain hidden cell).

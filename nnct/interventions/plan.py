@@ -57,11 +57,12 @@ def written_layers(cell: Cell, window: int, n_layers: int) -> range:
 
 def cells(n_tokens: int, n_layers: int, comps: tuple[str, ...], n_heads: int = 0, first_changed: int = 0) -> list[Cell]:
     """Every cell of an example: (t, l) per component, per head for one of heads; an
-    all-positions component has one cell per (l, head), starting at `first_changed`."""
+    all-positions component has one cell per (l, head), starting at `first_changed` (at the
+    last position when nothing changed: writing equal values there is exact)."""
     out = []
     for name in comps:
         c = COMPONENTS[name]
-        tokens = (first_changed,) if c.all_positions else range(n_tokens)
+        tokens = (min(first_changed, n_tokens - 1),) if c.all_positions else range(n_tokens)
         heads = range(n_heads) if c.heads else (None,)
         out += [Cell(t, l, name, h) for t in tokens for l in range(n_layers) for h in heads]
     return out

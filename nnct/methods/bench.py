@@ -65,27 +65,27 @@ def plain_loop(adapter: Adapter, ids, corrupt: RunInput, answers: tuple[int, int
     noise = None if corrupt.values is None else corrupt.values.to(adapter.device, dtype)
     span = list(corrupt.positions)
 
-    def add_noise(mod, inp, out):
-        rows = out[off:, span]
-        out[off:, span] = noise if corrupt.replace else rows + noise
-        return out
+    def noising(first_row: int):
+        """The hook that noises the span of rows first_row.. (the corrupted ones)."""
+        def add_noise(mod, inp, out):
+            rows = out[first_row:, span]
+            out[first_row:, span] = noise if corrupt.replace else rows + noise
+            return out
+        return add_noise
 
     def hook(layer: int, site: str, fn):
-        """fn(value) on the site's value in `layer`, in place (its input or its output)."""
-        module = SITES[site].module(layers[layer], layout)
-        if SITES[site].value == "input":
-            return module.register_forward_pre_hook(lambda mod, args: fn(args[0]))
-        return module.register_forward_hook(lambda mod, inp, out: fn(first(out)))
+        return SITES[site].hook(SITES[site].module(layers[layer], layout), fn)
 
     def recorded(inputs, keys, rows, noised) -> dict:
-        """{(layer, site): value [rows, token, d]} of one forward over `inputs`."""
+        """{(layer, site): value [rows, token, d]} of one forward over `inputs` (all corrupted
+        rows when `noised`)."""
         kept = {}
 
         def keep(key):
             return lambda value: kept.__setitem__(key, value[:rows].detach().clone())
         hooks = [hook(*key, keep(key)) for key in keys]
         if noised:
-            hooks.append(hf.get_submodule(layout.embed).register_forward_hook(add_noise))
+            hooks.append(hf.get_submodule(layout.embed).register_forward_hook(noising(0)))
         try:
             with torch.no_grad():
                 hf(inputs)
@@ -119,7 +119,7 @@ def plain_loop(adapter: Adapter, ids, corrupt: RunInput, answers: tuple[int, int
             c = comps[cell.component]
             positions = list(range(cell.token, T)) if c.all_positions else [cell.token]
             columns = slice(cell.head * dh, (cell.head + 1) * dh) if c.heads else slice(None)
-            hooks = [hf.get_submodule(layout.embed).register_forward_hook(add_noise)] if noise is not None else []
+            hooks = [hf.get_submodule(layout.embed).register_forward_hook(noising(off))] if noise is not None else []
             hooks += [hook(l, c.site, restore((l, c.site), positions, columns))
                       for l in written_layers(cell, window, adapter.n_layers)]
             if c.sever:

@@ -7,12 +7,12 @@ the order the model runs them within one invoke), whether restoring it at layer 
 that layer only or every layer of a window around l. What a cell of the cube restores (a
 site, perhaps one head of it, perhaps with another site frozen) is an
 `interventions.components` entry, which also says how figures draw it. `read` and
-`write` are the only code that touches a site's value (the plain-PyTorch loop of the bench
-finds the same module through `module`); the plan, the engine, the bench's
-plain loop and the figures ask the entry and switch on nothing. Adding a site (a head, the
-MLP's input, the down projection) is one more entry, as TransformerLens adds a patch setter.
-A site of heads (`head`: the attention output projection's input, [.., head * d_head]) is
-written one head's slice at a time; with grouped-query attention these are the query heads.
+`write` are the only code that touches a site's value in a trace, and `hook` the only one
+outside nnsight (the plain-PyTorch loop of the bench); the plan, the engine, the bench's
+plain loop and the figures ask the entry and switch on nothing. Adding a site (the MLP's
+input, the down projection) is one more entry, as TransformerLens adds a patch setter. A site
+of heads (`head`: the attention output projection's input, [.., head * d_head]) is written
+one head's slice at a time; with grouped-query attention these are the query heads.
 
 Writing the residual stream (`hidden`) is special in one way the plan relies on: the layer's
 output *is* the written value, so a restored run can start at the next layer.
@@ -52,6 +52,13 @@ class Site:
         the value read is also what `write` writes into."""
         module = self.module(parts.layers[layer], parts.layout)
         return module.input if self.value == "input" else first(module.output)
+
+    def hook(self, module, fn):
+        """A plain PyTorch hook on the site's module (`module` gives it) calling fn(value) on
+        the value `read` gives, to change it in place; returns the handle."""
+        if self.value == "input":
+            return module.register_forward_pre_hook(lambda mod, args: fn(args[0]))
+        return module.register_forward_hook(lambda mod, inp, out: fn(first(out)))
 
     def write(self, value: Any, rows, tokens, values, heads=None, d_head: int = 0) -> None:
         """Set rows `rows` at positions `tokens` of a value `read` gave to `values` ([n, d]);

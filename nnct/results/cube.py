@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..interventions import metrics
-from ..interventions.components import variables, whole
+from ..interventions.components import COMPONENTS, grid, variables, whole
 from .files import atomic
 
 ANSWERS = ("target", "alt")
@@ -42,7 +42,7 @@ ATTRS = (
 # The measured variables of an example besides its restored cells (the engine's `Measures`).
 MEASURED = ("p_clean", "p_corrupt", "logit_clean", "logit_corrupt")
 # The restored cells are p_<v> and logit_<v> for each variable v the components fill.
-MEASURES = ("p_", "logit_")
+RESTORED_PREFIXES = ("p_", "logit_")
 _TEXT = ("example", "record_id", "variant", "prompt", "corrupt_prompt", "target_str", "alt_str", "clean_top1_str")
 _INTS = ("token_ids", "span", "answer_ids")
 
@@ -85,7 +85,7 @@ class Row:
         with np.load(path) as z:
             fields = {k: str(z[k]) for k in _TEXT}
             fields.update({k: z[k].tolist() for k in (*_INTS, "token_str", "segment")})
-            fields.update(clean_top1=int(z["clean_top1"]), line=int(z["line"]), values={k: z[k] for k in z.files if k.startswith(MEASURES)})
+            fields.update(clean_top1=int(z["clean_top1"]), line=int(z["line"]), values={k: z[k] for k in z.files if k.startswith(RESTORED_PREFIXES)})
         if example is not None and fields["example"] != example:
             raise ValueError(f"{path} holds {fields['example']}, expected {example}")
         return cls(**fields)
@@ -97,23 +97,22 @@ def assemble(rows: list[Row], n_layers: int, components: tuple[str, ...], attrs:
     import xarray as xr
 
     n_ex, n_tok = len(rows), max((len(r.token_ids) for r in rows), default=0)
-    size = {"token": n_tok, "layer": n_layers, "component": len(whole(components)), "head": n_heads}
     cells = {}  # cube variable -> (dims, values)
     for variable, dims in variables(components).items():
-        for k in (m + variable for m in MEASURES):
-            cells[k] = (("example", *dims, "answer"),
-                        np.full((n_ex, *(size[d] for d in dims), len(ANSWERS)), np.nan, dtype=np.float32))
+        shape = grid(variable, components, n_tok, n_layers, n_heads)
+        for k in (m + variable for m in RESTORED_PREFIXES):
+            cells[k] = (("example", *dims, "answer"), np.full((n_ex, *shape, len(ANSWERS)), np.nan, dtype=np.float32))
     token_str = np.full((n_ex, n_tok), "", dtype=object)
     segment = np.full((n_ex, n_tok), "", dtype=object)
     token_id = np.full((n_ex, n_tok), -1, dtype=np.int32)
     corrupted = np.zeros((n_ex, n_tok), dtype=np.int8)
     for i, r in enumerate(rows):
         n = len(r.token_ids)
-        for k, (dims, grid) in cells.items():
+        for k, (dims, held) in cells.items():
             if dims[1] == "token":
-                grid[i, :n] = r.values[k]
+                held[i, :n] = r.values[k]
             else:
-                grid[i] = r.values[k]
+                held[i] = r.values[k]
         token_str[i, :n], segment[i, :n], token_id[i, :n] = r.token_str, r.segment, r.token_ids
         corrupted[i, r.span] = 1
 
@@ -146,7 +145,7 @@ def assemble(rows: list[Row], n_layers: int, components: tuple[str, ...], attrs:
             "token": np.arange(n_tok, dtype=np.int32),
             "layer": np.arange(n_layers, dtype=np.int32),
             **({"component": np.array(list(whole(components)), dtype=object)} if whole(components) else {}),
-            **({"head": np.arange(n_heads, dtype=np.int32)} if len(whole(components)) < len(components) else {}),
+            **({"head": np.arange(n_heads, dtype=np.int32)} if any(COMPONENTS[c].heads for c in components) else {}),
             "answer": np.array(list(ANSWERS), dtype=object),
             "token_str": (ex_tok, token_str),
             "segment": (ex_tok, segment),

@@ -10,7 +10,7 @@ from conftest import FAMILIES, make_adapter
 from examples import CORRUPT_IDS, IDS, SPAN, TOL, pair, prepared
 from reference import Reference
 from nnct.exec.engine import Engine, Settings
-from nnct.interventions.components import ORDER as COMPONENTS
+from nnct.interventions.components import ORDER as COMPONENTS, whole
 
 # Cells chosen to hit the window's clipping at both ends, the span, the tokens after it,
 # and the last token; with 4 layers and window 3 the window is [l-1, l+1] clipped.
@@ -217,11 +217,13 @@ def test_sliding_window_shorter_than_the_prompt(family):
 
 
 # Cells of the finer components: (token, layer, head) for `head`, (layer, head) for `head_all_pos`
-# (from the first corrupted token), (token, layer) for the severed hidden states.
-HEAD_CELLS = [(3, 0, 1), (8, 3, 3), (5, 1, 0), (2, 2, 2)]
+# (from the first corrupted token), (token, layer) for the severed hidden states; token 1 is
+# before the corrupted span (a cell that needs no forward).
+HEAD_CELLS = [(3, 0, 1), (8, 3, 3), (5, 1, 0), (2, 2, 2), (1, 1, 2)]
 ALL_POS_CELLS = [(0, 1), (2, 3), (3, 0)]
-SEVER_CELLS = [(3, 0), (4, 1), (8, 2), (2, 3)]
-FINER = ("hidden-sever-mlp", "hidden-sever-attn", "head", "head_all_pos")
+SEVER_CELLS = [(3, 0), (4, 1), (8, 2), (2, 3), (1, 0)]
+# mlp and attn too: their source writes share (layer, site) with the severed paths' frozen ones
+FINER = ("mlp", "attn", "hidden-sever-mlp", "hidden-sever-attn", "head", "head_all_pos")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -236,10 +238,13 @@ def test_heads_and_severed_paths_match_reference(family, reverse):
         result = ex.trace(adapter, components=FINER, window=3, reverse=reverse, batch_rows=6)
         runs = ([dict(span=SPAN, noise=ex.noise[s]) for s in range(2)] if ex.noise is not None
                 else [dict(ids=CORRUPT_IDS)])
-        wanted = ([((t, l, COMPONENTS.index(c) - 3), (t, l, c, None), "restored") for t, l in SEVER_CELLS
-                   for c in FINER[:2]]
+        first = SPAN[0] if ex.noise is not None else next(i for i, (a, b) in enumerate(zip(IDS, CORRUPT_IDS)) if a != b)
+        sites = whole(FINER)
+        wanted = ([((t, l, sites.index(c)), (t, l, c, None), "restored") for t, l in SEVER_CELLS
+                   for c in ("hidden-sever-mlp", "hidden-sever-attn")]
+                  + [((t, l, sites.index(c)), (t, l, c, None), "restored") for t, l in SEVER_CELLS[:2] for c in ("mlp", "attn")]
                   + [((t, l, h), (t, l, "head", h), "restored_head") for t, l, h in HEAD_CELLS]
-                  + [((l, h), (SPAN[0], l, "head_all_pos", h), "restored_head_all_pos") for l, h in ALL_POS_CELLS])
+                  + [((l, h), (first, l, "head_all_pos", h), "restored_head_all_pos") for l, h in ALL_POS_CELLS])
         for at, (t, l, c, h), variable in wanted:
             p, logit = ref._cell(IDS, ex.answers, t, l, c, 3, reverse, [dict(r) for r in runs], head=h)
             what = f"{family} {'noise' if ex.noise is not None else 'pair'} {c} {at}"

@@ -15,6 +15,9 @@ from nnct.methods.bench import Shape, floor_flops, plain_loop, table
 from nnct.interventions.components import ORDER as COMPONENTS
 
 CELLS = [Cell(3, 1, "hidden"), Cell(4, 2, "mlp"), Cell(2, 0, "attn"), Cell(8, 3, "mlp"), Cell(5, 0, "hidden")]
+# an all-positions cell starts at the first corrupted token (SPAN[0], where the pair differs too)
+FINER = [Cell(5, 1, "head", 2), Cell(SPAN[0], 2, "head_all_pos", 1), Cell(3, 0, "hidden-sever-mlp"),
+         Cell(4, 1, "hidden-sever-attn")]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -33,20 +36,21 @@ def test_engine_matches_reference_at_every_window(family, window, replace):
 
 @pytest.mark.parametrize("family", ["llama", "gptj"])
 def test_plain_loops_match_reference(family):
-    """ROME's loop (noise, S+1 rows) and TransformerLens' (a pair, the clean run cached)."""
+    """ROME's loop (noise, S+1 rows) and TransformerLens' (a pair, the clean run cached), with
+    heads, a head at all positions and severed paths among the cells."""
     adapter = make_adapter(family)
     ref = Reference(adapter)
     ex = prepared(adapter)
     answers = (ex.answers[0][0], ex.answers[1][0])
-    plain = plain_loop(adapter, IDS, ex.corrupt, answers, CELLS, window=3)
-    for c in CELLS:
-        expected = ref.cell(IDS, SPAN, ex.noise, ex.answers, c.token, c.layer, c.component, window=3)
-        np.testing.assert_allclose(plain[c], expected.numpy(), atol=TOL)
+    plain = plain_loop(adapter, IDS, ex.corrupt, answers, CELLS + FINER, window=3)
+    for c in CELLS + FINER:
+        expected = ref.cell(IDS, SPAN, ex.noise, ex.answers, c.token, c.layer, c.component, window=3, head=c.head)
+        np.testing.assert_allclose(plain[c], expected.numpy(), atol=TOL, err_msg=str(c))
     ex = pair(adapter)
-    plain = plain_loop(adapter, IDS, ex.corrupt, answers, CELLS, window=3, cached_clean=True)
-    for c in CELLS:
-        expected, _ = ref.pair_cell(IDS, CORRUPT_IDS, ex.answers, c.token, c.layer, c.component, window=3)
-        np.testing.assert_allclose(plain[c], expected.numpy(), atol=TOL)
+    plain = plain_loop(adapter, IDS, ex.corrupt, answers, CELLS + FINER, window=3, cached_clean=True)
+    for c in CELLS + FINER:
+        expected, _ = ref.pair_cell(IDS, CORRUPT_IDS, ex.answers, c.token, c.layer, c.component, window=3, head=c.head)
+        np.testing.assert_allclose(plain[c], expected.numpy(), atol=TOL, err_msg=str(c))
 
 
 def test_flop_model_by_hand():
