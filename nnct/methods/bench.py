@@ -42,7 +42,7 @@ from ..inputs.records import load_records
 from ..interventions.corruption import RunInput, draw, noise_input, prompt_input
 from ..interventions.components import COMPONENTS
 from ..interventions.plan import Cell, cells, first_layer, schedule, slot, written_layers
-from ..model.parts import Adapter, first
+from ..model.parts import Adapter
 from ..model.sites import SITES
 
 

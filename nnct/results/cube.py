@@ -41,8 +41,9 @@ ATTRS = (
 
 # The measured variables of an example besides its restored cells (the engine's `Measures`).
 MEASURED = ("p_clean", "p_corrupt", "logit_clean", "logit_corrupt")
-# The restored cells are p_<v> and logit_<v> for each variable v the components fill.
-RESTORED_PREFIXES = ("p_", "logit_")
+# Every measured variable is p_<x> or logit_<x>: the restored cells are p_<v> and logit_<v>
+# for each variable v the components fill.
+VALUE_PREFIXES = ("p_", "logit_")
 _TEXT = ("example", "record_id", "variant", "prompt", "corrupt_prompt", "target_str", "alt_str", "clean_top1_str")
 _INTS = ("token_ids", "span", "answer_ids")
 
@@ -85,7 +86,8 @@ class Row:
         with np.load(path) as z:
             fields = {k: str(z[k]) for k in _TEXT}
             fields.update({k: z[k].tolist() for k in (*_INTS, "token_str", "segment")})
-            fields.update(clean_top1=int(z["clean_top1"]), line=int(z["line"]), values={k: z[k] for k in z.files if k.startswith(RESTORED_PREFIXES)})
+            values = {k: z[k] for k in z.files if k.startswith(VALUE_PREFIXES)}
+            fields.update(clean_top1=int(z["clean_top1"]), line=int(z["line"]), values=values)
         if example is not None and fields["example"] != example:
             raise ValueError(f"{path} holds {fields['example']}, expected {example}")
         return cls(**fields)
@@ -100,7 +102,7 @@ def assemble(rows: list[Row], n_layers: int, components: tuple[str, ...], attrs:
     cells = {}  # cube variable -> (dims, values)
     for variable, dims in variables(components).items():
         shape = grid(variable, components, n_tok, n_layers, n_heads)
-        for k in (m + variable for m in RESTORED_PREFIXES):
+        for k in (m + variable for m in VALUE_PREFIXES):
             cells[k] = (("example", *dims, "answer"), np.full((n_ex, *shape, len(ANSWERS)), np.nan, dtype=np.float32))
     token_str = np.full((n_ex, n_tok), "", dtype=object)
     segment = np.full((n_ex, n_tok), "", dtype=object)
