@@ -65,8 +65,8 @@ COMPONENTS: dict[str, Component] = {
         Component("attn", "attn", "attention", "Reds"),
         Component("hidden-sever-mlp", "hidden", "hidden state, MLP severed", "Purples", sever="mlp"),
         Component("hidden-sever-attn", "hidden", "hidden state, attention severed", "Purples", sever="attn"),
-        Component("head", "head", "attention head", "Oranges"),
-        Component("head_all_pos", "head", "attention head, all positions", "Oranges", all_positions=True),
+        Component("head", "head", "attention head", "Reds"),
+        Component("head_all_pos", "head", "attention head, all positions", "Reds", all_positions=True),
     )
 }
 # The cube's `component` order (the components of whole sites).
