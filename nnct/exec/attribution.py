@@ -1,0 +1,161 @@
+"""Attribution patching (AtP, Nanda 2023): every cell's indirect effect from one forward and
+one backward pass, as nnsight interventions.
+
+The exact effect of restoring a cell is M(restored) - M(corrupted). AtP takes its first-order
+estimate at the base run: the change a restoration writes, dotted with the gradient of M
+there, summed over the positions and layers the exact cell writes (the window for mlp, attn
+and head; every prompt position from the first corrupted one for head_all_pos), then averaged
+over the corrupted rows:
+
+    IE_atp(cell) = mean_s sum_(layer, position) (a_source - a_base) . dM/da |base run s
+
+Restoring, the base is the corrupted run and the source the clean one; reverse patching
+(noising) swaps them: (a_corrupt - a_clean) . dM/da at the clean run. M is each of four
+numbers a forward reports: p(target), p(alt) and their logits (float32, at the last prompt
+position, as `engine` reads them), so that the cube's metrics can be formed from the
+estimates. The four gradients come from one backward pass: the base rows are stacked four
+times and each copy contributes one of the four numbers to the sum that is differentiated
+(rows of a batch do not interact, so each row's gradient is its own number's).
+
+A severed path is not a single write, and an answer of several tokens is a product of
+probabilities; neither has an AtP estimate here (`ConfigError`). The gradient needs
+`requires_grad` on an early activation when the weights have none (a hosted model): the input
+embeddings get it, which is also where the corruption is written. Local weights are taken
+out of the graph for the pass, so that no gradient is accumulated into the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from ..interventions.components import COMPONENTS, grid, variables
+from ..interventions.corruption import RunInput
+from ..interventions.plan import cells, slot, written_layers
+from ..model.parts import Adapter, Parts
+from ..model.sites import SITES, in_forward_order
+
+# The four numbers whose gradients are taken, in stacking order.
+NUMBERS = ("p_target", "p_alt", "logit_target", "logit_alt")
+
+
+@dataclass
+class Attribution:
+    """AtP estimates of one example: per cube variable (`components`), [cells..., answer],
+    of the probabilities (`p`) and the logits (`logit`); means over the corrupted rows."""
+
+    p: dict[str, np.ndarray]
+    logit: dict[str, np.ndarray]
+
+
+@contextlib.contextmanager
+def _no_weight_grads(parts: Parts):
+    """Local weights leave the graph for the pass (no .grad accumulates in the user's model)."""
+    params = [p for p in parts.nn._module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def _check(components, answers) -> None:
+    severed = [c for c in components if COMPONENTS[c].sever]
+    if severed:
+        raise ConfigError(f"attribution patching has no estimate for {', '.join(severed)} (a severed path is not one write)")
+    if any(len(a) > 1 for a in answers):
+        raise ConfigError("attribution patching takes one-token answers (--answer first)")
+
+
+def _values(parts: Parts, ids: torch.Tensor, rows: int, sites, edit=None, answers=None):
+    """One trace over `rows` rows: the sites' values ({site: [row, layer, token, d]}) and, with
+    `answers`, the gradients of the four NUMBERS over `rows` = 4 x base rows, row block k
+    carrying number k ({site: [4, base row, layer, token, d]})."""
+    a = parts
+    x = ids.to(a.device).expand(rows, -1)
+    saved: dict[str, list] = {s.name: [] for s in sites}
+    grads: dict[str, list] = {s.name: [] for s in sites}
+    grad = answers is not None
+    context = torch.enable_grad() if grad else torch.no_grad()
+    with context, a.nn.trace(x, logits_to_keep=1):
+        emb = a.embed.output
+        if edit is not None:
+            positions, values, replace = edit
+            emb[:, positions] = values if replace else emb[:, positions] + values
+        if grad:
+            emb.requires_grad_(True)
+        read = []
+        for layer in range(a.n_layers):
+            for site in sites:
+                value = site.read(a, layer)
+                saved[site.name].append(value.detach().save())
+                read.append((site.name, value))
+        if grad:
+            logits = a.nn.output.logits[:, -1].float()
+            base = rows // 4
+            probs = logits.softmax(-1)
+            target, alt = answers
+            number = torch.cat([probs[:base, target], probs[base:2 * base, alt], logits[2 * base:3 * base, target],
+                                logits[3 * base:, alt]]).sum()
+            with number.backward():
+                for name, value in reversed(read):
+                    grads[name].append(value.grad.save())
+    values = {k: torch.stack(v, dim=1) for k, v in saved.items()}
+    if not grad:
+        return values, None
+    # gradients were read last layer first
+    gradients = {k: torch.stack(v[::-1], dim=1).reshape(4, rows // 4, *values[k].shape[1:]) for k, v in grads.items()}
+    return values, gradients
+
+
+def attribute(model: Adapter | Parts, components: tuple[str, ...], window: int, reverse: bool, ids, corrupt: RunInput,
+              answers) -> Attribution:
+    """The AtP estimate of every cell of `components` for one example (see the module's docstring)."""
+    _check(components, answers)
+    parts = model.parts if isinstance(model, Adapter) else model
+    a = parts
+    sites = in_forward_order({COMPONENTS[c].site for c in components})
+    S, n_tokens = corrupt.rows, len(ids)
+    first = (answers[0][0], answers[1][0])
+    clean_ids = torch.tensor([list(ids)], dtype=torch.long)
+    edit = None
+    if corrupt.values is not None:
+        edit = (list(corrupt.positions), corrupt.values.to(a.device, a.torch_dtype), corrupt.replace)
+    with _no_weight_grads(parts):
+        if reverse:  # the gradient at the clean run, the corrupted values as the source
+            source, _ = _values(parts, corrupt.ids, S, sites, edit=edit)
+            base, g = _values(parts, clean_ids, 4, sites, answers=first)
+            delta = {k: source[k] - base[k][:1] for k in source}  # [S, layer, token, d]
+        else:
+            source, _ = _values(parts, clean_ids, 1, sites)
+            stacked_edit = None if edit is None else (edit[0], edit[1].repeat(4, 1, 1), edit[2])
+            stacked_ids = corrupt.ids.repeat(4, 1) if corrupt.ids.shape[0] > 1 else corrupt.ids
+            base, g = _values(parts, stacked_ids, 4 * S, sites, edit=stacked_edit, answers=first)
+            delta = {k: source[k] - base[k][:S] for k in source}
+    # contributions [number, sample, layer, token(, head)]: the change dotted with the gradient
+    contrib = {}
+    for site in sites:
+        product = delta[site.name][None].double() * g[site.name].double()
+        if site.heads:
+            product = product.unflatten(-1, (a.n_heads, a.d_head))
+        contrib[site.name] = product.sum(-1).mean(dim=1)  # [number, layer, token(, head)]
+    first_changed = corrupt.changed(list(ids))
+    out = {v: np.full((4, *grid(v, components, n_tokens, a.n_layers, a.n_heads)), np.nan)
+           for v in variables(components)}
+    for cell in cells(n_tokens, a.n_layers, components, a.n_heads, first_changed):
+        c = COMPONENTS[cell.component]
+        layers = list(written_layers(cell, window, a.n_layers))
+        tokens = list(range(cell.token, n_tokens)) if c.all_positions else [cell.token]
+        values = contrib[c.site][:, layers][:, :, tokens]
+        if c.heads:
+            values = values[..., cell.head]
+        variable, at = slot(cell, components)
+        out[variable][(slice(None), *at)] = values.sum(dim=(1, 2)).numpy()
+    return Attribution({k: np.moveaxis(v[:2], 0, -1).astype(np.float32) for k, v in out.items()},
+                       {k: np.moveaxis(v[2:], 0, -1).astype(np.float32) for k, v in out.items()})
