@@ -37,7 +37,7 @@ from ..interventions.components import COMPONENTS, grid, variables
 from ..interventions.corruption import RunInput
 from ..interventions.plan import cells, slot, written_layers
 from ..model.parts import Adapter, Parts
-from ..model.sites import SITES, in_forward_order
+from ..model.sites import in_forward_order
 
 # The four numbers whose gradients are taken, in stacking order.
 NUMBERS = ("p_target", "p_alt", "logit_target", "logit_alt")
