@@ -10,7 +10,9 @@ over the corrupted rows:
     IE_atp(cell) = mean_s sum_(layer, position) (a_source - a_base) . dM/da |base run s
 
 Restoring, the base is the corrupted run and the source the clean one; reverse patching
-(noising) swaps them: (a_corrupt - a_clean) . dM/da at the clean run. M is each of four
+(noising) swaps them: (a_corrupt - a_clean) . dM/da at the clean run, which estimates
+M(patched) - M(clean); the estimates are returned in the cube's IE convention (reverse:
+M(clean) - M(patched)), so that they compare with `results.cube.effects` directly. M is each of four
 numbers a forward reports: p(target), p(alt) and their logits (float32, at the last prompt
 position, as `engine` reads them), so that the cube's metrics can be formed from the
 estimates. The four gradients come from one backward pass: the base rows are stacked four
@@ -37,19 +39,17 @@ from ..interventions.components import COMPONENTS, grid, variables
 from ..interventions.corruption import RunInput
 from ..interventions.plan import cells, slot, written_layers
 from ..model.parts import Adapter, Parts
+from .engine import Measures
 from ..model.sites import in_forward_order
 
 # The four numbers whose gradients are taken, in stacking order.
 NUMBERS = ("p_target", "p_alt", "logit_target", "logit_alt")
 
 
-@dataclass
-class Attribution:
-    """AtP estimates of one example: per cube variable (`components`), [cells..., answer],
-    of the probabilities (`p`) and the logits (`logit`); means over the corrupted rows."""
-
-    p: dict[str, np.ndarray]
-    logit: dict[str, np.ndarray]
+def names(variable: str) -> tuple[str, str]:
+    """The cube's names of the estimates of a restored variable (`components`): of p, of the logits."""
+    suffix = variable.removeprefix("restored")
+    return "ie_atp" + suffix, "ie_atp_logit" + suffix
 
 
 @contextlib.contextmanager
@@ -73,15 +73,15 @@ def _check(components, answers) -> None:
         raise ConfigError("attribution patching takes one-token answers (--answer first)")
 
 
-def _values(parts: Parts, ids: torch.Tensor, rows: int, sites, edit=None, answers=None):
-    """One trace over `rows` rows: the sites' values ({site: [row, layer, token, d]}) and, with
-    `answers`, the gradients of the four NUMBERS over `rows` = 4 x base rows, row block k
-    carrying number k ({site: [4, base row, layer, token, d]})."""
+def _values(parts: Parts, ids: torch.Tensor, rows: int, sites, answers, edit=None, grad=False):
+    """One trace over `rows` rows: the sites' values ({site: [row, layer, token, d]}), the
+    four NUMBERS of each row [row, 4] and its top token [row]; with `answers`, also the
+    gradients of the NUMBERS over `rows` = 4 x base rows, row block k carrying number k
+    ({site: [4, base row, layer, token, d]})."""
     a = parts
     x = ids.to(a.device).expand(rows, -1)
     saved: dict[str, list] = {s.name: [] for s in sites}
     grads: dict[str, list] = {s.name: [] for s in sites}
-    grad = answers is not None
     context = torch.enable_grad() if grad else torch.no_grad()
     with context, a.nn.trace(x, logits_to_keep=1):
         emb = a.embed.output
@@ -96,11 +96,13 @@ def _values(parts: Parts, ids: torch.Tensor, rows: int, sites, edit=None, answer
                 value = site.read(a, layer)
                 saved[site.name].append(value.detach().save())
                 read.append((site.name, value))
+        logits = a.nn.output.logits[:, -1].float()
+        probs = logits.softmax(-1)
+        target, alt = answers
+        numbers = torch.stack([probs[:, target], probs[:, alt], logits[:, target], logits[:, alt]], dim=1).detach().save()
+        top = logits.argmax(-1).save()
         if grad:
-            logits = a.nn.output.logits[:, -1].float()
             base = rows // 4
-            probs = logits.softmax(-1)
-            target, alt = answers
             number = torch.cat([probs[:base, target], probs[base:2 * base, alt], logits[2 * base:3 * base, target],
                                 logits[3 * base:, alt]]).sum()
             with number.backward():
@@ -108,15 +110,17 @@ def _values(parts: Parts, ids: torch.Tensor, rows: int, sites, edit=None, answer
                     grads[name].append(value.grad.save())
     values = {k: torch.stack(v, dim=1) for k, v in saved.items()}
     if not grad:
-        return values, None
+        return values, numbers.double().cpu(), top.cpu(), None
     # gradients were read last layer first
     gradients = {k: torch.stack(v[::-1], dim=1).reshape(4, rows // 4, *values[k].shape[1:]) for k, v in grads.items()}
-    return values, gradients
+    return values, numbers.double().cpu(), top.cpu(), gradients
 
 
 def attribute(model: Adapter | Parts, components: tuple[str, ...], window: int, reverse: bool, ids, corrupt: RunInput,
-              answers) -> Attribution:
-    """The AtP estimate of every cell of `components` for one example (see the module's docstring)."""
+              answers) -> Measures:
+    """The AtP estimate of every cell of `components` for one example (see the module's
+    docstring), with the clean and corrupted runs' own values: `Measures` whose `restored`
+    holds the estimates under their cube names (`names`), [cells..., answer]."""
     _check(components, answers)
     parts = model.parts if isinstance(model, Adapter) else model
     a = parts
@@ -129,15 +133,16 @@ def attribute(model: Adapter | Parts, components: tuple[str, ...], window: int, 
         edit = (list(corrupt.positions), corrupt.values.to(a.device, a.torch_dtype), corrupt.replace)
     with _no_weight_grads(parts):
         if reverse:  # the gradient at the clean run, the corrupted values as the source
-            source, _ = _values(parts, corrupt.ids, S, sites, edit=edit)
-            base, g = _values(parts, clean_ids, 4, sites, answers=first)
+            source, corrupted, _, _ = _values(parts, corrupt.ids, S, sites, first, edit=edit)
+            base, clean, top, g = _values(parts, clean_ids, 4, sites, first, grad=True)
             delta = {k: source[k] - base[k][:1] for k in source}  # [S, layer, token, d]
         else:
-            source, _ = _values(parts, clean_ids, 1, sites)
+            source, clean, top, _ = _values(parts, clean_ids, 1, sites, first)
             stacked_edit = None if edit is None else (edit[0], edit[1].repeat(4, 1, 1), edit[2])
             stacked_ids = corrupt.ids.repeat(4, 1) if corrupt.ids.shape[0] > 1 else corrupt.ids
-            base, g = _values(parts, stacked_ids, 4 * S, sites, edit=stacked_edit, answers=first)
+            base, corrupted, _, g = _values(parts, stacked_ids, 4 * S, sites, first, edit=stacked_edit, grad=True)
             delta = {k: source[k] - base[k][:S] for k in source}
+            corrupted = corrupted[:S]
     # contributions [number, sample, layer, token(, head)]: the change dotted with the gradient
     contrib = {}
     for site in sites:
@@ -157,5 +162,11 @@ def attribute(model: Adapter | Parts, components: tuple[str, ...], window: int, 
             values = values[..., cell.head]
         variable, at = slot(cell, components)
         out[variable][(slice(None), *at)] = values.sum(dim=(1, 2)).numpy()
-    return Attribution({k: np.moveaxis(v[:2], 0, -1).astype(np.float32) for k, v in out.items()},
-                       {k: np.moveaxis(v[2:], 0, -1).astype(np.float32) for k, v in out.items()})
+    sign = -1.0 if reverse else 1.0  # reverse estimates M(patched) - M(clean): the IE is its negative
+    restored = {}
+    for variable, values in out.items():
+        p_name, logit_name = names(variable)
+        restored[p_name] = (sign * np.moveaxis(values[:2], 0, -1)).astype(np.float32)
+        restored[logit_name] = (sign * np.moveaxis(values[2:], 0, -1)).astype(np.float32)
+    return Measures(clean[0, :2].numpy(), corrupted[:, :2].mean(0).numpy(), clean[0, 2:].numpy(),
+                    corrupted[:, 2:].mean(0).numpy(), int(top[0]), restored)

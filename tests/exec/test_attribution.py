@@ -11,7 +11,7 @@ import torch
 from conftest import FAMILIES, make_adapter
 from examples import IDS, SPAN, pair, prepared
 from nnct.errors import ConfigError
-from nnct.exec.attribution import attribute
+from nnct.exec.attribution import attribute, names
 from nnct.interventions.components import whole
 
 COMPS = ("hidden", "mlp", "attn", "head", "head_all_pos")
@@ -110,8 +110,10 @@ def test_atp_equals_the_autograd_reference(family, reverse):
             d_head = ref[(0, "head")][0].shape[-1] // adapter.hf.config.num_attention_heads if head is not None else None
             want = estimate(ref, keys, tokens, head, d_head).numpy()
             what = f"{family} {variable} {at}"
-            np.testing.assert_allclose(got.p[variable][at], want[:2], rtol=1e-4, atol=1e-7, err_msg=what)
-            np.testing.assert_allclose(got.logit[variable][at], want[2:], rtol=1e-4, atol=1e-5, err_msg=what)
+            sign = -1 if reverse else 1  # the cube's IE convention: clean - patched when reverse
+            p_name, logit_name = names(variable)
+            np.testing.assert_allclose(got.restored[p_name][at], sign * want[:2], rtol=1e-4, atol=1e-7, err_msg=what)
+            np.testing.assert_allclose(got.restored[logit_name][at], sign * want[2:], rtol=1e-4, atol=1e-5, err_msg=what)
 
 
 def test_atp_approaches_exact_patching_at_tiny_noise():
@@ -124,7 +126,9 @@ def test_atp_approaches_exact_patching_at_tiny_noise():
         exact = ex.trace(adapter, components=("hidden", "attn"), window=1)
         atp = attribute(adapter, ("hidden", "attn"), 1, False, IDS, ex.corrupt, ex.answers)
         ie = exact.p_restored[..., 0] - exact.p_corrupt[0]
-        est = atp.p["restored"][..., 0]
+        est = atp.restored["ie_atp"][..., 0]
+        np.testing.assert_allclose(atp.p_corrupt, exact.p_corrupt, rtol=1e-5)  # the runs' own values
+        np.testing.assert_allclose(atp.p_clean, exact.p_clean, rtol=1e-5)
         rel[scale] = float(np.abs(est - ie).max() / np.abs(ie).max())
     assert rel[1e-3] < 0.02, rel
     assert rel[3.0] > 0.05, rel
