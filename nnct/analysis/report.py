@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..results.cube import effects
+from ..results.cube import effects, holds
 
 
 def describe(ds, max_examples: int = 10) -> str:
@@ -21,9 +21,9 @@ def describe(ds, max_examples: int = 10) -> str:
     )
     lines.append("per example (target answer): p_clean, p_corrupt, strongest IE per component at (token, layer[, head])")
     # (label, restored variable, selection): the grids searched per example
-    grids = [(str(c), "restored", {"component": c}) for c in ds.component.values] if "p_restored" in ds else []
+    grids = [(str(c), "restored", {"component": c}) for c in ds.component.values] if holds(ds, "restored") else []
     grids += [(name, of, {}) for name, of in (("head", "restored_head"), ("head_all_pos", "restored_head_all_pos"))
-              if "p_" + of in ds]
+              if holds(ds, of)]
     targets = {of: effects(ds, of)[0].sel(answer="target") for of in {g[1] for g in grids}}
     for i, ex in enumerate(ds.example.values[:max_examples]):
         parts = []

@@ -33,7 +33,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..inputs.spans import SEGMENT_ORDER
-from ..results.cube import metric_effects, metrics_of
+from ..results.cube import cell_names, holds, metric_effects, metrics_of
 
 FILTERS = ("known", "target-wins", "alt-wins")
 # The segments reported first (figures' lines, the strongest heads), where present.
@@ -70,7 +70,8 @@ def segment_effects(ds, metrics, segments: list[str], chunk: int = 256, of: str 
     variable `of` (X: component, or head for "restored_head"). One pass over the cube,
     `chunk` examples at a time."""
     n = ds.sizes["example"]
-    rest = [ds.sizes[d] for d in ds["p_" + of].dims[2:-1]]  # after example and token, before answer
+    cells = ds[cell_names(of, ds.attrs.get("method", "exact"))[0]]
+    rest = [ds.sizes[d] for d in cells.dims[2:-1]]  # after example and token, before answer
     out = np.full((len(metrics), n, len(segments), *rest), np.nan)
     te = np.full((len(metrics), n), np.nan)
     for lo in range(0, n, chunk):
@@ -123,7 +124,7 @@ def summarize(ds, variant: str | None = None, filter: str | None = None, metrics
     segments = segments_of(chosen)
     data, te, n = {}, None, None
     for of, name, x in (("restored", "aie", "component"), ("restored_head", "aie_head", "head")):
-        if "p_" + of not in chosen:
+        if not holds(chosen, of):
             continue
         dims = ("metric", "segment", "layer", x)
         per_example, te = segment_effects(chosen, metrics, segments, of=of)
@@ -134,7 +135,7 @@ def summarize(ds, variant: str | None = None, filter: str | None = None, metrics
             best = np.argmax(np.where(np.isnan(aie), -np.inf, aie), axis=2)  # [metric, segment, component]
             data["best_layer"] = (("metric", "segment", "component"), chosen.layer.values[best].astype(np.int32))
             data["best_aie"] = (("metric", "segment", "component"), np.take_along_axis(aie, best[:, :, None, :], axis=2)[:, :, 0, :])
-    if "p_restored_head_all_pos" in chosen:
+    if holds(chosen, "restored_head_all_pos"):
         dims = ("metric", "layer", "head")
         per_example, te = _all_positions(chosen, metrics)
         aie, low, high, count = mean_ci(per_example, axis=1)

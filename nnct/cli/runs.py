@@ -1,7 +1,8 @@
-"""The commands that run a model: `trace` (records), `patch` (prompt pairs), `answers`.
+"""The commands that run a model: `trace` (records), `patch` (prompt pairs), `attribute`
+(attribution patching of either), `answers`.
 
-`trace` and `patch` share their options where they apply (what to restore, how, where the
-model runs, where the cube goes); both build a `RunConfig` and hand it to
+The cube-filling commands share their options where they apply (what to restore, how, where
+the model runs, where the cube goes); each builds a `RunConfig` and hands it to
 `methods.run.execute`.
 """
 
@@ -120,23 +121,39 @@ def _with_overrides(label: str, values: dict) -> str:
     return f"{label} ({', '.join(changed)})" if changed else label
 
 
+def _records(data_required: bool):
+    """The options of the commands that read records (trace, attribute)."""
+    options = [
+        click.option("--definition", type=click.Path(dir_okay=False), is_eager=True, callback=_use_definition,
+                     help="An experiment definition (experiments/*.toml): its settings become the defaults; options override"
+                          " them."),
+        click.option("--data", "--data_path", "data", required=data_required, type=click.Path(),
+                     help="JSONL records (docs/method.md schema)."),
+        click.option("--experiment", "--experiment-type", "--experiment_type", "experiment", default="subject",
+                     show_default=True, help="subject (1), object (2), relation (3) or subject-noctx (0)."),
+        click.option("--corruption", type=click.Choice(["noise", "substitute"]), default="noise", show_default=True,
+                     help="Gaussian noise on the span (ROME), or another subject/object of the same length substituted."),
+        click.option("--prompt-format", "--prompt_format", "prompt_format", default=None,
+                     help="Prompt template with {context}, {prompt}, {question} [default: the experiment's own]."),
+        click.option("--samples", default=10, show_default=True, type=int, help="Noise samples S per example."),
+        click.option("--noise-level", "--noise_level", "noise_level", default="s3", show_default=True,
+                     help="A float, or sK = K x std of the span tokens' input embeddings."),
+        click.option("--seed", default=0, show_default=True, type=int, help="Seed of the noise."),
+        click.option("--max-cf", "--max_cf", "max_cf", default=1, show_default=True, type=int,
+                     help="Counterfactual variants per record."),
+        click.option("--replace", type=BOOL01, is_flag=False, flag_value="1", default="0", show_default=True,
+                     help="Replace the span's embeddings by the noise instead of adding it (flag, or 0/1)."),
+    ]
+
+    def decorate(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+    return decorate
+
+
 @main.command()
-@click.option("--definition", type=click.Path(dir_okay=False), is_eager=True, callback=_use_definition,
-              help="An experiment definition (experiments/*.toml): its settings become the defaults; options override them.")
-@click.option("--data", "--data_path", "data", required=True, type=click.Path(), help="JSONL records (docs/method.md schema).")
-@click.option("--experiment", "--experiment-type", "--experiment_type", "experiment", default="subject", show_default=True,
-              help="subject (1), object (2), relation (3) or subject-noctx (0).")
-@click.option("--corruption", type=click.Choice(["noise", "substitute"]), default="noise", show_default=True,
-              help="Gaussian noise on the span (ROME), or another subject/object of the same length substituted.")
-@click.option("--prompt-format", "--prompt_format", "prompt_format", default=None,
-              help="Prompt template with {context}, {prompt}, {question} [default: the experiment's own].")
-@click.option("--samples", default=10, show_default=True, type=int, help="Noise samples S per example.")
-@click.option("--noise-level", "--noise_level", "noise_level", default="s3", show_default=True,
-              help="A float, or sK = K x std of the span tokens' input embeddings.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the noise.")
-@click.option("--max-cf", "--max_cf", "max_cf", default=1, show_default=True, type=int, help="Counterfactual variants per record.")
-@click.option("--replace", type=BOOL01, is_flag=False, flag_value="1", default="0", show_default=True,
-              help="Replace the span's embeddings by the noise instead of adding it (flag, or 0/1).")
+@_records(data_required=True)
 @_shared
 def trace(output_dir, out, replace, reverse, quiet, remote_, ndif_host, no_wait, **options):
     """Trace a data set of records and write its effect cube (--out FILE.nc or --output-dir
@@ -146,6 +163,25 @@ def trace(output_dir, out, replace, reverse, quiet, remote_, ndif_host, no_wait,
     if options["definition"]:
         options["definition"] = _with_overrides(options["definition"], dict(options, replace=replace, reverse=reverse))
     cfg = _config("trace", out, output_dir, reverse, remote_, ndif_host, no_wait, dict(options, replace=replace == "1"))
+    run_and_report(lambda bar: run.execute(cfg, progress=bar), cfg.out, quiet, "rerun with --resume")
+
+
+@main.command()
+@click.option("--pairs", "pairs", type=click.Path(), help="JSONL prompt pairs (as `patch` reads them), instead of --data.")
+@_records(data_required=False)
+@_shared
+def attribute(pairs, output_dir, out, replace, reverse, quiet, remote_, ndif_host, no_wait, **options):
+    """Attribution patching (AtP): every cell's indirect effect estimated from one forward and
+    one backward pass, for records (--data, as `trace`) or prompt pairs (--pairs, as
+    `patch`); the cube holds ie_atp (and ie_atp_logit) beside p_clean and p_corrupt."""
+    from ..methods import run
+
+    if bool(pairs) == bool(options["data"]):
+        fail("give --data FILE.jsonl (records, as trace) or --pairs FILE.jsonl (prompt pairs, as patch)")
+    if options["definition"]:
+        options["definition"] = _with_overrides(options["definition"], dict(options, replace=replace, reverse=reverse))
+    options = dict(options, replace=replace == "1", estimate="atp", data=pairs or options["data"])
+    cfg = _config("patch" if pairs else "trace", out, output_dir, reverse, remote_, ndif_host, no_wait, options)
     run_and_report(lambda bar: run.execute(cfg, progress=bar), cfg.out, quiet, "rerun with --resume")
 
 

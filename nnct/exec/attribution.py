@@ -29,7 +29,6 @@ out of the graph for the pass, so that no gradient is accumulated into the model
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 
 import numpy as np
 import torch

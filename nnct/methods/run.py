@@ -43,7 +43,7 @@ from ..inputs.pairs import check_substitutable, load_pairs
 from ..inputs.prompts import experiment
 from ..inputs.records import Loaded, load_objects, load_records
 from ..interventions import corruption
-from ..interventions.components import components as parse_components
+from ..interventions.components import COMPONENTS, components as parse_components
 from ..interventions.plan import count
 from ..interventions.metrics import ANSWER_PROB
 from ..model.loading import REMOTE
@@ -63,6 +63,7 @@ class RunConfig:
     experiment: str = "subject"
     corruption: str = "noise"  # trace: noise | substitute; patch: prompt
     answer: str = "first"  # first: an answer's first token; full: all its tokens, teacher-forced
+    estimate: str = "exact"  # exact: every cell patched; atp: attribution patching's first-order estimate
     prompt_format: str | None = None  # None: the experiment's default
     samples: int = 10
     window: int = 10
@@ -165,6 +166,16 @@ def _validate(cfg: RunConfig, in_memory: bool = False) -> None:
         raise ConfigError(f"--corruption {cfg.corruption}: {cfg.method} takes {' or '.join(CORRUPTIONS[cfg.method])}")
     if cfg.answer not in ANSWER_PROB:
         raise ConfigError(f"--answer {cfg.answer}: use {' or '.join(ANSWER_PROB)}")
+    if cfg.estimate not in cube.ESTIMATES:
+        raise ConfigError(f"estimate {cfg.estimate!r}: use {' or '.join(cube.ESTIMATES)}")
+    if cfg.estimate == "atp":
+        if cfg.answer != "first":
+            raise ConfigError("attribution patching takes one-token answers: use --answer first")
+        severed = [c for c in parse_components(cfg.components) if COMPONENTS[c].sever]
+        if severed:
+            raise ConfigError(f"attribution patching has no estimate for {', '.join(severed)} (a severed path is not one write)")
+        if cfg.remote is not None:
+            raise ConfigError("attribution patching runs here for now: its remote gradient path is not built yet")
     if cfg.samples < 1:
         raise ConfigError(f"--samples {cfg.samples}: need at least 1")
     if cfg.window < 1:
@@ -365,6 +376,7 @@ def execute(cfg: RunConfig, adapter=None, progress: Progress | None = None, item
 
 
 def _execute(cfg: RunConfig, adapter, progress: Progress | None, items) -> Summary:
+    from ..exec.attribution import attribute
     from ..exec.engine import Engine, Settings, embedding_std, memory_budget, passes
     from ..model.loading import load
 
@@ -431,7 +443,11 @@ def _execute(cfg: RunConfig, adapter, progress: Progress | None, items) -> Summa
     if requests is None:
         for k in todo:
             progress.example(ids[k])
-            keep(k, engine.trace(*job(k), on_batch=progress.cells))
+            if cfg.estimate == "atp":
+                keep(k, attribute(adapter, comps, cfg.window, cfg.reverse, *job(k)))
+                progress.cells(n_cells[k])
+            else:
+                keep(k, engine.trace(*job(k), on_batch=progress.cells))
         meta["placed"] = {"device": adapter.device, "dtype": adapter.dtype}
     else:
         def placed(device: str, dtype: str) -> None:
@@ -460,7 +476,7 @@ def _execute(cfg: RunConfig, adapter, progress: Progress | None, items) -> Summa
         return summary
 
     summary.cube = cube.assemble(store.all(ids), adapter.n_layers, comps, _attrs(cfg, adapter, settings, meta, level, placement),
-                                 adapter.n_heads)
+                                 adapter.n_heads, cfg.estimate)
     if cfg.out:
         cube.write(summary.cube, cfg.out)
         _remove(pdir)
@@ -481,6 +497,7 @@ def _attrs(cfg: RunConfig, adapter, settings: dict, meta: dict, level: float, pl
         "shard": cfg.shard or "", "data_sha256": settings["data_sha256"],
         "max_examples": -1 if cfg.max_examples is None else cfg.max_examples,
         "corruption": "noise" if cfg.noised else "prompt",
+        "method": cfg.estimate,
     }
 
 

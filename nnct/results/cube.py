@@ -41,9 +41,20 @@ ATTRS = (
 
 # The measured variables of an example besides its restored cells (the engine's `Measures`).
 MEASURED = ("p_clean", "p_corrupt", "logit_clean", "logit_corrupt")
-# Every measured variable is p_<x> or logit_<x>: the restored cells are p_<v> and logit_<v>
-# for each variable v the components fill.
-VALUE_PREFIXES = ("p_", "logit_")
+# Every measured variable is p_<x>, logit_<x> or, estimated by attribution patching,
+# ie_atp<x>: the restored cells are `cell_names` of each variable v the components fill.
+VALUE_PREFIXES = ("p_", "logit_", "ie_atp")
+ESTIMATES = ("exact", "atp")
+
+
+def cell_names(variable: str, estimate: str = "exact") -> tuple[str, str]:
+    """The cube's names of a restored variable's cells (`components`), of p and of the logits:
+    p_<v> and logit_<v> measured exactly, ie_atp<s> and ie_atp_logit<s> (s: v after
+    "restored") as attribution patching's estimates of the indirect effect."""
+    if estimate == "exact":
+        return "p_" + variable, "logit_" + variable
+    suffix = variable.removeprefix("restored")
+    return "ie_atp" + suffix, "ie_atp_logit" + suffix
 _TEXT = ("example", "record_id", "variant", "prompt", "corrupt_prompt", "target_str", "alt_str", "clean_top1_str")
 _INTS = ("token_ids", "span", "answer_ids")
 
@@ -93,16 +104,17 @@ class Row:
         return cls(**fields)
 
 
-def assemble(rows: list[Row], n_layers: int, components: tuple[str, ...], attrs: dict, n_heads: int = 0):
+def assemble(rows: list[Row], n_layers: int, components: tuple[str, ...], attrs: dict, n_heads: int = 0,
+             estimate: str = "exact"):
     """The cube of a run from its examples, in the given order (`n_heads`: the model's query
-    heads, for components of heads)."""
+    heads, for components of heads; `estimate`: how the restored cells were found)."""
     import xarray as xr
 
     n_ex, n_tok = len(rows), max((len(r.token_ids) for r in rows), default=0)
     cells = {}  # cube variable -> (dims, values)
     for variable, dims in variables(components).items():
         shape = grid(variable, components, n_tok, n_layers, n_heads)
-        for k in (m + variable for m in VALUE_PREFIXES):
+        for k in cell_names(variable, estimate):
             cells[k] = (("example", *dims, "answer"), np.full((n_ex, *shape, len(ANSWERS)), np.nan, dtype=np.float32))
     token_str = np.full((n_ex, n_tok), "", dtype=object)
     segment = np.full((n_ex, n_tok), "", dtype=object)
@@ -179,12 +191,20 @@ def effects(ds, of: str = "restored"):
     """(IE[example, <cells of p_<of>>, answer], TE[example, answer]) of the probabilities,
     per docs/method.md (`of`: a restored variable, e.g. "restored_head"). Forward: IE =
     p_restored - p_corrupt. Reverse patching: IE = p_clean - p_patched, where the cube's
-    `p_restored` holds p_patched. TE = p_clean - p_corrupt in both."""
+    `p_restored` holds p_patched. TE = p_clean - p_corrupt in both. A cube of attribution
+    patching stores its estimates of the IE (`ie_atp`)."""
     te = ds.p_clean - ds.p_corrupt
+    if ds.attrs.get("method", "exact") == "atp":
+        return ds[cell_names(of, "atp")[0]], te
     restored = ds["p_" + of]
     if int(ds.attrs.get("reverse_patching", 0)):
         return (ds.p_clean - restored).transpose(*restored.dims), te
     return restored - ds.p_corrupt, te
+
+
+def holds(ds, of: str) -> bool:
+    """Whether the cube has the cells of restored variable `of` (measured or estimated)."""
+    return cell_names(of, ds.attrs.get("method", "exact"))[0] in ds
 
 
 def metrics_of(ds) -> tuple[str, ...]:
@@ -202,17 +222,28 @@ def metric_effects(ds, name: str, of: str = "restored"):
     m = metrics.base(name)
     if m.uses_logits and "logit_clean" not in ds:
         raise ConfigError(f"metric {name} needs the answers' logits, which this cube lacks: trace it again with nnct >= 0.4")
-    if "p_" + of not in ds:
-        raise ConfigError(f"this cube has no p_{of}: trace the component(s) that fill it")
+    reverse = bool(int(ds.attrs.get("reverse_patching", 0)))
+    estimate = ds.attrs.get("method", "exact")
+    p_name, logit_name = cell_names(of, estimate)
+    if p_name not in ds:
+        raise ConfigError(f"this cube has no {p_name}: trace the component(s) that fill it")
+
+    def restored(kind, name):
+        """The restored (patched) values; attribution's estimates of the IE make them from the base run's."""
+        if estimate == "exact":
+            return ds[name]
+        return ds[kind + "_clean"] - ds[name] if reverse else ds[kind + "_corrupt"] + ds[name]
 
     def value(kind):
-        get = {"clean": "_clean", "corrupt": "_corrupt", "restored": "_" + of}[kind]
-        pt, pa = (ds["p" + get].sel(answer=a, drop=True) for a in ANSWERS)
-        lt, la = ((ds["logit" + get].sel(answer=a, drop=True) for a in ANSWERS) if m.uses_logits else (None, None))
+        if kind == "restored":
+            p, logit = restored("p", p_name), restored("logit", logit_name)
+        else:
+            p, logit = ds[f"p_{kind}"], ds[f"logit_{kind}"] if m.uses_logits else None
+        pt, pa = (p.sel(answer=a, drop=True) for a in ANSWERS)
+        lt, la = ((logit.sel(answer=a, drop=True) for a in ANSWERS) if m.uses_logits else (None, None))
         return m.value(pt, pa, lt, la)
 
-    reverse = bool(int(ds.attrs.get("reverse_patching", 0)))
     with np.errstate(divide="ignore", invalid="ignore"):
         ie, te = metrics.effects(name, value("clean"), value("corrupt"), value("restored"), reverse)
-    cells = [d for d in ds["p_" + of].dims if d != "answer"]
+    cells = [d for d in ds[p_name].dims if d != "answer"]
     return ie.where(np.isfinite(ie)).transpose(*cells), te.where(np.isfinite(te))
