@@ -168,14 +168,18 @@ def trace(output_dir, out, replace, reverse, quiet, remote_, ndif_host, no_wait,
 
 @main.command()
 @click.option("--pairs", "pairs", type=click.Path(), help="JSONL prompt pairs (as `patch` reads them), instead of --data.")
+@click.option("--compare", "compare_with", type=click.Path(exists=True, dir_okay=False),
+              help="An exact cube of the same examples: print the agreement and write it to OUT.agreement.json.")
 @_records(data_required=False)
 @_shared
-def attribute(pairs, output_dir, out, replace, reverse, quiet, remote_, ndif_host, no_wait, **options):
+def attribute(pairs, compare_with, output_dir, out, replace, reverse, quiet, remote_, ndif_host, no_wait, **options):
     """Attribution patching (AtP): every cell's indirect effect estimated from one forward and
     one backward pass, for records (--data, as `trace`) or prompt pairs (--pairs, as
     `patch`); the cube holds ie_atp (and ie_atp_logit) beside p_clean and p_corrupt."""
     from ..methods import run
 
+    if compare_with and not (out or output_dir):
+        fail("--compare writes OUT.agreement.json beside the cube: give --out")
     if bool(pairs) == bool(options["data"]):
         fail("give --data FILE.jsonl (records, as trace) or --pairs FILE.jsonl (prompt pairs, as patch)")
     if options["definition"]:
@@ -183,6 +187,22 @@ def attribute(pairs, output_dir, out, replace, reverse, quiet, remote_, ndif_hos
     options = dict(options, replace=replace == "1", estimate="atp", data=pairs or options["data"])
     cfg = _config("patch" if pairs else "trace", out, output_dir, reverse, remote_, ndif_host, no_wait, options)
     run_and_report(lambda bar: run.execute(cfg, progress=bar), cfg.out, quiet, "rerun with --resume")
+    if compare_with:
+        _agreement(cfg.out, compare_with)
+
+
+def _agreement(atp_path: str, exact_path: str) -> None:
+    from ..analysis import agreement
+    from ..results import cube, files
+
+    try:
+        found = agreement.compare(cube.open_cube(atp_path), cube.open_cube(exact_path))
+    except NnctError as exc:
+        fail(f"--compare {exact_path}: {exc}")
+    path = str(Path(atp_path).with_suffix("")) + ".agreement.json"
+    files.write_json(path, {"atp": str(atp_path), "exact": str(exact_path), **found})
+    click.echo(agreement.table(found))
+    click.echo(f"wrote {path}")
 
 
 @main.command()

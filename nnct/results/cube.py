@@ -236,7 +236,7 @@ def metric_effects(ds, name: str, of: str = "restored"):
 
     def value(kind):
         if kind == "restored":
-            p, logit = restored("p", p_name), restored("logit", logit_name)
+            p, logit = restored("p", p_name), restored("logit", logit_name) if m.uses_logits else None
         else:
             p, logit = ds[f"p_{kind}"], ds[f"logit_{kind}"] if m.uses_logits else None
         pt, pa = (p.sel(answer=a, drop=True) for a in ANSWERS)

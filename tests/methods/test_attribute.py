@@ -4,7 +4,10 @@ the summaries and figures read as they read an exact cube."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from conftest import write_jsonl
@@ -42,6 +45,44 @@ def test_attribute_records_at_tiny_noise_is_the_exact_trace(tmp_path, tiny_model
         assert np.nanmax(np.abs(ld_est - ld)) < 0.05 * np.nanmax(np.abs(ld))
     s = summarize(a)
     assert "aie" in s and "aie_head" in s
+    # --compare: near-perfect agreement here, and the table and JSON say so
+    done = invoke("attribute", "--model", tiny_model_dir, "--data", data_file, "--out", tmp_path / "again.nc", *TINY,
+                  "--compare", exact)
+    assert done.exit_code == 0, done.output
+    found = json.loads((tmp_path / "again.agreement.json").read_text())
+    hidden = found["components"]["hidden"]
+    assert hidden["cells"] > 0 and hidden["pearson"] > 0.99 and hidden["recall_10"] >= 0.8
+    assert set(found["components"]) == {"hidden", "attn", "head"} and "recall@10" in done.output
+
+
+def test_agreement_by_hand():
+    """Pearson, Spearman, recall and misses on a cube pair whose numbers are chosen: AtP = exact
+    except two cells swapped in rank."""
+    import xarray as xr
+
+    from nnct.analysis.agreement import compare
+
+    exact_ie = np.arange(1, 13, dtype=np.float64).reshape(1, 3, 4, 1)  # [example, token, layer, component]
+    atp_ie = exact_ie.copy()
+    atp_ie[0, 2, 3, 0], atp_ie[0, 0, 0, 0] = 1.0, 12.0  # the largest exact cell ranked last, and the smallest first
+
+    def cube(ie, method):
+        p = np.stack([ie, ie], axis=-1)
+        base = {"p_clean": (("example", "answer"), [[1.0, 0.0]]), "p_corrupt": (("example", "answer"), [[0.0, 0.0]]),
+                "logit_clean": (("example", "answer"), [[0.0, 0.0]]), "logit_corrupt": (("example", "answer"), [[0.0, 0.0]])}
+        name = "ie_atp" if method == "atp" else "p_restored"
+        coords = {"example": ["e"], "component": ["hidden"], "answer": ["target", "alt"]}
+        return xr.Dataset({**base, name: (("example", "token", "layer", "component", "answer"), p)}, coords=coords,
+                          attrs={"method": method})
+
+    found = compare(cube(atp_ie, "atp"), cube(exact_ie, "exact"))["components"]["hidden"]
+    x, y = atp_ie.ravel(), exact_ie.ravel()
+    assert found["pearson"] == pytest.approx(np.corrcoef(x, y)[0, 1])
+    ranks = lambda v: np.argsort(np.argsort(v))  # noqa: E731 (no ties here)
+    assert found["spearman"] == pytest.approx(np.corrcoef(ranks(x), ranks(y))[0, 1])
+    # exact top 10 by |IE|: 12..3; AtP's top 10: 12 (the moved 1), 11..4 and the 3 at (0, 2): 9 shared
+    assert found["recall_10"] == pytest.approx(0.9) and found["cells"] == 12
+    assert found["misses"] == [{"example": "e", "cell": {"token": 2, "layer": 3}, "exact": 12.0, "atp": 1.0}]
 
 
 def test_attribute_pairs_and_bad_input(tmp_path, tiny_model_dir):
