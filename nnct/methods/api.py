@@ -1,4 +1,5 @@
-"""The Python API for notebooks: `trace` and `patch` return the cube as an xarray Dataset.
+"""The Python API for notebooks: `trace`, `patch` and `attribute` return the cube as an
+xarray Dataset.
 
 Both take a model in any form a notebook has it (a name, a local directory, a loaded
 transformers model with its tokenizer, an nnsight model, an nnct Adapter) and their data in
@@ -98,3 +99,15 @@ def patch(model="smollm2-135m", pairs=None, *, clean: str | None = None, corrupt
         raise ConfigError("patch needs pairs (a JSONL path or dicts) or clean=..., corrupt=..., target=..., alt=...")
     cfg, items = _config("patch", model, pairs, out, resume, settings)
     return _run(cfg, model, items, progress, tokenizer)
+
+
+def attribute(model="smollm2-135m", data=None, *, pairs=None, **kwargs):
+    """Attribution patching (AtP): every cell's indirect effect estimated from one forward and
+    one backward pass, of records (`data` or `prompt=`, as `trace` takes them) or of prompt
+    pairs (`pairs` or `clean=`, as `patch`); the cube holds `ie_atp` (docs/method.md)."""
+    kwargs["estimate"] = "atp"
+    if pairs is not None or "clean" in kwargs:
+        if data is not None:
+            raise ConfigError("attribute takes records (data) or prompt pairs (pairs), not both")
+        return patch(model, pairs, **kwargs)
+    return trace(model, data, **kwargs)

@@ -89,6 +89,16 @@ def test_api_patches_heads_as_the_reference(adapter):
         np.testing.assert_allclose(ds[variable].sel(at).values[0], p.numpy(), atol=2e-6, err_msg=variable)
 
 
+def test_api_attribute_of_a_pair(adapter):
+    """`nnct.attribute` on one pair: an AtP cube, and refused with both records and pairs."""
+    pair = PAIRS[0]
+    ds = nnct.attribute(adapter, clean=pair["clean"], corrupt=pair["corrupt"], target=pair["target"], alt=pair["alt"],
+                        components="hidden", window=1)
+    assert ds.attrs["method"] == "atp" and ds.ie_atp.sizes["component"] == 1 and "p_restored" not in ds
+    with pytest.raises(ConfigError, match="not both"):
+        nnct.attribute(adapter, [RECORDS[0]], pairs=PAIRS[:1])
+
+
 def test_patch_cli_pairs_and_inline(tiny_model_dir, pairs_file, pair_cube, tmp_path):
     runner = CliRunner()
     out = tmp_path / "cli.nc"
