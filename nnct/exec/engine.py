@@ -62,6 +62,7 @@ class Settings:
     reverse: bool = False
     batch_rows: int | None = None  # None: `auto_batch_rows` for each example
     batch_budget: int = 1 << 30  # bytes of working memory a batch may take, for auto
+    estimate: str = "exact"  # atp: attribution patching's estimates instead (`attribution`)
 
 
 @dataclass
@@ -299,7 +300,13 @@ class Engine:
         return out
 
     def trace(self, ids, corrupt: RunInput, answers: Answers, on_batch: Callable[[int], None] | None = None) -> Measures:
-        """The example's measures: every cell of the settings' components restored."""
+        """The example's measures: every cell of the settings' components restored (or, with
+        `estimate="atp"`, estimated by attribution patching)."""
+        s = self.settings
+        if s.estimate == "atp":
+            from .attribution import attribute
+
+            return attribute(self.parts, s.components, s.window, s.reverse, ids, corrupt, answers)
         acc, top1 = None, 0
         for k, (extra, read) in enumerate(self._passes(answers)):
             more = torch.tensor([extra], dtype=torch.long).expand(corrupt.ids.shape[0], -1)

@@ -174,8 +174,9 @@ def _validate(cfg: RunConfig, in_memory: bool = False) -> None:
         severed = [c for c in parse_components(cfg.components) if COMPONENTS[c].sever]
         if severed:
             raise ConfigError(f"attribution patching has no estimate for {', '.join(severed)} (a severed path is not one write)")
-        if cfg.remote is not None:
-            raise ConfigError("attribution patching runs here for now: its remote gradient path is not built yet")
+        if cfg.remote not in (None, remote.LOCAL):
+            raise ConfigError("attribution patching runs here or in nnsight's local simulation for now: its path to a"
+                              " server is not tested yet")
     if cfg.samples < 1:
         raise ConfigError(f"--samples {cfg.samples}: need at least 1")
     if cfg.window < 1:
@@ -376,7 +377,6 @@ def execute(cfg: RunConfig, adapter=None, progress: Progress | None = None, item
 
 
 def _execute(cfg: RunConfig, adapter, progress: Progress | None, items) -> Summary:
-    from ..exec.attribution import attribute
     from ..exec.engine import Engine, Settings, embedding_std, memory_budget, passes
     from ..model.loading import load
 
@@ -423,7 +423,7 @@ def _execute(cfg: RunConfig, adapter, progress: Progress | None, items) -> Summa
         meta["requesting"] = {k: getattr(cfg, k) for k in REQUESTING}  # `collect` asks the same way
         save_meta()
 
-    engine = Engine(adapter, Settings(comps, cfg.window, cfg.reverse, cfg.batch_rows, meta["batch_budget"]))
+    engine = Engine(adapter, Settings(comps, cfg.window, cfg.reverse, cfg.batch_rows, meta["batch_budget"], cfg.estimate))
     store = _Store(len(chosen), pdir)
     n_cells = [count(comps, len(c.ids), adapter.n_layers, adapter.n_heads) * passes(c.answers) for c in chosen]
     done = store.done()
@@ -443,11 +443,9 @@ def _execute(cfg: RunConfig, adapter, progress: Progress | None, items) -> Summa
     if requests is None:
         for k in todo:
             progress.example(ids[k])
-            if cfg.estimate == "atp":
-                keep(k, attribute(adapter, comps, cfg.window, cfg.reverse, *job(k)))
+            keep(k, engine.trace(*job(k), on_batch=progress.cells))
+            if cfg.estimate == "atp":  # one pass for every cell
                 progress.cells(n_cells[k])
-            else:
-                keep(k, engine.trace(*job(k), on_batch=progress.cells))
         meta["placed"] = {"device": adapter.device, "dtype": adapter.dtype}
     else:
         def placed(device: str, dtype: str) -> None:
