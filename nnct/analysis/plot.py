@@ -12,7 +12,7 @@
   attention severed, with 95% bands.
 - `heads_figure`: per-head AIE, layers bottom to top and heads left to right, one panel per
   segment of interest (and one for heads restored at all positions), the strongest heads
-  labelled.
+  outlined and listed.
 
 Colour scales are shared per component: every example figure drawn in one call uses the
 same scale for a component (so two examples compare at a glance). As in ROME, a scale starts
@@ -170,8 +170,9 @@ def severed_figure(summary, metric: str = "prob", segment: str | None = None):
 def heads_figure(summary, metric: str = "prob", segments: list[str] | None = None):
     """Per-head AIE (layers bottom to top, heads left to right): one panel per segment, and
     one for heads restored at every position; the strongest `LABELLED` heads of each panel
-    are labelled with their AIE."""
+    are outlined and listed with their AIE."""
     from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
 
     s = summary.sel(metric=metric)
     panels = []
@@ -193,12 +194,17 @@ def heads_figure(summary, metric: str = "prob", segments: list[str] | None = Non
         vmin, vmax = _scale(grid)
         im = ax.imshow(grid, aspect="auto", origin="lower", cmap=COMPONENTS["head"].cmap, vmin=vmin, vmax=vmax,
                        interpolation="nearest")
+        # the strongest heads: outlined, and listed in a corner (labels in the cells would overlap)
         flat = np.where(np.isnan(grid), -np.inf, grid).ravel()
+        listed = []
         for i in np.argsort(-flat)[:LABELLED]:
             if flat[i] > 0:
                 layer, head = np.unravel_index(i, grid.shape)
-                ax.annotate(f"L{layer}H{head} {flat[i]:.2g}", (head, layer), fontsize=6, ha="center", va="center",
-                            xytext=(0, 7), textcoords="offset points")
+                ax.add_patch(Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=0.8))
+                listed.append(f"L{layer}H{head} {flat[i]:.2g}")
+        if listed:
+            ax.text(0.02, 0.98, "\n".join(listed), transform=ax.transAxes, fontsize=6, va="top", ha="left",
+                    bbox={"facecolor": "white", "alpha": 0.8, "linewidth": 0})
         ax.set_xticks(range(n_heads))
         ax.set_xlabel("head")
         window = int(summary.attrs.get("window", 10))

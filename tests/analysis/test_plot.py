@@ -104,8 +104,9 @@ def test_heads_figure_panels_and_labels():
     np.testing.assert_allclose(np.asarray(axes[2].images[0].get_array()), s.aie_head_all_pos.sel(metric="prob").values)
     grid = s.aie_head.sel(metric="prob", segment="last").values
     layer, head = np.unravel_index(np.argmax(grid), grid.shape)
-    assert any(t.get_text().startswith(f"L{layer}H{head} ") for t in axes[1].texts)  # the strongest head is labelled
-    assert len(axes[1].texts) == 3
+    listed = axes[1].texts[0].get_text().splitlines()
+    assert listed[0].startswith(f"L{layer}H{head} ") and len(listed) == 3  # the strongest heads, strongest first
+    assert len(axes[1].patches) == 3  # and outlined
 
 
 def test_severed_figure_draws_the_three_lines_at_the_span_end(tmp_path):
