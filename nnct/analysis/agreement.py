@@ -18,6 +18,8 @@ from ..results.cube import holds, metric_effects
 
 TOP = (10, 50)
 MISSES = 5  # largest misses listed per component
+# what must be equal for two cubes to hold the same cells
+SAME = ("model", "experiment", "corruption", "reverse_patching", "window", "samples", "noise_level", "seed")
 
 
 def _groups(ds):
@@ -51,13 +53,18 @@ def compare(atp, exact, metric: str = "prob") -> dict:
         raise ConfigError("the first cube is no attribution-patching cube (attr method = atp)")
     if exact.attrs.get("method", "exact") != "exact":
         raise ConfigError("the cube to compare with must be an exact trace")
+    differ = [k for k in SAME if str(atp.attrs.get(k)) != str(exact.attrs.get(k))]
+    if differ:
+        raise ConfigError("the cubes were made with other settings: " + ", ".join(
+            f"{k} {atp.attrs.get(k)} vs {exact.attrs.get(k)}" for k in differ))
     shared = [e for e in atp.example.values if e in set(exact.example.values)]
     if not shared:
         raise ConfigError("the two cubes share no example")
     a, e = atp.sel(example=shared), exact.sel(example=shared)
-    if a.sizes["token"] != e.sizes["token"]:
-        n = min(a.sizes["token"], e.sizes["token"])
-        a, e = a.isel(token=slice(0, n)), e.isel(token=slice(0, n))
+    n = min(a.sizes["token"], e.sizes["token"])  # padding beyond the longest shared prompt
+    a, e = a.isel(token=slice(0, n)), e.isel(token=slice(0, n))
+    if not (a.token_id.values == e.token_id.values).all():
+        raise ConfigError("the cubes tokenised the shared examples differently")
     out = {"metric": metric, "examples": len(shared), "components": {}}
     exact_groups = {label for label, _, _ in _groups(e)}
     for label, of, pick in _groups(a):

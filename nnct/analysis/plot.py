@@ -218,7 +218,8 @@ def heads_figure(summary, metric: str = "prob", segments: list[str] | None = Non
 def _caption(summary, metric: str) -> str:
     a = summary.attrs
     ate = float(summary.ate.sel(metric=metric))
-    return (f"{a.get('model', '')} {a.get('experiment', '')}: {a['examples']} examples\n(variant {a['variant']},"
+    estimated = ", AtP estimates" if a.get("method") == "atp" else ""
+    return (f"{a.get('model', '')} {a.get('experiment', '')}: {a['examples']} examples{estimated}\n(variant {a['variant']},"
             f" filter {a['filter']}), ATE {ate:.3f}")
 
 

@@ -160,7 +160,7 @@ def summarize(ds, variant: str | None = None, filter: str | None = None, metrics
         coords=coords,
         attrs={
             **{k: ds.attrs[k] for k in ("model", "experiment", "definition", "samples", "window", "noise_level",
-                                        "reverse_patching") if k in ds.attrs},
+                                        "reverse_patching", "method") if k in ds.attrs},
             "variant": variant or "all", "filter": filter or "none",
             "examples": int(chosen.sizes["example"]), "examples_in_cube": int(ds.sizes["example"]),
             "ci": "Student t 95% over examples",

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from ..errors import NnctError
-from .app import BOOL01, fail, main, rows, run_and_report
+from .app import BOOL01, fail, main, open_cube, rows, run_and_report
 
 OUT_HELP = "The cube to write (FILE.nc). Required: this or --output-dir."
 
@@ -180,6 +180,8 @@ def attribute(pairs, compare_with, output_dir, out, replace, reverse, quiet, rem
 
     if compare_with and not (out or output_dir):
         fail("--compare writes OUT.agreement.json beside the cube: give --out")
+    if compare_with and no_wait:
+        fail("--compare needs the cube now: run without --no-wait, or compare after `nnct remote collect`")
     if bool(pairs) == bool(options["data"]):
         fail("give --data FILE.jsonl (records, as trace) or --pairs FILE.jsonl (prompt pairs, as patch)")
     if options["definition"]:
@@ -193,10 +195,10 @@ def attribute(pairs, compare_with, output_dir, out, replace, reverse, quiet, rem
 
 def _agreement(atp_path: str, exact_path: str) -> None:
     from ..analysis import agreement
-    from ..results import cube, files
+    from ..results import files
 
     try:
-        found = agreement.compare(cube.open_cube(atp_path), cube.open_cube(exact_path))
+        found = agreement.compare(open_cube(atp_path), open_cube(exact_path))
     except NnctError as exc:
         fail(f"--compare {exact_path}: {exc}")
     path = str(Path(atp_path).with_suffix("")) + ".agreement.json"

@@ -20,10 +20,12 @@ times and each copy contributes one of the four numbers to the sum that is diffe
 (rows of a batch do not interact, so each row's gradient is its own number's).
 
 A severed path is not a single write, and an answer of several tokens is a product of
-probabilities; neither has an AtP estimate here (`ConfigError`). The gradient needs
-`requires_grad` on an early activation when the weights have none (a hosted model): the input
-embeddings get it, which is also where the corruption is written. Local weights are taken
-out of the graph for the pass, so that no gradient is accumulated into the model.
+probabilities; neither has an AtP estimate here (`ConfigError`). Cells before the first
+corrupted token are 0, as the exact engine makes them (the two runs are equal there). The
+gradient flows from the input embeddings, which get `requires_grad` (a hosted model's weights
+have none; the corruption is written there too); weights that require a gradient (a local
+model) are taken out of the graph for the pass, so that none accumulates in the model, and a
+model whose weights require none is left as it is.
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ from ..interventions.components import COMPONENTS, grid, variables
 from ..interventions.corruption import RunInput
 from ..interventions.plan import cells, slot, written_layers
 from ..model.parts import Adapter, Parts
-from .engine import Measures
 from ..model.sites import in_forward_order
+from .measures import Measures
 
 # The four numbers whose gradients are taken, in stacking order.
 NUMBERS = ("p_target", "p_alt", "logit_target", "logit_alt")
@@ -53,7 +55,8 @@ def names(variable: str) -> tuple[str, str]:
 
 @contextlib.contextmanager
 def _no_weight_grads(parts: Parts):
-    """Local weights leave the graph for the pass (no .grad accumulates in the user's model)."""
+    """Weights that require a gradient leave the graph for the pass (no .grad accumulates in
+    the user's model); frozen ones, as a server's, are not touched."""
     params = [p for p in parts.nn._module.parameters() if p.requires_grad]
     for p in params:
         p.requires_grad_(False)
@@ -64,20 +67,20 @@ def _no_weight_grads(parts: Parts):
             p.requires_grad_(True)
 
 
-def _check(components, answers) -> None:
+def check(components, several_tokens: bool) -> None:
+    """ConfigError for what AtP cannot estimate: severed paths, answers of several tokens."""
     severed = [c for c in components if COMPONENTS[c].sever]
     if severed:
         raise ConfigError(f"attribution patching has no estimate for {', '.join(severed)} (a severed path is not one write)")
-    if any(len(a) > 1 for a in answers):
-        raise ConfigError("attribution patching takes one-token answers (--answer first)")
+    if several_tokens:
+        raise ConfigError("attribution patching takes one-token answers: use --answer first")
 
 
-def _values(parts: Parts, ids: torch.Tensor, rows: int, sites, answers, edit=None, grad=False):
+def _values(a: Parts, ids: torch.Tensor, rows: int, sites, answers, edit=None, grad=False):
     """One trace over `rows` rows: the sites' values ({site: [row, layer, token, d]}), the
-    four NUMBERS of each row [row, 4] and its top token [row]; with `answers`, also the
+    four NUMBERS of each row [row, 4] and its top token [row]; with `grad`, also the
     gradients of the NUMBERS over `rows` = 4 x base rows, row block k carrying number k
     ({site: [4, base row, layer, token, d]})."""
-    a = parts
     x = ids.to(a.device).expand(rows, -1)
     saved: dict[str, list] = {s.name: [] for s in sites}
     grads: dict[str, list] = {s.name: [] for s in sites}
@@ -120,9 +123,8 @@ def attribute(model: Adapter | Parts, components: tuple[str, ...], window: int, 
     """The AtP estimate of every cell of `components` for one example (see the module's
     docstring), with the clean and corrupted runs' own values: `Measures` whose `restored`
     holds the estimates under their cube names (`names`), [cells..., answer]."""
-    _check(components, answers)
-    parts = model.parts if isinstance(model, Adapter) else model
-    a = parts
+    check(components, any(len(a) > 1 for a in answers))
+    a = parts = model.parts if isinstance(model, Adapter) else model
     sites = in_forward_order({COMPONENTS[c].site for c in components})
     S, n_tokens = corrupt.rows, len(ids)
     first = (answers[0][0], answers[1][0])
@@ -154,12 +156,15 @@ def attribute(model: Adapter | Parts, components: tuple[str, ...], window: int, 
            for v in variables(components)}
     for cell in cells(n_tokens, a.n_layers, components, a.n_heads, first_changed):
         c = COMPONENTS[cell.component]
+        variable, at = slot(cell, components)
+        if cell.token < first_changed:  # the runs are equal there: exactly no effect
+            out[variable][(slice(None), *at)] = 0.0
+            continue
         layers = list(written_layers(cell, window, a.n_layers))
         tokens = list(range(cell.token, n_tokens)) if c.all_positions else [cell.token]
         values = contrib[c.site][:, layers][:, :, tokens]
         if c.heads:
             values = values[..., cell.head]
-        variable, at = slot(cell, components)
         out[variable][(slice(None), *at)] = values.sum(dim=(1, 2)).numpy()
     sign = -1.0 if reverse else 1.0  # reverse estimates M(patched) - M(clean): the IE is its negative
     restored = {}

@@ -46,6 +46,8 @@ from ..interventions.plan import Batch, cells, patches, schedule, slot
 from ..model.loading import REMOTE
 from ..model.parts import Adapter, Parts
 from ..model.sites import SITES, in_forward_order
+from .attribution import attribute
+from .measures import Measures
 
 Answers = tuple[tuple[int, ...], tuple[int, ...]]  # (target tokens, alt tokens)
 # What a forward reports per row: p(target), p(alt), logit(target), logit(alt) of the answers'
@@ -63,29 +65,6 @@ class Settings:
     batch_rows: int | None = None  # None: `auto_batch_rows` for each example
     batch_budget: int = 1 << 30  # bytes of working memory a batch may take, for auto
     estimate: str = "exact"  # atp: attribution patching's estimates instead (`attribution`)
-
-
-@dataclass
-class Measures:
-    """What the engine measured of one example (the cube's measured variables; p and
-    logits are means over the corrupted rows)."""
-
-    p_clean: np.ndarray  # [answer]
-    p_corrupt: np.ndarray  # [answer]
-    logit_clean: np.ndarray  # [answer]
-    logit_corrupt: np.ndarray  # [answer]
-    clean_top1: int  # the clean prompt's most probable next token (ROME's "known" filter)
-    # the restored cells per cube variable: p_restored [token, layer, component, answer],
-    # p_restored_head [token, layer, head, answer], ... and the logits alike (`components`)
-    restored: dict[str, np.ndarray]
-
-    @property
-    def p_restored(self) -> np.ndarray:
-        return self.restored["p_restored"]
-
-    @property
-    def logit_restored(self) -> np.ndarray:
-        return self.restored["logit_restored"]
 
 
 def memory_budget(device: str) -> int:
@@ -304,8 +283,6 @@ class Engine:
         `estimate="atp"`, estimated by attribution patching)."""
         s = self.settings
         if s.estimate == "atp":
-            from .attribution import attribute
-
             return attribute(self.parts, s.components, s.window, s.reverse, ids, corrupt, answers)
         acc, top1 = None, 0
         for k, (extra, read) in enumerate(self._passes(answers)):

@@ -43,7 +43,7 @@ from ..inputs.pairs import check_substitutable, load_pairs
 from ..inputs.prompts import experiment
 from ..inputs.records import Loaded, load_objects, load_records
 from ..interventions import corruption
-from ..interventions.components import COMPONENTS, components as parse_components
+from ..interventions.components import components as parse_components
 from ..interventions.plan import count
 from ..interventions.metrics import ANSWER_PROB
 from ..model.loading import REMOTE
@@ -169,14 +169,9 @@ def _validate(cfg: RunConfig, in_memory: bool = False) -> None:
     if cfg.estimate not in cube.ESTIMATES:
         raise ConfigError(f"estimate {cfg.estimate!r}: use {' or '.join(cube.ESTIMATES)}")
     if cfg.estimate == "atp":
-        if cfg.answer != "first":
-            raise ConfigError("attribution patching takes one-token answers: use --answer first")
-        severed = [c for c in parse_components(cfg.components) if COMPONENTS[c].sever]
-        if severed:
-            raise ConfigError(f"attribution patching has no estimate for {', '.join(severed)} (a severed path is not one write)")
-        if cfg.remote not in (None, remote.LOCAL):
-            raise ConfigError("attribution patching runs here or in nnsight's local simulation for now: its path to a"
-                              " server is not tested yet")
+        from ..exec.attribution import check
+
+        check(parse_components(cfg.components), cfg.answer == "full")
     if cfg.samples < 1:
         raise ConfigError(f"--samples {cfg.samples}: need at least 1")
     if cfg.window < 1:

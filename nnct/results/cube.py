@@ -49,12 +49,12 @@ ESTIMATES = ("exact", "atp")
 
 def cell_names(variable: str, estimate: str = "exact") -> tuple[str, str]:
     """The cube's names of a restored variable's cells (`components`), of p and of the logits:
-    p_<v> and logit_<v> measured exactly, ie_atp<s> and ie_atp_logit<s> (s: v after
-    "restored") as attribution patching's estimates of the indirect effect."""
-    if estimate == "exact":
-        return "p_" + variable, "logit_" + variable
-    suffix = variable.removeprefix("restored")
-    return "ie_atp" + suffix, "ie_atp_logit" + suffix
+    p_<v> and logit_<v> measured exactly, `exec.attribution.names` (ie_atp...) as attribution
+    patching's estimates of the indirect effect."""
+    from ..exec.attribution import names
+
+    return ("p_" + variable, "logit_" + variable) if estimate == "exact" else names(variable)
+
 _TEXT = ("example", "record_id", "variant", "prompt", "corrupt_prompt", "target_str", "alt_str", "clean_top1_str")
 _INTS = ("token_ids", "span", "answer_ids")
 
@@ -229,10 +229,12 @@ def metric_effects(ds, name: str, of: str = "restored"):
         raise ConfigError(f"this cube has no {p_name}: trace the component(s) that fill it")
 
     def restored(kind, name):
-        """The restored (patched) values; attribution's estimates of the IE make them from the base run's."""
+        """The restored (patched) values; attribution's estimates of the IE make them from the
+        base run's, in float64 so that the linear metrics give the estimates back unrounded."""
         if estimate == "exact":
             return ds[name]
-        return ds[kind + "_clean"] - ds[name] if reverse else ds[kind + "_corrupt"] + ds[name]
+        ie = ds[name].astype(np.float64)
+        return ds[kind + "_clean"].astype(np.float64) - ie if reverse else ds[kind + "_corrupt"].astype(np.float64) + ie
 
     def value(kind):
         if kind == "restored":

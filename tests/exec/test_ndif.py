@@ -144,6 +144,23 @@ def test_heads_and_severed_paths_remotely(server, tmp_path):
     assert "p_restored_head_all_pos" in ds and list(ds.component.values) == ["hidden-sever-attn"]
 
 
+def test_attribution_patching_remotely(server, tmp_path):
+    """AtP's gradient path on the server: requires_grad on the input embeddings there (the
+    hosted weights have none), the backward pass read through nnsight; the local estimates."""
+    args = ["attribute", "--data", DATA, "--experiment", "subject-noctx", "--samples", "2", "--components", "hidden,head",
+            "--window", "1", "--max-examples", "1", "-q"]
+    here = tmp_path / "here.nc"
+    done = nnct(*args, "--out", here, key=None)
+    assert done.returncode == 0, done.stderr
+    there = tmp_path / "there.nc"
+    done = nnct(*args, "--remote", "--ndif-host", HOST, "--out", there, key=server.key)
+    assert done.returncode == 0, done.stderr
+    a, b = open_cube(there), open_cube(here)
+    for name in ("ie_atp", "ie_atp_logit", "ie_atp_head", "p_clean", "p_corrupt"):
+        scale = max(1.0, float(np.nanmax(np.abs(b[name].values))))
+        assert np.nanmax(np.abs(a[name].values - b[name].values)) <= TOL * scale, name
+
+
 def test_a_server_killed_mid_run_leaves_a_run_that_resumes(server, local, tmp_path):
     out = tmp_path / "remote.nc"
     args = [*TRACE, "--remote", "--ndif-host", HOST, "--out", str(out), "--request-cells", "1",

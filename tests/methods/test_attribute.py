@@ -72,8 +72,9 @@ def test_agreement_by_hand():
                 "logit_clean": (("example", "answer"), [[0.0, 0.0]]), "logit_corrupt": (("example", "answer"), [[0.0, 0.0]])}
         name = "ie_atp" if method == "atp" else "p_restored"
         coords = {"example": ["e"], "component": ["hidden"], "answer": ["target", "alt"]}
-        return xr.Dataset({**base, name: (("example", "token", "layer", "component", "answer"), p)}, coords=coords,
-                          attrs={"method": method})
+        ids = (("example", "token"), [[5, 6, 7]])
+        return xr.Dataset({**base, "token_id": ids, name: (("example", "token", "layer", "component", "answer"), p)},
+                          coords=coords, attrs={"method": method})
 
     found = compare(cube(atp_ie, "atp"), cube(exact_ie, "exact"))["components"]["hidden"]
     x, y = atp_ie.ravel(), exact_ie.ravel()

@@ -1,0 +1,36 @@
+"""What an executor measured of one example: `Measures`, the cube's measured variables.
+
+Both executors return it: the engine (`engine`, every cell patched) and attribution patching
+(`attribution`, every cell estimated), so that a run, a resumed run and a remote session
+keep and send one kind of result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Measures:
+    """What an executor measured of one example (the cube's measured variables; p and
+    logits are means over the corrupted rows)."""
+
+    p_clean: np.ndarray  # [answer]
+    p_corrupt: np.ndarray  # [answer]
+    logit_clean: np.ndarray  # [answer]
+    logit_corrupt: np.ndarray  # [answer]
+    clean_top1: int  # the clean prompt's most probable next token (ROME's "known" filter)
+    # the restored cells per cube variable: p_restored [token, layer, component, answer],
+    # p_restored_head [token, layer, head, answer], ... and the logits alike (`components`);
+    # attribution patching's estimates under their own names (ie_atp, ...)
+    restored: dict[str, np.ndarray]
+
+    @property
+    def p_restored(self) -> np.ndarray:
+        return self.restored["p_restored"]
+
+    @property
+    def logit_restored(self) -> np.ndarray:
+        return self.restored["logit_restored"]
