@@ -30,8 +30,6 @@ model whose weights require none is left as it is.
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import torch
 
@@ -53,18 +51,13 @@ def names(variable: str) -> tuple[str, str]:
     return "ie_atp" + suffix, "ie_atp_logit" + suffix
 
 
-@contextlib.contextmanager
-def _no_weight_grads(parts: Parts):
+def _set_grad(params: list, on: bool) -> None:
     """Weights that require a gradient leave the graph for the pass (no .grad accumulates in
-    the user's model); frozen ones, as a server's, are not touched."""
-    params = [p for p in parts.nn._module.parameters() if p.requires_grad]
+    the user's model) and come back after it; frozen ones, as a server's, are never in
+    `params`. (Plain calls, not a context manager: a decorator does not travel with the
+    code nnsight sends to a server.)"""
     for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
+        p.requires_grad_(on)
 
 
 def check(components, several_tokens: bool) -> None:
@@ -132,7 +125,9 @@ def attribute(model: Adapter | Parts, components: tuple[str, ...], window: int, 
     edit = None
     if corrupt.values is not None:
         edit = (list(corrupt.positions), corrupt.values.to(a.device, a.torch_dtype), corrupt.replace)
-    with _no_weight_grads(parts):
+    trainable = [p for p in parts.nn._module.parameters() if p.requires_grad]
+    _set_grad(trainable, False)
+    try:
         if reverse:  # the gradient at the clean run, the corrupted values as the source
             source, corrupted, _, _ = _values(parts, corrupt.ids, S, sites, first, edit=edit)
             base, clean, top, g = _values(parts, clean_ids, 4, sites, first, grad=True)
@@ -144,6 +139,8 @@ def attribute(model: Adapter | Parts, components: tuple[str, ...], window: int, 
             base, corrupted, _, g = _values(parts, stacked_ids, 4 * S, sites, first, edit=stacked_edit, grad=True)
             delta = {k: source[k] - base[k][:S] for k in source}
             corrupted = corrupted[:S]
+    finally:
+        _set_grad(trainable, True)
     # contributions [number, sample, layer, token(, head)]: the change dotted with the gradient
     contrib = {}
     for site in sites:
