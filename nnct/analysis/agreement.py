@@ -45,6 +45,18 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def scores(estimate: np.ndarray, exact: np.ndarray) -> dict:
+    """Pearson, Spearman and recall of the exact top-k (by |value|) among the estimate's top-k
+    of two flat arrays of finite values, cell for cell."""
+    x, y = np.asarray(estimate, dtype=np.float64), np.asarray(exact, dtype=np.float64)
+    out = {"cells": int(len(x)), "pearson": _pearson(x, y), "spearman": _pearson(_rank(x), _rank(y))}
+    by_exact, by_atp = np.argsort(-np.abs(y), kind="stable"), np.argsort(-np.abs(x), kind="stable")
+    for k in TOP:
+        kk = min(k, len(x))
+        out[f"recall_{k}"] = float(len(set(by_exact[:kk]) & set(by_atp[:kk])) / kk) if kk else float("nan")
+    return out
+
+
 def compare(atp, exact, metric: str = "prob") -> dict:
     """The agreement of `atp` (an AtP cube) with `exact` (see the module's docstring):
     {"metric", "examples", "components": {label: {"cells", "pearson", "spearman",
@@ -76,11 +88,8 @@ def compare(atp, exact, metric: str = "prob") -> dict:
         keep = np.isfinite(x) & np.isfinite(y)
         x, y = x[keep].astype(np.float64), y[keep].astype(np.float64)
         where = np.argwhere(keep.reshape(est.shape))
-        entry = {"cells": int(len(x)), "pearson": _pearson(x, y), "spearman": _pearson(_rank(x), _rank(y))}
+        entry = scores(x, y)
         by_exact, by_atp = np.argsort(-np.abs(y), kind="stable"), np.argsort(-np.abs(x), kind="stable")
-        for k in TOP:
-            kk = min(k, len(x))
-            entry[f"recall_{k}"] = float(len(set(by_exact[:kk]) & set(by_atp[:kk])) / kk) if kk else float("nan")
         screened = set(by_atp[:min(TOP[0], len(x))])
         misses = [i for i in by_exact[:min(TOP[0], len(x))] if i not in screened][:MISSES]
         dims = [d for d in est.dims]

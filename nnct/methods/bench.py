@@ -40,7 +40,7 @@ from ..inputs.pairs import substitute
 from ..inputs.prompts import examples_for, experiment
 from ..inputs.records import load_records
 from ..interventions.corruption import RunInput, draw, noise_input, prompt_input
-from ..interventions.components import COMPONENTS
+from ..interventions.components import COMPONENTS, whole
 from ..interventions.plan import Cell, cells, first_layer, schedule, slot, written_layers
 from ..model.parts import Adapter
 from ..model.sites import SITES
@@ -233,19 +233,72 @@ def bench_example(adapter: Adapter, data: str, n_tokens: int, passage: str = "fi
     return ex, tokens
 
 
-def run(adapter: Adapter, data: str, n_tokens: int = 25, components=("hidden", "mlp", "attn"), samples: int = 10, window: int = 10,
-        batch_rows: int | None = None, plain_cells: int = 30, seed: int = 0, passage: str = "first",
-        corruption: str = "noise") -> dict:
+def _bench_input(adapter: Adapter, data: str, n_tokens: int, passage: str, corruption: str, samples: int, seed: int):
+    """(tokens, answers, corrupted RunInput, span, samples) of the bench's prompt."""
     ex, tokens = bench_example(adapter, data, n_tokens, passage, corruption)
     answers = (spans.answer_token(adapter.tokenizer, ex.target), spans.answer_token(adapter.tokenizer, ex.alt))
     if corruption == "prompt":
         corrupt_ids = spans.tokenize(adapter.tokenizer, ex.corrupt_prompt).ids
         span = [i for i, (a, b) in enumerate(zip(tokens.ids, corrupt_ids)) if a != b]
-        corrupt, samples = prompt_input(corrupt_ids), 1
-    else:
-        span = spans.span_positions(tokens, ex)
-        level = 3 * embedding_std(adapter.parts, [[tokens.ids[i] for i in span]])
-        corrupt = noise_input(tokens.ids, span, draw(seed, samples, len(span), adapter.d_model, level))
+        return tokens, answers, prompt_input(corrupt_ids), span, 1
+    span = spans.span_positions(tokens, ex)
+    level = 3 * embedding_std(adapter.parts, [[tokens.ids[i] for i in span]])
+    return tokens, answers, noise_input(tokens.ids, span, draw(seed, samples, len(span), adapter.d_model, level)), span, samples
+
+
+def run_atp(adapter: Adapter, data: str, n_tokens: int = 25, components=("hidden", "mlp", "attn"), samples: int = 10,
+            window: int = 10, seed: int = 0, passage: str = "first", corruption: str = "noise") -> dict:
+    """Attribution patching against nnct's exact engine on the bench's prompt, side by side:
+    seconds of each and the agreement of the estimates with the exact effects (target's p),
+    per component."""
+    from ..analysis.agreement import scores
+    from ..exec.attribution import names
+
+    tokens, answers, corrupt, span, samples = _bench_input(adapter, data, n_tokens, passage, corruption, samples, seed)
+    both = ((answers[0],), (answers[1],))
+    comps = tuple(components)
+    seconds = {}
+    for estimate in ("exact", "atp", "exact"):  # exact before and after: the machine's speed drifts
+        engine = Engine(adapter, Settings(comps, window, estimate=estimate, batch_budget=memory_budget(adapter.device)))
+        t0 = time.perf_counter()
+        result = engine.trace(tokens.ids, corrupt, both)
+        seconds.setdefault(estimate, []).append(time.perf_counter() - t0)
+        if estimate == "exact":
+            exact = result
+        else:
+            atp = result
+    agreement = {}
+    for variable in {k.removeprefix("p_") for k in exact.restored if k.startswith("p_")}:
+        ie = exact.restored["p_" + variable][..., 0] - exact.p_corrupt[0]
+        est = atp.restored[names(variable)[0]][..., 0]
+        groups = [(c, (slice(None), slice(None), i)) for i, c in enumerate(whole(comps))] if variable == "restored" else [
+            (variable.removeprefix("restored_"), (Ellipsis,))]
+        for label, at in groups:
+            x, y = est[at].ravel(), ie[at].ravel()
+            keep = np.isfinite(x) & np.isfinite(y)
+            agreement[label] = scores(x[keep], y[keep])
+    t_exact = sum(seconds["exact"]) / 2
+    return {"model": adapter.name, "tokens": len(tokens), "span": [min(span), max(span) + 1], "corruption": corruption,
+            "components": ",".join(comps), "samples": samples, "window": window, "threads": torch.get_num_threads(),
+            "device": adapter.device, "dtype": adapter.dtype, "exact_seconds": t_exact, "atp_seconds": seconds["atp"][0],
+            "speedup": t_exact / seconds["atp"][0], "agreement": agreement}
+
+
+def atp_table(r: dict) -> str:
+    lines = [f"{r['model']} | {r['tokens']} tokens ({r['corruption']}, span {r['span'][0]}..{r['span'][1]}) | {r['components']}"
+             f" | S={r['samples']} w={r['window']} | {r['device']} {r['dtype']} {r['threads']} threads",
+             f"exact engine {r['exact_seconds']:.1f} s (mean of a run before and one after) | AtP {r['atp_seconds']:.2f} s |"
+             f" speedup {r['speedup']:.0f}x",
+             f"{'component':16s}{'cells':>7s}{'pearson':>9s}{'spearman':>10s}{'recall@10':>11s}{'recall@50':>11s}"]
+    for label, a in r["agreement"].items():
+        lines.append(f"{label:16s}{a['cells']:7d}{a['pearson']:9.3f}{a['spearman']:10.3f}{a['recall_10']:11.2f}{a['recall_50']:11.2f}")
+    return "\n".join(lines)
+
+
+def run(adapter: Adapter, data: str, n_tokens: int = 25, components=("hidden", "mlp", "attn"), samples: int = 10, window: int = 10,
+        batch_rows: int | None = None, plain_cells: int = 30, seed: int = 0, passage: str = "first",
+        corruption: str = "noise") -> dict:
+    tokens, answers, corrupt, span, samples = _bench_input(adapter, data, n_tokens, passage, corruption, samples, seed)
     T, L = len(tokens), adapter.n_layers
     todo = cells(T, L, tuple(components), adapter.n_heads, min(span))
     budget = memory_budget(adapter.device)
