@@ -10,8 +10,9 @@ mid-layer MLPs at the subject do the recall. This prints, from a cube with `hidd
 `hidden-sever-mlp` and `hidden-sever-attn`, the AIE at the last subject token by layer third
 for the three, and the effect that severing removes (hidden minus severed, paired over
 examples, with 95% intervals); and, from cubes with `head` and `head_all_pos`, the heads of
-largest AIE at the segments of interest and at all positions. It writes `table.txt`, the
-severed-path figure and one heads figure per heads cube (PNG and PDF).
+largest AIE at the segments of interest and at all positions (the fact and the
+counterfactual variants apart, where a cube has both). It writes `table.txt`, the severed-path
+figure and one heads figure per heads cube and variant (PNG and PDF).
 """
 
 from __future__ import annotations
@@ -96,10 +97,13 @@ def main(severed_path, heads_paths, out, metric):
     lines = severed_table(ds, summary, metric)
     save(severed_figure(summary, metric, SEGMENT), out / "severed")
     for path in heads_paths:
-        name = Path(path).stem
-        s = summarize(open_cube(path), metrics=(metric, "recovery"))
-        lines += heads_table(name, s, metric)
-        save(heads_figure(s, metric), out / name)
+        ds = open_cube(path)
+        variants = sorted({"cf" if str(v).startswith("cf") else str(v) for v in ds.variant.values}, reverse=True)
+        for variant in variants:  # a fact and its counterfactual passage have other targets: apart
+            name = Path(path).stem + ("" if len(variants) == 1 else f"-{variant}")
+            s = summarize(ds, variant=variant if len(variants) > 1 else None, metrics=(metric, "recovery"))
+            lines += heads_table(name, s, metric)
+            save(heads_figure(s, metric), out / name)
     text = "\n".join(lines) + "\n"
     with atomic(out / "table.txt") as tmp:
         Path(tmp).write_text(text)

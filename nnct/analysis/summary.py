@@ -183,7 +183,7 @@ def _all_positions(ds, metrics, chunk: int = 256) -> tuple[np.ndarray, np.ndarra
 
 
 def strongest_heads(summary, metric: str = "prob", k: int = 5, segments: list[str] | None = None) -> list[dict]:
-    """The `k` heads of largest AIE per segment (per-token heads; default: the FOCUS
+    """The `k` heads of largest positive AIE per segment (per-token heads; default: the FOCUS
     segments present) and over all positions, each with its 95% interval: dicts of segment
     ("all positions" for the latter), layer, head, aie, low, high."""
     found = []
@@ -196,7 +196,7 @@ def strongest_heads(summary, metric: str = "prob", k: int = 5, segments: list[st
             grid = summary[name].sel(pick).values  # [layer, head]
             flat = np.where(np.isnan(grid), -np.inf, grid).ravel()
             for i in np.argsort(-flat)[:k]:
-                if not np.isfinite(flat[i]):
+                if not flat[i] > 0:  # no effect is no head to report
                     break
                 layer, head = np.unravel_index(i, grid.shape)
                 found.append({"segment": str(seg), "layer": int(summary.layer.values[layer]), "head": int(head),
