@@ -21,7 +21,7 @@ FINER = [Cell(5, 1, "head", 2), Cell(SPAN[0], 2, "head_all_pos", 1), Cell(3, 0, 
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("window", [1, 3, 10])
+@pytest.mark.parametrize("window", [1, 10])  # window 3: tests/exec/test_engine.py, every family
 @pytest.mark.parametrize("replace", [False, True], ids=["add", "replace"])
 def test_engine_matches_reference_at_every_window(family, window, replace):
     adapter = make_adapter(family)
