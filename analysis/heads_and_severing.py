@@ -22,7 +22,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from nnct.analysis.plot import SEVERED, heads_figure, severed_figure
+from nnct.analysis.plot import SEVERED, heads_figure, save, severed_figure
 from nnct.analysis.summary import mean_ci, segment_effects, strongest_heads, summarize
 from nnct.results.cube import open_cube
 from nnct.results.files import atomic
@@ -76,12 +76,6 @@ def heads_table(name: str, s, metric: str) -> list[str]:
     for h in strongest_heads(s, metric):
         lines.append(f"  {h['segment']:16s} L{h['layer']:<3d}H{h['head']:<3d}{h['aie']:8.3f}  [{h['low']:6.3f}, {h['high']:6.3f}]")
     return lines
-
-
-def save(fig, base: Path) -> None:
-    for ext in ("png", "pdf"):
-        with atomic(base.with_name(base.name + "." + ext)) as tmp:
-            fig.savefig(tmp, dpi=150)
 
 
 @click.command()

@@ -7,6 +7,7 @@
   in `interventions.components` (ROME's: purple hidden, green MLP, red attention).
 - `average_figure`: the summary's AIE, rows are segments, columns layers, one panel per component.
 - `lines_figure`: AIE by layer for chosen segments, with their 95% confidence bands.
+- `comparison_figure`: an AtP cube's average heatmap beside an exact cube's, per component.
 - `severed_figure`: ROME's severed-path figure: AIE by layer at the corrupted span's last
   token of the hidden state restored alone, with the later MLPs severed and with the later
   attention severed, with 95% bands.
@@ -111,6 +112,29 @@ def average_figure(summary, metric: str = "prob"):
         ax.set_title(f"AIE, restoring {COMPONENTS[comp].title}")
         fig.colorbar(im, ax=ax, label="A" + _label(metric), shrink=0.8)
     fig.suptitle(_caption(summary, metric), fontsize=9)
+    return fig
+
+
+def comparison_figure(atp_summary, exact_summary, metric: str = "prob"):
+    """AtP's average heatmap beside the exact one, per component (rows), on one colour scale
+    per component: where the screen agrees with exact patching and where it does not."""
+    from matplotlib.figure import Figure
+
+    comps = [str(c) for c in exact_summary.component.values if c in set(atp_summary.component.values)]
+    segs = [str(g) for g in exact_summary.segment.values if g in set(atp_summary.segment.values)]
+    if not comps or not segs:
+        raise ConfigError("the AtP and exact summaries share no component and segment to compare")
+    fig = Figure(figsize=(8.4, (0.32 * len(segs) + 1.2) * len(comps) + 0.8), layout="constrained")
+    axes = fig.subplots(len(comps), 2, squeeze=False)
+    for row, comp in zip(axes, comps):
+        grids = [s.sel(metric=metric, component=comp, segment=segs).aie.values for s in (exact_summary, atp_summary)]
+        vmin, vmax = _scale(np.concatenate([g.ravel() for g in grids]))
+        for ax, grid, name in zip(row, grids, ("exact", "AtP")):
+            im = ax.imshow(grid, aspect="auto", cmap=COMPONENTS[comp].cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+            ax.set_yticks(range(len(segs)), segs, fontsize=7)
+            ax.set_title(f"{COMPONENTS[comp].title}: {name}", fontsize=8)
+        fig.colorbar(im, ax=row.tolist(), label="A" + _label(metric), shrink=0.8)
+    fig.suptitle(f"{_caption(exact_summary, metric)}\nAtP estimates beside exact patching", fontsize=9)
     return fig
 
 
@@ -223,7 +247,8 @@ def _caption(summary, metric: str) -> str:
             f" filter {a['filter']}), ATE {ate:.3f}")
 
 
-def _save(fig, base: Path) -> list[Path]:
+def save(fig, base: Path) -> list[Path]:
+    """`fig` as base.png and base.pdf, each written atomically; the paths."""
     out = []
     for ext in ("png", "pdf"):
         path = base.with_name(base.name + "." + ext)
@@ -244,13 +269,13 @@ def draw(ds, summary, outdir: str | Path, examples: int = 6, segments: list[str]
         chosen = ds.isel(example=slice(0, examples))
         scale = scales(chosen, metric)
         for ex in chosen.example.values:
-            paths += _save(example_figure(ds, str(ex), metric, scale), outdir / "examples" / str(ex).replace("/", "_"))
-        paths += _save(average_figure(summary, metric), outdir / "average")
+            paths += save(example_figure(ds, str(ex), metric, scale), outdir / "examples" / str(ex).replace("/", "_"))
+        paths += save(average_figure(summary, metric), outdir / "average")
         lines = segments or [g for g in LINE_SEGMENTS if g in set(summary.segment.values)]
-        paths += _save(lines_figure(summary, lines, metric), outdir / "aie_lines")
+        paths += save(lines_figure(summary, lines, metric), outdir / "aie_lines")
         if ("hidden" in summary.component.values and set(SEVERED[1:]) & set(summary.component.values)
                 and set(SPAN_LAST) & set(summary.segment.values)):
-            paths += _save(severed_figure(summary, metric), outdir / "severed")
+            paths += save(severed_figure(summary, metric), outdir / "severed")
     if "aie_head" in summary or "aie_head_all_pos" in summary:
-        paths += _save(heads_figure(summary, metric, segments), outdir / "heads")
+        paths += save(heads_figure(summary, metric, segments), outdir / "heads")
     return paths

@@ -93,8 +93,12 @@ def summarize(cube_path, metric, variant, filter_, out, csv_out, bands):
 @click.option("--metric", type=click.Choice(list(METRICS)), default="prob", show_default=True, help=METRIC_HELP)
 @click.option("--variant", default=None, help=VARIANT_HELP)
 @click.option("--filter", "filter_", type=click.Choice(FILTERS), default=None, help=FILTER_HELP)
-def plot(cube_path, out, examples, segments, metric, variant, filter_):
+@click.option("--compare", "compare_with", type=click.Path(exists=True, dir_okay=False),
+              help="With an AtP cube: an exact cube of the same examples, drawn beside it (compare.png).")
+def plot(cube_path, out, examples, segments, metric, variant, filter_, compare_with):
     """ROME-style heatmaps per example, the average heatmap over segments and AIE lines (PNG + PDF)."""
+    from pathlib import Path
+
     from ..analysis import plot as plot_lib, summary
     from ..results import files
 
@@ -104,6 +108,10 @@ def plot(cube_path, out, examples, segments, metric, variant, filter_):
             chosen = summary.select(ds, variant, filter_)
             s = summary.summarize(ds, variant=variant, filter=filter_, metrics=(metric,))
             paths = plot_lib.draw(chosen, s, out, examples, segments.split(",") if segments else None, metric)
+            if compare_with:
+                exact = summary.summarize(open_cube(compare_with, chunks={"example": 256}), variant=variant, filter=filter_,
+                                          metrics=(metric,))
+                paths += plot_lib.save(plot_lib.comparison_figure(s, exact, metric), Path(out) / "compare")
     except NnctError as exc:
         fail(f"{cube_path}: {exc}")
     click.echo(f"wrote {len(paths)} files into {out}")

@@ -11,7 +11,8 @@ from cubes import make_cube, records
 from nnct.cli import main
 from nnct.results.cube import write
 from nnct.errors import ConfigError
-from nnct.analysis.plot import average_figure, draw, example_figure, heads_figure, lines_figure, scales, severed_figure
+from nnct.analysis.plot import (average_figure, comparison_figure, draw, example_figure, heads_figure, lines_figure, scales,
+                                severed_figure)
 from nnct.analysis.summary import summarize
 
 
@@ -122,3 +123,12 @@ def test_severed_figure_draws_the_three_lines_at_the_span_end(tmp_path):
     assert {"severed.png", "severed.pdf"} <= names and "heads.png" not in names
     with pytest.raises(ConfigError, match="severed-path figure needs"):
         severed_figure(summarize(make_cube()))
+
+
+def test_comparison_figure_sets_atp_beside_exact_on_one_scale():
+    exact, atp = summarize(make_cube(seed=0)), summarize(make_cube(seed=1))
+    axes = panels(comparison_figure(atp, exact))
+    assert [ax.get_title() for ax in axes] == ["hidden state: exact", "hidden state: AtP", "MLP: exact", "MLP: AtP"]
+    np.testing.assert_allclose(np.asarray(axes[0].images[0].get_array()), exact.aie.sel(metric="prob", component="hidden").values)
+    np.testing.assert_allclose(np.asarray(axes[1].images[0].get_array()), atp.aie.sel(metric="prob", component="hidden").values)
+    assert axes[2].images[0].get_clim() == axes[3].images[0].get_clim()  # one scale per component

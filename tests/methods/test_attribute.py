@@ -53,6 +53,9 @@ def test_attribute_records_at_tiny_noise_is_the_exact_trace(tmp_path, tiny_model
     hidden = found["components"]["hidden"]
     assert hidden["cells"] > 0 and hidden["pearson"] > 0.99 and hidden["recall_10"] >= 0.8
     assert set(found["components"]) == {"hidden", "attn", "head"} and "recall@10" in done.output
+    drawn = invoke("plot", atp, "-o", tmp_path / "figs", "--examples", "1", "--compare", exact)
+    assert drawn.exit_code == 0, drawn.output
+    assert (tmp_path / "figs" / "compare.png").is_file() and (tmp_path / "figs" / "heads.png").is_file()
 
 
 def test_agreement_by_hand():
