@@ -61,8 +61,8 @@ def compare(atp, exact, metric: str = "prob") -> dict:
     """The agreement of `atp` (an AtP cube) with `exact` (see the module's docstring):
     {"metric", "examples", "components": {label: {"cells", "pearson", "spearman",
     "recall_10", "recall_50", "misses": [{"example", "cell", "exact", "atp"}]}}}."""
-    if atp.attrs.get("method") != "atp":
-        raise ConfigError("the first cube is no attribution-patching cube (attr method = atp)")
+    if atp.attrs.get("method") not in ("atp", "atp*"):
+        raise ConfigError("the first cube is no attribution-patching cube (attr method atp or atp*)")
     if exact.attrs.get("method", "exact") != "exact":
         raise ConfigError("the cube to compare with must be an exact trace")
     differ = [k for k in SAME if str(atp.attrs.get(k)) != str(exact.attrs.get(k))]
@@ -77,7 +77,7 @@ def compare(atp, exact, metric: str = "prob") -> dict:
     a, e = a.isel(token=slice(0, n)), e.isel(token=slice(0, n))
     if not (a.token_id.values == e.token_id.values).all():
         raise ConfigError("the cubes tokenised the shared examples differently")
-    out = {"metric": metric, "examples": len(shared), "components": {}}
+    out = {"estimate": atp.attrs["method"], "metric": metric, "examples": len(shared), "components": {}}
     exact_groups = {label for label, _, _ in _groups(e)}
     for label, of, pick in _groups(a):
         if label not in exact_groups:
@@ -102,7 +102,8 @@ def compare(atp, exact, metric: str = "prob") -> dict:
 
 def table(agreement: dict) -> str:
     """The agreement as a plain-text table, with the largest misses."""
-    lines = [f"AtP against exact patching ({agreement['metric']}, {agreement['examples']} examples)",
+    name = {"atp": "AtP", "atp*": "AtP*"}[agreement.get("estimate", "atp")]
+    lines = [f"{name} against exact patching ({agreement['metric']}, {agreement['examples']} examples)",
              f"{'component':20s}{'cells':>8s}{'pearson':>9s}{'spearman':>10s}{'recall@10':>11s}{'recall@50':>11s}"]
     for label, c in agreement["components"].items():
         lines.append(f"{label:20s}{c['cells']:8d}{c['pearson']:9.3f}{c['spearman']:10.3f}{c['recall_10']:11.2f}"

@@ -242,7 +242,7 @@ def heads_figure(summary, metric: str = "prob", segments: list[str] | None = Non
 def _caption(summary, metric: str) -> str:
     a = summary.attrs
     ate = float(summary.ate.sel(metric=metric))
-    estimated = ", AtP estimates" if a.get("method") == "atp" else ""
+    estimated = {"atp": ", AtP estimates", "atp*": ", AtP* estimates"}.get(a.get("method"), "")
     return (f"{a.get('model', '')} {a.get('experiment', '')}: {a['examples']} examples{estimated}\n(variant {a['variant']},"
             f" filter {a['filter']}), ATE {ate:.3f}")
 

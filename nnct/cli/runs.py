@@ -168,11 +168,14 @@ def trace(output_dir, out, replace, reverse, quiet, remote_, ndif_host, no_wait,
 
 @main.command()
 @click.option("--pairs", "pairs", type=click.Path(), help="JSONL prompt pairs (as `patch` reads them), instead of --data.")
+@click.option("--graddrop", is_flag=True,
+              help="AtP*: average the estimates of L backward passes, each with one layer's residual contribution"
+                   " dropped (L times the backward work; docs/method.md).")
 @click.option("--compare", "compare_with", type=click.Path(exists=True, dir_okay=False),
               help="An exact cube of the same examples: print the agreement and write it to OUT.agreement.json.")
 @_records(data_required=False)
 @_shared
-def attribute(pairs, compare_with, output_dir, out, replace, reverse, quiet, remote_, ndif_host, no_wait, **options):
+def attribute(pairs, graddrop, compare_with, output_dir, out, replace, reverse, quiet, remote_, ndif_host, no_wait, **options):
     """Attribution patching (AtP): every cell's indirect effect estimated from one forward and
     one backward pass, for records (--data, as `trace`) or prompt pairs (--pairs, as
     `patch`); the cube holds ie_atp (and ie_atp_logit) beside p_clean and p_corrupt."""
@@ -186,7 +189,7 @@ def attribute(pairs, compare_with, output_dir, out, replace, reverse, quiet, rem
         fail("give --data FILE.jsonl (records, as trace) or --pairs FILE.jsonl (prompt pairs, as patch)")
     if options["definition"]:
         options["definition"] = _with_overrides(options["definition"], dict(options, replace=replace, reverse=reverse))
-    options = dict(options, replace=replace == "1", estimate="atp", data=pairs or options["data"])
+    options = dict(options, replace=replace == "1", estimate="atp*" if graddrop else "atp", data=pairs or options["data"])
     cfg = _config("patch" if pairs else "trace", out, output_dir, reverse, remote_, ndif_host, no_wait, options)
     run_and_report(lambda bar: run.execute(cfg, progress=bar), cfg.out, quiet, "rerun with --resume")
     if compare_with:

@@ -1,5 +1,5 @@
-"""Attribution patching (AtP, Nanda 2023): every cell's indirect effect from one forward and
-one backward pass, as nnsight interventions.
+"""Attribution patching (AtP, Nanda 2023; AtP* with GradDrop): every cell's indirect effect
+from one forward and one backward pass (AtP*: one per layer), as nnsight interventions.
 
 The exact effect of restoring a cell is M(restored) - M(corrupted). AtP takes its first-order
 estimate at the base run: the change a restoration writes, dotted with the gradient of M
@@ -18,6 +18,17 @@ position, as `engine` reads them), so that the cube's metrics can be formed from
 estimates. The four gradients come from one backward pass: the base rows are stacked four
 times and each copy contributes one of the four numbers to the sum that is differentiated
 (rows of a batch do not interact, so each row's gradient is its own number's).
+
+AtP* (Kramar et al. 2024) adds GradDrop against cancellation: a cell whose direct effect
+and an indirect one through some later layer cancel to first order has a gradient near zero
+although either path alone matters. With estimate "atp*" the gradient is taken L times,
+each time with no gradient flowing through what one layer adds to the residual stream (its
+attention and MLP outputs' gradients set to zero in nnsight's backward pass), and the
+estimate is the mean of the L estimates (docs/method.md: signed, as nnct's contract has it;
+the paper averages their magnitudes). Its other fix, recomputing the attention softmax for
+a head's queries and keys, estimates cells that patch a query or a key: nnct's head cells
+patch the head's output, whose own attention pattern no estimate here linearises, so it
+has nothing to correct in this cube (docs/method.md).
 
 A severed path is not a single write, and an answer of several tokens is a product of
 probabilities; neither has an AtP estimate here (`ConfigError`). Cells before the first
@@ -38,9 +49,11 @@ from ..interventions.components import COMPONENTS, grid, variables
 from ..interventions.corruption import RunInput
 from ..interventions.plan import cells, slot, written_layers
 from ..model.parts import Adapter, Parts
-from ..model.sites import in_forward_order
+from ..model.sites import CONTRIBUTIONS, in_forward_order
 from .measures import Measures
 
+# The estimates: plain AtP, and AtP with GradDrop (docs/method.md).
+ESTIMATES = ("atp", "atp*")
 # The four numbers whose gradients are taken, in stacking order.
 NUMBERS = ("p_target", "p_alt", "logit_target", "logit_alt")
 
@@ -69,14 +82,16 @@ def check(components, several_tokens: bool) -> None:
         raise ConfigError("attribution patching takes one-token answers: use --answer first")
 
 
-def _values(a: Parts, ids: torch.Tensor, rows: int, sites, answers, edit=None, grad=False):
+def _values(a: Parts, ids: torch.Tensor, rows: int, sites, answers, edit=None, grad=False, drop=None):
     """One trace over `rows` rows: the sites' values ({site: [row, layer, token, d]}), the
     four NUMBERS of each row [row, 4] and its top token [row]; with `grad`, also the
     gradients of the NUMBERS over `rows` = 4 x base rows, row block k carrying number k
-    ({site: [4, base row, layer, token, d]})."""
+    ({site: [4, base row, layer, token, d]}). With `drop` (a layer; GradDrop), no gradient
+    flows through what that layer adds to the residual stream (`CONTRIBUTIONS`): their
+    gradients are set to zero, so its own sites' gradients are zero."""
     x = ids.to(a.device).expand(rows, -1)
     saved: dict[str, list] = {s.name: [] for s in sites}
-    grads: dict[str, list] = {s.name: [] for s in sites}
+    grads: dict[tuple[str, int], object] = {}
     context = torch.enable_grad() if grad else torch.no_grad()
     with context, a.nn.trace(x, logits_to_keep=1):
         emb = a.embed.output
@@ -85,12 +100,14 @@ def _values(a: Parts, ids: torch.Tensor, rows: int, sites, answers, edit=None, g
             emb[:, positions] = values if replace else emb[:, positions] + values
         if grad:
             emb.requires_grad_(True)
-        read = []
+        read = []  # (site, layer, value, whether its gradient is dropped), in forward order
         for layer in range(a.n_layers):
-            for site in sites:
+            dropped = set(CONTRIBUTIONS) if layer == drop else set()
+            for site in in_forward_order({s.name for s in sites} | dropped):
                 value = site.read(a, layer)
-                saved[site.name].append(value.detach().save())
-                read.append((site.name, value))
+                if site.name in saved:
+                    saved[site.name].append(value.detach().save())
+                read.append((site.name, layer, value, site.name in dropped))
         logits = a.nn.output.logits[:, -1].float()
         probs = logits.softmax(-1)
         target, alt = answers
@@ -101,21 +118,46 @@ def _values(a: Parts, ids: torch.Tensor, rows: int, sites, answers, edit=None, g
             number = torch.cat([probs[:base, target], probs[base:2 * base, alt], logits[2 * base:3 * base, target],
                                 logits[3 * base:, alt]]).sum()
             with number.backward():
-                for name, value in reversed(read):
-                    grads[name].append(value.grad.save())
+                for name, layer, value, zeroed in reversed(read):
+                    if zeroed:
+                        value.grad = torch.zeros_like(value)
+                    elif name in saved:
+                        grads[(name, layer)] = value.grad.save()
     values = {k: torch.stack(v, dim=1) for k, v in saved.items()}
     if not grad:
         return values, numbers.double().cpu(), top.cpu(), None
-    # gradients were read last layer first
-    gradients = {k: torch.stack(v[::-1], dim=1).reshape(4, rows // 4, *values[k].shape[1:]) for k, v in grads.items()}
+    gradients = {}
+    for k, v in values.items():
+        zero = torch.zeros_like(v[:, 0])
+        per_layer = [grads.get((k, layer), zero) for layer in range(a.n_layers)]  # a dropped site's is zero
+        gradients[k] = torch.stack(per_layer, dim=1).reshape(4, rows // 4, *v.shape[1:])
     return values, numbers.double().cpu(), top.cpu(), gradients
 
 
+def _mean_gradient(a: Parts, ids, rows: int, sites, answers, edit, drops):
+    """`_values` with gradients, the gradients averaged (float64) over one backward pass per
+    entry of `drops` (None: none dropped). The estimate is linear in the gradient, so
+    GradDrop's mean of L estimates is the estimate at the mean gradient."""
+    total = None
+    for drop in drops:
+        values, numbers, top, grads = _values(a, ids, rows, sites, answers, edit=edit, grad=True, drop=drop)
+        if total is None:
+            total, kept = {k: v.double() for k, v in grads.items()}, (values, numbers, top)
+        else:
+            for k, v in grads.items():
+                total[k] += v.double()
+    return (*kept, {k: v / len(drops) for k, v in total.items()})
+
+
 def attribute(model: Adapter | Parts, components: tuple[str, ...], window: int, reverse: bool, ids, corrupt: RunInput,
-              answers) -> Measures:
+              answers, estimate: str = "atp") -> Measures:
     """The AtP estimate of every cell of `components` for one example (see the module's
     docstring), with the clean and corrupted runs' own values: `Measures` whose `restored`
-    holds the estimates under their cube names (`names`), [cells..., answer]."""
+    holds the estimates under their cube names (`names`), [cells..., answer]. `estimate`
+    "atp*" adds GradDrop: the gradient is the mean of the model's L gradients with one
+    layer's residual contribution dropped each (`_values`), one backward pass each."""
+    if estimate not in ESTIMATES:
+        raise ConfigError(f"estimate {estimate!r}: attribution patching is one of {', '.join(ESTIMATES)}")
     check(components, any(len(a) > 1 for a in answers))
     a = parts = model.parts if isinstance(model, Adapter) else model
     sites = in_forward_order({COMPONENTS[c].site for c in components})
@@ -125,18 +167,19 @@ def attribute(model: Adapter | Parts, components: tuple[str, ...], window: int, 
     edit = None
     if corrupt.values is not None:
         edit = (list(corrupt.positions), corrupt.values.to(a.device, a.torch_dtype), corrupt.replace)
+    drops = list(range(a.n_layers)) if estimate == "atp*" else [None]
     trainable = [p for p in parts.nn._module.parameters() if p.requires_grad]
     _set_grad(trainable, False)
     try:
         if reverse:  # the gradient at the clean run, the corrupted values as the source
             source, corrupted, _, _ = _values(parts, corrupt.ids, S, sites, first, edit=edit)
-            base, clean, top, g = _values(parts, clean_ids, 4, sites, first, grad=True)
+            base, clean, top, g = _mean_gradient(parts, clean_ids, 4, sites, first, None, drops)
             delta = {k: source[k] - base[k][:1] for k in source}  # [S, layer, token, d]
         else:
             source, clean, top, _ = _values(parts, clean_ids, 1, sites, first)
             stacked_edit = None if edit is None else (edit[0], edit[1].repeat(4, 1, 1), edit[2])
             stacked_ids = corrupt.ids.repeat(4, 1) if corrupt.ids.shape[0] > 1 else corrupt.ids
-            base, corrupted, _, g = _values(parts, stacked_ids, 4 * S, sites, first, edit=stacked_edit, grad=True)
+            base, corrupted, _, g = _mean_gradient(parts, stacked_ids, 4 * S, sites, first, stacked_edit, drops)
             delta = {k: source[k] - base[k][:S] for k in source}
             corrupted = corrupted[:S]
     finally:
@@ -144,7 +187,7 @@ def attribute(model: Adapter | Parts, components: tuple[str, ...], window: int, 
     # contributions [number, sample, layer, token(, head)]: the change dotted with the gradient
     contrib = {}
     for site in sites:
-        product = delta[site.name][None].double() * g[site.name].double()
+        product = delta[site.name][None].double() * g[site.name]
         if site.heads:
             product = product.unflatten(-1, (a.n_heads, a.d_head))
         contrib[site.name] = product.sum(-1).mean(dim=1)  # [number, layer, token(, head)]

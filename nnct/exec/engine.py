@@ -64,7 +64,7 @@ class Settings:
     reverse: bool = False
     batch_rows: int | None = None  # None: `auto_batch_rows` for each example
     batch_budget: int = 1 << 30  # bytes of working memory a batch may take, for auto
-    estimate: str = "exact"  # atp: attribution patching's estimates instead (`attribution`)
+    estimate: str = "exact"  # atp, atp*: attribution patching's estimates instead (`attribution`)
 
 
 def memory_budget(device: str) -> int:
@@ -280,10 +280,10 @@ class Engine:
 
     def trace(self, ids, corrupt: RunInput, answers: Answers, on_batch: Callable[[int], None] | None = None) -> Measures:
         """The example's measures: every cell of the settings' components restored (or, with
-        `estimate="atp"`, estimated by attribution patching)."""
+        `estimate` "atp" or "atp*", estimated by attribution patching)."""
         s = self.settings
-        if s.estimate == "atp":
-            return attribute(self.parts, s.components, s.window, s.reverse, ids, corrupt, answers)
+        if s.estimate != "exact":
+            return attribute(self.parts, s.components, s.window, s.reverse, ids, corrupt, answers, s.estimate)
         acc, top1 = None, 0
         for k, (extra, read) in enumerate(self._passes(answers)):
             more = torch.tensor([extra], dtype=torch.long).expand(corrupt.ids.shape[0], -1)

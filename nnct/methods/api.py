@@ -101,11 +101,12 @@ def patch(model="smollm2-135m", pairs=None, *, clean: str | None = None, corrupt
     return _run(cfg, model, items, progress, tokenizer)
 
 
-def attribute(model="smollm2-135m", data=None, *, pairs=None, **kwargs):
+def attribute(model="smollm2-135m", data=None, *, pairs=None, graddrop=False, **kwargs):
     """Attribution patching (AtP): every cell's indirect effect estimated from one forward and
     one backward pass, of records (`data` or `prompt=`, as `trace` takes them) or of prompt
-    pairs (`pairs` or `clean=`, as `patch`); the cube holds `ie_atp` (docs/method.md)."""
-    kwargs["estimate"] = "atp"
+    pairs (`pairs` or `clean=`, as `patch`); the cube holds `ie_atp` (docs/method.md).
+    `graddrop`: AtP* (one backward pass per layer, each with that layer's gradient dropped)."""
+    kwargs["estimate"] = "atp*" if graddrop else "atp"
     if pairs is not None or "clean" in kwargs:
         if data is not None:
             raise ConfigError("attribute takes records (data) or prompt pairs (pairs), not both")

@@ -63,7 +63,7 @@ class RunConfig:
     experiment: str = "subject"
     corruption: str = "noise"  # trace: noise | substitute; patch: prompt
     answer: str = "first"  # first: an answer's first token; full: all its tokens, teacher-forced
-    estimate: str = "exact"  # exact: every cell patched; atp: attribution patching's first-order estimate
+    estimate: str = "exact"  # exact: every cell patched; atp: attribution patching's first-order estimate; atp*: with GradDrop
     prompt_format: str | None = None  # None: the experiment's default
     samples: int = 10
     window: int = 10
@@ -168,7 +168,7 @@ def _validate(cfg: RunConfig, in_memory: bool = False) -> None:
         raise ConfigError(f"--answer {cfg.answer}: use {' or '.join(ANSWER_PROB)}")
     if cfg.estimate not in cube.ESTIMATES:
         raise ConfigError(f"estimate {cfg.estimate!r}: use {' or '.join(cube.ESTIMATES)}")
-    if cfg.estimate == "atp":
+    if cfg.estimate != "exact":
         from ..exec.attribution import check
 
         check(parse_components(cfg.components), cfg.answer == "full")
@@ -439,7 +439,7 @@ def _execute(cfg: RunConfig, adapter, progress: Progress | None, items) -> Summa
         for k in todo:
             progress.example(ids[k])
             keep(k, engine.trace(*job(k), on_batch=progress.cells))
-            if cfg.estimate == "atp":  # one pass for every cell
+            if cfg.estimate != "exact":  # one pass for every cell
                 progress.cells(n_cells[k])
         meta["placed"] = {"device": adapter.device, "dtype": adapter.dtype}
     else:

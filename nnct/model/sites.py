@@ -91,5 +91,10 @@ SITES: dict[str, Site] = {
 }
 
 
+# The sites whose values a decoder layer adds to the residual stream (sequential or parallel
+# blocks alike): all a layer contributes beyond its input.
+CONTRIBUTIONS = ("attn", "mlp")
+
+
 def in_forward_order(names) -> list[Site]:
     return sorted((SITES[n] for n in names), key=lambda s: s.order)

@@ -44,7 +44,7 @@ MEASURED = ("p_clean", "p_corrupt", "logit_clean", "logit_corrupt")
 # Every measured variable is p_<x>, logit_<x> or, estimated by attribution patching,
 # ie_atp<x>: the restored cells are `cell_names` of each variable v the components fill.
 VALUE_PREFIXES = ("p_", "logit_", "ie_atp")
-ESTIMATES = ("exact", "atp")
+ESTIMATES = ("exact", "atp", "atp*")  # how a cube's cells were found: its attr `method`
 
 
 def cell_names(variable: str, estimate: str = "exact") -> tuple[str, str]:
@@ -192,10 +192,11 @@ def effects(ds, of: str = "restored"):
     per docs/method.md (`of`: a restored variable, e.g. "restored_head"). Forward: IE =
     p_restored - p_corrupt. Reverse patching: IE = p_clean - p_patched, where the cube's
     `p_restored` holds p_patched. TE = p_clean - p_corrupt in both. A cube of attribution
-    patching stores its estimates of the IE (`ie_atp`)."""
+    patching (AtP or AtP*) stores its estimates of the IE (`ie_atp`)."""
     te = ds.p_clean - ds.p_corrupt
-    if ds.attrs.get("method", "exact") == "atp":
-        return ds[cell_names(of, "atp")[0]], te
+    estimate = ds.attrs.get("method", "exact")
+    if estimate != "exact":
+        return ds[cell_names(of, estimate)[0]], te
     restored = ds["p_" + of]
     if int(ds.attrs.get("reverse_patching", 0)):
         return (ds.p_clean - restored).transpose(*restored.dims), te

@@ -21,11 +21,19 @@ def _first(out):
     return out[0] if isinstance(out, tuple) else out
 
 
-def autograd_atp(adapter, ids, corrupt_ids, noise, span, answers, reverse):
+def autograd_atp(adapter, ids, corrupt_ids, noise, span, answers, reverse, drop=None):
     """{(site, layer): (delta [S, T, d], grads [4, S, T, d])} by hooks and torch.autograd.grad:
-    delta = source - base value, grads of p(target), p(alt), logit(target), logit(alt) at the base run."""
+    delta = source - base value, grads of p(target), p(alt), logit(target), logit(alt) at the base run.
+    `drop`: a layer whose output is its input plus its own change detached (GradDrop), so that
+    no gradient flows through that change; sites it leaves out of the graph get a zero gradient."""
     hf, layout = adapter.hf, adapter.layout
     blocks = hf.get_submodule(layout.layers)
+
+    def detach_change(module, args, kwargs, out):
+        x = args[0] if args else kwargs["hidden_states"]
+        y = _first(out)
+        y = x + (y - x).detach()
+        return (y, *out[1:]) if isinstance(out, tuple) else y
 
     def modules():
         for layer, block in enumerate(blocks):
@@ -36,6 +44,8 @@ def autograd_atp(adapter, ids, corrupt_ids, noise, span, answers, reverse):
 
     def run(row_ids, noise_row, grad):
         kept, hooks = {}, []
+        if grad and drop is not None:  # first, so that the hooks below see the detached output
+            hooks.append(blocks[drop].register_forward_hook(detach_change, with_kwargs=True))
         for key, module, kind in modules():
             if kind == "in":
                 hooks.append(module.register_forward_pre_hook(lambda m, args, key=key: kept.__setitem__(key, args[0])))
@@ -59,7 +69,8 @@ def autograd_atp(adapter, ids, corrupt_ids, noise, span, answers, reverse):
         keys = list(kept)
         numbers = [torch.softmax(logits, -1)[answers[0]], torch.softmax(logits, -1)[answers[1]], logits[answers[0]],
                    logits[answers[1]]]
-        grads = [torch.autograd.grad(n, [kept[k] for k in keys], retain_graph=True) for n in numbers]
+        grads = [torch.autograd.grad(n, [kept[k] for k in keys], retain_graph=True, allow_unused=True) for n in numbers]
+        grads = [[torch.zeros_like(kept[k]) if x is None else x for k, x in zip(keys, g)] for g in grads]
         return {k: v.detach()[0] for k, v in kept.items()}, {k: torch.stack([g[i][0] for g in grads]) for i, k in enumerate(keys)}
 
     rows = range(noise.shape[0]) if noise is not None else range(1)
@@ -114,6 +125,36 @@ def test_atp_equals_the_autograd_reference(family, reverse):
             p_name, logit_name = names(variable)
             np.testing.assert_allclose(got.restored[p_name][at], sign * want[:2], rtol=1e-4, atol=1e-7, err_msg=what)
             np.testing.assert_allclose(got.restored[logit_name][at], sign * want[2:], rtol=1e-4, atol=1e-5, err_msg=what)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_graddrop_equals_the_mean_of_the_references_dropped_estimates(family):
+    """AtP*: the mean over layers l of the reference's estimate with layer l's change
+    detached; restoring under noise on every family, reverse patching of a pair on two."""
+    adapter = make_adapter(family)
+    n_layers = len(adapter.hf.get_submodule(adapter.layout.layers))
+    cases = [(prepared(adapter, samples=2), False)] + ([(pair(adapter), True)] if family in ("llama", "gpt2") else [])
+    for ex, reverse in cases:
+        answers = (ex.answers[0][0], ex.answers[1][0])
+        corrupt_ids = [int(i) for i in ex.corrupt.ids[0]]
+        refs = [autograd_atp(adapter, IDS, corrupt_ids, ex.noise, SPAN, answers, reverse, drop=l) for l in range(n_layers)]
+        got = attribute(adapter, COMPS, 3, reverse, IDS, ex.corrupt, ex.answers, estimate="atp*")
+        plain = attribute(adapter, COMPS, 3, reverse, IDS, ex.corrupt, ex.answers)
+        checks = [("restored", (5, 0, whole(COMPS).index("hidden")), [(0, "hidden")], [5], None),
+                  ("restored", (6, 1, whole(COMPS).index("mlp")), [(l, "mlp") for l in (0, 1, 2)], [6], None),
+                  ("restored", (8, 2, whole(COMPS).index("attn")), [(l, "attn") for l in (1, 2, 3)], [8], None),
+                  ("restored_head", (7, 1, 2), [(l, "head") for l in (0, 1, 2)], [7], 2)]
+        sign = -1 if reverse else 1
+        for variable, at, keys, tokens, head in checks:
+            d_head = refs[0][(0, "head")][0].shape[-1] // adapter.hf.config.num_attention_heads
+            want = sum(estimate(r, keys, tokens, head, d_head) for r in refs).numpy() / n_layers
+            p_name, logit_name = names(variable)
+            what = f"{family} reverse={reverse} {variable} {at}"
+            np.testing.assert_allclose(got.restored[p_name][at], sign * want[:2], rtol=1e-4, atol=1e-7, err_msg=what)
+            np.testing.assert_allclose(got.restored[logit_name][at], sign * want[2:], rtol=1e-4, atol=1e-5, err_msg=what)
+        # dropping changes the estimates: the test could not pass with plain AtP's
+        assert not np.allclose(got.restored["ie_atp_logit"], plain.restored["ie_atp_logit"], rtol=1e-3, equal_nan=True)
+        np.testing.assert_allclose(got.p_corrupt, plain.p_corrupt, rtol=1e-6)
 
 
 def test_atp_approaches_exact_patching_at_tiny_noise():
