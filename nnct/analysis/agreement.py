@@ -113,3 +113,46 @@ def table(agreement: dict) -> str:
             cell = ", ".join(f"{k}={v}" for k, v in m["cell"].items())
             lines.append(f"  missed {label} {m['example']} ({cell}): exact {m['exact']:+.4f}, AtP {m['atp']:+.4f}")
     return "\n".join(lines)
+
+
+def verified(ds, metric: str = "prob", top: int = TOP[0]) -> dict:
+    """What the exact cells of a screened cube (`nnct attribute --verify-top K`) say of its
+    screen, per component: per example, the screen's K top cells and the random sample of
+    the rest were patched exactly; the sample estimates how many unscreened cells beat the
+    `top`-th strongest exact effect among the verified ones (the screen's misses):
+    {label: {"examples", "screened", "sampled", "sampled_above", "misses_per_example"}}."""
+    k = int(ds.attrs.get("verify_top", 0))
+    if ds.attrs.get("method") not in ("atp", "atp*") or not (k or int(ds.attrs.get("verify_sample", 0))):
+        raise ConfigError("the cube holds no exactly verified cells (made by nnct attribute --verify-top)")
+    out = {}
+    for label, of, pick in _groups(ds):
+        est = metric_effects(ds, metric, of)[0].sel(pick)
+        ref = metric_effects(ds, metric, of, exact=True)[0].sel(pick)
+        screened = sampled = above = 0
+        misses = 0.0
+        for x, y in zip(est.values.reshape(est.shape[0], -1), ref.values.reshape(ref.shape[0], -1)):
+            known = np.isfinite(x) & (x != 0)  # cells before the first corrupted token are exactly 0, unscreened
+            done = known & np.isfinite(y)
+            ranked = np.argsort(-np.abs(np.where(known, x, 0)), kind="stable")[:k]
+            in_top = np.zeros(len(x), dtype=bool)
+            in_top[ranked] = True
+            sample = done & ~in_top
+            strongest = np.sort(np.abs(y[done]))[::-1]
+            bar = strongest[min(top, len(strongest)) - 1] if len(strongest) else np.inf
+            n_above = int((np.abs(y[sample]) > bar).sum())
+            screened, sampled, above = screened + int((done & in_top).sum()), sampled + int(sample.sum()), above + n_above
+            rest = int((known & ~in_top).sum())
+            misses += n_above / sample.sum() * rest if sample.sum() else 0.0
+        out[label] = {"examples": int(est.shape[0]), "screened": screened, "sampled": sampled, "sampled_above": above,
+                      "misses_per_example": misses / max(1, est.shape[0])}
+    return out
+
+
+def verified_table(found: dict, top: int = TOP[0]) -> str:
+    """`verified` as a plain-text table."""
+    lines = [f"exactly verified cells; misses: unscreened cells beyond the verified top-{top}'s weakest, "
+             "estimated from the random sample",
+             f"{'component':20s}{'screened':>10s}{'sampled':>9s}{'above':>7s}{'misses/example':>17s}"]
+    for label, c in found.items():
+        lines.append(f"{label:20s}{c['screened']:10d}{c['sampled']:9d}{c['sampled_above']:7d}{c['misses_per_example']:17.2f}")
+    return "\n".join(lines)

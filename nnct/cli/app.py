@@ -73,7 +73,8 @@ class Bar:
 
 def run_and_report(call, out: str | None, quiet: bool, again: str):
     """Run a method (or a collection) with a progress bar, and report what it wrote; `again`
-    says how to go on after a failed request or an interruption."""
+    says how to go on after a failed request or an interruption. Returns the run's Summary
+    (None while requests are still running on the server)."""
     from ..analysis import report
     from ..errors import RemoteFailed
     from ..methods import run
@@ -104,6 +105,7 @@ def run_and_report(call, out: str | None, quiet: bool, again: str):
                f" ({len(summary.skipped)} skipped, {summary.resumed} resumed){level}")
     if not quiet:
         click.echo(report.describe(summary.cube))
+    return summary
 
 
 def open_cube(cube_path, chunks=None):

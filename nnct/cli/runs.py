@@ -171,11 +171,17 @@ def trace(output_dir, out, replace, reverse, quiet, remote_, ndif_host, no_wait,
 @click.option("--graddrop", is_flag=True,
               help="AtP*: average the estimates of L backward passes, each with one layer's residual contribution"
                    " dropped (L times the backward work; docs/method.md).")
+@click.option("--verify-top", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also patch exactly the K cells per component the estimate ranks highest (plus --verify-sample"
+                   " more at random), into the same cube: p_restored holds them, NaN elsewhere.")
+@click.option("--verify-sample", type=click.IntRange(min=0), default=None,
+              help="Cells per component drawn at random from the rest for exact patching, to measure what the"
+                   " screen misses  [default: as many as --verify-top]")
 @click.option("--compare", "compare_with", type=click.Path(exists=True, dir_okay=False),
               help="An exact cube of the same examples: print the agreement and write it to OUT.agreement.json.")
 @_records(data_required=False)
 @_shared
-def attribute(pairs, graddrop, compare_with, output_dir, out, replace, reverse, quiet, remote_, ndif_host, no_wait, **options):
+def attribute(pairs, graddrop, verify_top, verify_sample, compare_with, output_dir, out, replace, reverse, quiet, remote_, ndif_host, no_wait, **options):
     """Attribution patching (AtP): every cell's indirect effect estimated from one forward and
     one backward pass, for records (--data, as `trace`) or prompt pairs (--pairs, as
     `patch`); the cube holds ie_atp (and ie_atp_logit) beside p_clean and p_corrupt."""
@@ -189,9 +195,14 @@ def attribute(pairs, graddrop, compare_with, output_dir, out, replace, reverse, 
         fail("give --data FILE.jsonl (records, as trace) or --pairs FILE.jsonl (prompt pairs, as patch)")
     if options["definition"]:
         options["definition"] = _with_overrides(options["definition"], dict(options, replace=replace, reverse=reverse))
-    options = dict(options, replace=replace == "1", estimate="atp*" if graddrop else "atp", data=pairs or options["data"])
+    options = dict(options, replace=replace == "1", estimate="atp*" if graddrop else "atp", data=pairs or options["data"],
+                   verify_top=verify_top, verify_sample=verify_sample)
     cfg = _config("patch" if pairs else "trace", out, output_dir, reverse, remote_, ndif_host, no_wait, options)
-    run_and_report(lambda bar: run.execute(cfg, progress=bar), cfg.out, quiet, "rerun with --resume")
+    summary = run_and_report(lambda bar: run.execute(cfg, progress=bar), cfg.out, quiet, "rerun with --resume")
+    if (verify_top or verify_sample) and summary is not None:
+        from ..analysis import agreement
+
+        click.echo(agreement.verified_table(agreement.verified(summary.cube)))
     if compare_with:
         _agreement(cfg.out, compare_with)
 

@@ -42,11 +42,11 @@ import torch
 
 from ..interventions.components import COMPONENTS, grid, variables
 from ..interventions.corruption import RunInput
-from ..interventions.plan import Batch, cells, patches, schedule, slot
+from ..interventions.plan import Batch, Cell, cells, patches, schedule, screened, slot
 from ..model.loading import REMOTE
 from ..model.parts import Adapter, Parts
 from ..model.sites import SITES, in_forward_order
-from .attribution import attribute
+from .attribution import attribute, names
 from .measures import Measures
 
 Answers = tuple[tuple[int, ...], tuple[int, ...]]  # (target tokens, alt tokens)
@@ -65,6 +65,9 @@ class Settings:
     batch_rows: int | None = None  # None: `auto_batch_rows` for each example
     batch_budget: int = 1 << 30  # bytes of working memory a batch may take, for auto
     estimate: str = "exact"  # atp, atp*: attribution patching's estimates instead (`attribution`)
+    verify: int = 0  # with an estimate: the cells per component it ranks highest are also patched exactly
+    verify_sample: int = 0  # ... and this many more per component, drawn at random from the rest
+    seed: int = 0  # of that draw (with the prompt's tokens: each example draws its own)
 
 
 def memory_budget(device: str) -> int:
@@ -280,15 +283,31 @@ class Engine:
 
     def trace(self, ids, corrupt: RunInput, answers: Answers, on_batch: Callable[[int], None] | None = None) -> Measures:
         """The example's measures: every cell of the settings' components restored (or, with
-        `estimate` "atp" or "atp*", estimated by attribution patching)."""
+        `estimate` "atp" or "atp*", estimated by attribution patching; with `verify`, the
+        estimates' top cells and a random sample of the others also patched exactly: their
+        p_restored, the rest NaN)."""
         s = self.settings
-        if s.estimate != "exact":
-            return attribute(self.parts, s.components, s.window, s.reverse, ids, corrupt, answers, s.estimate)
+        if s.estimate == "exact":
+            return self._exact(ids, corrupt, answers, on_batch)
+        measures = attribute(self.parts, s.components, s.window, s.reverse, ids, corrupt, answers, s.estimate)
+        if s.verify or s.verify_sample:
+            a = self.parts
+            p_name = {v: names(v)[0] for v in variables(s.components)}
+            target = {v: measures.restored[p_name[v]][..., 0] for v in p_name}
+            first_changed = corrupt.changed(list(ids))
+            rng = np.random.default_rng([s.seed, *[int(i) for i in ids]])
+            chosen = screened(target, cells(len(ids), a.n_layers, s.components, a.n_heads, first_changed), s.components,
+                              s.verify, s.verify_sample, rng, first_changed)
+            measures.restored.update(self._exact(ids, corrupt, answers, None, chosen).restored)
+        return measures
+
+    def _exact(self, ids, corrupt: RunInput, answers: Answers, on_batch, only: list[Cell] | None = None) -> Measures:
+        """Every cell (or those of `only`) patched: the measures of `trace`."""
         acc, top1 = None, 0
         for k, (extra, read) in enumerate(self._passes(answers)):
             more = torch.tensor([extra], dtype=torch.long).expand(corrupt.ids.shape[0], -1)
             pass_input = RunInput(torch.cat([corrupt.ids, more], dim=1), corrupt.positions, corrupt.values, corrupt.replace)
-            got, top = self._pass(list(ids) + extra, len(ids), pass_input, read, on_batch, top1=k == 0)
+            got, top = self._pass(list(ids) + extra, len(ids), pass_input, read, on_batch, top1=k == 0, only=only)
             top1 = top if k == 0 else top1
             acc = {name: self._combine(None if acc is None else acc[name], v, read) for name, v in got.items()}
         clean, corrupted = acc.pop("clean"), acc.pop("corrupt")
@@ -300,10 +319,12 @@ class Engine:
         return Measures(clean[0, P].numpy(), corrupted[:, P].mean(dim=0).numpy(), clean[0, LOGIT].numpy(),
                         corrupted[:, LOGIT].mean(dim=0).numpy(), top1, restored)
 
-    def _pass(self, ids: list[int], n_tokens: int, corrupt: RunInput, read: _Read, on_batch, top1: bool):
+    def _pass(self, ids: list[int], n_tokens: int, corrupt: RunInput, read: _Read, on_batch, top1: bool,
+              only: list[Cell] | None = None):
         """One pass over the plan: the values of the clean run ("clean": [1, V]), the corrupted
         run ("corrupt": [S, V]) and the restored cells of the first `n_tokens` positions (per
-        cube variable: [cells..., S, V]), and the clean run's top token."""
+        cube variable: [cells..., S, V]; with `only`, those cells, the others NaN), and the
+        clean run's top token."""
         a, s = self.parts, self.settings
         S, n_all = corrupt.rows, len(ids)
         clean_input = RunInput(torch.tensor([ids], dtype=torch.long))
@@ -324,8 +345,8 @@ class Engine:
         rows = s.batch_rows or auto_batch_rows(a, n_all, S, s.batch_budget)
         token_rows = CPU_TOKEN_ROWS if s.batch_rows is None and a.device == "cpu" else None
         first_changed = corrupt.changed(ids)
-        plan = schedule(cells(n_tokens, a.n_layers, s.components, a.n_heads, first_changed), S, rows, s.window, a.n_layers,
-                        first_changed, n_all, token_rows)
+        todo = cells(n_tokens, a.n_layers, s.components, a.n_heads, first_changed) if only is None else only
+        plan = schedule(todo, S, rows, s.window, a.n_layers, first_changed, n_all, token_rows)
         for cell in plan.unchanged:
             variable, at = slot(cell, s.components)
             restored[variable][at] = base_values

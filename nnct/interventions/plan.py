@@ -82,6 +82,30 @@ def slot(cell: Cell, comps: tuple[str, ...]) -> tuple[str, tuple[int, ...]]:
     return c.variable, ((cell.layer, cell.head) if c.all_positions else (cell.token, cell.layer, cell.head))
 
 
+def screened(estimates: dict, all_cells: list[Cell], comps: tuple[str, ...], top: int, sample: int, rng,
+             first_changed: int = 0) -> list[Cell]:
+    """The cells a screen sends to exact patching: per component, the `top` cells with the
+    largest |estimate| and `sample` more drawn uniformly (`rng`: numpy's) from the rest, the
+    estimate's misses to be measured on. `estimates`: cube variable -> the target's estimates
+    over `components.grid`. Cells before `first_changed` are left out: exactly 0 already."""
+    def size(cell: Cell) -> float:
+        variable, at = slot(cell, comps)
+        return abs(float(estimates[variable][at]))
+
+    groups: dict[str, list[Cell]] = {}
+    for cell in all_cells:
+        if cell.token >= first_changed:
+            groups.setdefault(cell.component, []).append(cell)
+    out = []
+    for group in groups.values():
+        sizes = [size(c) for c in group]
+        order = sorted(range(len(group)), key=lambda i: -sizes[i])
+        rest = order[top:]
+        drawn = rng.choice(len(rest), size=min(sample, len(rest)), replace=False) if rest and sample else []
+        out += [group[i] for i in order[:top]] + [group[rest[j]] for j in sorted(drawn)]
+    return out
+
+
 def first_layer(cell: Cell, window: int, n_layers: int) -> int:
     """The first layer that must run for a cell: the one after a residual-stream write (the
     layer's output is the write), else the first layer whose site it writes."""

@@ -64,6 +64,8 @@ class RunConfig:
     corruption: str = "noise"  # trace: noise | substitute; patch: prompt
     answer: str = "first"  # first: an answer's first token; full: all its tokens, teacher-forced
     estimate: str = "exact"  # exact: every cell patched; atp: attribution patching's first-order estimate; atp*: with GradDrop
+    verify_top: int = 0  # with an estimate: its top cells per component are also patched exactly
+    verify_sample: int | None = None  # ... and this many drawn from the rest (None: as many as verify_top)
     prompt_format: str | None = None  # None: the experiment's default
     samples: int = 10
     window: int = 10
@@ -168,6 +170,10 @@ def _validate(cfg: RunConfig, in_memory: bool = False) -> None:
         raise ConfigError(f"--answer {cfg.answer}: use {' or '.join(ANSWER_PROB)}")
     if cfg.estimate not in cube.ESTIMATES:
         raise ConfigError(f"estimate {cfg.estimate!r}: use {' or '.join(cube.ESTIMATES)}")
+    if (cfg.verify_top or cfg.verify_sample) and cfg.estimate == "exact":
+        raise ConfigError("--verify-top checks an estimate: it belongs to `nnct attribute`")
+    if cfg.verify_top < 0 or (cfg.verify_sample or 0) < 0:
+        raise ConfigError("--verify-top and --verify-sample count cells: they cannot be negative")
     if cfg.estimate != "exact":
         from ..exec.attribution import check
 
@@ -418,7 +424,8 @@ def _execute(cfg: RunConfig, adapter, progress: Progress | None, items) -> Summa
         meta["requesting"] = {k: getattr(cfg, k) for k in REQUESTING}  # `collect` asks the same way
         save_meta()
 
-    engine = Engine(adapter, Settings(comps, cfg.window, cfg.reverse, cfg.batch_rows, meta["batch_budget"], cfg.estimate))
+    engine = Engine(adapter, Settings(comps, cfg.window, cfg.reverse, cfg.batch_rows, meta["batch_budget"], cfg.estimate,
+                                      cfg.verify_top, _verify_sample(cfg), cfg.seed))
     store = _Store(len(chosen), pdir)
     n_cells = [count(comps, len(c.ids), adapter.n_layers, adapter.n_heads) * passes(c.answers) for c in chosen]
     done = store.done()
@@ -469,7 +476,7 @@ def _execute(cfg: RunConfig, adapter, progress: Progress | None, items) -> Summa
         return summary
 
     summary.cube = cube.assemble(store.all(ids), adapter.n_layers, comps, _attrs(cfg, adapter, settings, meta, level, placement),
-                                 adapter.n_heads, cfg.estimate)
+                                 adapter.n_heads, cfg.estimate, verified=bool(cfg.verify_top or _verify_sample(cfg)))
     if cfg.out:
         cube.write(summary.cube, cfg.out)
         _remove(pdir)
@@ -490,8 +497,13 @@ def _attrs(cfg: RunConfig, adapter, settings: dict, meta: dict, level: float, pl
         "shard": cfg.shard or "", "data_sha256": settings["data_sha256"],
         "max_examples": -1 if cfg.max_examples is None else cfg.max_examples,
         "corruption": "noise" if cfg.noised else "prompt",
-        "method": cfg.estimate,
+        "method": cfg.estimate, "verify_top": cfg.verify_top, "verify_sample": _verify_sample(cfg),
     }
+
+
+def _verify_sample(cfg: RunConfig) -> int:
+    """Cells per component drawn at random for exact patching beside the screen's top ones."""
+    return cfg.verify_top if cfg.verify_sample is None else cfg.verify_sample
 
 
 def collect(out: str, wait: bool = False, progress: Progress | None = None, **requesting) -> Summary:

@@ -105,16 +105,18 @@ class Row:
 
 
 def assemble(rows: list[Row], n_layers: int, components: tuple[str, ...], attrs: dict, n_heads: int = 0,
-             estimate: str = "exact"):
+             estimate: str = "exact", verified: bool = False):
     """The cube of a run from its examples, in the given order (`n_heads`: the model's query
-    heads, for components of heads; `estimate`: how the restored cells were found)."""
+    heads, for components of heads; `estimate`: how the restored cells were found;
+    `verified`: an estimate's cube that also holds some cells patched exactly, NaN elsewhere)."""
     import xarray as xr
 
     n_ex, n_tok = len(rows), max((len(r.token_ids) for r in rows), default=0)
     cells = {}  # cube variable -> (dims, values)
     for variable, dims in variables(components).items():
         shape = grid(variable, components, n_tok, n_layers, n_heads)
-        for k in cell_names(variable, estimate):
+        kept = cell_names(variable, estimate) + (cell_names(variable) if verified and estimate != "exact" else ())
+        for k in kept:
             cells[k] = (("example", *dims, "answer"), np.full((n_ex, *shape, len(ANSWERS)), np.nan, dtype=np.float32))
     token_str = np.full((n_ex, n_tok), "", dtype=object)
     segment = np.full((n_ex, n_tok), "", dtype=object)
@@ -213,18 +215,19 @@ def metrics_of(ds) -> tuple[str, ...]:
     return tuple(n for n, m in metrics.METRICS.items() if not m.uses_logits or "logit_clean" in ds)
 
 
-def metric_effects(ds, name: str, of: str = "restored"):
+def metric_effects(ds, name: str, of: str = "restored", exact: bool = False):
     """(IE[example, <cells of p_<of>>], TE[example]) of the target answer in one metric of
     `interventions.metrics`, from the values the cube stores (means over the corrupted
     rows); `of` names the restored variable (default `p_restored`'s cells [token, layer,
     component]; "restored_head" for heads). A value that cannot be taken (a probability of 0
     has no log-ratio; a recovery whose total effect is too small) is NaN, so that averages
-    leave it out."""
+    leave it out. `exact`: in an estimate's cube, the cells it also patched exactly
+    (`--verify-top`; NaN where it did not) rather than the estimates."""
     m = metrics.base(name)
     if m.uses_logits and "logit_clean" not in ds:
         raise ConfigError(f"metric {name} needs the answers' logits, which this cube lacks: trace it again with nnct >= 0.4")
     reverse = bool(int(ds.attrs.get("reverse_patching", 0)))
-    estimate = ds.attrs.get("method", "exact")
+    estimate = "exact" if exact else ds.attrs.get("method", "exact")
     p_name, logit_name = cell_names(of, estimate)
     if p_name not in ds:
         raise ConfigError(f"this cube has no {p_name}: trace the component(s) that fill it")

@@ -192,16 +192,21 @@ def test_no_gradient_is_left_in_the_model():
 
 
 def test_atp_through_a_serialised_session():
-    """The engine with estimate="atp" inside an nnsight session sent through nnsight's local
-    simulation of a request gives the local estimates."""
+    """The engine with estimate "atp" (and "atp*" with verified cells: gradients set in the
+    backward pass, exact batches after it) inside an nnsight session sent through nnsight's
+    local simulation of a request gives the local estimates."""
     from nnct.exec import remote
     from nnct.exec.engine import Engine, Settings
 
     adapter = make_adapter("llama")
     ex = prepared(adapter, samples=2)
-    engine = Engine(adapter, Settings(("hidden", "head"), window=3, estimate="atp"))
-    reply = remote.request(engine, [(ex.ids, ex.corrupt, ex.answers)], remote.backend(remote.LOCAL, adapter))
-    here = engine.trace(ex.ids, ex.corrupt, ex.answers)
-    for name, values in here.restored.items():
-        np.testing.assert_allclose(reply.results[0].restored[name], values, rtol=1e-5, atol=1e-8, err_msg=name)
+    for settings in (Settings(("hidden", "head"), window=3, estimate="atp"),
+                     Settings(("hidden", "head"), window=3, estimate="atp*", verify=2, verify_sample=1)):
+        engine = Engine(adapter, settings)
+        reply = remote.request(engine, [(ex.ids, ex.corrupt, ex.answers)], remote.backend(remote.LOCAL, adapter))
+        here = engine.trace(ex.ids, ex.corrupt, ex.answers)
+        assert set(reply.results[0].restored) == set(here.restored)
+        for name, values in here.restored.items():
+            np.testing.assert_allclose(reply.results[0].restored[name], values, rtol=1e-5, atol=1e-8, err_msg=name)
+    assert "p_restored" in here.restored and np.isfinite(here.restored["p_restored"][..., 0]).sum() == 3
     assert all(p.grad is None and p.requires_grad for p in adapter.hf.parameters())

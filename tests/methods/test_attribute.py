@@ -103,3 +103,59 @@ def test_attribute_pairs_and_bad_input(tmp_path, tiny_model_dir):
     severed = invoke("attribute", "--model", tiny_model_dir, "--pairs", pairs, "--out", tmp_path / "y.nc",
                      "--components", "hidden-sever-mlp")
     assert severed.exit_code == 2 and "no estimate for hidden-sever-mlp" in severed.output
+
+
+def test_verify_top_patches_the_screens_top_cells_exactly(tmp_path, tiny_model_dir, data_file):
+    """--verify-top 3 --verify-sample 2: per example and component, the 3 cells of largest
+    |estimate| and 2 more hold the exact trace's values (a full trace run apart), the rest NaN."""
+    args = ["--experiment", "subject-noctx", "--samples", "2", "--window", "3", "--max-examples", "2",
+            "--components", "hidden,mlp,head", "--model", tiny_model_dir, "--data", data_file, "-q"]
+    screened, exact = tmp_path / "screened.nc", tmp_path / "exact.nc"
+    done = invoke("attribute", *args, "--graddrop", "--verify-top", 3, "--verify-sample", 2, "--out", screened)
+    assert done.exit_code == 0, done.output
+    assert "misses/example" in done.output
+    assert invoke("trace", *args, "--out", exact).exit_code == 0
+    s, e = open_cube(screened), open_cube(exact)
+    assert (s.attrs["method"], s.attrs["verify_top"], s.attrs["verify_sample"]) == ("atp*", 3, 2)
+    for est_name, name, group in (("ie_atp", "p_restored", "component"), ("ie_atp_head", "p_restored_head", None)):
+        for i in range(s.sizes["example"]):
+            parts = s[group].values if group else [None]
+            for part in parts:
+                pick = {"example": i, **({group: part} if group else {})}
+                got, want = s[name].isel(example=i), e[name].isel(example=i)
+                est = s[est_name].isel(example=i)
+                if group:
+                    got, want, est = got.sel({group: part}), want.sel({group: part}), est.sel({group: part})
+                got, want, est = got.values[..., 0].ravel(), want.values[..., 0].ravel(), est.values[..., 0].ravel()
+                done_cells = np.isfinite(got)
+                assert done_cells.sum() == 5, pick
+                np.testing.assert_allclose(got[done_cells], want[done_cells], rtol=1e-5, atol=1e-7)
+                top = np.argsort(-np.abs(np.nan_to_num(est)), kind="stable")[:3]
+                assert done_cells[top].all(), pick
+
+
+def test_verified_misses_by_hand():
+    """The screen's misses estimated from its random sample, on numbers chosen by hand: 12
+    cells ranked 0..11 by the estimate, the top 2 and cells 5, 8, 10 patched exactly."""
+    import xarray as xr
+
+    from nnct.analysis.agreement import verified
+
+    est = np.arange(12, 0, -1, dtype=np.float64)  # cell i ranks i-th
+    exact = np.full(12, np.nan)
+    exact[[0, 1, 5, 8, 10]] = [0.5, 0.4, 0.6, 0.1, 0.05]
+
+    def cells(v):
+        v = v.reshape(1, 4, 3, 1)
+        return (("example", "token", "layer", "component", "answer"), np.stack([v, v], axis=-1))
+
+    pair = (("example", "answer"), [[1.0, 0.0]])
+    ds = xr.Dataset({"p_clean": pair, "p_corrupt": (("example", "answer"), [[0.0, 0.0]]), "ie_atp": cells(est),
+                     "p_restored": cells(exact)},
+                    coords={"example": ["e"], "component": ["hidden"], "answer": ["target", "alt"]},
+                    attrs={"method": "atp", "verify_top": 2, "verify_sample": 3})
+    found = verified(ds, top=2)["hidden"]
+    # the verified top 2 by exact effect: 0.6, 0.5; of the 3 sampled cells one (0.6) beats 0.5,
+    # so one in three of the 10 unscreened cells is expected to: 10/3 misses
+    assert (found["screened"], found["sampled"], found["sampled_above"]) == (2, 3, 1)
+    assert found["misses_per_example"] == pytest.approx(10 / 3)
