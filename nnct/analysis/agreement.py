@@ -22,6 +22,13 @@ MISSES = 5  # largest misses listed per component
 SAME = ("model", "experiment", "corruption", "reverse_patching", "window", "samples", "noise_level", "seed")
 
 
+def _same(a, b) -> bool:
+    """Equal settings; a number computed over the data set (the noise level) to rounding."""
+    if isinstance(a, (float, np.floating)) and isinstance(b, (float, np.floating)):
+        return bool(np.isclose(a, b, rtol=1e-9, atol=0.0))
+    return str(a) == str(b)
+
+
 def _groups(ds):
     """(label, restored variable, selection) of every group of cells the cube holds."""
     out = [(str(c), "restored", {"component": str(c)}) for c in ds.component.values] if holds(ds, "restored") else []
@@ -65,7 +72,7 @@ def compare(atp, exact, metric: str = "prob") -> dict:
         raise ConfigError("the first cube is no attribution-patching cube (attr method atp or atp*)")
     if exact.attrs.get("method", "exact") != "exact":
         raise ConfigError("the cube to compare with must be an exact trace")
-    differ = [k for k in SAME if str(atp.attrs.get(k)) != str(exact.attrs.get(k))]
+    differ = [k for k in SAME if not _same(atp.attrs.get(k), exact.attrs.get(k))]
     if differ:
         raise ConfigError("the cubes were made with other settings: " + ", ".join(
             f"{k} {atp.attrs.get(k)} vs {exact.attrs.get(k)}" for k in differ))

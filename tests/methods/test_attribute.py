@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from conftest import write_jsonl
 from nnct.analysis.summary import summarize
 from nnct.cli import main
+from nnct.errors import ConfigError
 from nnct.results.cube import effects, metric_effects, open_cube
 
 # First order holds for one noise sample (averaged over samples, zero-mean noise cancels the
@@ -87,6 +88,14 @@ def test_agreement_by_hand():
     # exact top 10 by |IE|: 12..3; AtP's top 10: 12 (the moved 1), 11..4 and the 3 at (0, 2): 9 shared
     assert found["recall_10"] == pytest.approx(0.9) and found["cells"] == 12
     assert found["misses"] == [{"example": "e", "cell": {"token": 2, "layer": 3}, "exact": 12.0, "atp": 1.0}]
+    # a noise level summed in another order is the same setting; another number of samples is not
+    a, e = cube(atp_ie, "atp"), cube(exact_ie, "exact")
+    a.attrs.update(noise_level=0.3574596331605318, samples=10)
+    e.attrs.update(noise_level=0.3574596331605273, samples=10)
+    assert compare(a, e)["examples"] == 1
+    e.attrs["samples"] = 5
+    with pytest.raises(ConfigError, match="samples 10 vs 5"):
+        compare(a, e)
 
 
 def test_attribute_pairs_and_bad_input(tmp_path, tiny_model_dir):
