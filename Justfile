@@ -67,6 +67,15 @@ heads-study n="30" out=(runs + "/heads"):
     nnct trace --experiment object --corruption substitute --data experiments/data/substitution_study.jsonl --max-examples {{n}} --components head,head_all_pos --window 1 --out {{out}}/heads-object.nc --resume -q
     python analysis/heads_and_severing.py --severed {{out}}/severed.nc --heads {{out}}/heads-subject.nc --heads {{out}}/heads-object.nc -o {{out}}/figures
 
+# Attribution patching against exact patching on the substitution study's 40 facts (noise and
+# subject substitution; the exact cubes from `just substitution-study`, committed in
+# analysis/results/substitution): AtP, AtP* (GradDrop), --verify-top 20 screens, then the
+# agreement tables of analysis/results/atp/.
+atp-study out=(runs + "/atp") exact="analysis/results/substitution":
+    for c in noise substitute; do for e in "" --graddrop; do nnct attribute --experiment subject-noctx --corruption $c --data experiments/data/substitution_study.jsonl $e --out {{out}}/$c.atp${e:+star}.nc --resume -q; done; done
+    for c in noise substitute; do nnct attribute --experiment subject-noctx --corruption $c --data experiments/data/substitution_study.jsonl --verify-top 20 --out {{out}}/$c.screened.nc --resume -q; done
+    python analysis/atp_agreement.py --case noise {{exact}}/noise.nc {{out}}/noise.atp.nc --case noise {{exact}}/noise.nc {{out}}/noise.atpstar.nc --case substitute {{exact}}/substitute.nc {{out}}/substitute.atp.nc --case substitute {{exact}}/substitute.nc {{out}}/substitute.atpstar.nc --screened noise {{out}}/noise.screened.nc --screened substitute {{out}}/substitute.screened.nc -o {{out}}
+
 # The test suite: tiny random models, the embedded model, a local NDIF server (set up first, once).
 test *args: ndif-setup
     python -m pytest -q {{args}}

@@ -1,9 +1,11 @@
 """One standard naming of the parts nnct patches, over many architectures.
 
-Causal tracing touches seven parts of a decoder: the token embeddings (noise goes on their
+Causal tracing touches eight parts of a decoder: the token embeddings (noise goes on their
 output), the decoder layers (the residual stream after layer l is a layer's output), each
 layer's attention, its output projection (whose input holds the heads' outputs side by
-side, before the projection mixes them) and MLP, the final norm and the unembedding. Their module paths differ
+side, before the projection mixes them), its MLP and the MLP's down projection (whose input
+is the MLP's hidden activation, the key a ROME edit writes against), the final norm and the
+unembedding. Their module paths differ
 per family; `LAYOUTS` maps each family once, and `Adapter.check` resolves every path when
 the model loads, so a renamed module fails there with the missing path named, not deep
 inside a trace. Some modules return tuples (attention everywhere, GPT-J's decoder layer);
@@ -33,15 +35,17 @@ class Layout:
     attn: str  # inside a layer
     mlp: str  # inside a layer
     attn_out: str  # the attention's output projection, inside a layer; its input is [.., head * d_head]
+    mlp_down: str  # the MLP's down (output) projection, inside a layer: input [.., d_ff], output the MLP's
     norm: str
     unembed: str
 
 
-LLAMA = Layout("model.embed_tokens", "model.layers", "self_attn", "mlp", "self_attn.o_proj", "model.norm", "lm_head")
-GPT2 = Layout("transformer.wte", "transformer.h", "attn", "mlp", "attn.c_proj", "transformer.ln_f", "lm_head")
-GPTJ = Layout("transformer.wte", "transformer.h", "attn", "mlp", "attn.out_proj", "transformer.ln_f", "lm_head")
-NEOX = Layout("gpt_neox.embed_in", "gpt_neox.layers", "attention", "mlp", "attention.dense", "gpt_neox.final_layer_norm",
-              "lm_head")
+LLAMA = Layout("model.embed_tokens", "model.layers", "self_attn", "mlp", "self_attn.o_proj", "mlp.down_proj", "model.norm",
+               "lm_head")
+GPT2 = Layout("transformer.wte", "transformer.h", "attn", "mlp", "attn.c_proj", "mlp.c_proj", "transformer.ln_f", "lm_head")
+GPTJ = Layout("transformer.wte", "transformer.h", "attn", "mlp", "attn.out_proj", "mlp.fc_out", "transformer.ln_f", "lm_head")
+NEOX = Layout("gpt_neox.embed_in", "gpt_neox.layers", "attention", "mlp", "attention.dense", "mlp.dense_4h_to_h",
+              "gpt_neox.final_layer_norm", "lm_head")
 
 LAYOUTS: dict[str, Layout] = {
     "llama": LLAMA,
@@ -89,7 +93,7 @@ def _missing(module, layout: Layout, n_layers: int) -> list[str]:
         layers = module.get_submodule(layout.layers)
         if len(layers) != n_layers:
             missing.append(f"{layout.layers} ({len(layers)} layers, config says {n_layers})")
-        for part in (layout.attn, layout.mlp, layout.attn_out):
+        for part in (layout.attn, layout.mlp, layout.attn_out, layout.mlp_down):
             try:
                 layers[0].get_submodule(part)
             except AttributeError:
@@ -165,7 +169,8 @@ class Adapter:
             if not missing:
                 return layout
             gaps[layout] = missing
-        best = min(gaps.values(), key=len)
+        # the layout whose layer stack is there fits best, then the one missing least
+        best = min(gaps.items(), key=lambda kv: (kv[0].layers in kv[1], len(kv[1])))[1]
         known = ", ".join(sorted(LAYOUTS))
         raise UnsupportedModel(
             f"model type '{model_type}' ({type(module).__name__}) lacks the parts nnct patches: "

@@ -10,7 +10,8 @@ site, perhaps one head of it, perhaps with another site frozen) is an
 `write` are the only code that touches a site's value in a trace, and `hook` the only one
 outside nnsight (the plain-PyTorch loop of the bench); the plan, the engine, the bench's
 plain loop and the figures ask the entry and switch on nothing. Adding a site (the MLP's
-input, the down projection) is one more entry, as TransformerLens adds a patch setter. A site
+input) is one more entry, as TransformerLens adds a patch setter (`down`, the down
+projection's input, was one). A site
 of heads (`head`: the attention output projection's input, [.., head * d_head]) is written
 one head's slice at a time; with grouped-query attention these are the query heads.
 
@@ -82,8 +83,10 @@ def _columns(heads, d_head: int):
 SITES: dict[str, Site] = {
     s.name: s
     for s in (
-        Site("hidden", None, order=3, windowed=False),
-        Site("mlp", "mlp", order=2, windowed=True),
+        Site("hidden", None, order=4, windowed=False),
+        Site("mlp", "mlp", order=3, windowed=True),
+        # The down projection's input: the MLP's hidden activation [.., d_ff] (ROME's key).
+        Site("down", "mlp_down", order=2, windowed=True, value="input"),
         Site("attn", "attn", order=1, windowed=True),
         # The output projection's input: the heads' outputs before the projection mixes them.
         Site("head", "attn_out", order=0, windowed=True, value="input", heads=True),
