@@ -1,0 +1,43 @@
+"""ROME's rank-one edit of a linear map (Meng et al. 2022), as algebra: no model.
+
+A decoder layer's MLP ends in a down projection W (d_model x d_ff, as nn.Linear stores it)
+that maps the MLP's hidden activation k (the key, the `down` site) to the MLP's output. ROME
+rewrites one fact by making W map the subject's key k* to a new value v*, changing W as
+little as possible for the keys the model usually sees (whose uncentred second moment is C):
+
+    W' = W + (v* - W k*) (C^-1 k*)^T / ((C^-1 k*)^T k*)
+
+so that W' k* = v* exactly, and W' x = W x for every x with (C^-1 k*) . x = 0. An edit is
+kept as two vectors, left = v* - W k* (d_model) and right = C^-1 k* / ((C^-1 k*)^T k*)
+(d_ff), with W' = W + outer(left, right); on a running model it is the intervention
+out += left * (key . right) on the down projection's output, which needs no weights (a
+model on a server can be edited this way).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def rank_one(weight: torch.Tensor, key: torch.Tensor, value: torch.Tensor, inv_cov_key: torch.Tensor):
+    """(left [d_model], right [d_ff]) of the edit mapping `key` to `value` through `weight`
+    ([d_model, d_ff]); `inv_cov_key` is C^-1 k* (k* itself when C is the identity).
+    Computed in float64."""
+    w, k, v, u = (t.detach().double() for t in (weight, key, value, inv_cov_key))
+    return v - w @ k, u / (u @ k)
+
+
+def edited(weight: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """The edited weight, in `weight`'s dtype: W + outer(left, right), for a weight stored
+    [d_model, d_ff] (nn.Linear) or transposed [d_ff, d_model] (GPT-2's Conv1D)."""
+    update = torch.outer(left.double(), right.double())
+    if weight.shape != update.shape:
+        update = update.T
+    return (weight.double() + update).to(weight.dtype)
+
+
+def edit_output(output, key, left: torch.Tensor, right: torch.Tensor):
+    """The down projection's output `output` [.., d_model] as the edited weight would give it
+    from its input `key` [.., d_ff]: out + left * (key . right)."""
+    scale = key @ right.to(key.dtype)
+    return output + scale[..., None] * left.to(output.dtype)
