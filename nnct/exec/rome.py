@@ -1,0 +1,131 @@
+"""ROME's key, value and key statistics, measured on the model through nnsight (Meng et al.
+2022; docs/method.md, "ROME editing").
+
+The key of a fact at layer l is the MLP's hidden activation at the last subject token (the
+`down` site, the down projection's input), averaged over the prompt behind several context
+prefixes. The value v* is the MLP output at that token which makes the model say the new
+object: ROME finds it by Adam on an additive delta written into the MLP's output at the
+lookup token of every rewriting prompt (prefix + prompt + the new object's tokens but the
+last), minimising
+
+    mean NLL(new object | rewriting prompt) + kl_factor * KL(P(. | "{subject} is a") edited || unedited)
+        + weight_decay * |delta| / |v0|^2
+
+with |delta| clamped to clamp * |v0| (v0: the unedited MLP output at the lookup token of
+the first prompt, which is the bare prompt), and stopping early once the loss is below
+`stop`. C, the uncentred second moment of the keys over a text corpus, makes the update
+change W least for the keys the model usually sees (`interventions.rank_one`).
+
+These run where the weights are (a local model): an edit is computed here and may be
+applied anywhere (`rank_one.edit_output` is the intervention a server runs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ..model.parts import Parts
+from ..model.sites import SITES
+
+
+@dataclass(frozen=True)
+class Hparams:
+    """ROME's GPT-2 XL settings (hparams/ROME/gpt2-xl.json), the loss read at the output."""
+
+    steps: int = 20
+    lr: float = 0.5
+    kl_factor: float = 0.0625
+    weight_decay: float = 0.5
+    clamp: float = 4.0
+    stop: float = 5e-2  # ROME stops once the loss is below this
+
+    def asdict(self) -> dict:
+        return asdict(self)
+
+
+def keys(parts: Parts, prompts: list[list[int]], positions: list[int], layer: int) -> torch.Tensor:
+    """[prompt, d_ff] float64: the down projection's input at `positions[i]` of prompt i (one
+    trace per prompt: they differ in length)."""
+    out = []
+    for ids, at in zip(prompts, positions):
+        with torch.no_grad(), parts.nn.trace(torch.tensor([ids], device=parts.device)) as tracer:
+            key = SITES["down"].read(parts, layer)[0, at].save()
+            tracer.stop()
+        out.append(key.double().cpu())
+    return torch.stack(out)
+
+
+def second_moment(parts: Parts, chunks: list[list[int]], layer: int) -> tuple[torch.Tensor, int]:
+    """(C [d_ff, d_ff] float64, tokens): the uncentred second moment sum(k k^T) / n of the keys
+    at `layer` over every token of `chunks` (token id lists, each one forward)."""
+    total, n = torch.zeros(parts.d_ff, parts.d_ff, dtype=torch.float64), 0
+    for ids in chunks:
+        with torch.no_grad(), parts.nn.trace(torch.tensor([ids], device=parts.device)) as tracer:
+            k = SITES["down"].read(parts, layer)[0].save()
+            tracer.stop()
+        k = k.double().cpu()
+        total += k.T @ k
+        n += k.shape[0]
+    return total / max(n, 1), n
+
+
+def _padded(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and their attention mask."""
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
+    return ids, mask
+
+
+def value(parts: Parts, rewriting: list[list[int]], lookups: list[int], target: list[int], kl: list[list[int]],
+          kl_lookups: list[int], layer: int, hp: Hparams = Hparams(), pad: int = 0) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(v* [d_model], v0 [d_model], log) float64: ROME's value for `target` (the new object's
+    token ids) at `layer` (see the module's docstring). `rewriting`: prefix + prompt + target
+    but its last token, one row each, the subject's last token at `lookups`; `kl`: the
+    "{subject} is a" prompts, lookups at `kl_lookups`. The rows run as one right-padded batch."""
+    rows = rewriting + kl
+    ids, mask = _padded(rows, pad, parts.device)
+    at = torch.tensor(lookups + kl_lookups, device=parts.device)
+    n_rw, n_t = len(rewriting), len(target)
+    # the target's tokens are predicted from the positions before them, at each row's end
+    pred = torch.tensor([[len(r) - n_t + j for j in range(n_t)] for r in rewriting], device=parts.device)
+    want = torch.tensor(target, device=parts.device)
+    row = torch.arange(len(rows), device=parts.device)
+    params = [p for p in parts.nn._module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    delta = torch.zeros(parts.d_model, device=parts.device, dtype=torch.float32, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=hp.lr)
+    v0, kl_init, log = None, None, {"loss": [], "nll": [], "kl": [], "p_target": []}
+    try:
+        for step in range(hp.steps):
+            opt.zero_grad()
+            with torch.enable_grad(), parts.nn.trace(ids, attention_mask=mask):
+                out = SITES["mlp"].read(parts, layer)
+                base = out[0, at[0]].detach().save()
+                out[row, at] += delta.to(out.dtype)
+                logp = parts.nn.output.logits.float().log_softmax(-1)
+                nll = -logp[torch.arange(n_rw, device=parts.device)[:, None], pred, want[None, :]].mean(1)
+                kl_logp = logp[row[n_rw:], at[n_rw:]].save()
+                nll = nll.save()
+            if v0 is None:
+                v0, kl_init = base.double(), kl_logp.detach()
+            kl_loss = torch.nn.functional.kl_div(kl_init, kl_logp, log_target=True, reduction="batchmean")
+            decay = hp.weight_decay * delta.norm() / v0.float().norm() ** 2
+            loss = nll.mean() + hp.kl_factor * kl_loss + decay
+            for k, x in (("loss", loss), ("nll", nll.mean()), ("kl", kl_loss), ("p_target", torch.exp(-nll).mean())):
+                log[k].append(x.item())
+            if loss.item() < hp.stop or step == hp.steps - 1:
+                break
+            loss.backward()
+            opt.step()
+            limit = hp.clamp * v0.norm()
+            with torch.no_grad():
+                if delta.norm() > limit:
+                    delta.mul_(float(limit / delta.norm()))
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+    return v0 + delta.detach().double(), v0, log

@@ -1,0 +1,63 @@
+"""ROME's measurements on the tiny llama: keys and their second moment against plain forward
+pre-hooks (no nnsight), and the value optimisation making an edit that rewrites the answer."""
+
+import torch
+
+from conftest import make_adapter
+from nnct.exec import rome
+from nnct.interventions.rank_one import edited, rank_one
+
+LAYER = 1
+
+
+def _hooked_keys(adapter, ids):
+    """[token, d_ff]: the down projection's input, by a plain pre-hook."""
+    down = adapter.layer_modules()[LAYER].get_submodule(adapter.layout.mlp_down)
+    got = []
+    handle = down.register_forward_pre_hook(lambda m, args: got.append(args[0][0].detach().double()))
+    try:
+        with torch.no_grad():
+            adapter.hf(torch.tensor([ids]))
+    finally:
+        handle.remove()
+    return got[0]
+
+
+def test_keys_and_second_moment_against_hooks():
+    adapter = make_adapter("llama")
+    prompts, at = [[1, 5, 6, 7], [2, 9, 9, 4, 3]], [2, 4]
+    got = rome.keys(adapter.parts, prompts, at, LAYER)
+    want = torch.stack([_hooked_keys(adapter, p)[t] for p, t in zip(prompts, at)])
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    c, n = rome.second_moment(adapter.parts, prompts, LAYER)
+    k = torch.cat([_hooked_keys(adapter, p) for p in prompts])
+    assert n == 9
+    torch.testing.assert_close(c, k.T @ k / 9, rtol=1e-6, atol=1e-7)
+
+
+def test_an_edit_rewrites_the_answer():
+    """The value at the prompt's last token (the lookup) optimised for token 9, written by
+    the rank-one update with the keys' second moment: token 9 becomes the answer. (A random
+    model's MLP outputs are small, so the norm clamp is relaxed here.)"""
+    adapter = make_adapter("llama")
+    parts, prompt, target = adapter.parts, [1, 5, 6, 7, 8], [9]
+    prefixes = [[], [11, 12], [13, 14, 15]]
+    rewriting = [pre + prompt for pre in prefixes]
+    lookups = [len(pre) + len(prompt) - 1 for pre in prefixes]
+    hp = rome.Hparams(steps=40, clamp=1000.0, weight_decay=0.0)
+    v, v0, log = rome.value(parts, rewriting, lookups, target, [[5, 6, 20, 21]], [1], LAYER, hp)
+    assert log["p_target"][-1] > 0.5 > 0.01 > log["p_target"][0]
+    g = torch.Generator().manual_seed(0)
+    c, _ = rome.second_moment(parts, [torch.randint(0, 100, (16,), generator=g).tolist() for _ in range(20)], LAYER)
+    k = rome.keys(parts, rewriting, lookups, LAYER).mean(0)
+    down = adapter.layer_modules()[LAYER].get_submodule(adapter.layout.mlp_down)
+    left, right = rank_one(down.weight, k, v, torch.linalg.solve(c, k))
+    before = down.weight.data.clone()
+    try:
+        down.weight.data = edited(before, left, right)
+        with torch.no_grad():
+            answer = adapter.hf(torch.tensor([prompt])).logits[0, -1].argmax()
+    finally:
+        down.weight.data = before
+    assert int(answer) == 9
+    assert all(p.grad is None and p.requires_grad for p in adapter.hf.parameters())
