@@ -17,15 +17,19 @@ the first prompt, which is the bare prompt), and stopping early once the loss is
 change W least for the keys the model usually sees (`interventions.rank_one`).
 
 These run where the weights are (a local model): an edit is computed here and may be
-applied anywhere (`rank_one.edit_output` is the intervention a server runs).
+applied anywhere: written into a local model's weights (`edited_weights`), or as the
+intervention out += left * (key . right) inside any nnsight trace (`apply_in_trace`), which
+a server runs as well.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 
 import torch
 
+from ..interventions.rank_one import edit_output, edited
 from ..model.parts import Parts
 from ..model.sites import SITES
 
@@ -129,3 +133,35 @@ def value(parts: Parts, rewriting: list[list[int]], lookups: list[int], target: 
         for p in params:
             p.requires_grad_(True)
     return v0 + delta.detach().double(), v0, log
+
+
+def apply_in_trace(parts: Parts, edits) -> None:
+    """Inside an nnsight trace: every edit ((layer, left, right) each) as the intervention
+    out += left * (key . right) on its layer's MLP output, the key read at the down
+    projection's input; edits of one layer add up. No weight changes, so a model on a
+    server can be edited. Call it where the trace reaches the first edited layer's MLP (it
+    reads modules in forward order)."""
+    by_layer: dict[int, list] = {}
+    for layer, left, right in edits:
+        by_layer.setdefault(int(layer), []).append((left, right))
+    for layer in sorted(by_layer):
+        key = SITES["down"].read(parts, layer)
+        out = SITES["mlp"].read(parts, layer)
+        for left, right in by_layer[layer]:
+            out[:] = edit_output(out, key, torch.as_tensor(left, device=out.device), torch.as_tensor(right, device=out.device))
+
+
+@contextlib.contextmanager
+def edited_weights(adapter, edits):
+    """The local model with every edit written into its down projections' weights
+    (W + outer(left, right), `rank_one.edited`), restored on exit."""
+    kept = {}
+    try:
+        for layer, left, right in edits:
+            down = adapter.layer_modules()[int(layer)].get_submodule(adapter.layout.mlp_down)
+            kept.setdefault(id(down), (down, down.weight.data.clone()))
+            down.weight.data = edited(down.weight.data, torch.as_tensor(left), torch.as_tensor(right))
+        yield adapter
+    finally:
+        for down, weight in kept.values():
+            down.weight.data = weight

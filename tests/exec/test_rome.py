@@ -1,11 +1,15 @@
 """ROME's measurements on the tiny llama: keys and their second moment against plain forward
-pre-hooks (no nnsight), and the value optimisation making an edit that rewrites the answer."""
+pre-hooks (no nnsight), the value optimisation making an edit that rewrites the answer; and
+an edit applied as an nnsight intervention against the same edit in the weights, on every
+family, through the edits file."""
 
+import pytest
 import torch
 
-from conftest import make_adapter
+from conftest import FAMILIES, make_adapter
 from nnct.exec import rome
 from nnct.interventions.rank_one import edited, rank_one
+from nnct.results import edits
 
 LAYER = 1
 
@@ -61,3 +65,30 @@ def test_an_edit_rewrites_the_answer():
         down.weight.data = before
     assert int(answer) == 9
     assert all(p.grad is None and p.requires_grad for p in adapter.hf.parameters())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_an_edit_as_intervention_equals_the_edited_weights(family, tmp_path):
+    """Two edits (layers 1 and 3, random vectors) written into the weights, and the same edits
+    read back from an edits file and applied inside an nnsight trace: the same logits."""
+    adapter = make_adapter(family)
+    parts = adapter.parts
+    g = torch.Generator().manual_seed(1)
+    made = [edits.Edit(f"r{i}", "s", "p", "a", "b", layer, torch.randn(parts.d_model, generator=g).double().numpy() / 10,
+                       torch.randn(parts.d_ff, generator=g).double().numpy(), {"lr": 0.5}, {"efficacy": 1.0})
+            for i, layer in enumerate((3, 1))]
+    edits.write(made, tmp_path / "edits.nc", {"model": "tiny"})
+    back, attrs = edits.read(tmp_path / "edits.nc")
+    assert attrs["model"] == "tiny" and back[1].hparams == {"lr": 0.5} and back[0].metrics == {"efficacy": 1.0}
+    ids = torch.tensor([[0, 8, 25, 26, 7]])
+    with torch.no_grad():
+        plain = adapter.hf(ids).logits
+        with rome.edited_weights(adapter, [(e.layer, e.left, e.right) for e in made]):
+            want = adapter.hf(ids).logits
+        with parts.nn.trace(ids):
+            rome.apply_in_trace(parts, [(e.layer, e.left, e.right) for e in back])
+            got = parts.nn.output.logits.save()
+        after = adapter.hf(ids).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert (want - plain).abs().max() > 1e-3  # the edits do something
+    torch.testing.assert_close(after, plain)  # and the weights came back
