@@ -61,18 +61,23 @@ def keys(parts: Parts, prompts: list[list[int]], positions: list[int], layer: in
     return torch.stack(out)
 
 
-def second_moment(parts: Parts, chunks: list[list[int]], layer: int) -> tuple[torch.Tensor, int]:
-    """(C [d_ff, d_ff] float64, tokens): the uncentred second moment sum(k k^T) / n of the keys
-    at `layer` over every token of `chunks` (token id lists, each one forward)."""
-    total, n = torch.zeros(parts.d_ff, parts.d_ff, dtype=torch.float64), 0
+def second_moments(parts: Parts, chunks: list[list[int]], layers: list[int]) -> tuple[dict[int, torch.Tensor], int]:
+    """({layer: C [d_ff, d_ff] float64}, tokens): the uncentred second moment sum(k k^T) / n of
+    the keys at each of `layers` over every token of `chunks` (token id lists, one forward
+    each, every layer read in the same pass)."""
+    total = {layer: torch.zeros(parts.d_ff, parts.d_ff, dtype=torch.float64) for layer in layers}
+    n = 0
     for ids in chunks:
+        read = {}  # made outside the trace: only saved values come out of one
         with torch.no_grad(), parts.nn.trace(torch.tensor([ids], device=parts.device)) as tracer:
-            k = SITES["down"].read(parts, layer)[0].save()
+            for layer in sorted(layers):
+                read[layer] = SITES["down"].read(parts, layer)[0].save()
             tracer.stop()
-        k = k.double().cpu()
-        total += k.T @ k
-        n += k.shape[0]
-    return total / max(n, 1), n
+        for layer, k in read.items():
+            k = k.double().cpu()
+            total[layer] += k.T @ k
+        n += len(ids)
+    return {layer: c / max(n, 1) for layer, c in total.items()}, n
 
 
 def _padded(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:

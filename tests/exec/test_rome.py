@@ -33,10 +33,10 @@ def test_keys_and_second_moment_against_hooks():
     got = rome.keys(adapter.parts, prompts, at, LAYER)
     want = torch.stack([_hooked_keys(adapter, p)[t] for p, t in zip(prompts, at)])
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
-    c, n = rome.second_moment(adapter.parts, prompts, LAYER)
+    c, n = rome.second_moments(adapter.parts, prompts, [LAYER, 3])
     k = torch.cat([_hooked_keys(adapter, p) for p in prompts])
-    assert n == 9
-    torch.testing.assert_close(c, k.T @ k / 9, rtol=1e-6, atol=1e-7)
+    assert n == 9 and set(c) == {LAYER, 3}
+    torch.testing.assert_close(c[LAYER], k.T @ k / 9, rtol=1e-6, atol=1e-7)
 
 
 def test_an_edit_rewrites_the_answer():
@@ -52,7 +52,7 @@ def test_an_edit_rewrites_the_answer():
     v, v0, log = rome.value(parts, rewriting, lookups, target, [[5, 6, 20, 21]], [1], LAYER, hp)
     assert log["p_target"][-1] > 0.5 > 0.01 > log["p_target"][0]
     g = torch.Generator().manual_seed(0)
-    c, _ = rome.second_moment(parts, [torch.randint(0, 100, (16,), generator=g).tolist() for _ in range(20)], LAYER)
+    c = rome.second_moments(parts, [torch.randint(0, 100, (16,), generator=g).tolist() for _ in range(20)], [LAYER])[0][LAYER]
     k = rome.keys(parts, rewriting, lookups, LAYER).mean(0)
     down = adapter.layer_modules()[LAYER].get_submodule(adapter.layout.mlp_down)
     left, right = rank_one(down.weight, k, v, torch.linalg.solve(c, k))
