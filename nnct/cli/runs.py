@@ -276,3 +276,46 @@ def answers(model, data, out, prompt_format, max_cf, max_examples, device, dtype
         click.echo(f"skipped {problem}", err=True)
     click.echo(answers_lib.table(df))
     click.echo(f"wrote {out}: {len(df)} prompts from {df.record_id.nunique()} records ({len(result.skipped)} skipped)")
+
+
+@main.command()
+@click.option("--model", "--model_name", "model", default="smollm2-135m", show_default=True)
+@click.option("--data", "--data_path", "data", required=True, type=click.Path(), help="JSONL records (docs/method.md schema).")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="The edits file to write (FILE.nc).")
+@click.option("--new-object", default="cf1", show_default=True,
+              help="cf1: each record's first counterfactual object; or the name of a text field of the records.")
+@click.option("--layer", default="auto", show_default=True,
+              help="The layer whose MLP is edited, or auto: the MLP's peak AIE at the last subject token"
+                   " (of --from-cube, else of a trace of these records made first).")
+@click.option("--from-cube", type=click.Path(exists=True, dir_okay=False), help="A cube of these facts for --layer auto.")
+@click.option("--no-covariance", is_flag=True, help="C = identity instead of the keys' second moment over a corpus.")
+@click.option("--corpus-tokens", type=click.IntRange(min=1), default=100_000, show_default=True,
+              help="Tokens of CPython's documentation C is estimated from (cached per model and layer).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Of the context prefixes the model writes.")
+@click.option("--max-examples", "--max-datapoints", "max_examples", type=int, default=None, help="Only the first N records.")
+@click.option("-q", "--quiet", is_flag=True, help="No line per edit.")
+def edit(model, data, out, new_object, layer, from_cube, no_covariance, corpus_tokens, seed, max_examples, quiet):
+    """ROME: rewrite each record's fact (obj -> the new object) with a rank-one update of one
+    layer's MLP, evaluate each edit (efficacy, paraphrase, specificity, fluency) and write
+    the edits (left/right vectors, layer, metrics) to OUT."""
+    from ..methods import edit as edit_lib
+    from ..results import files
+
+    if layer != "auto" and not layer.isdigit():
+        fail(f"--layer {layer}: a layer number or auto")
+    if Path(out).suffix != ".nc":
+        fail(f"--out {out}: the edits file is NetCDF, name it *.nc")
+    cfg = edit_lib.EditConfig(data=data, out=out, model=model, new_object=new_object,
+                              layer=None if layer == "auto" else int(layer), from_cube=from_cube,
+                              covariance=not no_covariance, corpus_tokens=corpus_tokens, seed=seed, max_examples=max_examples)
+    try:
+        with files.locked(out):
+            result = edit_lib.run(cfg, say=(lambda text: None) if quiet else click.echo)
+    except NnctError as exc:
+        fail(str(exc))
+    for problem in result.skipped:
+        click.echo(f"skipped {problem}", err=True)
+    if not result.edits:
+        fail("no record could be edited")
+    click.echo(edit_lib.table(result))
+    click.echo(f"wrote {out}")

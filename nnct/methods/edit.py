@@ -1,0 +1,276 @@
+"""ROME editing (`nnct edit`): rewrite each record's fact at a layer, and evaluate the edit.
+
+For each record the subject s, its prompt (`prompt_wo_ctx`) and the new object o* (its first
+counterfactual, `cf1`, or a field of the record): the key k* is the down projection's input
+at the last subject token, averaged over the prompt alone and behind ROME's context prefixes
+(20 texts the model writes itself from its BOS token, 10 of 5 tokens and 10 of 10, sampling
+from the top 5 with the run's seed; each prefix is followed by ". "); v* is found by
+`exec.rome.value` over those prompts followed by o*'s tokens but the last, with the KL
+prompt "{s} is a"; C is the keys' second moment over CPython's documentation
+(`inputs.corpus`, cached per model, layer and token count under the nnct cache), or the
+identity; the update is `interventions.rank_one`'s. The layer is given, or the MLP's peak
+average indirect effect at the last subject token (metric prob) of a cube of these facts
+(`from_cube`), or of a trace of them made here (subject-noctx, mlp, ROME's noise).
+
+Each edit is evaluated on the local model with its weights edited (docs/method.md):
+efficacy (o* beats o on the prompt), its magnitude P(o*) - P(o), paraphrase (the same on the
+record's passage up to its object and on its question), specificity (on other records of
+the same relation, their own object still beats o*) and fluency (the weighted 2- and 3-gram
+entropy of a greedy continuation of the prompt). P of a multi-token object is the geometric
+mean of its tokens' teacher-forced probabilities (ROME compares mean token log-probs).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, RecordError
+from ..exec import rome
+from ..inputs import corpus, spans
+from ..inputs.records import Record, load_records
+from ..interventions.rank_one import rank_one
+from ..results import edits as edits_file
+
+PREFIXES = ((5, 10), (10, 10))  # ROME's context_template_length_params: (tokens, how many)
+NEIGHBOURS = 10  # other facts of the relation a specificity score reads
+FLUENCY_TOKENS = 40
+
+
+@dataclass(frozen=True)
+class EditConfig:
+    data: str
+    out: str | None = None
+    model: str = "smollm2-135m"
+    new_object: str = "cf1"  # cf1: the record's first counterfactual object; else one of its fields
+    layer: int | None = None  # None: the MLP's peak AIE at the last subject token
+    from_cube: str | None = None
+    covariance: bool = True  # False: C is the identity (EasyEdit's choice for Llama)
+    corpus_tokens: int = 100_000
+    seed: int = 0
+    max_examples: int | None = None
+    hparams: rome.Hparams = field(default_factory=rome.Hparams)
+
+
+def _subject_last(tokenizer, text: str, subject: str, start: int = 0) -> tuple[list[int], int]:
+    """(token ids of `text`, the position of the last token of `subject`'s first mention at
+    or after character `start`)."""
+    at = text.find(subject, start)
+    if at < 0:
+        raise ConfigError(f"subject {subject!r} not in {text!r}")
+    tokens = spans.tokenize(tokenizer, text)
+    return list(tokens.ids), spans.overlapping(tokens, [(at, at + len(subject))])[-1]
+
+
+def context_prefixes(adapter, seed: int) -> list[str]:
+    """ROME's context prefixes: "" and the model's own short texts from its BOS token."""
+    tok = adapter.tokenizer
+    start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    out = [""]
+    generator = torch.Generator().manual_seed(seed)
+    for length, count in PREFIXES:
+        ids = torch.tensor([[start]] * count)
+        for _ in range(length):
+            with torch.no_grad():
+                logits = adapter.hf(ids).logits[:, -1].float()
+            top = logits.topk(5, dim=-1)
+            pick = torch.multinomial(top.values.softmax(-1), 1, generator=generator)
+            ids = torch.cat([ids, top.indices.gather(1, pick)], dim=1)
+        out += [tok.decode(row[1:], skip_special_tokens=True).strip() + ". " for row in ids.tolist()]
+    return out
+
+
+def covariances(adapter, layers: list[int], tokens: int) -> tuple[dict[int, torch.Tensor], int]:
+    """C per layer over `tokens` tokens of the corpus, from the cache when it has them."""
+    from ..model.embedded import cache_root
+
+    where = cache_root() / "covariance" / f"{adapter.name.replace('/', '_')}-{adapter.revision}" / f"{corpus.NAME}-{tokens}"
+    found, todo = {}, []
+    for layer in layers:
+        path = where / f"layer{layer}.pt"
+        if path.is_file():
+            kept = torch.load(path)
+            found[layer], n = kept["c"], kept["tokens"]
+        else:
+            todo.append(layer)
+    if todo:
+        made, n = rome.second_moments(adapter.parts, corpus.chunks(adapter.tokenizer, tokens), todo)
+        where.mkdir(parents=True, exist_ok=True)
+        for layer, c in made.items():
+            torch.save({"c": c, "tokens": n}, where / f"layer{layer}.pt")
+        found.update(made)
+    return found, n
+
+
+def _new_object(record: Record, how: str) -> str:
+    if how == "cf1":
+        return record.obj_cf[0]
+    value = getattr(record, how, None)
+    if not isinstance(value, str) or not value:
+        raise RecordError("", record.line, how, "no such text field for --new-object")
+    return value
+
+
+def _score(adapter, prompts: list[str], answers: list[str]) -> np.ndarray:
+    """[prompt, answer]: the geometric mean of each answer's teacher-forced token
+    probabilities after each prompt (" " + answer, as nnct spells answers)."""
+    out = np.zeros((len(prompts), len(answers)))
+    for i, prompt in enumerate(prompts):
+        base = list(spans.tokenize(adapter.tokenizer, prompt).ids)
+        for j, answer in enumerate(answers):
+            ids = list(spans.answer_ids(adapter.tokenizer, answer))
+            with torch.no_grad():
+                logp = adapter.hf(torch.tensor([base + ids])).logits[0].float().log_softmax(-1)
+            got = logp[len(base) - 1 + torch.arange(len(ids)), torch.tensor(ids)]
+            out[i, j] = float(got.mean().exp())
+    return out
+
+
+def ngram_entropy(text: str, ns=(2, 3), weights=(2 / 3, 4 / 3)) -> float:
+    """ROME's fluency: the weighted mean over n of the entropy (bits) of the text's word n-grams."""
+    words = text.split()
+    total = 0.0
+    for n, w in zip(ns, weights):
+        grams = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+        count = sum(grams.values())
+        total += w * (-sum(c / count * math.log2(c / count) for c in grams.values()) if count else 0.0)
+    return total / sum(weights)
+
+
+def _continuation(adapter, prompt: str) -> str:
+    ids = torch.tensor([list(spans.tokenize(adapter.tokenizer, prompt).ids)])
+    with torch.no_grad():
+        out = adapter.hf.generate(ids, max_new_tokens=FLUENCY_TOKENS, do_sample=False, pad_token_id=adapter.tokenizer.eos_token_id)
+    return adapter.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def paraphrases(record: Record) -> list[str]:
+    """The record's other phrasings of its fact: its passage up to the object's first
+    mention, and its question."""
+    out = []
+    context = record.context
+    at = context.find(record.obj)
+    if at > 0:
+        out.append(context[:at].rstrip())
+    if record.question:
+        out.append(record.question)
+    return out
+
+
+def evaluate(adapter, record: Record, new: str, neighbours: list[Record]) -> dict:
+    """The edit's metrics on the model as it is now (edited by the caller)."""
+    p = _score(adapter, [record.prompt_wo_ctx], [new, record.obj])[0]
+    para = paraphrases(record)
+    para_scores = _score(adapter, para, [new, record.obj]) if para else np.zeros((0, 2))
+    spec = [(_score(adapter, [n.prompt_wo_ctx], [n.obj, new])[0]) for n in neighbours]
+    return {"efficacy": float(p[0] > p[1]), "efficacy_magnitude": float(p[0] - p[1]), "p_new": float(p[0]),
+            "p_true": float(p[1]),
+            "paraphrase": float(np.mean(para_scores[:, 0] > para_scores[:, 1])) if para else float("nan"),
+            "specificity": float(np.mean([s[0] > s[1] for s in spec])) if spec else float("nan"),
+            "fluency": ngram_entropy(_continuation(adapter, record.prompt_wo_ctx))}
+
+
+def peak_layer(cube) -> int:
+    """The layer of the MLP's peak average indirect effect (prob) at the last subject token."""
+    from ..analysis.summary import summarize
+
+    s = summarize(cube, metrics=("prob",))
+    if "subject_last" not in s.segment.values or "mlp" not in s.component.values:
+        raise ConfigError("the cube has no mlp effects at the last subject token: trace subject-noctx with mlp")
+    return int(s.best_layer.sel(metric="prob", segment="subject_last", component="mlp"))
+
+
+def edit_record(adapter, record: Record, new: str, layer: int, prefixes: list[str], cov: torch.Tensor | None,
+                hp: rome.Hparams) -> edits_file.Edit:
+    """One record's edit at `layer` (its metrics not yet measured)."""
+    tok = adapter.tokenizer
+    target = list(spans.answer_ids(tok, new))
+    prompts, lookups = [], []
+    for prefix in prefixes:
+        ids, at = _subject_last(tok, prefix + record.prompt_wo_ctx, record.subj, len(prefix))
+        prompts.append(ids)
+        lookups.append(at)
+    kl_ids, kl_at = _subject_last(tok, f"{record.subj} is a", record.subj)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    v, _, log = rome.value(adapter.parts, [p + target[:-1] for p in prompts], lookups, target, [kl_ids], [kl_at], layer,
+                           hp, pad=pad)
+    k = rome.keys(adapter.parts, prompts, lookups, layer).mean(0)
+    down = adapter.layer_modules()[layer].get_submodule(adapter.layout.mlp_down)
+    weight = down.weight if down.weight.shape[0] == adapter.parts.d_model else down.weight.T  # Conv1D is [in, out]
+    left, right = rank_one(weight, k, v, k if cov is None else torch.linalg.solve(cov, k))
+    return edits_file.Edit(record.id, record.subj, record.prompt_wo_ctx, record.obj, new, layer, left.numpy(), right.numpy(),
+                           {**hp.asdict(), "covariance": cov is not None, "prefixes": len(prefixes)},
+                           {"v_steps": len(log["loss"]), "v_p_new": log["p_target"][-1]})
+
+
+@dataclass
+class EditRun:
+    edits: list[edits_file.Edit]
+    attrs: dict
+    skipped: list[RecordError]
+
+
+def _located(cfg: EditConfig, adapter) -> int:
+    if cfg.layer is not None:
+        if not 0 <= cfg.layer < adapter.parts.n_layers:
+            raise ConfigError(f"--layer {cfg.layer}: the model has layers 0..{adapter.parts.n_layers - 1}")
+        return cfg.layer
+    if cfg.from_cube:
+        from ..results.cube import open_cube
+
+        return peak_layer(open_cube(cfg.from_cube))
+    from .run import RunConfig, execute
+
+    traced = execute(RunConfig(data=cfg.data, model=cfg.model, experiment="subject-noctx", components="mlp",
+                               max_examples=cfg.max_examples), adapter=adapter)
+    return peak_layer(traced.cube)
+
+
+def run(cfg: EditConfig, adapter=None, say=lambda text: None) -> EditRun:
+    """Every record's edit, evaluated (see the module's docstring); written to `cfg.out`."""
+    from .. import __version__
+    from ..model.loading import load
+
+    loaded = load_records(cfg.data)
+    records = loaded.items[: cfg.max_examples] if cfg.max_examples else loaded.items
+    adapter = adapter or load(cfg.model)
+    layer = _located(cfg, adapter)
+    say(f"editing at layer {layer}")
+    prefixes = context_prefixes(adapter, cfg.seed)
+    cov, tokens = covariances(adapter, [layer], cfg.corpus_tokens) if cfg.covariance else ({layer: None}, 0)
+    made, skipped = [], list(loaded.problems)
+    for record in records:
+        try:
+            new = _new_object(record, cfg.new_object)
+            edit = edit_record(adapter, record, new, layer, prefixes, cov[layer], cfg.hparams)
+        except (RecordError, ConfigError) as exc:
+            skipped.append(exc if isinstance(exc, RecordError) else RecordError(cfg.data, record.line, "subj", str(exc)))
+            continue
+        neighbours = [r for r in loaded.items if r.prop and r.prop == record.prop and r.id != record.id][:NEIGHBOURS]
+        before = _score(adapter, [record.prompt_wo_ctx], [new, record.obj])[0]
+        with rome.edited_weights(adapter, [(edit.layer, edit.left, edit.right)]):
+            edit.metrics.update(evaluate(adapter, record, new, neighbours))
+        edit.metrics.update(p_new_before=float(before[0]), p_true_before=float(before[1]))
+        say(f"{record.id}: {record.obj} -> {new}: p {before[0]:.3f} -> {edit.metrics['p_new']:.3f},"
+            f" efficacy {edit.metrics['efficacy']:.0f}")
+        made.append(edit)
+    attrs = {"model": cfg.model, "model_revision": adapter.revision, "nnct_version": __version__, "layer": layer,
+             "covariance": f"{corpus.NAME}, {tokens} tokens" if cfg.covariance else "identity", "seed": cfg.seed,
+             "data": str(cfg.data), "new_object": cfg.new_object, "prefixes": len(prefixes)}
+    if cfg.out and made:
+        edits_file.write(made, cfg.out, attrs)
+    return EditRun(made, attrs, skipped)
+
+
+def table(result: EditRun) -> str:
+    """The edits' metrics, averaged (efficacy etc. as shares of edits)."""
+    names = ("efficacy", "efficacy_magnitude", "paraphrase", "specificity", "fluency")
+    lines = [f"{len(result.edits)} edits at layer {result.attrs['layer']} (C: {result.attrs['covariance']})"]
+    for name in names:
+        values = np.array([e.metrics.get(name, np.nan) for e in result.edits], dtype=float)
+        lines.append(f"  {name:20s}{np.nanmean(values) if np.isfinite(values).any() else float('nan'):8.3f}")
+    return "\n".join(lines)

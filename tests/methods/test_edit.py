@@ -1,0 +1,69 @@
+"""`nnct edit` end to end on the tiny llama: edits written and read back, their evaluation
+against a probability computed here by hand, the layer found from a cube, bad input."""
+
+import numpy as np
+import torch
+from click.testing import CliRunner
+
+from conftest import write_jsonl
+from nnct.cli import main
+from nnct.exec import rome
+from nnct.model import load
+from nnct.results import edits
+from nnct.results.cube import open_cube
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_edit_writes_evaluated_edits(tmp_path, tiny_model_dir, data_file):
+    out = tmp_path / "edits.nc"
+    done = invoke("edit", "--model", tiny_model_dir, "--data", data_file, "--layer", 1, "--corpus-tokens", 300, "--out", out)
+    assert done.exit_code == 0, done.output
+    assert "efficacy" in done.output and "specificity" in done.output
+    made, attrs = edits.read(out)
+    assert len(made) == 3 and attrs["layer"] == 1 and attrs["covariance"].endswith("tokens")
+    first = made[0]
+    assert (first.record_id, first.target_true, first.target_new) == ("r1", "Paris", "Rome")
+    assert first.hparams["steps"] == 20 and first.hparams["covariance"]
+    # p_new by hand: the edit in the weights, the first token of " Rome" after the prompt
+    adapter = load(str(tiny_model_dir))
+    tok = adapter.tokenizer
+    ids = tok(first.prompt)["input_ids"]
+    new = tok(" Rome", add_special_tokens=False)["input_ids"]
+    with rome.edited_weights(adapter, [(first.layer, first.left, first.right)]), torch.no_grad():
+        logp = adapter.hf(torch.tensor([ids + new])).logits[0].log_softmax(-1)
+    by_hand = float(torch.stack([logp[len(ids) - 1 + j, t] for j, t in enumerate(new)]).mean().exp())
+    assert first.metrics["p_new"] == np.float64(by_hand) or abs(first.metrics["p_new"] - by_hand) < 1e-6
+    assert 0 <= first.metrics["fluency"] and first.metrics["efficacy"] in (0.0, 1.0)
+
+
+def test_layer_auto_from_a_cube(tmp_path, tiny_model_dir, data_file):
+    """--from-cube: the layer of the largest mean mlp effect at the last subject token, found
+    here with numpy from the cube's own numbers."""
+    cube = tmp_path / "c.nc"
+    traced = invoke("trace", "--model", tiny_model_dir, "--data", data_file, "--experiment", "subject-noctx",
+                    "--components", "mlp", "--samples", 2, "--out", cube, "-q")
+    assert traced.exit_code == 0, traced.output
+    ds = open_cube(cube)
+    last = [int(np.flatnonzero(ds.segment.values[i] == "subject_last")[0]) for i in range(ds.sizes["example"])]
+    ie = np.stack([ds.p_restored.values[i, t, :, 0, 0] - ds.p_corrupt.values[i, 0] for i, t in enumerate(last)])
+    out = tmp_path / "e.nc"
+    done = invoke("edit", "--model", tiny_model_dir, "--data", data_file, "--from-cube", cube, "--no-covariance",
+                  "--max-examples", 1, "--out", out, "-q")
+    assert done.exit_code == 0, done.output
+    assert edits.read(out)[1]["layer"] == int(np.argmax(ie.mean(0))) and edits.read(out)[1]["covariance"] == "identity"
+
+
+def test_edit_bad_input(tmp_path, tiny_model_dir):
+    data = write_jsonl(tmp_path / "d.jsonl", [
+        {"id": "ok", "subj": "Eiffel Tower", "obj": "Paris", "prompt_wo_ctx": "the Eiffel Tower is in", "obj_cf": ["Rome"]},
+        {"id": "bad", "subj": "Louvre", "obj": "Paris", "prompt_wo_ctx": "the Eiffel Tower is in", "obj_cf": ["Rome"]}])
+    out = tmp_path / "e.nc"
+    done = invoke("edit", "--model", tiny_model_dir, "--data", data, "--layer", 1, "--no-covariance", "--out", out, "-q")
+    assert done.exit_code == 0, done.output
+    assert "d.jsonl:2: field 'subj'" in done.output and "Louvre" in done.output
+    assert [e.record_id for e in edits.read(out)[0]] == ["ok"]
+    wrong = invoke("edit", "--model", tiny_model_dir, "--data", data, "--layer", 9, "--out", out)
+    assert wrong.exit_code == 2 and "layers 0..3" in wrong.output
