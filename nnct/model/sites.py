@@ -24,8 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from .parts import Layout, Parts, first, resolve
 
 
@@ -77,6 +75,8 @@ class Site:
 
 def _columns(heads, d_head: int):
     """[n, d_head]: the columns of head `heads[i]` in a value of [.., head * d_head]."""
+    import torch  # here: commands that only read cubes start without torch
+
     return heads[:, None] * d_head + torch.arange(d_head, device=heads.device)
 
 
