@@ -90,12 +90,12 @@ def bands(exact, estimate, metric: str) -> dict:
 
 def true_misses(exact, screened) -> dict:
     """Per component, the mean number of cells per example outside the screen's top K whose
-    exact |IE| beats the `TOP`-th strongest exact one among the verified cells (what the
-    screen's random sample estimates), counted on the full exact cube."""
+    exact |IE| beats the min(`TOP`, K)-th strongest exact one among the screened cells (what
+    `agreement.verified` estimates from the random sample), counted on the full exact cube."""
     k = int(screened.attrs["verify_top"])
     out = {}
     for comp in exact.component.values:
-        x = metric_effects(screened, "prob")[0].sel(component=comp).values
+        x = screened.ie_atp.sel(component=comp, answer="target").values
         v = metric_effects(screened, "prob", exact=True)[0].sel(component=comp).values
         y = metric_effects(exact, "prob")[0].sel(component=comp).values
         counts = []
@@ -104,7 +104,8 @@ def true_misses(exact, screened) -> dict:
             known = np.isfinite(xi) & (xi != 0) & np.isfinite(yi)
             top = np.zeros(len(xi), dtype=bool)
             top[np.argsort(-np.abs(np.where(known, xi, 0)), kind="stable")[:k]] = True
-            strongest = np.sort(np.abs(vi[np.isfinite(vi)]))[::-1]
+            top &= known
+            strongest = np.sort(np.abs(vi[top & np.isfinite(vi)]))[::-1]
             bar = strongest[min(TOP, len(strongest)) - 1]
             counts.append(int((known & ~top & (np.abs(yi) > bar)).sum()))
         out[str(comp)] = float(np.mean(counts))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError
-from ..results.cube import holds, metric_effects
+from ..results.cube import cell_names, holds, metric_effects
 
 TOP = (10, 50)
 MISSES = 5  # largest misses listed per component
@@ -122,43 +122,48 @@ def table(agreement: dict) -> str:
     return "\n".join(lines)
 
 
-def verified(ds, metric: str = "prob", top: int = TOP[0]) -> dict:
+def verified(ds, top: int = TOP[0]) -> dict:
     """What the exact cells of a screened cube (`nnct attribute --verify-top K`) say of its
-    screen, per component: per example, the screen's K top cells and the random sample of
-    the rest were patched exactly; the sample estimates how many unscreened cells beat the
-    `top`-th strongest exact effect among the verified ones (the screen's misses):
-    {label: {"examples", "screened", "sampled", "sampled_above", "misses_per_example"}}."""
-    k = int(ds.attrs.get("verify_top", 0))
-    if ds.attrs.get("method") not in ("atp", "atp*") or not (k or int(ds.attrs.get("verify_sample", 0))):
-        raise ConfigError("the cube holds no exactly verified cells (made by nnct attribute --verify-top)")
+    screen, per component, in p(target): per example, the screen's K top cells (by |ie_atp|,
+    as the screen ranked them) and a random sample of the rest were patched exactly; the
+    bar is the min(top, K)-th strongest exact |IE| among the screened cells, and the sample's
+    share of cells above it, times the unscreened cells, estimates how many cells the screen
+    missed that beat the bar (NaN without a sample):
+    {label: {"examples", "screened", "sampled", "sampled_above", "bar_rank", "misses_per_example"}}."""
+    k, n = int(ds.attrs.get("verify_top", 0)), int(ds.attrs.get("verify_sample", 0))
+    if ds.attrs.get("method") not in ("atp", "atp*") or not k:
+        raise ConfigError("the cube holds no exactly verified top cells (made by nnct attribute --verify-top K)")
     out = {}
     for label, of, pick in _groups(ds):
-        est = metric_effects(ds, metric, of)[0].sel(pick)
-        ref = metric_effects(ds, metric, of, exact=True)[0].sel(pick)
+        est = ds[cell_names(of, ds.attrs["method"])[0]].sel(pick).sel(answer="target")
+        ref = metric_effects(ds, "prob", of, exact=True)[0].sel(pick)
         screened = sampled = above = 0
-        misses = 0.0
+        misses = []
         for x, y in zip(est.values.reshape(est.shape[0], -1), ref.values.reshape(ref.shape[0], -1)):
             known = np.isfinite(x) & (x != 0)  # cells before the first corrupted token are exactly 0, unscreened
-            done = known & np.isfinite(y)
-            ranked = np.argsort(-np.abs(np.where(known, x, 0)), kind="stable")[:k]
             in_top = np.zeros(len(x), dtype=bool)
-            in_top[ranked] = True
+            in_top[np.argsort(-np.abs(np.where(known, x, 0)), kind="stable")[:k]] = True
+            in_top &= known
+            done = np.isfinite(y)
             sample = done & ~in_top
-            strongest = np.sort(np.abs(y[done]))[::-1]
-            bar = strongest[min(top, len(strongest)) - 1] if len(strongest) else np.inf
+            strongest = np.sort(np.abs(y[in_top & done]))[::-1]
+            if not len(strongest):
+                continue
+            bar = strongest[min(top, len(strongest)) - 1]
             n_above = int((np.abs(y[sample]) > bar).sum())
-            screened, sampled, above = screened + int((done & in_top).sum()), sampled + int(sample.sum()), above + n_above
-            rest = int((known & ~in_top).sum())
-            misses += n_above / sample.sum() * rest if sample.sum() else 0.0
+            screened, sampled, above = screened + int((in_top & done).sum()), sampled + int(sample.sum()), above + n_above
+            if sample.sum():
+                misses.append(n_above / sample.sum() * int((known & ~in_top).sum()))
         out[label] = {"examples": int(est.shape[0]), "screened": screened, "sampled": sampled, "sampled_above": above,
-                      "misses_per_example": misses / max(1, est.shape[0])}
+                      "bar_rank": min(top, k), "misses_per_example": float(np.mean(misses)) if misses and n else float("nan")}
     return out
 
 
-def verified_table(found: dict, top: int = TOP[0]) -> str:
+def verified_table(found: dict) -> str:
     """`verified` as a plain-text table."""
-    lines = [f"exactly verified cells; misses: unscreened cells beyond the verified top-{top}'s weakest, "
-             "estimated from the random sample",
+    rank = next(iter(found.values()))["bar_rank"] if found else top
+    lines = [f"exactly verified cells; misses: unscreened cells whose exact effect beats the screen's {rank}th strongest,"
+             " estimated from the random sample",
              f"{'component':20s}{'screened':>10s}{'sampled':>9s}{'above':>7s}{'misses/example':>17s}"]
     for label, c in found.items():
         lines.append(f"{label:20s}{c['screened']:10d}{c['sampled']:9d}{c['sampled_above']:7d}{c['misses_per_example']:17.2f}")

@@ -295,7 +295,7 @@ class Engine:
             p_name = {v: names(v)[0] for v in variables(s.components)}
             target = {v: measures.restored[p_name[v]][..., 0] for v in p_name}
             first_changed = corrupt.changed(list(ids))
-            rng = np.random.default_rng([s.seed, *[int(i) for i in ids]])
+            rng = np.random.default_rng([s.seed % (1 << 64), *[int(i) for i in ids]])  # numpy takes no negative seed
             chosen = screened(target, cells(len(ids), a.n_layers, s.components, a.n_heads, first_changed), s.components,
                               s.verify, s.verify_sample, rng, first_changed)
             measures.restored.update(self._exact(ids, corrupt, answers, None, chosen).restored)

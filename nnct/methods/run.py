@@ -287,6 +287,7 @@ def _settings(cfg: RunConfig, adapter, loaded: Loaded) -> dict:
     if adapter.device == REMOTE:
         s.pop("dtype")  # the server's choice, not a setting of the run
     s["nnct_version"] = __version__
+    s["verify_sample"] = _verify_sample(cfg)
     s["device"] = adapter.device
     if cfg.method == "trace":
         s["prompt_format"] = cfg.prompt_format or experiment(cfg.experiment).prompt_format
@@ -310,6 +311,10 @@ def _created() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+# Settings added since runs began to be stored, as a run that lacks them was made.
+ADDED = {"verify_top": 0, "verify_sample": 0}
+
+
 def _open_partial(cfg: RunConfig, settings: dict) -> tuple[Path, dict]:
     pdir = partial_dir(cfg.out)
     meta = pdir / "run.json"
@@ -319,7 +324,8 @@ def _open_partial(cfg: RunConfig, settings: dict) -> tuple[Path, dict]:
         if not cfg.resume:
             raise ResumeMismatch(f"{pdir} holds an unfinished run: add --resume to complete it, or delete it to start over")
         stored = json.loads(meta.read_text())
-        diff = {k: (stored["settings"].get(k), v) for k, v in settings.items() if stored["settings"].get(k) != v}
+        was = {**ADDED, **stored["settings"]}
+        diff = {k: (was.get(k), v) for k, v in settings.items() if was.get(k) != v}
         if diff:
             lines = "; ".join(f"{k}: stored {a!r}, now {b!r}" for k, (a, b) in diff.items())
             raise ResumeMismatch(f"{pdir}: cannot resume with other settings ({lines})")

@@ -151,7 +151,7 @@ def test_verified_misses_by_hand():
 
     est = np.arange(12, 0, -1, dtype=np.float64)  # cell i ranks i-th
     exact = np.full(12, np.nan)
-    exact[[0, 1, 5, 8, 10]] = [0.5, 0.4, 0.6, 0.1, 0.05]
+    exact[[0, 1, 5, 8, 10]] = [0.5, 0.4, 0.6, 0.45, 0.05]
 
     def cells(v):
         v = v.reshape(1, 4, 3, 1)
@@ -163,7 +163,8 @@ def test_verified_misses_by_hand():
                     coords={"example": ["e"], "component": ["hidden"], "answer": ["target", "alt"]},
                     attrs={"method": "atp", "verify_top": 2, "verify_sample": 3})
     found = verified(ds, top=2)["hidden"]
-    # the verified top 2 by exact effect: 0.6, 0.5; of the 3 sampled cells one (0.6) beats 0.5,
-    # so one in three of the 10 unscreened cells is expected to: 10/3 misses
-    assert (found["screened"], found["sampled"], found["sampled_above"]) == (2, 3, 1)
-    assert found["misses_per_example"] == pytest.approx(10 / 3)
+    assert verified(ds)["hidden"]["bar_rank"] == 2  # at most K: the screened cells set the bar
+    # the screened cells' 2nd strongest exact effect is 0.4; of the 3 sampled cells two (0.6,
+    # 0.45) beat it, so two in three of the 10 unscreened cells are expected to: 20/3 misses
+    assert (found["screened"], found["sampled"], found["sampled_above"]) == (2, 3, 2)
+    assert found["misses_per_example"] == pytest.approx(20 / 3)
