@@ -25,14 +25,14 @@ from .app import fail, main, rows
               help="Where the traced fact's passage sits among the others (its subject is the span).")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
-@click.option("--method", type=click.Choice(["exact", "atp"]), default="exact", show_default=True,
-              help="exact: nnct's engine against one forward per cell; atp: attribution patching against nnct's engine,"
-                   " with the agreement of its estimates.")
+@click.option("--method", type=click.Choice(["exact", "atp", "atp*"]), default="exact", show_default=True,
+              help="exact: nnct's engine against one forward per cell; atp (atp*: with GradDrop): attribution patching"
+                   " against nnct's engine, with the agreement of its estimates.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the measurements as JSON.")
 def bench(model, data, tokens, corruption, components, samples, window, batch_rows, plain_cells, passage, device, dtype,
           method, json_out):
     """Time nnct's engine against one forward per cell on one prompt, side by side (--method
-    atp: attribution patching against the engine)."""
+    atp or atp*: attribution patching against the engine)."""
     from ..methods import bench as bench_lib
     from ..interventions.components import components as parse_components
     from ..model import load
@@ -40,14 +40,14 @@ def bench(model, data, tokens, corruption, components, samples, window, batch_ro
 
     try:
         adapter = load(model, device=device, dtype=dtype)
-        if method == "atp":
+        if method != "exact":
             result = bench_lib.run_atp(adapter, data, tokens, parse_components(components), samples, window,
-                                       passage=passage, corruption=corruption)
+                                       passage=passage, corruption=corruption, estimate=method)
         else:
             result = bench_lib.run(adapter, data, tokens, parse_components(components), samples, window, rows(batch_rows),
                                    plain_cells, passage=passage, corruption=corruption)
     except NnctError as exc:
         fail(str(exc))
-    click.echo(bench_lib.atp_table(result) if method == "atp" else bench_lib.table(result))
+    click.echo(bench_lib.table(result) if method == "exact" else bench_lib.atp_table(result))
     if json_out:
         files.write_json(json_out, result)

@@ -247,10 +247,10 @@ def _bench_input(adapter: Adapter, data: str, n_tokens: int, passage: str, corru
 
 
 def run_atp(adapter: Adapter, data: str, n_tokens: int = 25, components=("hidden", "mlp", "attn"), samples: int = 10,
-            window: int = 10, seed: int = 0, passage: str = "first", corruption: str = "noise") -> dict:
-    """Attribution patching against nnct's exact engine on the bench's prompt, side by side:
-    seconds of each and the agreement of the estimates with the exact effects (target's p),
-    per component."""
+            window: int = 10, seed: int = 0, passage: str = "first", corruption: str = "noise", estimate: str = "atp") -> dict:
+    """Attribution patching (`estimate` "atp" or "atp*") against nnct's exact engine on the
+    bench's prompt, side by side: seconds of each and the agreement of the estimates with the
+    exact effects (target's p), per component."""
     from ..analysis.agreement import scores
     from ..exec.attribution import names
 
@@ -258,12 +258,12 @@ def run_atp(adapter: Adapter, data: str, n_tokens: int = 25, components=("hidden
     both = ((answers[0],), (answers[1],))
     comps = tuple(components)
     seconds, measured = {}, {}
-    for estimate in ("atp", "exact"):  # AtP takes seconds: the machine's speed cannot drift between them
-        engine = Engine(adapter, Settings(comps, window, estimate=estimate, batch_budget=memory_budget(adapter.device)))
+    for how in (estimate, "exact"):  # the estimate first: the machine's speed cannot drift between them
+        engine = Engine(adapter, Settings(comps, window, estimate=how, batch_budget=memory_budget(adapter.device)))
         t0 = time.perf_counter()
-        measured[estimate] = engine.trace(tokens.ids, corrupt, both)
-        seconds[estimate] = time.perf_counter() - t0
-    exact, atp = measured["exact"], measured["atp"]
+        measured[how] = engine.trace(tokens.ids, corrupt, both)
+        seconds[how] = time.perf_counter() - t0
+    exact, atp = measured["exact"], measured[estimate]
     agreement = {}
     for variable in {k.removeprefix("p_") for k in exact.restored if k.startswith("p_")}:
         ie = exact.restored["p_" + variable][..., 0] - exact.p_corrupt[0]
@@ -276,14 +276,14 @@ def run_atp(adapter: Adapter, data: str, n_tokens: int = 25, components=("hidden
             agreement[label] = scores(x[keep], y[keep])
     return {"model": adapter.name, "tokens": len(tokens), "span": [min(span), max(span) + 1], "corruption": corruption,
             "components": ",".join(comps), "samples": samples, "window": window, "threads": torch.get_num_threads(),
-            "device": adapter.device, "dtype": adapter.dtype, "exact_seconds": seconds["exact"], "atp_seconds": seconds["atp"],
-            "speedup": seconds["exact"] / seconds["atp"], "agreement": agreement}
+            "device": adapter.device, "dtype": adapter.dtype, "estimate": estimate, "exact_seconds": seconds["exact"],
+            "atp_seconds": seconds[estimate], "speedup": seconds["exact"] / seconds[estimate], "agreement": agreement}
 
 
 def atp_table(r: dict) -> str:
     lines = [f"{r['model']} | {r['tokens']} tokens ({r['corruption']}, span {r['span'][0]}..{r['span'][1]}) | {r['components']}"
              f" | S={r['samples']} w={r['window']} | {r['device']} {r['dtype']} {r['threads']} threads",
-             f"exact engine {r['exact_seconds']:.1f} s | AtP {r['atp_seconds']:.2f} s |"
+             f"exact engine {r['exact_seconds']:.1f} s | {r.get('estimate', 'atp').replace('atp', 'AtP')} {r['atp_seconds']:.2f} s |"
              f" speedup {r['speedup']:.0f}x",
              f"{'component':16s}{'cells':>7s}{'pearson':>9s}{'spearman':>10s}{'recall@10':>11s}{'recall@50':>11s}"]
     for label, a in r["agreement"].items():

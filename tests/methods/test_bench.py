@@ -82,15 +82,16 @@ def test_table_reports_the_ratio():
 
 
 def test_atp_bench_on_the_tiny_model(data_file):
-    """`nnct bench --method atp`: both timed, the agreement of every component present and
+    """`nnct bench --method atp*`: both timed, the agreement of every component present and
     bounded, and a table that says so."""
     from conftest import make_adapter
     from nnct.methods.bench import atp_table, run_atp
 
     adapter = make_adapter("llama")
-    r = run_atp(adapter, str(data_file), n_tokens=8, components=("hidden", "mlp", "head"), samples=2, window=3)
+    r = run_atp(adapter, str(data_file), n_tokens=8, components=("hidden", "mlp", "head"), samples=2, window=3,
+                estimate="atp*")
     assert r["exact_seconds"] > 0 and r["atp_seconds"] > 0 and r["speedup"] == r["exact_seconds"] / r["atp_seconds"]
     assert set(r["agreement"]) == {"hidden", "mlp", "head"}
     for a in r["agreement"].values():
         assert a["cells"] > 0 and -1 <= a["pearson"] <= 1 and 0 <= a["recall_10"] <= 1
-    assert "speedup" in atp_table(r) and "recall@10" in atp_table(r)
+    assert "speedup" in atp_table(r) and "recall@10" in atp_table(r) and "AtP*" in atp_table(r)
