@@ -92,3 +92,26 @@ def test_an_edit_as_intervention_equals_the_edited_weights(family, tmp_path):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     assert (want - plain).abs().max() > 1e-3  # the edits do something
     torch.testing.assert_close(after, plain)  # and the weights came back
+
+
+def test_an_edit_runs_in_a_serialised_session():
+    """The edit as an intervention inside an nnsight session sent through nnsight's local
+    simulation of a request (what a server runs): the logits of the edited weights."""
+    import nnsight
+
+    from nnct.exec import remote
+
+    adapter = make_adapter("llama")
+    parts = adapter.parts
+    g = torch.Generator().manual_seed(2)
+    edit = [(2, torch.randn(parts.d_model, generator=g).double() / 10, torch.randn(parts.d_ff, generator=g).double())]
+    ids = torch.tensor([[0, 8, 25, 26, 7]])
+    got = None
+    with parts.nn.session(backend=remote.backend(remote.LOCAL, adapter)):
+        with parts.nn.trace(ids):
+            rome.apply_in_trace(parts, edit)
+            logits = parts.nn.output.logits.save()
+        got = nnsight.save(logits)
+    with torch.no_grad(), rome.edited_weights(adapter, edit):
+        want = adapter.hf(ids).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
