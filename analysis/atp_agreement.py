@@ -139,8 +139,9 @@ def table(results: dict) -> str:
                 lines.append(f"  largest miss {comp} {m['example']} ({cell}): exact {m['exact']:+.4f}, estimate {m['atp']:+.4f}")
         if "screen" in r:
             s = r["screen"]
-            lines.append(f"--verify-top {s['verify_top']} --verify-sample {s['verify_sample']}: misses per example"
-                         " (beyond the verified top-10's weakest) estimated from the sample | counted on the exact cube")
+            lines.append(f"--verify-top {s['verify_top']} --verify-sample {s['verify_sample']}: misses per example (unscreened"
+                         f" cells beyond the screened cells' {TOP}th strongest exact effect) estimated from the sample |"
+                         " counted on the exact cube")
             for comp, est in s["estimated"].items():
                 lines.append(f"  {comp:11s}{est['misses_per_example']:8.2f} | {s['true'][comp]:6.2f}"
                              f"   ({est['sampled_above']} of {est['sampled']} sampled cells above)")
