@@ -9,13 +9,14 @@ The package is split by role, and the data path reads one way through it:
 - `interventions`: corruptions (noise, a counterfactual prompt), metrics and components
   (what a cell restores) as data, and the `plan` of cells and batches.
 - `exec`: the engine that runs plans as nnsight interventions, `attribution` (AtP's
-  estimates from one backward pass), and `remote`, everything that talks to an NDIF server.
-- `results`: the effect cube's schema, its files, and shards merged back.
+  estimates from one backward pass), `rome` (an edit's key, value and key statistics, and
+  an edit applied), and `remote`, everything that talks to an NDIF server.
+- `results`: the effect cube's schema, its files, shards merged back, and the edits file.
 - `analysis`: summaries with confidence intervals, figures, descriptions of a cube, AtP's
   agreement with exact patching.
-- `methods`: what a researcher runs (`trace`, `patch`, `attribute`, `answers`, `bench`), in
-  memory or as resumable runs on disk; `nnct.trace`, `nnct.patch` and `nnct.attribute` are
-  the notebook API.
+- `methods`: what a researcher runs (`trace`, `patch`, `attribute`, `answers`, `bench`,
+  `edit`), in memory or as resumable runs on disk; `nnct.trace`, `nnct.patch`,
+  `nnct.attribute` and `nnct.edit` are the notebook API.
 - `cli`: the `nnct` command, a thin shell over all of them.
 
 Heavy imports (torch, transformers, nnsight) happen inside the modules that need them, so
@@ -23,11 +24,11 @@ Heavy imports (torch, transformers, nnsight) happen inside the modules that need
 """
 
 __version__ = "0.5.0"
-__all__ = ["trace", "patch", "attribute", "__version__"]
+__all__ = ["trace", "patch", "attribute", "edit", "__version__"]
 
 
 def __getattr__(name: str):
-    if name in ("trace", "patch", "attribute"):
+    if name in ("trace", "patch", "attribute", "edit"):
         from .methods import api
 
         return getattr(api, name)

@@ -293,8 +293,10 @@ def answers(model, data, out, prompt_format, max_cf, max_examples, device, dtype
               help="Tokens of CPython's documentation C is estimated from (cached per model and layer).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Of the context prefixes the model writes.")
 @click.option("--max-examples", "--max-datapoints", "max_examples", type=int, default=None, help="Only the first N records.")
+@click.option("--save", "save_dir", type=click.Path(file_okay=False),
+              help="Also save the model with every edit in its weights (each computed on the unedited model) here.")
 @click.option("-q", "--quiet", is_flag=True, help="No line per edit.")
-def edit(model, data, out, new_object, layer, from_cube, no_covariance, corpus_tokens, seed, max_examples, quiet):
+def edit(model, data, out, new_object, layer, from_cube, no_covariance, corpus_tokens, seed, max_examples, save_dir, quiet):
     """ROME: rewrite each record's fact (obj -> the new object) with a rank-one update of one
     layer's MLP, evaluate each edit (efficacy, paraphrase, specificity, fluency) and write
     the edits (left/right vectors, layer, metrics) to OUT."""
@@ -308,9 +310,14 @@ def edit(model, data, out, new_object, layer, from_cube, no_covariance, corpus_t
     cfg = edit_lib.EditConfig(data=data, out=out, model=model, new_object=new_object,
                               layer=None if layer == "auto" else int(layer), from_cube=from_cube,
                               covariance=not no_covariance, corpus_tokens=corpus_tokens, seed=seed, max_examples=max_examples)
+    from ..model import load
+
     try:
         with files.locked(out):
-            result = edit_lib.run(cfg, say=(lambda text: None) if quiet else click.echo)
+            adapter = load(model)
+            result = edit_lib.run(cfg, adapter, say=(lambda text: None) if quiet else click.echo)
+            if save_dir and result.edits:
+                edit_lib.save_edited(adapter, result.edits, save_dir)
     except NnctError as exc:
         fail(str(exc))
     for problem in result.skipped:
@@ -318,4 +325,4 @@ def edit(model, data, out, new_object, layer, from_cube, no_covariance, corpus_t
     if not result.edits:
         fail("no record could be edited")
     click.echo(edit_lib.table(result))
-    click.echo(f"wrote {out}")
+    click.echo(f"wrote {out}" + (f" and the edited model to {save_dir}" if save_dir else ""))

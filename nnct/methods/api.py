@@ -112,3 +112,24 @@ def attribute(model="smollm2-135m", data=None, *, pairs=None, graddrop=False, **
             raise ConfigError("attribute takes records (data) or prompt pairs (pairs), not both")
         return patch(model, pairs, **kwargs)
     return trace(model, data, **kwargs)
+
+
+def edit(model="smollm2-135m", data=None, *, out=None, tokenizer=None, **settings):
+    """ROME edits of the records of `data` (a JSONL path), evaluated (`methods.edit`);
+    settings are `EditConfig`'s field names (`layer`, `new_object`, `from_cube`, `covariance`,
+    ...). Returns the `EditRun` (edits, attrs, skipped records); `out=` also writes the
+    edits file."""
+    from dataclasses import fields
+
+    from ..model.loading import wrap
+    from .edit import EditConfig, run
+
+    known = {f.name for f in fields(EditConfig)} - {"data", "out", "model"}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    if not isinstance(data, (str, Path)):
+        raise ConfigError("edit takes its records as a JSONL path")
+    adapter = None if isinstance(model, (str, Path)) else wrap(model, tokenizer)
+    name = str(model) if adapter is None else adapter.name
+    return run(EditConfig(data=str(data), out=str(out) if out else None, model=name, **settings), adapter)

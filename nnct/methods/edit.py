@@ -274,3 +274,11 @@ def table(result: EditRun) -> str:
         values = np.array([e.metrics.get(name, np.nan) for e in result.edits], dtype=float)
         lines.append(f"  {name:20s}{np.nanmean(values) if np.isfinite(values).any() else float('nan'):8.3f}")
     return "\n".join(lines)
+
+
+def save_edited(adapter, made: list[edits_file.Edit], directory) -> None:
+    """The model with every edit in its weights, saved as a transformers directory (with its
+    tokenizer); the model in memory is left unedited."""
+    with rome.edited_weights(adapter, [(e.layer, e.left, e.right) for e in made]):
+        adapter.hf.save_pretrained(directory)
+    adapter.tokenizer.save_pretrained(directory)

@@ -2,11 +2,13 @@
 against a probability computed here by hand, the layer found from a cube, bad input."""
 
 import numpy as np
+import pytest
 import torch
 from click.testing import CliRunner
 
 from conftest import write_jsonl
 from nnct.cli import main
+from nnct.errors import ConfigError
 from nnct.exec import rome
 from nnct.model import load
 from nnct.results import edits
@@ -19,7 +21,8 @@ def invoke(*args):
 
 def test_edit_writes_evaluated_edits(tmp_path, tiny_model_dir, data_file):
     out = tmp_path / "edits.nc"
-    done = invoke("edit", "--model", tiny_model_dir, "--data", data_file, "--layer", 1, "--corpus-tokens", 300, "--out", out)
+    done = invoke("edit", "--model", tiny_model_dir, "--data", data_file, "--layer", 1, "--corpus-tokens", 300, "--out", out,
+                  "--save", tmp_path / "edited")
     assert done.exit_code == 0, done.output
     assert "efficacy" in done.output and "specificity" in done.output
     made, attrs = edits.read(out)
@@ -36,6 +39,12 @@ def test_edit_writes_evaluated_edits(tmp_path, tiny_model_dir, data_file):
         logp = adapter.hf(torch.tensor([ids + new])).logits[0].log_softmax(-1)
     by_hand = float(torch.stack([logp[len(ids) - 1 + j, t] for j, t in enumerate(new)]).mean().exp())
     assert first.metrics["p_new"] == np.float64(by_hand) or abs(first.metrics["p_new"] - by_hand) < 1e-6
+    # --save: the saved model is the original with all three edits in its weights
+    saved = load(str(tmp_path / "edited"))
+    with rome.edited_weights(adapter, [(e.layer, e.left, e.right) for e in made]), torch.no_grad():
+        want = adapter.hf(torch.tensor([ids])).logits
+    with torch.no_grad():
+        torch.testing.assert_close(saved.hf(torch.tensor([ids])).logits, want, rtol=1e-4, atol=1e-5)
     assert 0 <= first.metrics["fluency"] and first.metrics["efficacy"] in (0.0, 1.0)
 
 
@@ -67,3 +76,12 @@ def test_edit_bad_input(tmp_path, tiny_model_dir):
     assert [e.record_id for e in edits.read(out)[0]] == ["ok"]
     wrong = invoke("edit", "--model", tiny_model_dir, "--data", data, "--layer", 9, "--out", out)
     assert wrong.exit_code == 2 and "layers 0..3" in wrong.output
+
+
+def test_edit_from_python(tiny_model_dir, data_file):
+    import nnct
+
+    result = nnct.edit(str(tiny_model_dir), data_file, layer=2, covariance=False, max_examples=1)
+    assert [e.record_id for e in result.edits] == ["r1"] and result.attrs["layer"] == 2
+    with pytest.raises(ConfigError, match="unknown setting"):
+        nnct.edit(str(tiny_model_dir), data_file, layers=2)
