@@ -15,6 +15,12 @@ from nnct.results import edits
 from nnct.results.cube import open_cube
 
 
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """Covariances go to a cache of the test's own, not the user's."""
+    monkeypatch.setenv("NNCT_CACHE", str(tmp_path / "cache"))
+
+
 def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
