@@ -76,6 +76,11 @@ atp-study out=(runs + "/atp") exact="analysis/results/substitution":
     for c in noise substitute; do nnct attribute --experiment subject-noctx --corruption $c --data experiments/data/substitution_study.jsonl --verify-top 20 --out {{out}}/$c.screened.nc --resume -q; done
     python analysis/atp_agreement.py --case noise {{exact}}/noise.nc {{out}}/noise.atp.nc --case noise {{exact}}/noise.nc {{out}}/noise.atpstar.nc --case substitute {{exact}}/substitute.nc {{out}}/substitute.atp.nc --case substitute {{exact}}/substitute.nc {{out}}/substitute.atpstar.nc --screened noise {{out}}/noise.screened.nc --screened substitute {{out}}/substitute.screened.nc -o {{out}}
 
+# ROME's Figure 5 on the embedded model: n facts edited at layers 0, k, 2k, ... beside the MLP's
+# traced effect, and one edited fact traced again (analysis/results/editing/; resumes by layer).
+edit-sweep n="6" every="4" out="analysis/results/editing":
+    python analysis/edit_by_layer.py --data {{data}} --cube analysis/results/memory/subject-noctx.nc -n {{n}} --every {{every}} -o {{out}}
+
 # The test suite: tiny random models, the embedded model, a local NDIF server (set up first, once).
 test *args: ndif-setup
     python -m pytest -q {{args}}

@@ -9,7 +9,8 @@ ROME finds on GPT-2 XL that edits succeed best where causal tracing puts the MLP
 (the middle layers at the last subject token) and generalise worse elsewhere. This edits the
 first n records at layers 0, k, 2k, ... (`nnct.methods.edit`, C over CPython's docs, the
 second moments of every layer from one pass), writes each layer's edits file
-(`edits-L<layer>.nc`), a table of mean efficacy, magnitude, paraphrase, specificity and
+(`edits-L<layer>.nc`; a rerun keeps those of the same n and C, so an interrupted sweep
+resumes), a table of mean efficacy, magnitude, paraphrase, specificity and
 fluency per layer with the MLP AIE (prob) of the cube's same records, the figure
 (`figure.png`/`.pdf`), and, for the first fact edited at the layer of best efficacy
 magnitude, the edited model's causal trace of the new object (`retrace.nc`, `retrace.png`).
@@ -62,14 +63,16 @@ def main(data, cube, n, every, corpus_tokens, out):
     edit_lib.covariances(adapter, layers, corpus_tokens)  # every layer's C in one pass, cached
     rows = {}
     for layer in layers:
-        cfg = edit_lib.EditConfig(data=data, out=str(out / f"edits-L{layer}.nc"), layer=layer, max_examples=n,
-                                  corpus_tokens=corpus_tokens)
-        result = edit_lib.run(cfg, adapter)
-        rows[layer] = {m: float(np.nanmean([e.metrics[m] for e in result.edits])) for m in METRICS}
+        path = out / f"edits-L{layer}.nc"
+        made, attrs = edits_file.read(path) if path.is_file() else ([], {})
+        if len(made) != n or attrs.get("covariance", "").split(",")[-1].strip() != f"{corpus_tokens} tokens":
+            cfg = edit_lib.EditConfig(data=data, out=str(path), layer=layer, max_examples=n, corpus_tokens=corpus_tokens)
+            made = edit_lib.run(cfg, adapter).edits  # an interrupted sweep resumes at the layer it was on
+        rows[layer] = {m: float(np.nanmean([e.metrics[m] for e in made])) for m in METRICS}
         click.echo(f"layer {layer}: " + ", ".join(f"{m} {v:.3f}" for m, v in rows[layer].items()))
-    ids = [e.record_id for e in result.edits]
+    ids = [e.record_id for e in made]
     aie, n_cube = mlp_aie(cube, ids)
-    lines = [f"{len(ids)} facts (known_smollm2's first {n}), ROME edits at each layer (C: {result.attrs['covariance']});"
+    lines = [f"{len(ids)} facts (the data's first {n}), ROME edits at each layer (C: {corpus_tokens} tokens of CPython's docs);"
              f" MLP AIE (prob) at the last subject token over the cube's {n_cube} examples of the same facts",
              f"{'layer':>6s}" + "".join(f"{m:>20s}" for m in METRICS) + f"{'MLP AIE':>10s}"]
     for layer, r in rows.items():
