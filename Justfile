@@ -82,8 +82,25 @@ edit-sweep n="6" every="4" out="analysis/results/editing":
     python analysis/edit_by_layer.py --data {{data}} --cube analysis/results/memory/subject-noctx.nc -n {{n}} --every {{every}} -o {{out}}
 
 # The test suite: tiny random models, the embedded model, a local NDIF server (set up first, once).
+# Without arguments the NDIF tests (mostly waiting on their server) run in a second pytest
+# process beside the others, one torch thread each; the embedded model is converted first, so
+# that the two do not both write its cache. Fails when either fails.
 test *args: ndif-setup
-    python -m pytest -q {{args}}
+    #!/usr/bin/env bash
+    set -uo pipefail
+    if [ -n "{{args}}" ]; then exec python -m pytest -q {{args}}; fi
+    python -c "from nnct.model.embedded import local_dir; local_dir()"
+    log=$(mktemp)
+    python -m pytest -q -p no:cacheprovider -m ndif > "$log" 2>&1 &
+    ndif=$!
+    python -m pytest -q -m "not ndif"
+    rest=$?
+    wait $ndif
+    remote=$?
+    echo "--- NDIF tests:"
+    cat "$log"
+    rm -f "$log"
+    exit $(( rest != 0 || remote != 0 ))
 
 # Only the fast tests (no embedded model, no NDIF server).
 test-fast *args:

@@ -149,13 +149,15 @@ def test_heads_and_severed_paths_remotely(server, tmp_path):
 
 
 def test_attribution_patching_remotely(server, tmp_path):
-    """AtP*'s gradient path on the server: requires_grad on the input embeddings there (the
-    hosted weights have none), the backward passes read and GradDrop's gradients set through
-    nnsight, then the screen's top cells patched exactly; the local estimates and cells."""
-    ds = here_and_there(server, tmp_path, "attribute", "--components", "hidden,head", "--window", "1", "--graddrop",
+    """AtP's gradient path on the server: requires_grad on the input embeddings there (the
+    hosted weights have none), the backward pass read through nnsight, then the screen's top
+    cells patched exactly; the local estimates and cells. (GradDrop's gradient setting runs
+    through nnsight's serialised session in test_attribution: L backward passes on this
+    server would take a minute.)"""
+    ds = here_and_there(server, tmp_path, "attribute", "--components", "hidden,head", "--window", "1",
                         "--verify-top", "2", "--verify-sample", "1")
     assert {"ie_atp", "ie_atp_logit", "ie_atp_head", "p_restored", "p_restored_head"} <= set(ds.data_vars)
-    assert ds.attrs["method"] == "atp*" and int(np.isfinite(ds.p_restored.values[..., 0]).sum()) == 3
+    assert ds.attrs["method"] == "atp" and int(np.isfinite(ds.p_restored.values[..., 0]).sum()) == 3
 
 
 def test_a_server_killed_mid_run_leaves_a_run_that_resumes(server, local, tmp_path):
