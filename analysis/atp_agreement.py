@@ -44,35 +44,21 @@ def per_example(exact, estimate, component: str, metric: str) -> dict:
     number of cells from the span on."""
     x = metric_effects(estimate, metric)[0].sel(component=component).values
     y = metric_effects(exact, metric)[0].sel(component=component).values
-    recalls, cells = {k: [] for k in KS}, []
-    for i in range(x.shape[0]):
-        start, n = int(exact.span_start[i]), int(exact.n_tokens[i])
-        xi, yi = x[i, start:n].ravel(), y[i, start:n].ravel()
-        keep = np.isfinite(xi) & np.isfinite(yi)
-        xi, yi = xi[keep], yi[keep]
-        best = set(np.argsort(-np.abs(yi), kind="stable")[:TOP])
-        order = np.argsort(-np.abs(xi), kind="stable")
-        for k in KS:
-            recalls[k].append(len(best & set(order[:k])) / len(best))
-        cells.append(len(xi))
-    return {"recall_of_top10": {k: float(np.mean(v)) for k, v in recalls.items()},
-            "cells_per_example": float(np.mean(cells)),
-            "k_for_all_top10": _k_needed(x, y, exact)}
-
-
-def _k_needed(x, y, exact) -> list[int]:
-    """Per example: the K at which the estimate's top K first holds all of the exact top-10."""
-    out = []
+    recalls, cells, needed = {k: [] for k in KS}, [], []
     for i in range(x.shape[0]):
         start, n = int(exact.span_start[i]), int(exact.n_tokens[i])
         xi, yi = x[i, start:n].ravel(), y[i, start:n].ravel()
         keep = np.isfinite(xi) & np.isfinite(yi)
         xi, yi = xi[keep], yi[keep]
         best = np.argsort(-np.abs(yi), kind="stable")[:TOP]
-        rank = np.empty(len(xi), dtype=int)
+        rank = np.empty(len(xi), dtype=int)  # each cell's place in the estimate's order
         rank[np.argsort(-np.abs(xi), kind="stable")] = np.arange(len(xi))
-        out.append(int(rank[best].max()) + 1)
-    return out
+        for k in KS:
+            recalls[k].append(float(np.mean(rank[best] < k)))
+        cells.append(len(xi))
+        needed.append(int(rank[best].max()) + 1)  # the K whose top K first holds all of the exact top-10
+    return {"recall_of_top10": {k: float(np.mean(v)) for k, v in recalls.items()},
+            "cells_per_example": float(np.mean(cells)), "k_for_all_top10": needed}
 
 
 def bands(exact, estimate, metric: str) -> dict:
@@ -100,14 +86,9 @@ def true_misses(exact, screened) -> dict:
         y = metric_effects(exact, "prob")[0].sel(component=comp).values
         counts = []
         for i in range(x.shape[0]):
-            xi, vi, yi = x[i].ravel(), v[i].ravel(), y[i].ravel()
-            known = np.isfinite(xi) & (xi != 0) & np.isfinite(yi)
-            top = np.zeros(len(xi), dtype=bool)
-            top[np.argsort(-np.abs(np.where(known, xi, 0)), kind="stable")[:k]] = True
-            top &= known
-            strongest = np.sort(np.abs(vi[top & np.isfinite(vi)]))[::-1]
-            bar = strongest[min(TOP, len(strongest)) - 1]
-            counts.append(int((known & ~top & (np.abs(yi) > bar)).sum()))
+            yi = y[i].ravel()
+            known, top, bar = agreement.screen(x[i].ravel(), v[i].ravel(), k, TOP)
+            counts.append(int((known & np.isfinite(yi) & ~top & (np.abs(yi) > bar)).sum()))
         out[str(comp)] = float(np.mean(counts))
     return out
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError
-from ..results.cube import cell_names, holds, metric_effects
+from ..results.cube import TITLES, cell_names, holds, metric_effects
 
 TOP = (10, 50)
 MISSES = 5  # largest misses listed per component
@@ -109,8 +109,7 @@ def compare(atp, exact, metric: str = "prob") -> dict:
 
 def table(agreement: dict) -> str:
     """The agreement as a plain-text table, with the largest misses."""
-    name = {"atp": "AtP", "atp*": "AtP*"}[agreement.get("estimate", "atp")]
-    lines = [f"{name} against exact patching ({agreement['metric']}, {agreement['examples']} examples)",
+    lines = [f"{TITLES[agreement.get('estimate', 'atp')]} against exact patching ({agreement['metric']}, {agreement['examples']} examples)",
              f"{'component':20s}{'cells':>8s}{'pearson':>9s}{'spearman':>10s}{'recall@10':>11s}{'recall@50':>11s}"]
     for label, c in agreement["components"].items():
         lines.append(f"{label:20s}{c['cells']:8d}{c['pearson']:9.3f}{c['spearman']:10.3f}{c['recall_10']:11.2f}"
@@ -120,6 +119,19 @@ def table(agreement: dict) -> str:
             cell = ", ".join(f"{k}={v}" for k, v in m["cell"].items())
             lines.append(f"  missed {label} {m['example']} ({cell}): exact {m['exact']:+.4f}, AtP {m['atp']:+.4f}")
     return "\n".join(lines)
+
+
+def screen(estimates: np.ndarray, exact: np.ndarray, k: int, top: int = TOP[0]):
+    """One example's screen, flat over its cells: (known: cells with an estimate, those from
+    the first corrupted token on; screened: the K of largest |estimate| among them, as
+    `--verify-top` picks them; bar: the min(top, K)-th strongest |exact| among the screened
+    cells that `exact` holds, None when it holds none)."""
+    known = np.isfinite(estimates) & (estimates != 0)  # cells before the first corrupted token are exactly 0
+    screened = np.zeros(len(estimates), dtype=bool)
+    screened[np.argsort(-np.abs(np.where(known, estimates, 0)), kind="stable")[:k]] = True
+    screened &= known
+    strongest = np.sort(np.abs(exact[screened & np.isfinite(exact)]))[::-1]
+    return known, screened, strongest[min(top, len(strongest)) - 1] if len(strongest) else None
 
 
 def verified(ds, top: int = TOP[0]) -> dict:
@@ -140,16 +152,11 @@ def verified(ds, top: int = TOP[0]) -> dict:
         screened = sampled = above = 0
         misses = []
         for x, y in zip(est.values.reshape(est.shape[0], -1), ref.values.reshape(ref.shape[0], -1)):
-            known = np.isfinite(x) & (x != 0)  # cells before the first corrupted token are exactly 0, unscreened
-            in_top = np.zeros(len(x), dtype=bool)
-            in_top[np.argsort(-np.abs(np.where(known, x, 0)), kind="stable")[:k]] = True
-            in_top &= known
+            known, in_top, bar = screen(x, y, k, top)
+            if bar is None:
+                continue
             done = np.isfinite(y)
             sample = done & ~in_top
-            strongest = np.sort(np.abs(y[in_top & done]))[::-1]
-            if not len(strongest):
-                continue
-            bar = strongest[min(top, len(strongest)) - 1]
             n_above = int((np.abs(y[sample]) > bar).sum())
             screened, sampled, above = screened + int((in_top & done).sum()), sampled + int(sample.sum()), above + n_above
             if sample.sum():
@@ -161,7 +168,7 @@ def verified(ds, top: int = TOP[0]) -> dict:
 
 def verified_table(found: dict) -> str:
     """`verified` as a plain-text table."""
-    rank = next(iter(found.values()))["bar_rank"] if found else top
+    rank = next(iter(found.values()))["bar_rank"] if found else TOP[0]
     lines = [f"exactly verified cells; misses: unscreened cells whose exact effect beats the screen's {rank}th strongest,"
              " estimated from the random sample",
              f"{'component':20s}{'screened':>10s}{'sampled':>9s}{'above':>7s}{'misses/example':>17s}"]

@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..interventions.metrics import metric as metric_entry
 from ..interventions.components import COMPONENTS
-from ..results.cube import metric_effects
+from ..results.cube import TITLES, metric_effects
 from ..results.files import atomic
 from .summary import FOCUS
 
@@ -242,7 +242,8 @@ def heads_figure(summary, metric: str = "prob", segments: list[str] | None = Non
 def _caption(summary, metric: str) -> str:
     a = summary.attrs
     ate = float(summary.ate.sel(metric=metric))
-    estimated = {"atp": ", AtP estimates", "atp*": ", AtP* estimates"}.get(a.get("method"), "")
+    method = a.get("method", "exact")
+    estimated = f", {TITLES[method]} estimates" if method != "exact" else ""
     return (f"{a.get('model', '')} {a.get('experiment', '')}: {a['examples']} examples{estimated}\n(variant {a['variant']},"
             f" filter {a['filter']}), ATE {ate:.3f}")
 

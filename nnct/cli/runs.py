@@ -181,7 +181,8 @@ def trace(output_dir, out, replace, reverse, quiet, remote_, ndif_host, no_wait,
               help="An exact cube of the same examples: print the agreement and write it to OUT.agreement.json.")
 @_records(data_required=False)
 @_shared
-def attribute(pairs, graddrop, verify_top, verify_sample, compare_with, output_dir, out, replace, reverse, quiet, remote_, ndif_host, no_wait, **options):
+def attribute(pairs, graddrop, verify_top, verify_sample, compare_with, output_dir, out, replace, reverse, quiet, remote_,
+              ndif_host, no_wait, **options):
     """Attribution patching (AtP): every cell's indirect effect estimated from one forward and
     one backward pass, for records (--data, as `trace`) or prompt pairs (--pairs, as
     `patch`); the cube holds ie_atp (and ie_atp_logit) beside p_clean and p_corrupt."""

@@ -25,7 +25,7 @@ a server runs as well.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
@@ -44,9 +44,6 @@ class Hparams:
     weight_decay: float = 0.5
     clamp: float = 4.0
     stop: float = 5e-2  # ROME stops once the loss is below this
-
-    def asdict(self) -> dict:
-        return asdict(self)
 
 
 def keys(parts: Parts, prompts: list[list[int]], positions: list[int], layer: int) -> torch.Tensor:

@@ -44,6 +44,7 @@ from ..interventions.components import COMPONENTS, whole
 from ..interventions.plan import Cell, cells, first_layer, schedule, slot, written_layers
 from ..model.parts import Adapter
 from ..model.sites import SITES
+from ..results.cube import TITLES
 
 
 # -- the plain loop ----------------------------------------------------------------------------
@@ -283,7 +284,7 @@ def run_atp(adapter: Adapter, data: str, n_tokens: int = 25, components=("hidden
 def atp_table(r: dict) -> str:
     lines = [f"{r['model']} | {r['tokens']} tokens ({r['corruption']}, span {r['span'][0]}..{r['span'][1]}) | {r['components']}"
              f" | S={r['samples']} w={r['window']} | {r['device']} {r['dtype']} {r['threads']} threads",
-             f"exact engine {r['exact_seconds']:.1f} s | {r.get('estimate', 'atp').replace('atp', 'AtP')} {r['atp_seconds']:.2f} s |"
+             f"exact engine {r['exact_seconds']:.1f} s | {TITLES[r.get('estimate', 'atp')]} {r['atp_seconds']:.2f} s |"
              f" speedup {r['speedup']:.0f}x",
              f"{'component':16s}{'cells':>7s}{'pearson':>9s}{'spearman':>10s}{'recall@10':>11s}{'recall@50':>11s}"]
     for label, a in r["agreement"].items():

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -203,7 +203,7 @@ def edit_record(adapter, record: Record, new: str, layer: int, prefixes: list[st
     weight = down.weight if down.weight.shape[0] == adapter.parts.d_model else down.weight.T  # Conv1D is [in, out]
     left, right = rank_one(weight, k, v, k if cov is None else torch.linalg.solve(cov, k))
     return edits_file.Edit(record.id, record.subj, record.prompt_wo_ctx, record.obj, new, layer, left.numpy(), right.numpy(),
-                           {**hp.asdict(), "covariance": cov is not None, "prefixes": len(prefixes)},
+                           {**asdict(hp), "covariance": cov is not None, "prefixes": len(prefixes)},
                            {"v_steps": len(log["loss"]), "v_p_new": log["p_target"][-1]})
 
 

@@ -45,6 +45,7 @@ MEASURED = ("p_clean", "p_corrupt", "logit_clean", "logit_corrupt")
 # ie_atp<x>: the restored cells are `cell_names` of each variable v the components fill.
 VALUE_PREFIXES = ("p_", "logit_", "ie_atp")
 ESTIMATES = ("exact", "atp", "atp*")  # how a cube's cells were found: its attr `method`
+TITLES = {"exact": "exact patching", "atp": "AtP", "atp*": "AtP*"}  # as tables and figures name them
 
 
 def cell_names(variable: str, estimate: str = "exact") -> tuple[str, str]:
