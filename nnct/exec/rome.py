@@ -8,7 +8,7 @@ object: ROME finds it by Adam on an additive delta written into the MLP's output
 lookup token of every rewriting prompt (prefix + prompt + the new object's tokens but the
 last), minimising
 
-    mean NLL(new object | rewriting prompt) + kl_factor * KL(P(. | "{subject} is a") edited || unedited)
+    mean NLL(new object | rewriting prompt) + kl_factor * KL(P(. | "{subject} is a") unedited || edited)
         + weight_decay * |delta| / |v0|^2
 
 with |delta| clamped to clamp * |v0| (v0: the unedited MLP output at the lookup token of
@@ -99,6 +99,7 @@ def value(parts: Parts, rewriting: list[list[int]], lookups: list[int], target: 
     pred = torch.tensor([[len(r) - n_t + j for j in range(n_t)] for r in rewriting], device=parts.device)
     want = torch.tensor(target, device=parts.device)
     row = torch.arange(len(rows), device=parts.device)
+    kl_next = torch.tensor([len(r) - 1 for r in kl], device=parts.device)  # P(. | "{s} is a"): after its last token
     params = [p for p in parts.nn._module.parameters() if p.requires_grad]
     for p in params:
         p.requires_grad_(False)
@@ -114,11 +115,12 @@ def value(parts: Parts, rewriting: list[list[int]], lookups: list[int], target: 
                 out[row, at] += delta.to(out.dtype)
                 logp = parts.nn.output.logits.float().log_softmax(-1)
                 nll = -logp[torch.arange(n_rw, device=parts.device)[:, None], pred, want[None, :]].mean(1)
-                kl_logp = logp[row[n_rw:], at[n_rw:]].save()
+                kl_logp = logp[row[n_rw:], kl_next].save()
                 nll = nll.save()
             if v0 is None:
                 v0, kl_init = base.double(), kl_logp.detach()
-            kl_loss = torch.nn.functional.kl_div(kl_init, kl_logp, log_target=True, reduction="batchmean")
+            # KL(unedited || edited), docs/method.md's direction (ROME's code passes them the other way round)
+            kl_loss = torch.nn.functional.kl_div(kl_logp, kl_init, log_target=True, reduction="batchmean")
             decay = hp.weight_decay * delta.norm() / v0.float().norm() ** 2
             loss = nll.mean() + hp.kl_factor * kl_loss + decay
             for k, x in (("loss", loss), ("nll", nll.mean()), ("kl", kl_loss), ("p_target", torch.exp(-nll).mean())):
