@@ -190,7 +190,7 @@ def attribute(model: Adapter | Parts, components: tuple[str, ...], window: int, 
         product = delta[site.name][None].double() * g[site.name]
         if site.heads:
             product = product.unflatten(-1, (a.n_heads, a.d_head))
-        contrib[site.name] = product.sum(-1).mean(dim=1)  # [number, layer, token(, head)]
+        contrib[site.name] = product.sum(-1).mean(dim=1).cpu()  # [number, layer, token(, head)]
     first_changed = corrupt.changed(list(ids))
     out = {v: np.full((4, *grid(v, components, n_tokens, a.n_layers, a.n_heads)), np.nan)
            for v in variables(components)}
@@ -212,5 +212,6 @@ def attribute(model: Adapter | Parts, components: tuple[str, ...], window: int, 
         p_name, logit_name = names(variable)
         restored[p_name] = (sign * np.moveaxis(values[:2], 0, -1)).astype(np.float32)
         restored[logit_name] = (sign * np.moveaxis(values[2:], 0, -1)).astype(np.float32)
+    clean, corrupted = clean.cpu(), corrupted.cpu()
     return Measures(clean[0, :2].numpy(), corrupted[:, :2].mean(0).numpy(), clean[0, 2:].numpy(),
                     corrupted[:, 2:].mean(0).numpy(), int(top[0]), restored)

@@ -178,21 +178,39 @@ def engine_flops(shape: Shape, n_tokens: int, samples: int, todo: list[Cell], wi
     return total
 
 
-def matmul_gflops(seconds: float = 1.0, n: int = 1024) -> float:
-    """This machine's float32 matrix-multiply rate, measured now."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_gflops(seconds: float = 1.0, n: int = 1024, device: str = "cpu", dtype: str = "float32") -> float:
+    """This machine's matrix-multiply rate in the model's device and dtype, measured now
+    (n = 4096 on a GPU, where 1024 would measure launches)."""
+    n = 4096 if device == "cuda" else n
+    a = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
+    b = torch.randn(n, n, device=device, dtype=a.dtype)
     torch.mm(a, b)
+    synchronize(device)
     count, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         torch.mm(a, b)
         count += 1
+        synchronize(device)
     return count * 2 * n**3 / (time.perf_counter() - t0) / 1e9
 
 
+def synchronize(device: str) -> None:
+    """Wait for the GPU's queued work, so that a clock read after it counts that work."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
 class PeakMemory:
-    """Peak resident memory of this process within the block (Linux: VmHWM after a reset)."""
+    """Peak memory within the block: the GPU's allocated bytes on cuda, else this process's
+    resident memory (Linux: VmHWM after a reset)."""
+
+    def __init__(self, device: str = "cpu"):
+        self.device = device
 
     def __enter__(self):
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            return self
         try:
             Path("/proc/self/clear_refs").write_text("5")
         except OSError:
@@ -201,6 +219,10 @@ class PeakMemory:
 
     def __exit__(self, *exc):
         self.bytes = 0
+        if self.device == "cuda":
+            synchronize(self.device)
+            self.bytes = torch.cuda.max_memory_allocated()
+            return False
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 self.bytes = int(line.split()[1]) * 1024
@@ -263,6 +285,7 @@ def run_atp(adapter: Adapter, data: str, n_tokens: int = 25, components=("hidden
         engine = Engine(adapter, Settings(comps, window, estimate=how, batch_budget=memory_budget(adapter.device)))
         t0 = time.perf_counter()
         measured[how] = engine.trace(tokens.ids, corrupt, both)
+        synchronize(adapter.device)
         seconds[how] = time.perf_counter() - t0
     exact, atp = measured["exact"], measured[estimate]
     agreement = {}
@@ -311,20 +334,22 @@ def run(adapter: Adapter, data: str, n_tokens: int = 25, components=("hidden", "
     # This machine's speed drifts over minutes, so the plain loop is timed in two halves,
     # one before and one after nnct's run, and the matmul rate likewise.
     half = len(sampled) // 2
-    rates, results, t_plain_total = [matmul_gflops()], {}, 0.0
-    with PeakMemory() as mem_plain:
+    dev, dtype = adapter.device, adapter.dtype
+    rates, results, t_plain_total = [matmul_gflops(device=dev, dtype=dtype)], {}, 0.0
+    with PeakMemory(dev) as mem_plain:
         t0 = time.perf_counter()
         results.update(plain(sampled[:half]))
         t_plain_total += time.perf_counter() - t0
-    with PeakMemory() as mem_nnct:
+    with PeakMemory(dev) as mem_nnct:
         t0 = time.perf_counter()
         engine = Engine(adapter, Settings(tuple(components), window, batch_rows=batch_rows, batch_budget=budget))
         result = engine.trace(tokens.ids, corrupt, ((answers[0],), (answers[1],)))
+        synchronize(dev)
         t_nnct = time.perf_counter() - t0
     t0 = time.perf_counter()
     results.update(plain(sampled[half:]))
     t_plain_total += time.perf_counter() - t0
-    rates.append(matmul_gflops())
+    rates.append(matmul_gflops(device=dev, dtype=dtype))
     rate, t_plain_cell = sum(rates) / 2, t_plain_total / len(sampled)
 
     def measured(cell):
