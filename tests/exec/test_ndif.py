@@ -160,6 +160,38 @@ def test_attribution_patching_remotely(server, tmp_path):
     assert ds.attrs["method"] == "atp" and int(np.isfinite(ds.p_restored.values[..., 0]).sum()) == 3
 
 
+def test_an_edit_evaluated_on_the_server(server):
+    """A committed ROME edit (the first of the 30 at layer 4) applied as the intervention
+    out += left * (key . right) to the model the server hosts: its logits on the edited
+    prompt equal the local model's with the edit written into its weights, and the new
+    object is the answer there."""
+    import nnsight
+    import torch
+
+    from nnct.exec import remote, rome
+    from nnct.model import load
+    from nnct.results import edits as edits_file
+
+    edit = edits_file.read(ROOT / "analysis" / "results" / "editing" / "edits-30-layer4.nc")[0][0]
+    triple = [(edit.layer, edit.left, edit.right)]
+    here = load()
+    ids = here.tokenizer(edit.prompt, return_tensors="pt").input_ids
+    with torch.no_grad(), rome.edited_weights(here, triple):
+        want = here.hf(ids).logits[0, -1]
+    there = load(weights=False)
+    target = remote.Server(HOST, server.key)
+    with there.parts.nn.session(backend=remote.backend(target, there)):
+        with there.parts.nn.trace(ids):
+            rome.apply_in_trace(there.parts, triple)
+            logits = there.parts.nn.output.logits[0, -1].save()
+        got = nnsight.save(logits)
+    torch.testing.assert_close(got.float(), want, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        before = here.hf(ids).logits[0, -1]
+    answer = [here.tokenizer.decode(int(x.argmax())).strip() for x in (before, got)]
+    assert answer == [edit.target_true.strip(), edit.target_new.strip()]
+
+
 def test_a_server_killed_mid_run_leaves_a_run_that_resumes(server, local, tmp_path):
     out = tmp_path / "remote.nc"
     args = [*TRACE, "--remote", "--ndif-host", HOST, "--out", str(out), "--request-cells", "1",
