@@ -1,0 +1,156 @@
+"""Edge attribution (EAP, EAP-IG) and exact edge patching over the graph of `model.graph`.
+
+For one prompt pair (clean and corrupt prompts of equal length, a target and an alternative
+token), M is the logit difference target - alt at the last position. docs/method.md
+("Edge attribution and circuits") has the formulas.
+
+- **`node_values`**: one forward pass of both prompts. Every node's output, and M of each.
+- **`edge_scores`**: one backward pass over 1 + m rows, with the input embeddings set to the
+  clean prompt's (EAP) and to corrupt + k/m (clean - corrupt) for k = 0..m-1 (EAP-IG).
+  - From it, the gradient at every destination's input. The projections' gradients are
+    carried back by their rows' weights and through the norm (`graph.norm_vjp`, at each row's
+    own residual).
+  - The score of u -> v is sum over positions of (a_u(corrupt) - a_u(clean)) . dM/d in_v: at
+    the clean row for EAP, averaged over the m rows for EAP-IG.
+- **`patched_metric`**: M of the clean prompt with the edges outside a circuit patched
+  exactly. Destination v's input becomes its input in this run plus, for each dropped edge
+  u -> v, a_u(corrupt) - a_u(this run). So v sees u's corrupted output, and nothing else
+  changes. No edge dropped gives M(clean); every edge dropped gives M(corrupt), since every
+  destination, the logits among them, then sees the corrupt run.
+
+Everything runs inside nnsight traces, reading and writing through `graph.Access`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..model.graph import Access, Graph, norm, norm_vjp
+
+
+@dataclass
+class Nodes:
+    """The two runs of a pair: node outputs [2 (clean, corrupt), node, token, d_model], the
+    input embeddings [2, token, d_model] and M of each [2]."""
+
+    outputs: torch.Tensor
+    embeddings: torch.Tensor
+    metric: torch.Tensor
+
+
+def _metric(logits, target: int, alt: int):
+    last = logits[:, -1].float()
+    return last[:, target] - last[:, alt]
+
+
+def node_values(acc: Access, g: Graph, clean: list[int], corrupt: list[int], target: int, alt: int) -> Nodes:
+    parts = acc.parts
+    ids = torch.tensor([clean, corrupt], dtype=torch.long, device=parts.device)
+    with torch.no_grad(), parts.nn.trace(ids):
+        emb = parts.embed.output.save()
+        outs = [acc.residual_in(0)[:, None]]
+        for layer in range(g.n_layers):
+            outs.append(acc.head_outputs(layer, acc.attn_out(layer).input))
+            outs.append(first_output(acc.mlp(layer))[:, None])
+        nodes = torch.cat(outs, 1).save()
+        metric = _metric(parts.nn.output.logits, target, alt).save()
+    return Nodes(nodes.float(), emb, metric.double().cpu())
+
+
+def first_output(envoy):
+    from ..model.parts import first
+
+    return first(envoy.output)
+
+
+def edge_scores(acc: Access, g: Graph, clean: list[int], nodes: Nodes, target: int, alt: int, steps: int):
+    """(EAP scores, EAP-IG scores), each [node, dest] float64 (0 where no edge), for one pair
+    whose two runs `nodes` holds."""
+    parts = acc.parts
+    clean_emb, corrupt_emb = nodes.embeddings[0], nodes.embeddings[1]
+    alphas = torch.arange(steps, dtype=torch.float32, device=clean_emb.device) / steps
+    rows = torch.cat([clean_emb[None], corrupt_emb[None] + alphas[:, None, None] * (clean_emb - corrupt_emb)[None]])
+    rows = rows.to(parts.torch_dtype)
+    ids = torch.tensor([clean], dtype=torch.long, device=parts.device).expand(rows.shape[0], -1)
+    delta = (nodes.outputs[1] - nodes.outputs[0]).double()  # [node, token, d]
+    trainable = [p for p in parts.nn._module.parameters() if p.requires_grad]
+    for p in trainable:  # no .grad accumulates in a local model's weights
+        p.requires_grad_(False)
+    try:
+        with torch.enable_grad(), parts.nn.trace(ids):
+            emb = parts.embed.output
+            emb[:] = rows
+            emb.requires_grad_(True)
+            resid, mid, proj, mlp_in = [], [], [], []
+            for layer in range(g.n_layers):
+                resid.append(acc.residual_in(layer).detach())
+                proj.append(acc.qkv_outputs(layer))
+                mid.append(acc.ln_mlp(layer).input.detach())
+                mlp_in.append(acc.mlp(layer).input)
+            final = acc.final_norm().input
+            final_value = final.detach()
+            metric = _metric(parts.nn.output.logits, target, alt).sum()
+            grads_final, grads_mlp, grads_proj = None, [None] * g.n_layers, [None] * g.n_layers
+            with metric.backward():
+                grads_final = final.grad
+                for layer in reversed(range(g.n_layers)):
+                    grads_mlp[layer] = mlp_in[layer].grad
+                    grads_proj[layer] = [p.grad for p in reversed(proj[layer])][::-1]
+            scores = _scores(acc, g, delta, resid, mid, final_value, grads_final, grads_mlp, grads_proj).save()
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+    return scores[0].cpu(), scores[1:].mean(0).cpu()
+
+
+def _scores(acc: Access, g: Graph, delta, resid, mid, final_value, grads_final, grads_mlp, grads_proj):
+    """[row, node, dest]: delta . the gradient at each destination's input, per row."""
+    rows = grads_final.shape[0]
+    out = torch.zeros(rows, g.n_nodes, g.n_dests, dtype=torch.float64, device=delta.device)
+    for layer in range(g.n_layers):
+        cot = acc.qkv_cotangents(layer, grads_proj[layer])  # [row, dest, token, d]
+        at = norm_vjp(resid[layer][:, None], cot, acc.ln_attn(layer), acc.r.rms)
+        first_dest, up = g.dest(layer, "q"), g.upstream(g.dest(layer, "q"))
+        out[:, :up, first_dest:first_dest + at.shape[1]] = torch.einsum("utd,rvtd->ruv", delta[:up], at.double())
+        gm = norm_vjp(mid[layer], grads_mlp[layer], acc.ln_mlp(layer), acc.r.rms)
+        v = g.dest(layer, "mlp")
+        out[:, :g.upstream(v), v] = torch.einsum("utd,rtd->ru", delta[:g.upstream(v)], gm.double())
+    out[:, :, g.n_dests - 1] = torch.einsum("utd,rtd->ru", delta, grads_final.double())
+    return out
+
+
+def patched_metric(acc: Access, g: Graph, clean: list[int], corrupt_nodes: torch.Tensor, dropped: torch.Tensor,
+                   target: int, alt: int) -> float:
+    """M of the clean prompt with every edge u -> v where `dropped[u, v]` patched exactly
+    (its destination sees u's output `corrupt_nodes[u]`; see the module's docstring)."""
+    parts = acc.parts
+    ids = torch.tensor([clean], dtype=torch.long, device=parts.device)
+    drop = dropped.to(corrupt_nodes.device, corrupt_nodes.dtype)
+    with torch.no_grad(), parts.nn.trace(ids):
+        current = []
+        for layer in range(g.n_layers):
+            r = acc.residual_in(layer)
+            if layer == 0:
+                current.append(r[0].float())  # the embedding node's output
+            q0, m = g.dest(layer, "q"), g.dest(layer, "mlp")
+            up = g.upstream(q0)
+            if bool(drop[:up, q0:m].any()):
+                change = torch.einsum("uv,utd->vtd", drop[:up, q0:m], corrupt_nodes[:up] - torch.stack(current))
+                acc.write_qkv(layer, norm(r[0][None] + change[None].to(r.dtype), acc.ln_attn(layer), acc.r.rms))
+            heads = acc.head_outputs(layer, acc.attn_out(layer).input)[0]
+            current += list(heads.float())
+            mid = acc.ln_mlp(layer).input
+            up = g.upstream(m)
+            if bool(drop[:up, m].any()):
+                change = torch.einsum("u,utd->td", drop[:up, m], corrupt_nodes[:up] - torch.stack(current))
+                x = acc.mlp(layer).input
+                x[:] = norm(mid + change.to(mid.dtype), acc.ln_mlp(layer), acc.r.rms)
+            current.append(first_output(acc.mlp(layer))[0].float())
+        last = g.n_dests - 1
+        if bool(drop[:, last].any()):
+            x = acc.final_norm().input
+            x[:] = x + torch.einsum("u,utd->td", drop[:, last], corrupt_nodes - torch.stack(current)).to(x.dtype)
+        metric = _metric(parts.nn.output.logits, target, alt).save()
+    return float(metric[0])
