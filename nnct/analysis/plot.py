@@ -14,6 +14,8 @@
 - `heads_figure`: per-head AIE, layers bottom to top and heads left to right, one panel per
   segment of interest (and one for heads restored at all positions), the strongest heads
   outlined and listed.
+- `circuit_figure`: a circuit file's circuit as a graph (layers bottom to top, heads and MLPs
+  as nodes, edge width by score), written as PNG, PDF and SVG (`save_circuit`).
 
 Colour scales are shared per component: every example figure drawn in one call uses the
 same scale for a component (so two examples compare at a glance). As in ROME, a scale starts
@@ -280,3 +282,76 @@ def draw(ds, summary, outdir: str | Path, examples: int = 6, segments: list[str]
     if "aie_head" in summary or "aie_head_all_pos" in summary:
         paths += save(heads_figure(summary, metric, segments), outdir / "heads")
     return paths
+
+
+KIND_COLOURS = {"q": "#1f77b4", "k": "#2ca02c", "v": "#9467bd", "mlp": "#ff7f0e", "logits": "#444444"}
+
+
+def circuit_figure(ds, n_edges: int | None = None):
+    """A circuit file's top-n circuit as a graph: layers bottom to top (the embedding below,
+    the logits above), heads left to right with each layer's MLP beside them. An edge goes
+    from its source to the head (a key or value goes to its group's heads' middle) or MLP it
+    feeds. Its width follows |score|, its colour the destination's input (query, key,
+    value, MLP, logits), and its style the score's sign (dashed: negative)."""
+    from matplotlib.figure import Figure
+
+    from ..results.circuit import top_edges
+
+    n = int(n_edges or ds.attrs.get("minimal_edges") or 0)
+    if n < 1:
+        raise ConfigError("the circuit file found no faithful circuit: give --edges N")
+    score = ds.score.values
+    keep = top_edges(score, n)
+    H, L, K = int(ds.attrs["n_heads"]), int(ds.attrs["n_layers"]), int(ds.attrs["n_kv_heads"])
+
+    def place(kind, layer, head):
+        if kind == "emb":
+            return (H - 1) / 2, -1.0
+        if kind == "logits":
+            return (H - 1) / 2, float(L)
+        if kind == "mlp":
+            return H + 0.5, layer + 0.45
+        if kind in ("k", "v"):  # a key/value head: the middle of the query heads that share it
+            group = H // K
+            return head * group + (group - 1) / 2 + (0.15 if kind == "v" else -0.15), float(layer)
+        return float(head), float(layer)
+
+    src = [place(k, la, h) for k, la, h in zip(ds.source_kind.values, ds.source_layer.values, ds.source_head.values)]
+    dst = [place(k, la, h) for k, la, h in zip(ds.destination_kind.values, ds.destination_layer.values,
+                                                ds.destination_head.values)]
+    kinds = ds.destination_kind.values
+    us, vs = np.nonzero(keep)
+    biggest = float(np.abs(score[us, vs]).max()) if len(us) else 1.0
+    fig = Figure(figsize=(max(6.0, 0.55 * (H + 2)), max(6.0, 0.32 * (L + 2))))
+    ax = fig.add_subplot()
+    order = np.argsort(np.abs(score[us, vs]))  # the strongest edges drawn last, on top
+    for u, v in zip(us[order], vs[order]):
+        (x0, y0), (x1, y1), s = src[u], dst[v], float(score[u, v])
+        ax.plot([x0, x1], [y0 + 0.12, y1 - 0.12], color=KIND_COLOURS[str(kinds[v])], alpha=0.75,
+                linewidth=0.4 + 3.6 * abs(s) / biggest, linestyle="-" if s >= 0 else "--", zorder=1)
+    used_src, used_dst = set(us.tolist()), set(vs.tolist())
+    for i, (x, y) in enumerate(src):
+        on = i in used_src or any(np.allclose(src[i], dst[j]) for j in used_dst)
+        ax.scatter([x], [y], s=30 if on else 6, color="black" if on else "#cccccc", zorder=2)
+    for j in used_dst:
+        if kinds[j] in ("mlp", "logits"):
+            ax.scatter([dst[j][0]], [dst[j][1]], s=30, color="black", zorder=2)
+    ax.set_yticks(range(-1, L + 1), ["emb", *[str(la) for la in range(L)], "logits"], fontsize=7)
+    ax.set_xticks([*range(H), H + 0.5], [*[f"h{h}" for h in range(H)], "MLP"], fontsize=7)
+    ax.set_ylabel("layer")
+    for kind, colour in KIND_COLOURS.items():
+        ax.plot([], [], color=colour, label={"q": "query", "k": "key", "v": "value"}.get(kind, kind))
+    ax.legend(loc="upper right", fontsize=7, framealpha=0.8)
+    ax.set_title(f"{ds.attrs.get('model', '')}: the top {n} of {int(ds.attrs.get('total_edges', 0))} edges"
+                 f" (EAP-IG, {ds.attrs.get('n_pairs', '?')} pairs)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def save_circuit(fig, base: Path) -> list[Path]:
+    """A circuit figure as base.png, base.pdf and base.svg."""
+    out = save(fig, base)
+    path = base.with_name(base.name + ".svg")
+    with atomic(path) as tmp:
+        fig.savefig(tmp, format="svg")
+    return out + [path]

@@ -95,13 +95,25 @@ def summarize(cube_path, metric, variant, filter_, out, csv_out, bands):
 @click.option("--filter", "filter_", type=click.Choice(FILTERS), default=None, help=FILTER_HELP)
 @click.option("--compare", "compare_with", type=click.Path(exists=True, dir_okay=False),
               help="With an AtP cube: an exact cube of the same examples, drawn beside it (compare.png).")
-def plot(cube_path, out, examples, segments, metric, variant, filter_, compare_with):
-    """ROME-style heatmaps per example, the average heatmap over segments and AIE lines (PNG + PDF)."""
+@click.option("--edges", type=click.IntRange(min=1), default=None,
+              help="With a circuit file: the circuit's size [default: its minimal faithful one].")
+def plot(cube_path, out, examples, segments, metric, variant, filter_, compare_with, edges):
+    """ROME-style heatmaps per example, the average heatmap over segments and AIE lines (PNG +
+    PDF); for a circuit file (`nnct circuit find`), the circuit as a graph (PNG, PDF, SVG)."""
     from pathlib import Path
 
     from ..analysis import plot as plot_lib, summary
+    from ..results import circuit as circuit_file
     from ..results import files
 
+    if circuit_file.is_circuit_file(cube_path):
+        try:
+            with files.locked(out):
+                paths = plot_lib.save_circuit(plot_lib.circuit_figure(circuit_file.read(cube_path), edges), Path(out) / "circuit")
+        except NnctError as exc:
+            fail(f"{cube_path}: {exc}")
+        click.echo(f"wrote {len(paths)} files into {out}")
+        return
     ds = open_cube(cube_path, chunks={"example": 256})
     try:
         with files.locked(out):

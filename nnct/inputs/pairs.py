@@ -1,7 +1,10 @@
 """Prompt pairs: a clean prompt and a corrupted one that differs in a few tokens.
 
-A pair comes from a JSONL file, one per line, `{"id"?, "clean", "corrupt", "target", "alt"}`
-(checked line by line as records are, `id` defaulting to the line), from a notebook, or is
+A pair comes from a JSONL file, one per line, `{"id"?, "clean", "corrupt", "target", "alt",
+"target_token"?, "alt_token"?}` (checked line by line as records are, `id` defaulting to the
+line; the two token ids, given together, are the answers exactly, for answers that ROME's
+spelling, " " + answer, cannot name, such as a memorised text's next subword or
+punctuation), from a notebook, or is
 made from a seed record by **substitution** (`nnct trace --corruption substitute`): the
 experiment's mention in the clean prompt is replaced by another text, and the first
 candidate whose prompt tokenises to as many tokens as the clean one is taken (position-wise
@@ -47,11 +50,24 @@ class Pair:
     corrupt: str
     target: str
     alt: str
+    tokens: tuple[int, int] | None = None  # the answers' exact token ids (`target_token`, `alt_token`), if given
+
+
+def _token(obj: dict, name: str, path: str, line: int) -> int | None:
+    value = obj.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise RecordError(path, line, name, f"expected a token id (an integer >= 0), got {value!r}")
+    return value
 
 
 def pair_from(obj: dict, path: str, line: int) -> Pair:
     values = {name: text_field(obj, name, path, line) for name in FIELDS}
-    return Pair(item_id(obj, path, line), line, **values)
+    target, alt = _token(obj, "target_token", path, line), _token(obj, "alt_token", path, line)
+    if (target is None) != (alt is None):
+        raise RecordError(path, line, "alt_token" if alt is None else "target_token", "give both answers' tokens or neither")
+    return Pair(item_id(obj, path, line), line, **values, tokens=None if target is None else (target, alt))
 
 
 def load_pairs(source) -> Loaded:
@@ -67,7 +83,7 @@ def example(pair: Pair) -> Example:
     whole = (0, len(pair.clean))
     return Example(id=f"{pair.id}/{VARIANT}", record_id=pair.id, variant=VARIANT, prompt=pair.clean, target=pair.target,
                    alt=pair.alt, span=(), subject=None, object=None, relation=(), context=None, question=whole,
-                   corrupt_prompt=pair.corrupt)
+                   corrupt_prompt=pair.corrupt, answer_tokens=pair.tokens)
 
 
 def check_substitutable(exp: Experiment) -> None:

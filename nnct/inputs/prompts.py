@@ -75,6 +75,7 @@ class Example:
     context: CharRange | None  # the passage(s), when the prompt has one
     question: CharRange  # the `{prompt}` / `{question}` part
     corrupt_prompt: str | None = None  # a prompt pair's corrupted prompt; None: noise on `span`
+    answer_tokens: tuple[int, int] | None = None  # a pair's exact (target, alt) token ids; None: spelled as ROME does
 
 
 FIELDS = ("context", "prompt", "question")

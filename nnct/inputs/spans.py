@@ -54,10 +54,16 @@ def answer_tokens(tokenizer, example: Example, path: str, line: int, full: bool 
     """The (target, alt) tokens of an example: the first token of each (`full`: all of them).
     Answers whose traced tokens are the same cannot be told apart (p_target would equal
     p_alt): such an example is reported, not traced. `fields` name the two answers' fields."""
-    try:
-        target, alt = answer_ids(tokenizer, example.target), answer_ids(tokenizer, example.alt)
-    except SpanNotFound as exc:
-        raise RecordError(path, line, fields[0], str(exc)) from None
+    if example.answer_tokens is not None:  # exact ids (a memorisation pair's): one token each
+        target, alt = ((example.answer_tokens[0],), (example.answer_tokens[1],))
+        for name, (token,) in (("target_token", target), ("alt_token", alt)):
+            if token >= len(tokenizer):
+                raise RecordError(path, line, name, f"token id {token} is outside the tokenizer's {len(tokenizer)}")
+    else:
+        try:
+            target, alt = answer_ids(tokenizer, example.target), answer_ids(tokenizer, example.alt)
+        except SpanNotFound as exc:
+            raise RecordError(path, line, fields[0], str(exc)) from None
     if not full:
         target, alt = target[:1], alt[:1]
     if target == alt:

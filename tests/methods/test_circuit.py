@@ -1,0 +1,131 @@
+"""`nnct memorization` and `nnct circuit` end to end on a tiny llama directory: scores to
+pairs that `nnct patch` reads, a circuit found and verified, its picture. Checked against
+what holds whatever the scores are: the graph's edge count by hand, faithfulness 1 for the
+whole graph and 0 for none, the binary search's own record, random circuits of the size
+asked for."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import WORDS, make_hf_model, make_tokenizer, write_jsonl
+from nnct.cli import main
+from nnct.results import circuit as circuit_file
+from nnct.results.cube import open_cube
+
+PAIRS = [
+    {"id": "p1", "clean": "the Eiffel Tower is located in the city of", "corrupt": "the Vinson Massif is located in the city of",
+     "target": "Paris", "alt": "Rome"},
+    {"id": "p2", "clean": "Beats Music is owned by", "corrupt": "Vinson Massif is owned by", "target": "Apple", "alt": "Amazon"},
+    {"id": "p3", "clean": "the capital of France is", "corrupt": "the capital of Italy is", "target": "Paris", "alt": "Rome"},
+    {"id": "bad", "clean": "the capital of France is", "corrupt": "the big capital of Italy is", "target": "Paris", "alt": "Rome"},
+]
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-mem")
+    hf = make_hf_model("llama")
+    with torch.no_grad():
+        hf.lm_head.weight[len(WORDS):] = 0
+        hf.lm_head.weight[:3] = 0
+    hf.save_pretrained(path)
+    make_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def found(model_dir, tmp_path_factory):
+    d = tmp_path_factory.mktemp("circuit")
+    pairs = write_jsonl(d / "pairs.jsonl", PAIRS)
+    out = d / "circuit.nc"
+    result = invoke("circuit", "find", "--model", model_dir, "--pairs", pairs, "--ig-steps", 3, "--target", 0.85,
+                    "--out", out)
+    return result, out, pairs, d
+
+
+def test_find_writes_scores_and_the_minimal_circuit(found):
+    result, out, _, _ = found
+    assert result.exit_code == 0, result.output
+    assert "skipped" in result.stderr and "bad" not in result.stdout  # the pair of unequal lengths
+    ds = circuit_file.read(out)
+    # 4 layers, 4 query and 2 key/value heads: each layer's 8 q/k/v destinations read the
+    # embedding and 5 nodes per earlier layer, its MLP also its own 4 heads; the logits all 21.
+    by_hand = sum(8 * (1 + 5 * layer) + (1 + 5 * layer + 4) for layer in range(4)) + 21
+    assert ds.attrs["total_edges"] == by_hand == int(np.isfinite(ds.score.values).sum())
+    assert ds.sizes == {"source": 21, "destination": 37, "step": len(ds.search_edges)}
+    assert ds.attrs["n_pairs"] == 3 and ds.attrs["ig_steps"] == 3
+    n, f = ds.attrs["minimal_edges"], ds.attrs["faithfulness"]
+    assert 1 <= n <= by_hand and f >= 0.85
+    search = dict(zip(ds.search_edges.values.tolist(), ds.search_faithfulness.values.tolist()))
+    assert search[n] == pytest.approx(f) and all(v < 0.85 for k, v in search.items() if k < n)
+
+
+def test_verify_whole_graph_and_random_circuits(found, tmp_path):
+    _, out, pairs, _ = found
+    ds = circuit_file.read(out)
+    total = ds.attrs["total_edges"]
+    whole = tmp_path / "whole.json"
+    result = invoke("circuit", "verify", out, "--pairs", pairs, "--edges", total, "--random", 2, "--json", whole)
+    assert result.exit_code == 0, result.output
+    r = json.loads(whole.read_text())
+    assert r["faithfulness"] == pytest.approx(1.0, abs=1e-5)
+    assert r["random_faithfulness"] == pytest.approx([1.0, 1.0], abs=1e-5)  # all edges, however drawn
+    assert r["m_clean"] == pytest.approx(ds.attrs["m_clean"], abs=1e-5)
+    small = tmp_path / "small.json"
+    result = invoke("circuit", "verify", out, "--pairs", pairs, "--random", 3, "--json", small)
+    assert result.exit_code == 0, result.output
+    r = json.loads(small.read_text())
+    assert r["edges"] == ds.attrs["minimal_edges"] and r["faithfulness"] == pytest.approx(ds.attrs["faithfulness"], abs=1e-5)
+    assert len(r["random_faithfulness"]) == 3 and r["random_faithfulness_ci"][0] <= r["random_faithfulness_mean"]
+    counts = [c["edges"] for c in r["curve"]]
+    assert counts[0] == 1 and counts[-1] == total and r["edges"] in counts
+    assert r["curve"][-1]["faithfulness"] == pytest.approx(1.0, abs=1e-5)
+    assert {"edges", "total_edges", "faithfulness", "random_faithfulness_mean", "random_faithfulness_ci", "m_clean",
+            "m_corrupt"} <= set(r)
+
+
+def test_plot_draws_the_circuit(found, tmp_path):
+    _, out, _, _ = found
+    result = invoke("plot", out, "-o", tmp_path / "fig", "--edges", 12)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "fig").iterdir()) == ["circuit.pdf", "circuit.png", "circuit.svg"]
+
+
+def test_memorization_pairs_feed_patch(model_dir, tmp_path):
+    from test_memorization import own_text, tiny
+
+    adapter = tiny()  # the same weights as model_dir's
+    texts = write_jsonl(tmp_path / "t.jsonl", [{"id": f"t{i}", "text": own_text(adapter, w, 24)} for i, w in enumerate(
+        ["the Eiffel Tower is located in the city of Paris France", "Vinson Massif is part of Antarctica which is a continent",
+         "Beats Music is owned by Apple and Amazon is big"])] + [{"id": "t3", "text": "a short text"}])
+    scores = tmp_path / "scores.jsonl"
+    result = invoke("memorization", "score", "--model", model_dir, "--texts", texts, "--prefix", 12, "--continuation", 12,
+                    "--out", scores, "-q")
+    assert result.exit_code == 0, result.output
+    assert "'t3' has" in result.stderr and "3 windows" in result.stdout
+    pairs = tmp_path / "pairs.jsonl"
+    result = invoke("memorization", "pairs", "--scores", scores, "--threshold", 1.0, "--out", pairs)
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(x) for x in pairs.read_text().splitlines()]
+    assert lines and {"clean", "corrupt", "target", "alt", "target_token", "alt_token"} <= set(lines[0])
+    cube = tmp_path / "patch.nc"
+    result = invoke("patch", "--model", model_dir, "--pairs", pairs, "--components", "hidden", "--out", cube, "-q")
+    assert result.exit_code == 0, result.output
+    ds = open_cube(cube)
+    assert ds.sizes["example"] == len(lines)
+    # the cube's answers are the pairs' exact tokens: its clean p is the tokens' probability
+    with torch.no_grad():
+        hf = adapter.hf
+        ids = adapter.tokenizer(lines[0]["clean"])["input_ids"]
+        p = hf(torch.tensor([ids])).logits[0, -1].softmax(-1)[lines[0]["target_token"]]
+    assert float(ds.p_clean.values[0, 0]) == pytest.approx(float(p), rel=1e-4)
