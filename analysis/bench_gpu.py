@@ -52,10 +52,10 @@ def main(config, only, out):
     out.mkdir(parents=True, exist_ok=True)
     results = []
 
-    def one(label, fn):
+    def one(label, fn, *args, **kwargs):
         t0 = time.perf_counter()
         try:
-            r = fn()
+            r = fn(*args, **kwargs)
         except Exception:  # one failed case must not cost the others' device time
             click.echo(f"== {label} FAILED\n{traceback.format_exc()}")
             return
@@ -69,13 +69,13 @@ def main(config, only, out):
         for dtype in ("float32", "bfloat16"):
             a = random_model(config, shape, dtype)
             if only in ("all", "exact"):
-                one(f"{shape} {dtype} exact noise", lambda: bench.run(a, DATA, 25, COMPONENTS, plain_cells=plain_cells))
-                one(f"{shape} {dtype} exact pair",
-                    lambda: bench.run(a, DATA, 25, COMPONENTS, plain_cells=plain_cells, corruption="prompt"))
+                one(f"{shape} {dtype} exact noise", bench.run, a, DATA, 25, COMPONENTS, plain_cells=plain_cells)
+                one(f"{shape} {dtype} exact pair", bench.run, a, DATA, 25, COMPONENTS, plain_cells=plain_cells,
+                    corruption="prompt")
             if only in ("all", "atp"):
-                one(f"{shape} {dtype} atp noise", lambda: bench.run_atp(a, DATA, 25, COMPONENTS))
+                one(f"{shape} {dtype} atp noise", bench.run_atp, a, DATA, 25, COMPONENTS)
                 if shape.startswith("smollm2"):  # L backward passes: the small shape shows the ratio
-                    one(f"{shape} {dtype} atp* noise", lambda: bench.run_atp(a, DATA, 25, COMPONENTS, estimate="atp*"))
+                    one(f"{shape} {dtype} atp* noise", bench.run_atp, a, DATA, 25, COMPONENTS, estimate="atp*")
             del a
             torch.cuda.empty_cache()
 

@@ -8,6 +8,7 @@ import click
 
 from ..errors import NnctError
 from .app import fail, main
+from .runs import _remote
 
 
 def _skipped(problems) -> None:
@@ -93,9 +94,13 @@ def circuit():
 @click.option("--ig-steps", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--target", type=float, default=0.85, show_default=True, help="The faithfulness the minimal circuit reaches.")
 @click.option("--max-pairs", type=click.IntRange(min=1), default=None)
+@click.option("--remote", "remote_", is_flag=False, flag_value="ndif", default=None,
+              help="Run on an NDIF server (--ndif-host, NDIF_HOST or nnsight's config); --remote local: nnsight's"
+                   " local simulation of a request.")
+@click.option("--ndif-host", "ndif_host", default=None, help="The NDIF server's URL (implies --remote).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The circuit file (FILE.nc).")
 @click.option("-q", "--quiet", is_flag=True)
-def find(model, pairs, ig_steps, target, max_pairs, out, quiet):
+def find(model, pairs, ig_steps, target, max_pairs, remote_, ndif_host, out, quiet):
     """Score every edge by EAP and EAP-IG over the pairs, then find the smallest top-n
     circuit whose faithfulness reaches the target."""
     from ..methods import circuit as lib
@@ -103,11 +108,16 @@ def find(model, pairs, ig_steps, target, max_pairs, out, quiet):
     from ..results import circuit as circuit_file
     from ..results import files
 
+    from ..exec import remote
+
     if Path(out).suffix != ".nc":
         fail(f"--out {out}: the circuit file is NetCDF, name it *.nc")
+    where = _remote(remote_, ndif_host)
     try:
+        target_ = where if where in (None, remote.LOCAL) else remote.server(where)
         with files.locked(out):
-            found = lib.find(load(model), pairs, ig_steps, target, max_pairs, say=(lambda text: None) if quiet else click.echo)
+            found = lib.find(load(model, weights=target_ is None or target_ == remote.LOCAL), pairs, ig_steps, target,
+                             max_pairs, remote=target_, say=(lambda text: None) if quiet else click.echo)
             circuit_file.write(found.dataset, out)
     except NnctError as exc:
         fail(str(exc))

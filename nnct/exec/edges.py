@@ -18,16 +18,21 @@ token), M is the logit difference target - alt at the last position. docs/method
   changes. No edge dropped gives M(clean); every edge dropped gives M(corrupt), since every
   destination, the logits among them, then sees the corrupt run.
 
-Everything runs inside nnsight traces, reading and writing through `graph.Access`.
+Everything runs inside nnsight traces, reading and writing through `graph.Access`, so the
+same code runs on a server. `scored` and `patched` take pairs ((clean, corrupt, target, alt)
+each) and, given an nnsight backend (`exec.remote.backend`), run them in one session there.
+Only the scores and metrics come back; node outputs stay with the model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
 from ..model.graph import Access, Graph, norm, norm_vjp
+from ..model.parts import first
 
 
 @dataclass
@@ -60,8 +65,6 @@ def node_values(acc: Access, g: Graph, clean: list[int], corrupt: list[int], tar
 
 
 def first_output(envoy):
-    from ..model.parts import first
-
     return first(envoy.output)
 
 
@@ -154,3 +157,51 @@ def patched_metric(acc: Access, g: Graph, clean: list[int], corrupt_nodes: torch
             x[:] = x + torch.einsum("u,utd->td", drop[:, last], corrupt_nodes - torch.stack(current)).to(x.dtype)
         metric = _metric(parts.nn.output.logits, target, alt).save()
     return float(metric[0])
+
+
+def _on_server(acc: Access) -> Access:
+    """Inside a session: the Access with the device and dtype of the weights found there."""
+    weight = acc.parts.embed.weight
+    return Access(dataclasses.replace(acc.parts, device=str(weight.device), torch_dtype=weight.dtype), acc.r)
+
+
+def scored(acc: Access, g: Graph, pairs: list, steps: int, backend=None) -> list:
+    """Per pair (clean, corrupt, target, alt): (EAP scores, EAP-IG scores, M [clean, corrupt]),
+    and, run here, the pair's `Nodes` (for `patched`)."""
+    if backend is None:
+        out = []
+        for clean, corrupt, target, alt in pairs:
+            nodes = node_values(acc, g, clean, corrupt, target, alt)
+            out.append((*edge_scores(acc, g, clean, nodes, target, alt, steps), nodes.metric, nodes))
+        return out
+    import nnsight
+
+    out = None
+    with acc.parts.nn.session(backend=backend):
+        there = _on_server(acc)
+        results = []  # a loop, not a comprehension: nnsight runs the body with its own locals
+        for clean, corrupt, target, alt in pairs:
+            nodes = node_values(there, g, clean, corrupt, target, alt)
+            eap, ig = edge_scores(there, g, clean, nodes, target, alt, steps)
+            results.append([eap, ig, nodes.metric])
+        out = nnsight.save(results)
+    return [(*r, None) for r in out]
+
+
+def patched(acc: Access, g: Graph, pairs: list, dropped: torch.Tensor, nodes: list | None = None, backend=None) -> list:
+    """M per pair with the `dropped` edges patched; the pairs' `Nodes` reused when given
+    (here), else made again (in the session on the server)."""
+    if backend is None:
+        nodes = nodes or [node_values(acc, g, *p) for p in pairs]
+        return [patched_metric(acc, g, p[0], n.outputs[1], dropped, p[2], p[3]) for p, n in zip(pairs, nodes)]
+    import nnsight
+
+    out = None
+    with acc.parts.nn.session(backend=backend):
+        there = _on_server(acc)
+        results = []
+        for clean, corrupt, target, alt in pairs:
+            made = node_values(there, g, clean, corrupt, target, alt)
+            results.append(patched_metric(there, g, clean, made.outputs[1], dropped, target, alt))
+        out = nnsight.save(results)
+    return list(out)

@@ -68,23 +68,48 @@ def prepare(adapter, pairs, max_pairs: int | None = None) -> tuple[list[Prepared
 
 
 class Evaluator:
-    """Faithfulness of circuits on prepared pairs (their two runs made once)."""
+    """Faithfulness of circuits on prepared pairs. Here, the pairs' two runs are made once
+    (`scored` hands them over); on a server each evaluation is one session that makes them
+    again (`backend`: a function giving a fresh nnsight backend)."""
 
-    def __init__(self, adapter, pairs: list[Prepared], keep_nodes=None):
+    def __init__(self, adapter, pairs: list[Prepared], metrics: np.ndarray, nodes=None, backend=None):
         self.g, self.acc = graph_of(adapter)
-        self.pairs = pairs
-        self.nodes = keep_nodes or [edges.node_values(self.acc, self.g, p.clean, p.corrupt, p.target, p.alt) for p in pairs]
-        metrics = np.array([n.metric.numpy() for n in self.nodes])  # [pair, 2]
+        self.pairs, self.nodes, self.backend = [_tuple(p) for p in pairs], nodes, backend
         self.m_clean, self.m_corrupt = float(metrics[:, 0].mean()), float(metrics[:, 1].mean())
         if abs(self.m_clean - self.m_corrupt) < 1e-6:
             raise ConfigError("the pairs' mean logit differences are equal on clean and corrupt prompts:"
                               " faithfulness is undefined")
 
+    @classmethod
+    def made(cls, adapter, pairs: list[Prepared], backend=None) -> "Evaluator":
+        g, acc = graph_of(adapter)
+        if backend is None:
+            nodes = [edges.node_values(acc, g, *_tuple(p)) for p in pairs]
+            return cls(adapter, pairs, np.array([n.metric.numpy() for n in nodes]), nodes)
+        none = torch.zeros(g.n_nodes, g.n_dests, dtype=torch.bool)
+        m_clean = edges.patched(acc, g, [_tuple(p) for p in pairs], none, backend=backend())
+        m_corrupt = edges.patched(acc, g, [_tuple(p) for p in pairs], torch.as_tensor(g.edges), backend=backend())
+        return cls(adapter, pairs, np.array([m_clean, m_corrupt]).T, backend=backend)
+
     def faithfulness(self, keep: np.ndarray) -> float:
         dropped = torch.as_tensor(self.g.edges & ~keep)
-        m = np.mean([edges.patched_metric(self.acc, self.g, p.clean, n.outputs[1], dropped, p.target, p.alt)
-                     for p, n in zip(self.pairs, self.nodes)])
+        m = np.mean(edges.patched(self.acc, self.g, self.pairs, dropped, self.nodes,
+                                  None if self.backend is None else self.backend()))
         return float((m - self.m_corrupt) / (self.m_clean - self.m_corrupt))
+
+
+def _tuple(p: Prepared) -> tuple:
+    return (p.clean, p.corrupt, p.target, p.alt)
+
+
+def backend_maker(adapter, target):
+    """None (here), or a function giving a fresh nnsight backend for `target` ("local":
+    nnsight's simulation of a request; or an `exec.remote.Server`)."""
+    if target is None:
+        return None
+    from ..exec import remote
+
+    return lambda: remote.backend(target, adapter)
 
 
 @dataclass
@@ -93,23 +118,22 @@ class Found:
     skipped: list[RecordError] = field(default_factory=list)
 
 
-def find(adapter, pairs, ig_steps: int = 5, target: float = 0.85, max_pairs: int | None = None,
+def find(adapter, pairs, ig_steps: int = 5, target: float = 0.85, max_pairs: int | None = None, remote=None,
          say=lambda text: None) -> Found:
+    """`remote`: None (here), "local" (nnsight's simulation of a request) or an `exec.remote.Server`."""
     if ig_steps < 1:
         raise ConfigError("--ig-steps takes at least 1 step")
     prepared, skipped = prepare(adapter, pairs, max_pairs)
     if not prepared:
         raise DataError(f"{pairs}: no usable pair")
     g, acc = graph_of(adapter)
-    eap, ig, kept = 0.0, 0.0, []
-    for i, p in enumerate(prepared, start=1):
-        nodes = edges.node_values(acc, g, p.clean, p.corrupt, p.target, p.alt)
-        e, s = edges.edge_scores(acc, g, p.clean, nodes, p.target, p.alt, ig_steps)
-        eap, ig = eap + e.numpy(), ig + s.numpy()
-        kept.append(nodes)
-        say(f"scored pair {i}/{len(prepared)} ({p.id})")
-    score, score_eap = ig / len(prepared), eap / len(prepared)
-    evaluator = Evaluator(adapter, prepared, kept)
+    backend = backend_maker(adapter, remote)
+    say(f"scoring {len(prepared)} pairs ({g.edges.sum()} edges, {ig_steps} IG steps)")
+    results = edges.scored(acc, g, [_tuple(p) for p in prepared], ig_steps, None if backend is None else backend())
+    score = np.mean([r[1].numpy() for r in results], axis=0)
+    score_eap = np.mean([r[0].numpy() for r in results], axis=0)
+    metrics = np.array([np.asarray(r[2]) for r in results])
+    evaluator = Evaluator(adapter, prepared, metrics, [r[3] for r in results] if backend is None else None, backend)
     score_nan = np.where(g.edges, score, np.nan)
     search, best, lo, hi = [], 0, 1, int(g.edges.sum())
     while lo <= hi:
@@ -122,10 +146,13 @@ def find(adapter, pairs, ig_steps: int = 5, target: float = 0.85, max_pairs: int
         else:
             lo = n + 1
     faith = dict(search).get(best, float("nan"))
+    from ..exec import remote as remote_lib
+
     attrs = {"model": adapter.name, "model_revision": adapter.revision, "ig_steps": ig_steps, "pairs": str(pairs),
              "n_pairs": len(prepared), "m_clean": evaluator.m_clean, "m_corrupt": evaluator.m_corrupt,
              "metric": "logit_diff", "total_edges": int(g.edges.sum()), "target": target, "minimal_edges": best,
-             "faithfulness": faith, "nnct_version": _version()}
+             "faithfulness": faith, "backend": remote_lib.kind(None if remote is None else getattr(remote, "host", remote)),
+             "nnct_version": _version()}
     return Found(circuit_file.to_dataset(g, score, score_eap, search, attrs), skipped)
 
 
@@ -153,7 +180,7 @@ def verify(adapter, ds, pairs, n_edges: int | None = None, random: int = 20, see
     prepared, skipped = prepare(adapter, pairs, max_pairs)
     if not prepared:
         raise DataError(f"{pairs}: no usable pair")
-    ev = Evaluator(adapter, prepared)
+    ev = Evaluator.made(adapter, prepared)
     f = ev.faithfulness(circuit_file.top_edges(score, n))
     rng = np.random.default_rng(seed)
     existing = np.flatnonzero(g.edges.ravel())

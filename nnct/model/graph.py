@@ -29,8 +29,9 @@ product in closed form (the families' own formulas, float32 inside as theirs are
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+
 import numpy as np
+import torch
 
 from ..errors import UnsupportedModel
 from .parts import Parts, first, resolve
@@ -66,11 +67,18 @@ class Graph:
 
     Nodes: `emb`, then per layer l its heads `a<l>.h<h>` and its MLP `m<l>`. Destinations: per
     layer l the queries `a<l>.h<h>.q`, then keys `a<l>.g<g>.k` and values `a<l>.g<g>.v` per
-    key/value head g, then `m<l>`; last `logits`."""
+    key/value head g, then `m<l>`; last `logits`. `nodes` and `dests` list (label, kind,
+    layer, head) each; `edges` [node, dest] says which edges exist."""
 
     n_layers: int
     n_heads: int
     n_kv: int
+
+    def __post_init__(self):
+        # made once here (no functools.cached_property: its lock cannot travel to a server)
+        for name, make in (("nodes", self._nodes), ("dests", self._dests)):
+            object.__setattr__(self, name, make())
+        object.__setattr__(self, "edges", self._edges())
 
     @property
     def per_layer(self) -> int:
@@ -98,8 +106,7 @@ class Graph:
         return base + {"q": index, "k": self.n_heads + index, "v": self.n_heads + self.n_kv + index,
                        "mlp": self.n_heads + 2 * self.n_kv}[kind]
 
-    @cached_property
-    def nodes(self) -> list[tuple[str, str, int, int]]:
+    def _nodes(self) -> list[tuple[str, str, int, int]]:
         """(label, kind, layer, head) per node; layer -1 for the embedding, head -1 off heads."""
         out = [("emb", "emb", -1, -1)]
         for layer in range(self.n_layers):
@@ -107,8 +114,7 @@ class Graph:
             out.append((f"m{layer}", "mlp", layer, -1))
         return out
 
-    @cached_property
-    def dests(self) -> list[tuple[str, str, int, int]]:
+    def _dests(self) -> list[tuple[str, str, int, int]]:
         """(label, kind, layer, head) per destination; head: the query head, or the key/value head."""
         out = []
         for layer in range(self.n_layers):
@@ -125,9 +131,8 @@ class Graph:
         label, kind, layer, _ = self.dests[dest]
         return 1 + layer * self.per_layer + (self.n_heads if kind == "mlp" else 0)
 
-    @cached_property
-    def edges(self) -> np.ndarray:
-        """[node, dest] bool: whether the edge exists."""
+    def _edges(self) -> np.ndarray:
+        """[node, dest] bool: whether the edge exists (`edges`)."""
         out = np.zeros((self.n_nodes, self.n_dests), dtype=bool)
         for v in range(self.n_dests):
             out[:self.upstream(v), v] = True
@@ -145,8 +150,6 @@ def graph_of(adapter) -> tuple[Graph, "Access"]:
 
 def norm(x, module, rms: bool):
     """The family's norm of `x` with `module`'s weights (float32 inside, as the families compute)."""
-    import torch
-
     h = x.float()
     if not rms:
         h = h - h.mean(-1, keepdim=True)
@@ -158,8 +161,6 @@ def norm(x, module, rms: bool):
 def norm_vjp(x, cotangent, module, rms: bool):
     """d(cotangent . norm(x)) / dx at `x`, per position: the gradient a destination's
     cotangent at the norm's output sends back to the residual stream."""
-    import torch
-
     h = x.float()
     if not rms:
         h = h - h.mean(-1, keepdim=True)
@@ -237,8 +238,6 @@ class Access:
     def qkv_cotangents(self, layer: int, grads: list):
         """[row, dest, token, d_model]: the cotangent at the attention norm's output of each
         q/k/v destination of `layer`, from the gradients at the projections' outputs."""
-        import torch
-
         (wq, wk, wv), _ = self.qkv_weights(layer)
         g = grads[0] if len(grads) == 1 else torch.cat(grads, -1)
         H, K, dh = self.parts.n_heads, self.n_kv, self.parts.d_head
@@ -250,8 +249,6 @@ class Access:
     def write_qkv(self, layer: int, normed):
         """Set the projections' outputs of `layer` from each q/k/v destination's own normed
         input `normed` [row, dest, token, d_model] (the layer's q, k, v destinations in order)."""
-        import torch
-
         (wq, wk, wv), (bq, bk, bv) = self.qkv_weights(layer)
         H, K, dh = self.parts.n_heads, self.n_kv, self.parts.d_head
         xq, xk, xv = normed.split([H, K, K], 1)
@@ -270,6 +267,4 @@ class Access:
 
 
 def _per_head(zh, w, n_heads: int, d_head: int):
-    import torch
-
     return torch.einsum("rthe,dhe->rhtd", zh, w.unflatten(1, (n_heads, d_head)).to(zh.dtype))

@@ -192,6 +192,27 @@ def test_an_edit_evaluated_on_the_server(server):
     assert answer == [edit.target_true.strip(), edit.target_new.strip()]
 
 
+def test_circuit_scores_remotely(server, tmp_path):
+    """`nnct circuit find --remote`: the gradients, the score products and every patched
+    forward of the search run on the server; the scores equal the local run's (1e-4)."""
+    from nnct.results import circuit as circuit_file
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"id": "p1", "clean": "The Eiffel Tower is in the city of", "corrupt": "The Colosseum is in the city of",'
+                     ' "target": "Paris", "alt": "Rome"}\n')
+    args = ["circuit", "find", "--pairs", pairs, "--ig-steps", "2", "--target", "0.5", "-q"]
+    here, there = tmp_path / "here.nc", tmp_path / "there.nc"
+    done = nnct(*args, "--out", here, key=None)
+    assert done.returncode == 0, done.stderr
+    done = nnct(*args, "--remote", "--ndif-host", HOST, "--out", there, key=server.key)
+    assert done.returncode == 0, done.stderr
+    a, b = circuit_file.read(here), circuit_file.read(there)
+    scale = float(np.nanmax(np.abs(a.score.values)))
+    np.testing.assert_allclose(b.score.values, a.score.values, rtol=1e-4, atol=1e-4 * scale)
+    np.testing.assert_allclose(b.search_faithfulness.values[:3], a.search_faithfulness.values[:3], atol=1e-3)
+    assert b.attrs["backend"] == HOST
+
+
 def test_a_server_killed_mid_run_leaves_a_run_that_resumes(server, local, tmp_path):
     out = tmp_path / "remote.nc"
     args = [*TRACE, "--remote", "--ndif-host", HOST, "--out", str(out), "--request-cells", "1",

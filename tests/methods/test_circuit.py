@@ -129,3 +129,17 @@ def test_memorization_pairs_feed_patch(model_dir, tmp_path):
         ids = adapter.tokenizer(lines[0]["clean"])["input_ids"]
         p = hf(torch.tensor([ids])).logits[0, -1].softmax(-1)[lines[0]["target_token"]]
     assert float(ds.p_clean.values[0, 0]) == pytest.approx(float(p), rel=1e-4)
+
+
+def test_find_in_a_serialised_session_gives_the_same_scores(found, model_dir, tmp_path):
+    """`--remote local`: every trace sent through nnsight's simulation of a request, as a
+    server would run it; the scores and the search equal the run here."""
+    _, here, pairs, _ = found
+    out = tmp_path / "remote.nc"
+    result = invoke("circuit", "find", "--model", model_dir, "--pairs", pairs, "--ig-steps", 3, "--remote", "local",
+                    "--out", out, "-q")
+    assert result.exit_code == 0, result.output
+    a, b = circuit_file.read(here), circuit_file.read(out)
+    np.testing.assert_allclose(b.score.values, a.score.values, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(b.score_eap.values, a.score_eap.values, rtol=1e-4, atol=1e-6)
+    assert b.attrs["minimal_edges"] == a.attrs["minimal_edges"] and b.attrs["backend"] == "nnsight remote=local"
