@@ -71,6 +71,7 @@ def pairs(scores, mode, threshold, low, out):
         models = {s.model for s in read}
         if len(models) > 1:
             fail(f"{scores}: windows of several models ({', '.join(sorted(models))})")
+        mem.one_shape(read, scores)
         adapter = load(models.pop())
         made = (mem.divergence_pairs(adapter, read, threshold) if mode == "divergence"
                 else mem.dataset_pairs(adapter, read, threshold, low))
@@ -145,10 +146,10 @@ def verify(circuit_path, pairs, n_edges, n_random, seed, max_pairs, json_out):
     from ..results import circuit as circuit_file
     from ..results import files
 
+    if not circuit_file.is_circuit_file(circuit_path):
+        fail(f"{circuit_path}: not a circuit file (nnct circuit find writes one)")
     try:
         ds = circuit_file.read(circuit_path)
-        if not circuit_file.is_circuit(ds):
-            fail(f"{circuit_path}: not a circuit file")
         result = lib.verify(load(ds.attrs["model"]), ds, pairs, n_edges, n_random, seed, max_pairs, say=click.echo)
         files.write_json(json_out, result)
     except NnctError as exc:

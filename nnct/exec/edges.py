@@ -58,14 +58,10 @@ def node_values(acc: Access, g: Graph, clean: list[int], corrupt: list[int], tar
         outs = [acc.residual_in(0)[:, None]]
         for layer in range(g.n_layers):
             outs.append(acc.head_outputs(layer, acc.attn_out(layer).input))
-            outs.append(first_output(acc.mlp(layer))[:, None])
+            outs.append(first(acc.mlp(layer).output)[:, None])
         nodes = torch.cat(outs, 1).save()
         metric = _metric(parts.nn.output.logits, target, alt).save()
     return Nodes(nodes.float(), emb, metric.double().cpu())
-
-
-def first_output(envoy):
-    return first(envoy.output)
 
 
 def edge_scores(acc: Access, g: Graph, clean: list[int], nodes: Nodes, target: int, alt: int, steps: int):
@@ -130,7 +126,8 @@ def patched_metric(acc: Access, g: Graph, clean: list[int], corrupt_nodes: torch
     (its destination sees u's output `corrupt_nodes[u]`; see the module's docstring)."""
     parts = acc.parts
     ids = torch.tensor([clean], dtype=torch.long, device=parts.device)
-    drop = dropped.to(corrupt_nodes.device, corrupt_nodes.dtype)
+    corrupt_nodes = corrupt_nodes.to(parts.device)
+    drop = dropped.to(parts.device, corrupt_nodes.dtype)
     with torch.no_grad(), parts.nn.trace(ids):
         current = []
         for layer in range(g.n_layers):
@@ -139,9 +136,10 @@ def patched_metric(acc: Access, g: Graph, clean: list[int], corrupt_nodes: torch
                 current.append(r[0].float())  # the embedding node's output
             q0, m = g.dest(layer, "q"), g.dest(layer, "mlp")
             up = g.upstream(q0)
-            if bool(drop[:up, q0:m].any()):
+            which = drop[:up, q0:m].any(0)
+            if bool(which.any()):
                 change = torch.einsum("uv,utd->vtd", drop[:up, q0:m], corrupt_nodes[:up] - torch.stack(current))
-                acc.write_qkv(layer, norm(r[0][None] + change[None].to(r.dtype), acc.ln_attn(layer), acc.r.rms))
+                acc.write_qkv(layer, norm(r[0][None] + change[None].to(r.dtype), acc.ln_attn(layer), acc.r.rms), which)
             heads = acc.head_outputs(layer, acc.attn_out(layer).input)[0]
             current += list(heads.float())
             mid = acc.ln_mlp(layer).input
@@ -150,7 +148,7 @@ def patched_metric(acc: Access, g: Graph, clean: list[int], corrupt_nodes: torch
                 change = torch.einsum("u,utd->td", drop[:up, m], corrupt_nodes[:up] - torch.stack(current))
                 x = acc.mlp(layer).input
                 x[:] = norm(mid + change.to(mid.dtype), acc.ln_mlp(layer), acc.r.rms)
-            current.append(first_output(acc.mlp(layer))[0].float())
+            current.append(first(acc.mlp(layer).output)[0].float())
         last = g.n_dests - 1
         if bool(drop[:, last].any()):
             x = acc.final_norm().input
@@ -172,7 +170,9 @@ def scored(acc: Access, g: Graph, pairs: list, steps: int, backend=None) -> list
         out = []
         for clean, corrupt, target, alt in pairs:
             nodes = node_values(acc, g, clean, corrupt, target, alt)
-            out.append((*edge_scores(acc, g, clean, nodes, target, alt, steps), nodes.metric, nodes))
+            scores = edge_scores(acc, g, clean, nodes, target, alt, steps)
+            # `patched` needs the corrupt run's outputs only: kept in the host's memory
+            out.append((*scores, nodes.metric, dataclasses.replace(nodes, outputs=nodes.outputs[1:].cpu(), embeddings=None)))
         return out
     import nnsight
 
@@ -190,10 +190,11 @@ def scored(acc: Access, g: Graph, pairs: list, steps: int, backend=None) -> list
 
 def patched(acc: Access, g: Graph, pairs: list, dropped: torch.Tensor, nodes: list | None = None, backend=None) -> list:
     """M per pair with the `dropped` edges patched; the pairs' `Nodes` reused when given
-    (here), else made again (in the session on the server)."""
+    (here; their last row of outputs is the corrupt run's), else made again (in the session
+    on the server)."""
     if backend is None:
         nodes = nodes or [node_values(acc, g, *p) for p in pairs]
-        return [patched_metric(acc, g, p[0], n.outputs[1], dropped, p[2], p[3]) for p, n in zip(pairs, nodes)]
+        return [patched_metric(acc, g, p[0], n.outputs[-1], dropped, p[2], p[3]) for p, n in zip(pairs, nodes)]
     import nnsight
 
     out = None

@@ -4,8 +4,9 @@ faithful circuit, and its check against random circuits of its size.
 **Pairs** are `nnct patch`'s prompt pairs, one clean and one corrupt prompt of equal token
 length. Their answers are spelled as ROME spells them, or given exactly (`target_token`,
 `alt_token`, as `nnct memorization pairs` writes them). M is the logit difference
-target - alt at the last position. A pair whose prompts differ in length, or whose answers
-are one token, is reported and skipped.
+target - alt at the last position. A pair whose prompts differ in length, or whose target
+and alt are the same token, is reported and skipped. `--max-pairs` takes the file's first
+pairs before the unusable ones are dropped, so fewer may be used.
 
 **find.**
 - Each pair gets one forward pass and one backward pass over 1 + m rows (`exec.edges`).

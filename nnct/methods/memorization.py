@@ -30,7 +30,7 @@ after its first P (memorization_circuits' score; docs/method.md defaults P = N =
   first greedy token after each.
 
 A pair whose prompts do not survive decoding and re-encoding (the same token ids), or whose
-two answers are one token, is reported and skipped.
+target and alt are the same token, is reported and skipped.
 """
 
 from __future__ import annotations
@@ -51,7 +51,6 @@ from ..inputs.texts import Window, load_texts, windows
 from ..results.files import atomic
 
 DIVERGENCE_DROP = 0.3  # memorization_circuits: a relative BLEU-4 drop above this marks the divergence
-MODES = ("divergence", "dataset")
 
 
 def special_prefix(tokenizer) -> list[int]:
@@ -115,7 +114,7 @@ def score(adapter, texts, out, prefix: int = 50, continuation: int = 50, stride:
     resuming what `out` holds."""
     if prefix < 1 or continuation < 1:
         raise ConfigError("--prefix and --continuation take at least one token each")
-    stride = stride or prefix + continuation
+    stride = prefix + continuation if stride is None else stride
     if stride < 1:
         raise ConfigError("--stride takes at least one token")
     loaded = load_texts(texts)
@@ -150,18 +149,32 @@ def score(adapter, texts, out, prefix: int = 50, continuation: int = 50, stride:
 
 
 def _resume(out: Path, model: str, prefix: int, continuation: int, tokenizer) -> dict[str, Score]:
-    """The windows `out` holds already (its unreadable lines, a stopped run's last one among
-    them, are dropped from the file); ResumeMismatch if they were scored otherwise."""
+    """The windows `out` holds already. Its last line, if unreadable (a stopped run's), is
+    dropped from the file; any other bad line is a DataError, so that nothing is lost
+    silently. ResumeMismatch if the windows were scored otherwise."""
     if not out.exists():
         return {}
-    kept, _ = read_scores(out)
+    kept, problems = read_scores(out)
+    last = len(out.read_bytes().splitlines())
+    for problem in problems:
+        if problem.line != last:
+            raise DataError(f"{problem}: the scores file is damaged before its last line; mend or move it")
     for s in kept:
         if (s.model, s.prefix_tokens, s.continuation_tokens) != (model, prefix, continuation):
             raise ResumeMismatch(f"{out}:{s.line}: scored with model {s.model}, P={s.prefix_tokens}, N={s.continuation_tokens};"
                                  f" now {model}, P={prefix}, N={continuation}: give another --out")
-    with atomic(out) as tmp:
-        Path(tmp).write_text("".join(json.dumps(s.line_dict(tokenizer)) + "\n" for s in kept), encoding="utf-8")
+    if problems:
+        with atomic(out) as tmp:
+            Path(tmp).write_text("".join(json.dumps(s.line_dict(tokenizer)) + "\n" for s in kept), encoding="utf-8")
     return {s.id: s for s in kept}
+
+
+def one_shape(scores: list[Score], path) -> tuple[int, int]:
+    """The (P, N) every window of a scores file shares; DataError when they differ."""
+    shapes = {(s.prefix_tokens, s.continuation_tokens) for s in scores}
+    if len(shapes) != 1:
+        raise DataError(f"{path}: windows of several shapes (P, N) {sorted(shapes)}: pairs take one")
+    return shapes.pop()
 
 
 # -- pairs -------------------------------------------------------------------------------------
@@ -198,9 +211,13 @@ class MemPair:
 
 
 def divergence_pairs(adapter, scores: list[Score], threshold: float, batch: int = 16) -> list[MemPair]:
-    """Branch-decision pairs of the windows scoring at least `threshold` (module docstring)."""
+    """Branch-decision pairs of the windows scoring at least `threshold` (module docstring).
+    The BLEU-4 of length P is compared with 1.0, as the reference starts, so a window whose
+    full prefix already goes astray diverges at P."""
     front = special_prefix(adapter.tokenizer)
     chosen = [s for s in scores if s.score >= threshold]
+    if chosen and chosen[0].continuation_tokens < 2:
+        raise ConfigError("divergence pairs need windows of N >= 2 tokens: the pair's answer follows its last token")
     pairs = []
     for i in range(0, len(chosen), batch):
         part = chosen[i:i + batch]
@@ -217,11 +234,11 @@ def divergence_pairs(adapter, scores: list[Score], threshold: float, batch: int 
                 drop = (before - b) / before if before > 0 else 0.0
                 previous[j] = b
                 if drop > DIVERGENCE_DROP and gen[0] != whole[L]:
-                    if gen[1] != whole[L + 1]:
-                        pairs.append(MemPair(part[j].id, part[j].line, whole[:L] + [whole[L]], whole[:L] + [gen[0]],
-                                             whole[L + 1], gen[1],
-                                             {"mode": "divergence", "window": part[j].id, "context_tokens": L,
-                                              "score": part[j].score, "bleu4_before": round(before, 6), "bleu4": round(b, 6)}))
+                    # a pair whose two answers coincide is kept here for `checked` to report
+                    pairs.append(MemPair(part[j].id, part[j].line, whole[:L] + [whole[L]], whole[:L] + [gen[0]],
+                                         whole[L + 1], gen[1],
+                                         {"mode": "divergence", "window": part[j].id, "context_tokens": L,
+                                          "score": part[j].score, "bleu4_before": round(before, 6), "bleu4": round(b, 6)}))
                 else:
                     still.append(j)
             open_ = still
@@ -275,7 +292,7 @@ def checked(adapter, pairs: list[MemPair], path: str) -> tuple[list[MemPair], li
                 break
         else:
             if p.target == p.alt:
-                problems.append(RecordError(path, p.line, "alt", f"pair {p.id}: target and alt are one token"))
+                problems.append(RecordError(path, p.line, "alt", f"pair {p.id}: target and alt are the same token"))
             else:
                 good.append(p)
     return good, problems

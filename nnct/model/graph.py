@@ -128,7 +128,7 @@ class Graph:
     def upstream(self, dest: int) -> int:
         """How many nodes (the first ones, in forward order) feed destination `dest`: the
         embedding and every earlier layer's nodes; an MLP also its own layer's heads."""
-        label, kind, layer, _ = self.dests[dest]
+        _, kind, layer, _ = self.dests[dest]
         return 1 + layer * self.per_layer + (self.n_heads if kind == "mlp" else 0)
 
     def _edges(self) -> np.ndarray:
@@ -149,31 +149,38 @@ def graph_of(adapter) -> tuple[Graph, "Access"]:
 # -- the norms ---------------------------------------------------------------------------------
 
 def norm(x, module, rms: bool):
-    """The family's norm of `x` with `module`'s weights (float32 inside, as the families compute)."""
+    """The family's norm of `x` with `module`'s weights, as the families compute it: an RMS
+    norm in float32, rounded to x's dtype, then times its weight; a layer norm with its
+    weight and bias applied in float32 and rounded once."""
     h = x.float()
     if not rms:
         h = h - h.mean(-1, keepdim=True)
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + _eps(module))
-    out = module.weight * h.to(x.dtype)
-    return out if rms else out + module.bias
+    if rms:
+        return module.weight * h.to(x.dtype)
+    return (h * module.weight.float() + module.bias.float()).to(x.dtype)
 
 
 def norm_vjp(x, cotangent, module, rms: bool):
-    """d(cotangent . norm(x)) / dx at `x`, per position: the gradient a destination's
-    cotangent at the norm's output sends back to the residual stream."""
+    """d(cotangent . norm(x)) / dx at `x`, per position, in float32: the gradient a
+    destination's cotangent at the norm's output sends back to the residual stream."""
     h = x.float()
     if not rms:
         h = h - h.mean(-1, keepdim=True)
     scale = torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + _eps(module))
     normed = h * scale
-    z = (cotangent * module.weight).float()
+    z = cotangent.float() * module.weight.float()
     if not rms:
         z = z - z.mean(-1, keepdim=True)
-    return (scale * (z - normed * (z * normed).mean(-1, keepdim=True))).to(cotangent.dtype)
+    return scale * (z - normed * (z * normed).mean(-1, keepdim=True))
 
 
 def _eps(module) -> float:
-    return float(getattr(module, "variance_epsilon", None) or getattr(module, "eps", None) or 1e-5)
+    for name in ("variance_epsilon", "eps"):  # Llama's RMS norm, torch's LayerNorm
+        value = getattr(module, name, None)
+        if value is not None:
+            return float(value)
+    return 1e-5
 
 
 # -- reads and writes in a trace -----------------------------------------------------------------
@@ -236,34 +243,34 @@ class Access:
         return [first(m.output) for m in self.projections(layer)]
 
     def qkv_cotangents(self, layer: int, grads: list):
-        """[row, dest, token, d_model]: the cotangent at the attention norm's output of each
-        q/k/v destination of `layer`, from the gradients at the projections' outputs."""
+        """[row, dest, token, d_model] float32: the cotangent at the attention norm's output of
+        each q/k/v destination of `layer`, from the gradients at the projections' outputs."""
         (wq, wk, wv), _ = self.qkv_weights(layer)
         g = grads[0] if len(grads) == 1 else torch.cat(grads, -1)
         H, K, dh = self.parts.n_heads, self.n_kv, self.parts.d_head
         gq, gk, gv = g.split([H * dh, K * dh, K * dh], -1)
-        out = [torch.einsum("rthe,hed->rhtd", gx.unflatten(-1, (n, dh)), w.unflatten(0, (n, dh)).to(gx.dtype))
+        out = [torch.einsum("rthe,hed->rhtd", gx.float().unflatten(-1, (n, dh)), w.float().unflatten(0, (n, dh)))
                for gx, w, n in ((gq, wq, H), (gk, wk, K), (gv, wv, K))]
         return torch.cat(out, 1)
 
-    def write_qkv(self, layer: int, normed):
-        """Set the projections' outputs of `layer` from each q/k/v destination's own normed
-        input `normed` [row, dest, token, d_model] (the layer's q, k, v destinations in order)."""
+    def write_qkv(self, layer: int, normed, which):
+        """Set the projections' outputs of `layer` for the q/k/v destinations `which` ([dest]
+        bool, the layer's q, k, v destinations in order) from each one's own normed input
+        `normed` [row, dest, token, d_model]; the others keep what the model computed."""
         (wq, wk, wv), (bq, bk, bv) = self.qkv_weights(layer)
         H, K, dh = self.parts.n_heads, self.n_kv, self.parts.d_head
-        xq, xk, xv = normed.split([H, K, K], 1)
-        parts = []
-        for x, w, b, n in ((xq, wq, bq, H), (xk, wk, bk, K), (xv, wv, bv, K)):
-            y = torch.einsum("rhtd,hed->rthe", x, w.unflatten(0, (n, dh)).to(x.dtype))
-            if b is not None:
-                y = y + b.unflatten(0, (n, dh))
-            parts.append(y.flatten(-2))
         outs = self.qkv_outputs(layer)
-        if len(outs) == 1:
-            outs[0][:] = torch.cat(parts, -1)
-        else:
-            for out, new in zip(outs, parts):
-                out[:] = new
+        fused = len(outs) == 1
+        offset, start = 0, 0
+        for w, b, n, out in ((wq, bq, H, outs[0]), (wk, bk, K, outs[0] if fused else outs[1]),
+                             (wv, bv, K, outs[0] if fused else outs[2])):
+            for h in range(n):
+                if bool(which[start + h]):
+                    rows = slice(h * dh, (h + 1) * dh)
+                    y = normed[:, start + h] @ w[rows].T.to(normed.dtype)
+                    cols = slice(offset + h * dh, offset + (h + 1) * dh)
+                    out[..., cols] = y if b is None else y + b[rows]
+            offset, start = offset + n * dh if fused else 0, start + n
 
 
 def _per_head(zh, w, n_heads: int, d_head: int):

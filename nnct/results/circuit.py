@@ -57,10 +57,6 @@ def read(path: str | Path):
         return ds.load()
 
 
-def is_circuit(ds) -> bool:
-    return ds.attrs.get("nnct_format") == FORMAT
-
-
 def is_circuit_file(path: str | Path) -> bool:
     """Whether `path` is a circuit file (read from its attributes alone; False for anything else)."""
     try:

@@ -43,9 +43,16 @@ class Reference:
     def _attn(self, layer):
         return layer.attn if self.gpt2 else layer.self_attn
 
-    def nodes(self, ids):
-        """Node outputs [node, token, d] (emb, per layer heads then mlp), batch row 0."""
-        out, handles = [], []
+    def nodes(self, ids, extra=None):
+        """Node outputs [node, token, d] (emb, per layer heads then mlp) and M, batch row 0,
+        of a run with `extra` added at destinations (`run`)."""
+        out = []
+        with torch.no_grad():
+            m = self.run(ids, extra or {}, record=out)
+        return torch.stack(out).double(), float(m[0])
+
+    def _recorders(self, out):
+        handles = []
         for i, layer in enumerate(self.layers):
             if i == 0:
                 handles.append(layer.register_forward_pre_hook(lambda m, a: out.append(a[0][0])))
@@ -58,18 +65,15 @@ class Reference:
                     out.append(z[:, cols] @ o.weight[cols] if self.gpt2 else F.linear(z[:, cols], o.weight[:, cols]))
             handles.append(o.register_forward_pre_hook(heads))
             handles.append(layer.mlp.register_forward_hook(lambda m, a, y: out.append(y[0])))
-        try:
-            with torch.no_grad():
-                m = metric(self.hf(torch.tensor([ids])).logits)
-        finally:
-            for h in handles:
-                h.remove()
-        return torch.stack(out).double(), float(m[0])
+        return handles
 
-    def run(self, ids, extra, embeddings=None):
+    def run(self, ids, extra, embeddings=None, record=None):
         """M with extra[(layer, kind, index)] (kind q/k/v/mlp, or ("logits",)) added to that
-        destination's input; `embeddings` [rows, token, d] replace the input embeddings."""
+        destination's input; `embeddings` [rows, token, d] replace the input embeddings;
+        `record` (a list) receives the node outputs."""
         handles, rows = [], 1 if embeddings is None else embeddings.shape[0]
+        if record is not None:
+            handles += self._recorders(record)
         if embeddings is not None:
             handles.append(self.embed.register_forward_hook(lambda m, a, y: embeddings))
         for i, layer in enumerate(self.layers):
@@ -203,3 +207,26 @@ def test_eap_ig_approaches_exact_edge_patching_for_nearly_equal_inputs():
         one[u, v] = True
         exact = edges.patched_metric(acc, g, CLEAN, nodes.outputs[1], one, TARGET, ALT) - m_clean
         assert float(ig[u, v]) == pytest.approx(exact, rel=0.02, abs=1e-6), (g.nodes[u][0], g.dests[v][0])
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_a_dropped_edge_sees_the_patched_run_upstream(family):
+    """Two dropped edges in a chain: emb -> head (1, 2)'s query, and that head -> the MLP of
+    layer 3. The second carries a_u(corrupt) - a_u(this run), where this run's head output
+    already differs from the clean run's because of the first."""
+    adapter = make_adapter(family)
+    g, acc = graph_of(adapter)
+    ref = Reference(adapter.hf, family)
+    keys = ref.dest_keys()
+    clean_nodes, _ = ref.nodes(CLEAN)
+    corrupt_nodes, _ = ref.nodes(CORRUPT)
+    first_dest, u2, second_dest = g.dest(1, "q", 2), g.node(1, 2), g.dest(3, "mlp")
+    step1 = {keys[first_dest]: (corrupt_nodes[0] - clean_nodes[0]).float()[None]}
+    after_first, _ = ref.nodes(CLEAN, step1)
+    assert not torch.allclose(after_first[u2], clean_nodes[u2])
+    with torch.no_grad():
+        want = float(ref.run(CLEAN, {**step1, keys[second_dest]: (corrupt_nodes[u2] - after_first[u2]).float()[None]})[0])
+    nodes = edges.node_values(acc, g, CLEAN, CORRUPT, TARGET, ALT)
+    dropped = torch.zeros(g.n_nodes, g.n_dests, dtype=torch.bool)
+    dropped[0, first_dest] = dropped[u2, second_dest] = True
+    assert edges.patched_metric(acc, g, CLEAN, nodes.outputs[1], dropped, TARGET, ALT) == pytest.approx(want, abs=1e-4)

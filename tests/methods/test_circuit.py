@@ -67,7 +67,7 @@ def test_find_writes_scores_and_the_minimal_circuit(found):
     n, f = ds.attrs["minimal_edges"], ds.attrs["faithfulness"]
     assert 1 <= n <= by_hand and f >= 0.85
     search = dict(zip(ds.search_edges.values.tolist(), ds.search_faithfulness.values.tolist()))
-    assert search[n] == pytest.approx(f) and all(v < 0.85 for k, v in search.items() if k < n)
+    assert all(v < 0.85 for k, v in search.items() if k < n) and all(v >= 0.85 for k, v in search.items() if k >= n)
 
 
 def test_verify_whole_graph_and_random_circuits(found, tmp_path):

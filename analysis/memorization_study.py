@@ -1,0 +1,94 @@
+"""What the model memorises of the package corpus, and what its circuit looks like: a text
+summary of `just memorization-study`'s files.
+
+    python analysis/memorization_study.py analysis/results/memorization
+
+Reads scores.jsonl (`nnct memorization score`), the pairs files, the circuit files and the
+verify JSON where they exist, and prints:
+- the score distribution per text;
+- the best windows, with their prefix and what the model wrote;
+- the pairs;
+- each circuit's size and faithfulness beside its random circuits;
+- which nodes the minimal circuit's strongest edges leave from and go to.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import click
+import numpy as np
+
+from nnct.results import circuit as circuit_file
+from nnct.results.circuit import top_edges
+
+
+def short(text: str, n: int = 70) -> str:
+    text = text.replace("\n", "⏎")
+    return text if len(text) <= n else text[:n - 1] + "…"
+
+
+@click.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+def main(folder):
+    folder = Path(folder)
+    scores = [json.loads(line) for line in (folder / "scores.jsonl").read_text().splitlines()]
+    if not scores:
+        raise click.ClickException(f"{folder}/scores.jsonl: no scored window")
+    by_text = defaultdict(list)
+    for s in scores:
+        by_text[s["text_id"]].append(s["score"])
+    print(f"{len(scores)} windows of {scores[0]['prefix_tokens']} + {scores[0]['continuation_tokens']} tokens,"
+          f" model {scores[0]['model']}")
+    print(f"{'text':24} {'windows':>7} {'mean':>6} {'max':>6} {'>=0.5':>6} {'>=0.75':>6} {'=1':>4}")
+    for text, values in sorted(by_text.items(), key=lambda kv: -np.mean(kv[1])):
+        v = np.array(values)
+        print(f"{text:24} {len(v):7d} {v.mean():6.3f} {v.max():6.2f} {(v >= 0.5).sum():6d} {(v >= 0.75).sum():6d}"
+              f" {(v == 1).sum():4d}")
+    v = np.array([s["score"] for s in scores])
+    print(f"{'all':24} {len(v):7d} {v.mean():6.3f} {v.max():6.2f} {(v >= 0.5).sum():6d} {(v >= 0.75).sum():6d}"
+          f" {(v == 1).sum():4d}")
+    print("\nthe best windows (prefix end | the text goes on | the model wrote):")
+    for s in sorted(scores, key=lambda s: -s["score"])[:8]:
+        print(f"  {s['id']:28} {s['score']:.2f}  …{short(s['prefix'][-40:], 40)} | {short(s['continuation'], 50)} |"
+              f" {short(s['greedy_text'], 50)}")
+    for pairs_path in sorted(folder.glob("pairs-*.jsonl")):
+        pairs = [json.loads(line) for line in pairs_path.read_text().splitlines()]
+        print(f"\n{pairs_path.name}: {len(pairs)} pairs")
+        for p in pairs[:6]:
+            where = f"L={p['context_tokens']}" if "context_tokens" in p else f"vs {p.get('other')}"
+            print(f"  {p['id'][:40]:40} {where:14} …{short(p['clean'][-30:], 30)!r} vs …{short(p['corrupt'][-12:], 12)!r}:"
+                  f" {p['target']!r} / {p['alt']!r}")
+    for path in sorted(folder.glob("circuit-*.nc")):
+        ds = circuit_file.read(path)
+        a = ds.attrs
+        n = int(a["minimal_edges"])
+        print(f"\n{path.name}: {a['n_pairs']} pairs, M clean {a['m_clean']:.2f}, corrupt {a['m_corrupt']:.2f};"
+              f" minimal circuit {n} of {a['total_edges']} edges ({100 * n / a['total_edges']:.2f}%),"
+              f" faithfulness {a['faithfulness']:.3f}")
+        verify = folder / path.name.replace("circuit-", "verify-").replace(".nc", ".json")
+        if verify.exists():
+            r = json.loads(verify.read_text())
+            ci = r["random_faithfulness_ci"]
+            rand = (f"; {r['random_circuits']} random circuits of that size: mean {r['random_faithfulness_mean']:.3f},"
+                    f" 95% [{ci[0]:.3f}, {ci[1]:.3f}]") if ci else ""
+            print(f"  verified on {r['n_pairs']} pairs ({Path(r['pairs']).name}): {r['edges']} edges"
+                  f" F = {r['faithfulness']:.3f}{rand}")
+            print("  F by size: " + ", ".join(f"{c['edges']}: {c['faithfulness']:.2f}" for c in r["curve"]))
+        if n:
+            keep = top_edges(ds.score.values, n)
+            for dim, axis in (("source", 1), ("destination", 0)):
+                counts = keep.sum(axis=axis)
+                top = np.argsort(-counts)[:8]
+                print(f"  {dim}s with most circuit edges: "
+                      + ", ".join(f"{ds[dim].values[i]} ({counts[i]})" for i in top if counts[i]))
+            us, vs = np.nonzero(keep)
+            order = np.argsort(-np.abs(ds.score.values[us, vs]))[:10]
+            print("  strongest edges: " + ", ".join(f"{ds.source.values[us[i]]}->{ds.destination.values[vs[i]]}"
+                                                     f" ({ds.score.values[us[i], vs[i]]:+.3f})" for i in order))
+
+
+if __name__ == "__main__":
+    main()
