@@ -81,6 +81,25 @@ atp-study out=(runs + "/atp") exact="analysis/results/substitution":
 edit-sweep n="6" every="4" out="analysis/results/editing":
     python analysis/edit_by_layer.py --data {{data}} --cube analysis/results/memory/subject-noctx.nc -n {{n}} --every {{every}} -o {{out}}
 
+# Memorisation circuits on the embedded model (analysis/results/memorization/). First what it
+# memorises of the package corpus, in the contract's windows (P = N = 50); then the four short
+# texts it reproduces best in short overlapping windows (P = 32, N = 8, stride 2), their
+# divergence and dataset pairs, an EAP-IG circuit on the first `pairs` divergence pairs
+# (timed), verified on the rest against random circuits, its picture, and the summary. Scoring
+# resumes where a stopped run left off.
+memorization-study out="analysis/results/memorization" threshold="0.75" pairs="20":
+    mkdir -p {{out}}
+    nnct memorization score --texts experiments/data/memorization --out {{out}}/corpus-scores.jsonl -q
+    nnct memorization score --texts experiments/data/memorization-short.jsonl --prefix 32 --continuation 8 --stride 2 --out {{out}}/scores.jsonl -q
+    nnct memorization pairs --scores {{out}}/scores.jsonl --mode divergence --threshold {{threshold}} --out {{out}}/pairs-divergence.jsonl
+    nnct memorization pairs --scores {{out}}/scores.jsonl --mode dataset --threshold {{threshold}} --out {{out}}/pairs-dataset.jsonl
+    head -n {{pairs}} {{out}}/pairs-divergence.jsonl > {{out}}/pairs-find.jsonl
+    tail -n +$(({{pairs}} + 1)) {{out}}/pairs-divergence.jsonl > {{out}}/pairs-heldout.jsonl
+    /usr/bin/time -v nnct circuit find --pairs {{out}}/pairs-find.jsonl --out {{out}}/circuit-divergence.nc -q 2>&1 | grep -E "wrote|Elapsed|Maximum resident" | tee {{out}}/find-divergence.txt
+    nnct circuit verify {{out}}/circuit-divergence.nc --pairs $(test -s {{out}}/pairs-heldout.jsonl && echo {{out}}/pairs-heldout.jsonl || echo {{out}}/pairs-find.jsonl) --json {{out}}/verify-divergence.json
+    nnct plot {{out}}/circuit-divergence.nc -o {{out}}/figures
+    python analysis/memorization_study.py {{out}} | tee {{out}}/summary.txt
+
 # The test suite: tiny random models, the embedded model, a local NDIF server (set up first, once).
 # Without arguments the NDIF tests (mostly waiting on their server) run in a second pytest
 # process beside the others, one torch thread each; the embedded model is converted first, so

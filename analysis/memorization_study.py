@@ -3,7 +3,7 @@ summary of `just memorization-study`'s files.
 
     python analysis/memorization_study.py analysis/results/memorization
 
-Reads scores.jsonl (`nnct memorization score`), the pairs files, the circuit files and the
+Reads corpus-scores.jsonl and scores.jsonl (`nnct memorization score`), the pairs files, the circuit files and the
 verify JSON where they exist, and prints:
 - the score distribution per text;
 - the best windows, with their prefix and what the model wrote;
@@ -30,30 +30,35 @@ def short(text: str, n: int = 70) -> str:
     return text if len(text) <= n else text[:n - 1] + "…"
 
 
+def score_table(path: Path) -> None:
+    scores = [json.loads(line) for line in path.read_text().splitlines()]
+    if not scores:
+        raise click.ClickException(f"{path}: no scored window")
+    by_text = defaultdict(list)
+    for s in scores:
+        by_text[s["text_id"]].append(s["score"])
+    print(f"{path.name}: {len(scores)} windows of {scores[0]['prefix_tokens']} + {scores[0]['continuation_tokens']} tokens,"
+          f" model {scores[0]['model']}")
+    print(f"{'text':24} {'windows':>7} {'mean':>6} {'max':>6} {'>=0.5':>6} {'>=0.75':>6} {'=1':>4}")
+    rows = sorted(by_text.items(), key=lambda kv: -np.mean(kv[1])) + [("all", [s["score"] for s in scores])]
+    for text, values in rows:
+        v = np.array(values)
+        print(f"{text:24} {len(v):7d} {v.mean():6.3f} {v.max():6.2f} {(v >= 0.5).sum():6d} {(v >= 0.75).sum():6d}"
+              f" {(v == 1).sum():4d}")
+    print("the best windows (the prefix's end | the text goes on | the model wrote):")
+    for s in sorted(scores, key=lambda s: -s["score"])[:8]:
+        print(f"  {s['id']:28} {s['score']:.2f}  …{short(s['prefix'][-40:], 40)} | {short(s['continuation'], 50)} |"
+              f" {short(s['greedy_text'], 50)}")
+    print()
+
+
 @click.command()
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 def main(folder):
     folder = Path(folder)
-    scores = [json.loads(line) for line in (folder / "scores.jsonl").read_text().splitlines()]
-    if not scores:
-        raise click.ClickException(f"{folder}/scores.jsonl: no scored window")
-    by_text = defaultdict(list)
-    for s in scores:
-        by_text[s["text_id"]].append(s["score"])
-    print(f"{len(scores)} windows of {scores[0]['prefix_tokens']} + {scores[0]['continuation_tokens']} tokens,"
-          f" model {scores[0]['model']}")
-    print(f"{'text':24} {'windows':>7} {'mean':>6} {'max':>6} {'>=0.5':>6} {'>=0.75':>6} {'=1':>4}")
-    for text, values in sorted(by_text.items(), key=lambda kv: -np.mean(kv[1])):
-        v = np.array(values)
-        print(f"{text:24} {len(v):7d} {v.mean():6.3f} {v.max():6.2f} {(v >= 0.5).sum():6d} {(v >= 0.75).sum():6d}"
-              f" {(v == 1).sum():4d}")
-    v = np.array([s["score"] for s in scores])
-    print(f"{'all':24} {len(v):7d} {v.mean():6.3f} {v.max():6.2f} {(v >= 0.5).sum():6d} {(v >= 0.75).sum():6d}"
-          f" {(v == 1).sum():4d}")
-    print("\nthe best windows (prefix end | the text goes on | the model wrote):")
-    for s in sorted(scores, key=lambda s: -s["score"])[:8]:
-        print(f"  {s['id']:28} {s['score']:.2f}  …{short(s['prefix'][-40:], 40)} | {short(s['continuation'], 50)} |"
-              f" {short(s['greedy_text'], 50)}")
+    for name in ("corpus-scores.jsonl", "scores.jsonl"):
+        if (folder / name).exists():
+            score_table(folder / name)
     for pairs_path in sorted(folder.glob("pairs-*.jsonl")):
         pairs = [json.loads(line) for line in pairs_path.read_text().splitlines()]
         print(f"\n{pairs_path.name}: {len(pairs)} pairs")

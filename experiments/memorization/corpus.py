@@ -4,6 +4,10 @@ wheels ship them (anyio's and click's), CPython's own licence, and the Zen of Py
 
     python experiments/memorization/corpus.py experiments/data/memorization
 
+It also writes `<out>-short.jsonl`: the four short texts the model reproduces best (the MIT and
+BSD licences' warranty clauses, the Zen of Python), which the circuit study scores in short,
+overlapping windows.
+
 Licences are among the most repeated texts on the web, so a small model is likelier to have
 memorised them than other text; the Zen of Python is short and famous. Each file keeps its
 text verbatim (licences allow that); a source missing on this machine is reported and left out.
@@ -12,6 +16,7 @@ text verbatim (licences allow that); a source missing on this machine is reporte
 from __future__ import annotations
 
 import codecs
+import json
 import sys
 import sysconfig
 from importlib import metadata
@@ -20,6 +25,7 @@ from pathlib import Path
 DEBIAN = Path("/usr/share/common-licenses")
 DEBIAN_NAMES = ("Apache-2.0", "GPL-2", "GPL-3", "LGPL-2.1", "MPL-2.0", "BSD", "Artistic", "CC0-1.0")
 WHEELS = {"mit.txt": "anyio", "bsd-3-clause.txt": "click"}
+SHORT = ("mit.txt", "BSD.txt", "bsd-3-clause.txt", "zen-of-python.txt")
 
 
 def wheel_licence(dist: str) -> str | None:
@@ -46,7 +52,9 @@ def main(out: str) -> None:
             print(f"missing here: {name}", file=sys.stderr)
             continue
         (out_dir / name).write_text(text)
-    print(f"wrote {sum(t is not None for t in texts.values())} texts into {out_dir}")
+    short = out_dir.with_name(out_dir.name + "-short.jsonl")
+    short.write_text("".join(json.dumps({"id": n, "text": texts[n]}) + "\n" for n in SHORT if texts.get(n)))
+    print(f"wrote {sum(t is not None for t in texts.values())} texts into {out_dir}, and {short}")
 
 
 if __name__ == "__main__":
