@@ -93,6 +93,7 @@ def main(data, cube, n, every, corpus_tokens, out):
     twin.set_ylabel("MLP AIE (prob)", color="tab:red")
     ax.legend(loc="upper right", fontsize=7)
     ax.set_title(f"smollm2-135m: ROME edits by layer ({len(ids)} facts) and where tracing puts the MLP's effect", fontsize=8)
+    fig.tight_layout()  # the twin axis's label stays inside the figure
     save(fig, out / "figure")
     plt.close(fig)
 
