@@ -5,18 +5,22 @@ The package is split by role, and the data path reads one way through it:
 - `inputs`: records, prompt pairs and the prompts made of them; characters to token
   positions; `Case`, an example as the model sees it.
 - `model`: loading a model, one naming of its parts over many architectures, and the
-  `sites` interventions read and write (hidden, mlp, attn, head), one entry each.
+  `sites` interventions read and write (hidden, mlp, attn, head, down), one entry each, and
+  the `graph` of edge attribution (nodes, destinations, edges).
 - `interventions`: corruptions (noise, a counterfactual prompt), metrics and components
   (what a cell restores) as data, and the `plan` of cells and batches.
 - `exec`: the engine that runs plans as nnsight interventions, `attribution` (AtP's
-  estimates from one backward pass), `rome` (an edit's key, value and key statistics, and
-  an edit applied), and `remote`, everything that talks to an NDIF server.
-- `results`: the effect cube's schema, its files, shards merged back, and the edits file.
+  estimates from one backward pass), `edges` (EAP/EAP-IG edge scores and exact edge
+  patching), `rome` (an edit's key, value and key statistics, and an edit applied),
+  `decode` (greedy decoding), and `remote`, everything that talks to an NDIF server.
+- `results`: the effect cube's schema, its files, shards merged back, the edits file and
+  the circuit file.
 - `analysis`: summaries with confidence intervals, figures, descriptions of a cube, AtP's
   agreement with exact patching.
 - `methods`: what a researcher runs (`trace`, `patch`, `attribute`, `answers`, `bench`,
-  `edit`), in memory or as resumable runs on disk; `nnct.trace`, `nnct.patch`,
-  `nnct.attribute` and `nnct.edit` are the notebook API.
+  `edit`, `memorization`, `circuit`), in memory or as resumable runs on disk; `nnct.trace`,
+  `nnct.patch`, `nnct.attribute`, `nnct.edit`, `nnct.memorization_scores` and
+  `nnct.circuit` are the notebook API.
 - `cli`: the `nnct` command, a thin shell over all of them.
 
 Heavy imports (torch, transformers, nnsight) happen inside the modules that need them, so
@@ -24,11 +28,11 @@ Heavy imports (torch, transformers, nnsight) happen inside the modules that need
 """
 
 __version__ = "0.5.0"
-__all__ = ["trace", "patch", "attribute", "edit", "__version__"]
+__all__ = ["trace", "patch", "attribute", "edit", "memorization_scores", "circuit", "__version__"]
 
 
 def __getattr__(name: str):
-    if name in ("trace", "patch", "attribute", "edit"):
+    if name in ("trace", "patch", "attribute", "edit", "memorization_scores", "circuit"):
         from .methods import api
 
         return getattr(api, name)

@@ -133,3 +133,35 @@ def edit(model="smollm2-135m", data=None, *, out=None, tokenizer=None, **setting
     adapter = None if isinstance(model, (str, Path)) else wrap(model, tokenizer)
     name = str(model) if adapter is None else adapter.name
     return run(EditConfig(data=str(data), out=str(out) if out else None, model=name, **settings), adapter)
+
+
+def memorization_scores(model="smollm2-135m", texts=None, *, out=None, tokenizer=None, prefix: int = 50,
+                        continuation: int = 50, stride: int | None = None):
+    """Memorisation scores of every window of `texts` (a .txt file, a directory, or JSONL;
+    `methods.memorization`), written to `out` (JSONL, resumed when it exists). Returns the
+    `ScoreRun` (scores, problems)."""
+    from ..model.loading import wrap
+    from .memorization import score
+
+    if texts is None or out is None:
+        raise ConfigError("memorization_scores takes texts= and out= (the scores file)")
+    return score(wrap(model, tokenizer), texts, out, prefix, continuation, stride)
+
+
+def circuit(model="smollm2-135m", pairs=None, *, out=None, tokenizer=None, ig_steps: int = 5, target: float = 0.85,
+            max_pairs: int | None = None):
+    """EAP/EAP-IG scores of every edge over prompt `pairs` (a JSONL path) and the minimal
+    faithful circuit (`methods.circuit.find`), as the circuit file's Dataset; `out=` also
+    writes it."""
+    from ..model.loading import wrap
+    from ..results import circuit as circuit_file
+    from .circuit import find
+
+    if pairs is None:
+        raise ConfigError("circuit takes pairs= (a JSONL path of prompt pairs)")
+    found = find(wrap(model, tokenizer), pairs, ig_steps, target, max_pairs)
+    for problem in found.skipped:
+        warnings.warn(f"skipped {problem}", stacklevel=2)
+    if out:
+        circuit_file.write(found.dataset, out)
+    return found.dataset

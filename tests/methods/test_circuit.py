@@ -143,3 +143,12 @@ def test_find_in_a_serialised_session_gives_the_same_scores(found, model_dir, tm
     np.testing.assert_allclose(b.score.values, a.score.values, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(b.score_eap.values, a.score_eap.values, rtol=1e-4, atol=1e-6)
     assert b.attrs["minimal_edges"] == a.attrs["minimal_edges"] and b.attrs["backend"] == "nnsight remote=local"
+
+
+def test_the_python_api_gives_the_command_s_circuit(found, model_dir):
+    import nnct
+
+    _, out, pairs, _ = found
+    with pytest.warns(UserWarning, match="skipped"):
+        ds = nnct.circuit(str(model_dir), str(pairs), ig_steps=3)
+    np.testing.assert_allclose(ds.score.values, circuit_file.read(out).score.values, rtol=1e-6)
