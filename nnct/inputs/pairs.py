@@ -39,7 +39,6 @@ from .records import Loaded, Record, item_id, load_objects, read_jsonl, text_fie
 from .spans import tokenize
 
 VARIANT = "pair"  # the variant name of an example made from a pair: its id is "<pair id>/pair"
-FIELDS = ("clean", "corrupt", "target", "alt")
 
 
 @dataclass(frozen=True)
@@ -63,10 +62,15 @@ def _token(obj: dict, name: str, path: str, line: int) -> int | None:
 
 
 def pair_from(obj: dict, path: str, line: int) -> Pair:
-    values = {name: text_field(obj, name, path, line) for name in FIELDS}
     target, alt = _token(obj, "target_token", path, line), _token(obj, "alt_token", path, line)
     if (target is None) != (alt is None):
         raise RecordError(path, line, "alt_token" if alt is None else "target_token", "give both answers' tokens or neither")
+    values = {name: text_field(obj, name, path, line) for name in ("clean", "corrupt")}
+    for name in ("target", "alt"):
+        if target is not None and isinstance(obj.get(name), str):
+            values[name] = obj[name]  # named by its token id: its text may be blank (a newline, a space)
+        else:
+            values[name] = text_field(obj, name, path, line)
     return Pair(item_id(obj, path, line), line, **values, tokens=None if target is None else (target, alt))
 
 

@@ -158,3 +158,17 @@ def test_substituted_cases_keep_their_experiment_segments(tok):
     cases, problems, _ = from_records(load_objects(facts), experiment("subject-noctx"), "{prompt}", 0, tok, substitute=True)
     assert [c.example.id for c in cases] == ["r1/fact", "r2/fact"] and problems[0].line == 3  # "Beats Music" is one word more
     assert cases[0].segments[2:4] == ("subject_first", "subject_last") and cases[0].span == (2, 3)
+
+
+def test_answers_given_by_token_id(tmp_path):
+    """Token ids name the answers exactly; their texts may then be blank (a newline), and
+    bad ids are reported with their line and field."""
+    path = write_jsonl(tmp_path / "p.jsonl", [
+        {"id": "a", "clean": "x y", "corrupt": "x z", "target": "\n", "alt": " ", "target_token": 5, "alt_token": 7},
+        {"id": "b", "clean": "x y", "corrupt": "x z", "target": "\n", "alt": "w"},
+        {"id": "c", "clean": "x y", "corrupt": "x z", "target": "v", "alt": "w", "target_token": 5},
+        {"id": "d", "clean": "x y", "corrupt": "x z", "target": "v", "alt": "w", "target_token": -1, "alt_token": 2},
+    ])
+    loaded = load_pairs(path)
+    assert [p.id for p in loaded.items] == ["a"] and loaded.items[0].tokens == (5, 7)
+    assert [(e.line, e.field) for e in loaded.problems] == [(2, "target"), (3, "alt_token"), (4, "target_token")]
