@@ -84,20 +84,20 @@ edit-sweep n="6" every="4" out="analysis/results/editing":
 # Memorisation circuits on the embedded model (analysis/results/memorization/). First what it
 # memorises of the package corpus, in the contract's windows (P = N = 50); then the four short
 # texts it reproduces best in short overlapping windows (P = 32, N = 8, stride 2), their
-# divergence and dataset pairs, an EAP-IG circuit on the first `pairs` divergence pairs
-# (timed), verified on the rest against random circuits, its picture, and the summary. Scoring
-# resumes where a stopped run left off.
+# divergence and dataset pairs, an EAP-IG circuit on the first `pairs` pairs of each (timed),
+# verified on the rest (on the same pairs when none are left) against random circuits, their
+# pictures (the divergence circuit whole; each circuit's 300 strongest edges), and the summary.
+# Scoring resumes where a stopped run left off; finished circuits and verifications are kept.
 memorization-study out="analysis/results/memorization" threshold="0.75" pairs="20":
     mkdir -p {{out}}
     nnct memorization score --texts experiments/data/memorization --out {{out}}/corpus-scores.jsonl -q
     nnct memorization score --texts experiments/data/memorization-short.jsonl --prefix 32 --continuation 8 --stride 2 --out {{out}}/scores.jsonl -q
-    nnct memorization pairs --scores {{out}}/scores.jsonl --mode divergence --threshold {{threshold}} --out {{out}}/pairs-divergence.jsonl
-    nnct memorization pairs --scores {{out}}/scores.jsonl --mode dataset --threshold {{threshold}} --out {{out}}/pairs-dataset.jsonl
-    head -n {{pairs}} {{out}}/pairs-divergence.jsonl > {{out}}/pairs-find.jsonl
-    tail -n +$(({{pairs}} + 1)) {{out}}/pairs-divergence.jsonl > {{out}}/pairs-heldout.jsonl
-    /usr/bin/time -v nnct circuit find --pairs {{out}}/pairs-find.jsonl --out {{out}}/circuit-divergence.nc -q 2>&1 | grep -E "wrote|Elapsed|Maximum resident" | tee {{out}}/find-divergence.txt
-    nnct circuit verify {{out}}/circuit-divergence.nc --pairs $(test -s {{out}}/pairs-heldout.jsonl && echo {{out}}/pairs-heldout.jsonl || echo {{out}}/pairs-find.jsonl) --json {{out}}/verify-divergence.json
-    nnct plot {{out}}/circuit-divergence.nc -o {{out}}/figures
+    for m in divergence dataset; do test -f {{out}}/pairs-$m.jsonl || nnct memorization pairs --scores {{out}}/scores.jsonl --mode $m --threshold {{threshold}} --out {{out}}/pairs-$m.jsonl; done
+    for m in divergence dataset; do head -n {{pairs}} {{out}}/pairs-$m.jsonl > {{out}}/$m.find.jsonl; tail -n +$(({{pairs}} + 1)) {{out}}/pairs-$m.jsonl > {{out}}/$m.heldout.jsonl; done
+    for m in divergence dataset; do test -f {{out}}/circuit-$m.nc || /usr/bin/time -v nnct circuit find --pairs {{out}}/$m.find.jsonl --out {{out}}/circuit-$m.nc -q 2>&1 | grep -E "wrote|skipped|Elapsed|Maximum resident" | tee {{out}}/find-$m.txt; done
+    for m in divergence dataset; do v={{out}}/$m.heldout.jsonl; test -s $v || v={{out}}/$m.find.jsonl; test -f {{out}}/verify-$m.json || nnct circuit verify {{out}}/circuit-$m.nc --pairs $v --json {{out}}/verify-$m.json; done
+    nnct plot {{out}}/circuit-divergence.nc -o {{out}}/figures/divergence
+    for m in divergence dataset; do nnct plot {{out}}/circuit-$m.nc --edges 300 -o {{out}}/figures/$m-top300; done
     python analysis/memorization_study.py {{out}} | tee {{out}}/summary.txt
 
 # The test suite: tiny random models, the embedded model, a local NDIF server (set up first, once).

@@ -59,7 +59,7 @@ def main(folder):
     for name in ("corpus-scores.jsonl", "scores.jsonl"):
         if (folder / name).exists():
             score_table(folder / name)
-    for pairs_path in sorted(folder.glob("pairs-*.jsonl")):
+    for pairs_path in sorted(folder.glob("pairs-*.jsonl")):  # the find-/heldout- files split these
         pairs = [json.loads(line) for line in pairs_path.read_text().splitlines()]
         print(f"\n{pairs_path.name}: {len(pairs)} pairs")
         for p in pairs[:6]:

@@ -305,10 +305,8 @@ def circuit_figure(ds, n_edges: int | None = None):
     H, L, K = int(ds.attrs["n_heads"]), int(ds.attrs["n_layers"]), int(ds.attrs["n_kv_heads"])
 
     def place(kind, layer, head):
-        if kind == "emb":
-            return (H - 1) / 2, -1.0
-        if kind == "logits":
-            return (H - 1) / 2, float(L)
+        if kind in ("emb", "logits"):  # centred between two head columns, so that no head's edges seem theirs
+            return H / 2, -1.0 if kind == "emb" else float(L)
         if kind == "mlp":
             return H + 0.5, layer + 0.45
         if kind in ("k", "v"):  # a key/value head: the middle of the query heads that share it
