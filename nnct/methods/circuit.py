@@ -182,7 +182,8 @@ def verify(adapter, ds, pairs, n_edges: int | None = None, random: int = 20, see
     if not prepared:
         raise DataError(f"{pairs}: no usable pair")
     ev = Evaluator.made(adapter, prepared)
-    f = ev.faithfulness(circuit_file.top_edges(score, n))
+    curve = [{"edges": k, "faithfulness": ev.faithfulness(circuit_file.top_edges(score, k))} for k in curve_counts(total, n)]
+    f = next(c["faithfulness"] for c in curve if c["edges"] == n)
     rng = np.random.default_rng(seed)
     existing = np.flatnonzero(g.edges.ravel())
     randoms = []
@@ -191,7 +192,6 @@ def verify(adapter, ds, pairs, n_edges: int | None = None, random: int = 20, see
         keep[rng.choice(existing, size=n, replace=False)] = True
         randoms.append(ev.faithfulness(keep.reshape(g.edges.shape)))
     say(f"{n} edges: faithfulness {f:.3f}; {random} random circuits: mean {np.mean(randoms) if randoms else float('nan'):.3f}")
-    curve = [{"edges": k, "faithfulness": ev.faithfulness(circuit_file.top_edges(score, k))} for k in curve_counts(total, n)]
     return {"model": adapter.name, "pairs": str(pairs), "n_pairs": len(prepared), "skipped": [str(p) for p in skipped],
             "edges": n, "total_edges": total, "faithfulness": f, "m_clean": ev.m_clean, "m_corrupt": ev.m_corrupt,
             "random_circuits": random, "random_seed": seed,
