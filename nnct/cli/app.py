@@ -22,6 +22,34 @@ def fail(message: str, code: int = 2):
     sys.exit(code)
 
 
+# --remote and --ndif-host, as every command that can run on a server spells them
+REMOTE_OPTIONS = (
+    click.option("--remote", "remote_", is_flag=False, flag_value="ndif", default=None,
+                 help="Run on an NDIF server (--ndif-host, NDIF_HOST or nnsight's config); --remote local: nnsight's"
+                      " local simulation."),
+    click.option("--ndif-host", "ndif_host", default=None,
+                 help="The NDIF server's URL (implies --remote) [default: NDIF_HOST, or NDIF's]."),
+)
+
+
+def remote_setting(value: str | None, host: str | None) -> str | None:
+    """--remote / --ndif-host as a run's remote setting: None, "local", or the server's URL."""
+    from ..exec import remote
+
+    if value == remote.LOCAL:
+        if host:
+            fail("--remote local runs here: it takes no --ndif-host")
+        return remote.LOCAL
+    if value is None and host is None:
+        return None
+    if value not in (None, "ndif") and not value.startswith(("http://", "https://")):
+        fail(f"--remote {value}: use --remote alone, --remote local, or --remote URL")
+    try:
+        return remote.server(host or (value if value != "ndif" else None)).host
+    except NnctError as exc:
+        fail(str(exc))
+
+
 def rows(value: str) -> int | None:
     """--batch-size: a number of rows, or auto (None)."""
     if value == "auto":

@@ -7,8 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import NnctError
-from .app import fail, main
-from .runs import _remote
+from .app import REMOTE_OPTIONS, fail, main, remote_setting
 
 
 def _skipped(problems) -> None:
@@ -95,10 +94,8 @@ def circuit():
 @click.option("--ig-steps", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--target", type=float, default=0.85, show_default=True, help="The faithfulness the minimal circuit reaches.")
 @click.option("--max-pairs", type=click.IntRange(min=1), default=None)
-@click.option("--remote", "remote_", is_flag=False, flag_value="ndif", default=None,
-              help="Run on an NDIF server (--ndif-host, NDIF_HOST or nnsight's config); --remote local: nnsight's"
-                   " local simulation of a request.")
-@click.option("--ndif-host", "ndif_host", default=None, help="The NDIF server's URL (implies --remote).")
+@REMOTE_OPTIONS[0]
+@REMOTE_OPTIONS[1]
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The circuit file (FILE.nc).")
 @click.option("-q", "--quiet", is_flag=True)
 def find(model, pairs, ig_steps, target, max_pairs, remote_, ndif_host, out, quiet):
@@ -107,13 +104,12 @@ def find(model, pairs, ig_steps, target, max_pairs, remote_, ndif_host, out, qui
     from ..methods import circuit as lib
     from ..model import load
     from ..results import circuit as circuit_file
-    from ..results import files
-
     from ..exec import remote
+    from ..results import files
 
     if Path(out).suffix != ".nc":
         fail(f"--out {out}: the circuit file is NetCDF, name it *.nc")
-    where = _remote(remote_, ndif_host)
+    where = remote_setting(remote_, ndif_host)
     try:
         target_ = where if where in (None, remote.LOCAL) else remote.server(where)
         with files.locked(out):

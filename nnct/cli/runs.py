@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from ..errors import NnctError
-from .app import BOOL01, fail, main, open_cube, rows, run_and_report
+from .app import BOOL01, REMOTE_OPTIONS, fail, main, open_cube, remote_setting, rows, run_and_report
 
 OUT_HELP = "The cube to write (FILE.nc). Required: this or --output-dir."
 
@@ -40,11 +40,7 @@ def _shared(f):
         click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True),
         click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True),
         click.option("--shard", default=None, help="i/n: only records i, i+n, ... (0-based), for `nnct merge` to join."),
-        click.option("--remote", "remote_", is_flag=False, flag_value="ndif", default=None,
-                     help="Run on an NDIF server (--ndif-host, NDIF_HOST or nnsight's config); --remote local: nnsight's"
-                          " local simulation."),
-        click.option("--ndif-host", "ndif_host", default=None,
-                     help="The NDIF server's URL (implies --remote) [default: NDIF_HOST, or NDIF's]."),
+        *REMOTE_OPTIONS,
         click.option("--request-cells", default=10000, show_default=True, type=int,
                      help="Remote: cells per request (whole examples, at least one per request)."),
         click.option("--retries", default=3, show_default=True, type=int,
@@ -60,24 +56,6 @@ def _shared(f):
     return f
 
 
-def _remote(value: str | None, host: str | None) -> str | None:
-    """--remote / --ndif-host as RunConfig.remote: None, "local", or the server's URL."""
-    from ..exec import remote
-
-    if value == remote.LOCAL:
-        if host:
-            fail("--remote local runs here: it takes no --ndif-host")
-        return remote.LOCAL
-    if value is None and host is None:
-        return None
-    if value not in (None, "ndif") and not value.startswith(("http://", "https://")):
-        fail(f"--remote {value}: use --remote alone, --remote local, or --remote URL")
-    try:
-        return remote.server(host or (value if value != "ndif" else None)).host
-    except NnctError as exc:
-        fail(str(exc))
-
-
 def _config(method: str, out, output_dir, reverse, remote_, ndif_host, no_wait, options, out_required=True):
     from ..methods import run
 
@@ -87,7 +65,7 @@ def _config(method: str, out, output_dir, reverse, remote_, ndif_host, no_wait, 
         fail("give --out FILE.nc or --output-dir DIR: where the cube goes")
     out = out or (str(Path(output_dir) / "effects.nc") if output_dir else None)
     options["batch_rows"] = rows(options["batch_rows"])
-    return run.RunConfig(out=out, method=method, reverse=reverse == "1", remote=_remote(remote_, ndif_host), wait=not no_wait,
+    return run.RunConfig(out=out, method=method, reverse=reverse == "1", remote=remote_setting(remote_, ndif_host), wait=not no_wait,
                          **options)
 
 

@@ -89,7 +89,6 @@ def edge_scores(acc: Access, g: Graph, clean: list[int], nodes: Nodes, target: i
                 mid.append(acc.ln_mlp(layer).input.detach())
                 mlp_in.append(acc.mlp(layer).input)
             final = acc.final_norm().input
-            final_value = final.detach()
             metric = _metric(parts.nn.output.logits, target, alt).sum()
             grads_final, grads_mlp, grads_proj = None, [None] * g.n_layers, [None] * g.n_layers
             with metric.backward():
@@ -97,15 +96,16 @@ def edge_scores(acc: Access, g: Graph, clean: list[int], nodes: Nodes, target: i
                 for layer in reversed(range(g.n_layers)):
                     grads_mlp[layer] = mlp_in[layer].grad
                     grads_proj[layer] = [p.grad for p in reversed(proj[layer])][::-1]
-            scores = _scores(acc, g, delta, resid, mid, final_value, grads_final, grads_mlp, grads_proj).save()
+            scores = _scores(acc, g, delta, resid, mid, grads_final, grads_mlp, grads_proj).save()
     finally:
         for p in trainable:
             p.requires_grad_(True)
     return scores[0].cpu(), scores[1:].mean(0).cpu()
 
 
-def _scores(acc: Access, g: Graph, delta, resid, mid, final_value, grads_final, grads_mlp, grads_proj):
-    """[row, node, dest]: delta . the gradient at each destination's input, per row."""
+def _scores(acc: Access, g: Graph, delta, resid, mid, grads_final, grads_mlp, grads_proj):
+    """[row, node, dest]: delta . the gradient at each destination's input, per row (the
+    logits' input, the final residual, feeds only the final norm: its gradient is the one read)."""
     rows = grads_final.shape[0]
     out = torch.zeros(rows, g.n_nodes, g.n_dests, dtype=torch.float64, device=delta.device)
     for layer in range(g.n_layers):

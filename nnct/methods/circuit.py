@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .. import __version__
 from ..errors import ConfigError, DataError, RecordError
-from ..exec import edges
+from ..exec import edges, remote as remote_lib
 from ..inputs import spans
 from ..inputs.pairs import example, load_pairs
 from ..model.graph import graph_of
@@ -70,11 +71,11 @@ def prepare(adapter, pairs, max_pairs: int | None = None) -> tuple[list[Prepared
 
 class Evaluator:
     """Faithfulness of circuits on prepared pairs. Here, the pairs' two runs are made once
-    (`scored` hands them over); on a server each evaluation is one session that makes them
-    again (`backend`: a function giving a fresh nnsight backend)."""
+    (`scored` hands them over, or `made` makes them); on a server each evaluation is one
+    session that makes them again (`backend`: a function giving a fresh nnsight backend)."""
 
-    def __init__(self, adapter, pairs: list[Prepared], metrics: np.ndarray, nodes=None, backend=None):
-        self.g, self.acc = graph_of(adapter)
+    def __init__(self, g, acc, pairs: list[Prepared], metrics: np.ndarray, nodes=None, backend=None):
+        self.g, self.acc = g, acc
         self.pairs, self.nodes, self.backend = [_tuple(p) for p in pairs], nodes, backend
         self.m_clean, self.m_corrupt = float(metrics[:, 0].mean()), float(metrics[:, 1].mean())
         if abs(self.m_clean - self.m_corrupt) < 1e-6:
@@ -82,15 +83,10 @@ class Evaluator:
                               " faithfulness is undefined")
 
     @classmethod
-    def made(cls, adapter, pairs: list[Prepared], backend=None) -> "Evaluator":
-        g, acc = graph_of(adapter)
-        if backend is None:
-            nodes = [edges.node_values(acc, g, *_tuple(p)) for p in pairs]
-            return cls(adapter, pairs, np.array([n.metric.numpy() for n in nodes]), nodes)
-        none = torch.zeros(g.n_nodes, g.n_dests, dtype=torch.bool)
-        m_clean = edges.patched(acc, g, [_tuple(p) for p in pairs], none, backend=backend())
-        m_corrupt = edges.patched(acc, g, [_tuple(p) for p in pairs], torch.as_tensor(g.edges), backend=backend())
-        return cls(adapter, pairs, np.array([m_clean, m_corrupt]).T, backend=backend)
+    def made(cls, g, acc, pairs: list[Prepared]) -> "Evaluator":
+        """An Evaluator here, the pairs' runs made now."""
+        nodes = [edges.node_values(acc, g, *_tuple(p)) for p in pairs]
+        return cls(g, acc, pairs, np.array([n.metric.numpy() for n in nodes]), nodes)
 
     def faithfulness(self, keep: np.ndarray) -> float:
         dropped = torch.as_tensor(self.g.edges & ~keep)
@@ -108,9 +104,7 @@ def backend_maker(adapter, target):
     nnsight's simulation of a request; or an `exec.remote.Server`)."""
     if target is None:
         return None
-    from ..exec import remote
-
-    return lambda: remote.backend(target, adapter)
+    return lambda: remote_lib.backend(target, adapter)
 
 
 @dataclass
@@ -134,7 +128,7 @@ def find(adapter, pairs, ig_steps: int = 5, target: float = 0.85, max_pairs: int
     score = np.mean([r[1].numpy() for r in results], axis=0)
     score_eap = np.mean([r[0].numpy() for r in results], axis=0)
     metrics = np.array([np.asarray(r[2]) for r in results])
-    evaluator = Evaluator(adapter, prepared, metrics, [r[3] for r in results] if backend is None else None, backend)
+    evaluator = Evaluator(g, acc, prepared, metrics, [r[3] for r in results] if backend is None else None, backend)
     score_nan = np.where(g.edges, score, np.nan)
     search, best, lo, hi = [], 0, 1, int(g.edges.sum())
     while lo <= hi:
@@ -147,20 +141,12 @@ def find(adapter, pairs, ig_steps: int = 5, target: float = 0.85, max_pairs: int
         else:
             lo = n + 1
     faith = dict(search).get(best, float("nan"))
-    from ..exec import remote as remote_lib
-
     attrs = {"model": adapter.name, "model_revision": adapter.revision, "ig_steps": ig_steps, "pairs": str(pairs),
              "n_pairs": len(prepared), "m_clean": evaluator.m_clean, "m_corrupt": evaluator.m_corrupt,
              "metric": "logit_diff", "total_edges": int(g.edges.sum()), "target": target, "minimal_edges": best,
              "faithfulness": faith, "backend": remote_lib.kind(None if remote is None else getattr(remote, "host", remote)),
-             "nnct_version": _version()}
+             "nnct_version": __version__}
     return Found(circuit_file.to_dataset(g, score, score_eap, search, attrs), skipped)
-
-
-def _version() -> str:
-    from .. import __version__
-
-    return __version__
 
 
 def curve_counts(total: int, n: int, points: int = 12) -> list[int]:
@@ -170,7 +156,7 @@ def curve_counts(total: int, n: int, points: int = 12) -> list[int]:
 
 def verify(adapter, ds, pairs, n_edges: int | None = None, random: int = 20, seed: int = 0, max_pairs: int | None = None,
            say=lambda text: None) -> dict:
-    g, _ = graph_of(adapter)
+    g, acc = graph_of(adapter)
     if (ds.attrs.get("n_layers"), ds.attrs.get("n_heads"), ds.attrs.get("n_kv_heads")) != (g.n_layers, g.n_heads, g.n_kv):
         raise ConfigError("the circuit file's graph is not this model's (layers, heads or key/value heads differ)")
     score = ds.score.values
@@ -181,7 +167,7 @@ def verify(adapter, ds, pairs, n_edges: int | None = None, random: int = 20, see
     prepared, skipped = prepare(adapter, pairs, max_pairs)
     if not prepared:
         raise DataError(f"{pairs}: no usable pair")
-    ev = Evaluator.made(adapter, prepared)
+    ev = Evaluator.made(g, acc, prepared)
     curve = [{"edges": k, "faithfulness": ev.faithfulness(circuit_file.top_edges(score, k))} for k in curve_counts(total, n)]
     f = next(c["faithfulness"] for c in curve if c["edges"] == n)
     rng = np.random.default_rng(seed)

@@ -226,7 +226,10 @@ def divergence_pairs(adapter, scores: list[Score], threshold: float, batch: int 
         for L in range(P, 0, -1):
             if not open_:
                 break
-            made = greedy(adapter, [front + part[j].ids[:L] for j in open_], len(part[0].ids) - L)
+            if L == P:  # the full prefix's continuation is the score's own greedy tokens
+                made = [part[j].greedy for j in open_]
+            else:
+                made = greedy(adapter, [front + part[j].ids[:L] for j in open_], len(part[0].ids) - L)
             still = []
             for j, gen in zip(open_, made):
                 whole = part[j].ids

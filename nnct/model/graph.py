@@ -76,8 +76,8 @@ class Graph:
 
     def __post_init__(self):
         # made once here (no functools.cached_property: its lock cannot travel to a server)
-        for name, make in (("nodes", self._nodes), ("dests", self._dests)):
-            object.__setattr__(self, name, make())
+        object.__setattr__(self, "nodes", self._nodes())
+        object.__setattr__(self, "dests", self._dests())
         object.__setattr__(self, "edges", self._edges())
 
     @property
@@ -235,8 +235,9 @@ class Access:
     def head_outputs(self, layer: int, z):
         """Each head's write into the residual stream [row, head, token, d_model] from the
         output projection's input `z` [row, token, head * d_head] (its bias is no head's)."""
-        return _per_head(z.unflatten(-1, (self.parts.n_heads, self.parts.d_head)), self._w(self.attn_out(layer)),
-                         self.parts.n_heads, self.parts.d_head)
+        H, dh = self.parts.n_heads, self.parts.d_head
+        w = self._w(self.attn_out(layer)).unflatten(1, (H, dh))  # [d, head, d_head]
+        return torch.einsum("rthe,dhe->rhtd", z.unflatten(-1, (H, dh)), w.to(z.dtype))
 
     def qkv_outputs(self, layer: int) -> list:
         """The projections' outputs, in forward order (read or written)."""
@@ -272,6 +273,3 @@ class Access:
                     out[..., cols] = y if b is None else y + b[rows]
             offset, start = offset + n * dh if fused else 0, start + n
 
-
-def _per_head(zh, w, n_heads: int, d_head: int):
-    return torch.einsum("rthe,dhe->rhtd", zh, w.unflatten(1, (n_heads, d_head)).to(zh.dtype))
