@@ -51,3 +51,7 @@ class ModelNotHosted(NnctError):
 
 class OutputBusy(NnctError):
     """Another live nnct process is writing the same output."""
+
+
+class IncompatibleLibrary(NnctError):
+    """An installed nnsight or transformers lacks an internal nnct relies on (nnct.compat)."""

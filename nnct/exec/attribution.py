@@ -44,6 +44,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .. import compat
 from ..errors import ConfigError
 from ..interventions.components import COMPONENTS, grid, variables
 from ..interventions.corruption import RunInput
@@ -168,7 +169,7 @@ def attribute(model: Adapter | Parts, components: tuple[str, ...], window: int, 
     if corrupt.values is not None:
         edit = (list(corrupt.positions), corrupt.values.to(a.device, a.torch_dtype), corrupt.replace)
     drops = list(range(a.n_layers)) if estimate == "atp*" else [None]
-    trainable = [p for p in parts.nn._module.parameters() if p.requires_grad]
+    trainable = [p for p in compat.torch_module(parts.nn).parameters() if p.requires_grad]
     _set_grad(trainable, False)
     try:
         if reverse:  # the gradient at the clean run, the corrupted values as the source

@@ -7,10 +7,9 @@ prompts of one length, so no padding enters the computation.
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 
+from .. import compat
 from ..errors import ConfigError
 
 
@@ -21,13 +20,12 @@ def greedy(adapter, prompts: list[list[int]], n: int) -> list[list[int]]:
     if len({len(p) for p in prompts}) != 1:
         raise ConfigError("greedy decoding takes prompts of one length per batch")
     x = torch.tensor(prompts, dtype=torch.long, device=adapter.device)
-    # transformers renamed past_key_values to cache (5.2x); the pin allows both sides of it
-    name = "cache" if "cache" in inspect.signature(adapter.hf.forward).parameters else "past_key_values"
+    name = compat.cache_keyword(adapter.hf.forward)
     out, cache = [], None
     with torch.no_grad():
         for _ in range(n):
             step = adapter.hf(input_ids=x, use_cache=True, **{name: cache})
-            cache = getattr(step, name)
+            cache = compat.output_cache(step, name)
             x = step.logits[:, -1].float().argmax(-1, keepdim=True)
             out.append(x)
     return torch.cat(out, 1).cpu().tolist()

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import compat
 from ..model.graph import Access, Graph, norm, norm_vjp
 from ..model.parts import first
 
@@ -74,7 +75,7 @@ def edge_scores(acc: Access, g: Graph, clean: list[int], nodes: Nodes, target: i
     rows = rows.to(parts.torch_dtype)
     ids = torch.tensor([clean], dtype=torch.long, device=parts.device).expand(rows.shape[0], -1)
     delta = (nodes.outputs[1] - nodes.outputs[0]).double()  # [node, token, d]
-    trainable = [p for p in parts.nn._module.parameters() if p.requires_grad]
+    trainable = [p for p in compat.torch_module(parts.nn).parameters() if p.requires_grad]
     for p in trainable:  # no .grad accumulates in a local model's weights
         p.requires_grad_(False)
     try:

@@ -40,6 +40,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .. import compat
 from ..interventions.components import COMPONENTS, grid, variables
 from ..interventions.corruption import RunInput
 from ..interventions.plan import Batch, Cell, cells, patches, schedule, screened, slot
@@ -70,20 +71,27 @@ class Settings:
     seed: int = 0  # of that draw (with the prompt's tokens: each example draws its own)
 
 
-def memory_budget(device: str) -> int:
-    """Bytes a batch may take: a quarter of the memory free now on the device, at most
-    1 GiB on a CPU and 16 GiB on a GPU; 4 GiB on a remote server, whose free memory cannot
-    be read from here. A run fixes it once, so that a resumed run makes the same batches."""
+def total_memory(device: str, meminfo: str = "/proc/meminfo") -> int:
+    """The device's total memory in bytes (MemTotal on a CPU; 16 GiB where it cannot be read)."""
+    if device == "cuda":
+        return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    try:
+        with open(meminfo) as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemTotal:"))
+    except (OSError, StopIteration):
+        return 16 << 30
+
+
+def memory_budget(device: str, meminfo: str = "/proc/meminfo") -> int:
+    """Bytes a batch may take: a quarter of the device's total memory, at most 1 GiB on a CPU
+    and 16 GiB on a GPU; 4 GiB on a remote server, whose memory cannot be read from here.
+    Never the memory free at the moment: the same command on the same machine makes the same
+    batches, and so the same bits, whatever else runs beside it. A run stores it, so that a
+    resumed run makes the same batches too."""
     if device == REMOTE:
         return 4 << 30
-    if device == "cuda":
-        return min(16 << 30, torch.cuda.mem_get_info()[0] // 4)
-    try:
-        with open("/proc/meminfo") as f:
-            free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration):
-        free = 4 << 30
-    return min(1 << 30, free // 4)
+    cap = 16 << 30 if device == "cuda" else 1 << 30
+    return min(cap, total_memory(device, meminfo) // 4)
 
 
 # On a CPU, a batch of about this many rows x positions already runs near the machine's
@@ -155,10 +163,10 @@ class Engine:
             # only a sliding window on some layers (Gemma 2/3, Mistral), not what we crop.
             cache = DynamicCache()
         if cache is not None:
-            kwargs["past_key_values"] = cache
+            kwargs[compat.TRACE_CACHE_KEYWORD] = cache
         sites = in_forward_order({name for _, name in writes} | set(saved))
         kept = top = follow = None  # only values saved in the trace come out of it
-        with torch.no_grad(), a.nn.trace(x, **kwargs):
+        with torch.no_grad(), compat.old_cache_keyword(), a.nn.trace(x, **kwargs):
             if edit is not None:
                 positions, values, replace = edit
                 emb = a.embed.output
@@ -187,7 +195,7 @@ class Engine:
             if top1:
                 top = at.argmax(-1).save()
             if keep_cache:
-                kept = output.past_key_values.save()
+                kept = compat.output_cache(output, compat.TRACE_CACHE_KEYWORD).save()
         values = torch.zeros(rows, N_VALUES, dtype=torch.float64)
         values[:, P], values[:, LOGIT] = probs.double().cpu(), logits.double().cpu()
         if follow is not None:
@@ -243,12 +251,12 @@ class Engine:
         from transformers import DynamicCache
 
         rows, out = len(base_row), DynamicCache()
-        for layer, kv in enumerate(cache.layers):
-            assert kv.keys.shape[-2] >= start, "the base run's cache lacks positions"
+        for layer, kv in enumerate(compat.cache_layers(cache)):
+            assert kv[0].shape[-2] >= start, "the base run's cache lacks positions"
             if layer < first_layer:
-                keys, values = (t[:1, :, :start].expand(rows, -1, -1, -1) for t in (kv.keys, kv.values))
+                keys, values = (t[:1, :, :start].expand(rows, -1, -1, -1) for t in kv)
             else:
-                keys, values = (t[base_row, :, :start] for t in (kv.keys, kv.values))
+                keys, values = (t[base_row, :, :start] for t in kv)
             out.update(keys, values, layer)
         return out
 

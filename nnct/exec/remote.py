@@ -87,16 +87,15 @@ class Deadline:
 
 @functools.cache
 def _remote_backend_class():
-    from nnsight.intervention.backends.remote import RemoteBackend
+    from .. import compat
 
-    class CountingBackend(RemoteBackend):
+    class DeadlineBackend(compat.counting_backend_class()):
         """nnsight's remote backend, quiet, with a deadline, counting the bytes of the request
         and of the result."""
 
         def __init__(self, *args, timeout: float = 0, **kwargs):
             super().__init__(*args, **kwargs)
             self.display = Deadline(timeout)
-            self.sent = self.received = 0
 
         def request(self, request, tracer):
             import websocket
@@ -110,16 +109,7 @@ def _remote_backend_class():
             finally:
                 websocket.setdefaulttimeout(previous)
 
-        def _serialize(self, tracer):
-            blob = super()._serialize(tracer)
-            self.sent += len(blob)
-            return blob
-
-        def finalize(self, content: bytes):
-            self.received += len(content)
-            return super().finalize(content)
-
-    return CountingBackend
+    return DeadlineBackend
 
 
 def backend(target: Server | str, adapter, blocking: bool = True, job_id: str | None = None, timeout: float = 0):

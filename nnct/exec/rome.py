@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import compat
 from ..interventions.rank_one import edit_output, edited
 from ..model.parts import Parts
 from ..model.sites import SITES
@@ -100,7 +101,7 @@ def value(parts: Parts, rewriting: list[list[int]], lookups: list[int], target: 
     want = torch.tensor(target, device=parts.device)
     row = torch.arange(len(rows), device=parts.device)
     kl_next = torch.tensor([len(r) - 1 for r in kl], device=parts.device)  # P(. | "{s} is a"): after its last token
-    params = [p for p in parts.nn._module.parameters() if p.requires_grad]
+    params = [p for p in compat.torch_module(parts.nn).parameters() if p.requires_grad]
     for p in params:
         p.requires_grad_(False)
     delta = torch.zeros(parts.d_model, device=parts.device, dtype=torch.float32, requires_grad=True)

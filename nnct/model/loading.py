@@ -13,9 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .. import compat
 from ..errors import ConfigError, ModelNotFound
 from . import embedded
-from .parts import Adapter
+from .parts import REMOTE, Adapter
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -30,9 +31,6 @@ def _device(device: str) -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda, but torch sees no CUDA device")
     return device
-
-
-REMOTE = "remote"  # the device of a model loaded without weights: the server's
 
 
 def load(name: str = embedded.NAME, device: str = "cpu", dtype: str = "float32", weights: bool = True) -> Adapter:
@@ -97,15 +95,13 @@ def _hub_reachable(name: str) -> None:
 def _without_weights(source: str, tokenizer, name: str, revision: str) -> Adapter:
     """The model on the meta device, named as a remote server knows it: its hub id, or for a
     local directory (a server on this machine, or one sharing its disk) the path itself."""
-    import nnsight.modeling.huggingface as nhf
     from nnsight import TransformersModel
 
     if Path(source).is_dir():
-        # nnsight asks the hub for a model's canonical id; a directory is its own.
-        nhf._ID_CACHE[source] = source
+        compat.name_model_directory(source)
     # The tokenizer is passed: nnsight cannot guess it for a model built without weights.
     nn = TransformersModel(source, task="text-generation", tokenizer=tokenizer)
-    hf = nn._module
+    hf = compat.torch_module(nn)
     revision = revision or str(getattr(hf.config, "_commit_hash", "") or "")
     return Adapter(hf, tokenizer, name=name, revision=revision, device=REMOTE, nn=nn)
 
@@ -122,7 +118,7 @@ def wrap(model: Any = embedded.NAME, tokenizer=None, device: str = "cpu", dtype:
     if isinstance(model, Envoy):  # an nnsight model (TransformersModel, LanguageModel, ...)
         if getattr(model, "dispatched", True) is False:
             model.dispatch()  # built lazily, on the meta device: its weights now
-        hf, tok = model._module, tokenizer or getattr(model, "tokenizer", None)
+        hf, tok = compat.torch_module(model), tokenizer or getattr(model, "tokenizer", None)
         nn = model
     else:
         hf, tok, nn = model, tokenizer, None

@@ -25,7 +25,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .. import compat
 from ..errors import UnsupportedModel
+
+REMOTE = "remote"  # the device of a model loaded without weights: the server's
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,7 @@ class Adapter:
         self.torch_dtype = next(hf_model.parameters()).dtype
         self.dtype = str(self.torch_dtype).removeprefix("torch.")
         self.nn = nn if nn is not None else TransformersModel(hf_model, tokenizer=tokenizer)
+        compat.check(self.nn, hf_model)
         self.parts = Parts(
             self.nn, resolve(self.nn, self.layout.embed), tuple(resolve(self.nn, self.layout.layers)), self.layout,
             self.n_layers, self.d_model, self.d_kv, self.d_ff, self.n_heads, self.d_head, self.vocab, self.device, self.torch_dtype,
