@@ -47,6 +47,7 @@ from ..interventions.components import components as parse_components
 from ..interventions.plan import count
 from ..interventions.metrics import ANSWER_PROB
 from ..model.loading import REMOTE
+from ..model.weights import same_weights
 from ..results import cube, files
 
 METHODS = ("trace", "patch")
@@ -325,6 +326,7 @@ def _open_partial(cfg: RunConfig, settings: dict) -> tuple[Path, dict]:
             raise ResumeMismatch(f"{pdir} holds an unfinished run: add --resume to complete it, or delete it to start over")
         stored = json.loads(meta.read_text())
         was = {**ADDED, **stored["settings"]}
+        same_weights(was.get("model_revision", ""), settings["model_revision"], str(pdir))
         diff = {k: (was.get(k), v) for k, v in settings.items() if was.get(k) != v}
         if diff:
             lines = "; ".join(f"{k}: stored {a!r}, now {b!r}" for k, (a, b) in diff.items())
@@ -504,6 +506,7 @@ def _attrs(cfg: RunConfig, adapter, settings: dict, meta: dict, level: float, pl
         "max_examples": -1 if cfg.max_examples is None else cfg.max_examples,
         "corruption": "noise" if cfg.noised else "prompt",
         "method": cfg.estimate, "verify_top": cfg.verify_top, "verify_sample": _verify_sample(cfg),
+        "batch_budget": int(meta["batch_budget"]),
     }
 
 

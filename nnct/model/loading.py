@@ -16,6 +16,7 @@ from typing import Any
 from .. import compat
 from ..errors import ConfigError, ModelNotFound
 from . import embedded
+from .weights import directory_digest
 from .parts import REMOTE, Adapter
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -42,10 +43,12 @@ def load(name: str = embedded.NAME, device: str = "cpu", dtype: str = "float32",
     if dtype not in DTYPES:
         raise ConfigError(f"unknown dtype '{dtype}': use {', '.join(DTYPES)}")
     device = _device(device) if weights else REMOTE
+    local = Path(name).is_dir()
     if name == embedded.NAME:
         source, revision = str(embedded.local_dir()), embedded.revision()
-    elif Path(name).is_dir():
-        source, revision = str(Path(name).resolve()), "local"
+    elif local:
+        source = str(Path(name).resolve())
+        revision = directory_digest(source, embedded.cache_root() / "digests")
     elif name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelNotFound(f"'{name}' is not the embedded model ({embedded.NAME}), there is no directory"
                             f" {Path(name).expanduser().resolve()}, and it cannot be a hub id (org/name)")
@@ -58,7 +61,7 @@ def load(name: str = embedded.NAME, device: str = "cpu", dtype: str = "float32",
             return _without_weights(source, tokenizer, name, revision)
         hf = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype))
     except (OSError, ValueError, ImportError) as exc:
-        what = "a local directory, but not a model nnct can load" if revision == "local" else "a hub id"
+        what = "a local directory, but not a model nnct can load" if local else "a hub id"
         raise ModelNotFound(f"cannot load model '{name}' ({what}): {_one_line(exc)}") from None
     if not revision:
         revision = str(getattr(hf.config, "_commit_hash", "") or "")

@@ -18,7 +18,7 @@ from ..errors import ConfigError
 from .cube import open_cube
 
 # Where a shard ran and when: these may differ between the shards of one run.
-PROVENANCE = ("created", "device", "backend", "shard")
+PROVENANCE = ("created", "device", "backend", "shard", "batch_budget")
 # Padding of the token dimension (cube.assemble's); the restored variables of heads
 # (p_restored_head, ...) are floats, padded with xarray's default, NaN, as p_restored is.
 TOKEN_FILL = {"p_restored": np.nan, "logit_restored": np.nan, "token_id": -1, "corrupted": 0, "token_str": "", "segment": ""}

@@ -107,7 +107,12 @@ def test_cube_has_method_attrs_and_dims(reference, tiny_model_dir):
     assert not missing, f"attrs missing: {missing}"
     a = ds.attrs
     assert a["model"] == str(tiny_model_dir)
-    assert a["model_revision"] == "local"
+    import hashlib
+
+    files = sorted(f for f in tiny_model_dir.iterdir() if f.suffix == ".safetensors")
+    by_hand = hashlib.sha256("".join(f"{f.name} {hashlib.sha256(f.read_bytes()).hexdigest()}\n" for f in files).encode())
+    assert a["model_revision"] == "sha256:" + by_hand.hexdigest()[:16]
+    assert a["batch_budget"] == 1 << 30
     assert a["nnct_version"] == nnct.__version__
     assert a["experiment"] == "subject-noctx"
     assert a["prompt_format"] == "{prompt}"

@@ -19,7 +19,7 @@ def test_load_errors(tmp_path):
 
 def test_load_local_directory(tiny_model_dir):
     adapter = load(str(tiny_model_dir), dtype="bfloat16")
-    assert adapter.model_type == "llama" and adapter.dtype == "bfloat16" and adapter.revision == "local"
+    assert adapter.model_type == "llama" and adapter.dtype == "bfloat16" and adapter.revision.startswith("sha256:")
 
 
 def test_wrap_takes_what_a_notebook_holds():
