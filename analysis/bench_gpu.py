@@ -96,7 +96,7 @@ def circuits(config: str, out: Path) -> None:
         torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         try:
-            ds = circuit.find(a, pairs_file, ig_steps=5, max_pairs=pairs).dataset
+            ds = circuit.find(circuit.FindConfig(pairs=pairs_file, ig_steps=5, max_pairs=pairs), a).dataset
         except Exception:  # one failed case must not cost the others' device time
             click.echo(f"== {shape} {dtype} circuit FAILED\n{traceback.format_exc()}")
             continue

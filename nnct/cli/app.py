@@ -8,6 +8,7 @@ run on disk stays resumable).
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import click
@@ -22,42 +23,29 @@ def fail(message: str, code: int = 2):
     sys.exit(code)
 
 
-# --remote and --ndif-host, as every command that can run on a server spells them
-REMOTE_OPTIONS = (
-    click.option("--remote", "remote_", is_flag=False, flag_value="ndif", default=None,
-                 help="Run on an NDIF server (--ndif-host, NDIF_HOST or nnsight's config); --remote local: nnsight's"
-                      " local simulation."),
-    click.option("--ndif-host", "ndif_host", default=None,
-                 help="The NDIF server's URL (implies --remote) [default: NDIF_HOST, or NDIF's]."),
-)
+@contextlib.contextmanager
+def guarded(again: str = "", bar=None):
+    """The one place a command's typed errors become one line and an exit code: 2 for
+    settings, data, models and servers (a server's failure names its host), 130 for an
+    interruption. `again` says how to go on (a run on disk stays resumable); `bar` is closed
+    first, so that the line is not lost under it."""
+    from ..errors import RemoteFailed
 
+    def close():
+        if bar is not None:
+            bar.close()
 
-def remote_setting(value: str | None, host: str | None) -> str | None:
-    """--remote / --ndif-host as a run's remote setting: None, "local", or the server's URL."""
-    from ..exec import remote
-
-    if value == remote.LOCAL:
-        if host:
-            fail("--remote local runs here: it takes no --ndif-host")
-        return remote.LOCAL
-    if value is None and host is None:
-        return None
-    if value not in (None, "ndif") and not value.startswith(("http://", "https://")):
-        fail(f"--remote {value}: use --remote alone, --remote local, or --remote URL")
     try:
-        return remote.server(host or (value if value != "ndif" else None)).host
+        yield
+    except RemoteFailed as exc:
+        close()
+        fail(f"{exc}" + (f"; {again}" if again else ""))
     except NnctError as exc:
+        close()
         fail(str(exc))
-
-
-def rows(value: str) -> int | None:
-    """--batch-size: a number of rows, or auto (None)."""
-    if value == "auto":
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        fail(f"--batch-size {value!r}: a number of rows, or auto")
+    except KeyboardInterrupt:
+        close()
+        fail("interrupted" + (f"; {again}" if again else ""), 130)
 
 
 class Bar:
@@ -104,23 +92,11 @@ def run_and_report(call, out: str | None, quiet: bool, again: str):
     says how to go on after a failed request or an interruption. Returns the run's Summary
     (None while requests are still running on the server)."""
     from ..analysis import report
-    from ..errors import RemoteFailed
     from ..methods import run
 
     bar = Bar(quiet)
-    try:
+    with guarded(f"finished examples are kept in {run.partial_dir(out)}: {again}" if out else "", bar):
         summary = call(bar)
-    except RemoteFailed as exc:
-        bar.close()
-        fail(f"{exc}; finished examples are kept: {again}")
-    except NnctError as exc:
-        bar.close()
-        fail(str(exc))
-    except KeyboardInterrupt:
-        bar.close()
-        if out is None:
-            fail("interrupted", 130)
-        fail(f"interrupted; finished examples are kept in {run.partial_dir(out)}: {again}", 130)
     bar.close()
     if summary.requests:
         click.echo(f"{summary.requests} requests, {summary.bytes_sent:,} bytes sent, {summary.bytes_received:,} received")

@@ -6,13 +6,19 @@ from pathlib import Path
 
 import click
 
-from ..errors import NnctError
-from .app import REMOTE_OPTIONS, fail, main, remote_setting
+from .app import Bar, fail, guarded, main
+from .options import QUIET, execution, settings
+
+STORED_MODEL = "The model to load [default: the one the input file names]."
 
 
 def _skipped(problems) -> None:
     for problem in problems:
         click.echo(f"skipped {problem}", err=True)
+
+
+def _say(quiet: bool):
+    return (lambda text: None) if quiet else click.echo
 
 
 @main.group()
@@ -21,27 +27,22 @@ def memorization():
 
 
 @memorization.command("score")
-@click.option("--model", default="smollm2-135m", show_default=True)
+@execution()
 @click.option("--texts", required=True, type=click.Path(exists=True), help="A .txt file, a directory of them, or JSONL with id and text.")
 @click.option("--prefix", type=click.IntRange(min=1), default=50, show_default=True, help="P: the tokens given.")
 @click.option("--continuation", type=click.IntRange(min=1), default=50, show_default=True, help="N: the tokens scored.")
 @click.option("--stride", type=click.IntRange(min=1), default=None, help="Tokens between windows' starts [default: P + N].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Scores (JSONL); a rerun resumes it.")
-@click.option("-q", "--quiet", is_flag=True)
-def score(model, texts, prefix, continuation, stride, batch_size, out, quiet):
+@QUIET
+def score(texts, prefix, continuation, stride, out, quiet, **options):
     """Score every window of P + N tokens: the share of its last N tokens that greedy
-    decoding reproduces after its first P."""
+    decoding reproduces after its first P (--batch-size windows at a time; auto: 16)."""
     from ..methods import memorization as mem
-    from ..model import load
-    from ..results import files
 
-    try:
-        with files.locked(out):
-            run = mem.score(load(model), texts, out, prefix, continuation, stride, batch_size,
-                            say=(lambda text: None) if quiet else click.echo)
-    except NnctError as exc:
-        fail(str(exc))
+    cfg = mem.ScoreConfig(texts=texts, out=out, prefix=prefix, continuation=continuation, stride=stride, **settings(options))
+    bar = Bar(True)
+    with guarded(f"the windows scored are kept in {out}: run the same command again to go on"):
+        run = mem.score(cfg, say=_say(quiet), on_retry=bar.retry)
     _skipped(run.problems)
     scores = [s.score for s in run.scores]
     if not scores:
@@ -52,35 +53,23 @@ def score(model, texts, prefix, continuation, stride, batch_size, out, quiet):
 
 
 @memorization.command("pairs")
+@execution(model=None, model_help=STORED_MODEL, remote=False)
 @click.option("--scores", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--mode", type=click.Choice(["divergence", "dataset"]), default="divergence", show_default=True)
 @click.option("--threshold", type=float, default=0.75, show_default=True, help="The score a memorised window has at least.")
 @click.option("--low", type=float, default=0.0, show_default=True, help="dataset: the score an unmemorised window has at most.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Pairs (JSONL, the schema of nnct patch).")
-def pairs(scores, mode, threshold, low, out):
+def pairs(scores, mode, threshold, low, out, **options):
     """Prompt pairs from memorised windows: where greedy decoding leaves the text
     (divergence), or memorised against similar unmemorised windows (dataset)."""
     from ..methods import memorization as mem
-    from ..model import load
 
-    try:
-        read, problems = mem.read_scores(scores)
-        if not read:
-            fail(f"{scores}: no scored window")
-        models = {s.model for s in read}
-        if len(models) > 1:
-            fail(f"{scores}: windows of several models ({', '.join(sorted(models))})")
-        mem.one_shape(read, scores)
-        adapter = load(models.pop())
-        made = (mem.divergence_pairs(adapter, read, threshold) if mode == "divergence"
-                else mem.dataset_pairs(adapter, read, threshold, low))
-        good, bad = mem.checked(adapter, made, scores)
-        mem.write_pairs(good, out, adapter.tokenizer)
-    except NnctError as exc:
-        fail(str(exc))
-    _skipped(problems + bad)
-    chosen = sum(s.score >= threshold for s in read)
-    click.echo(f"wrote {out}: {len(good)} pairs from {chosen} windows scoring >= {threshold} ({len(bad)} pairs skipped)")
+    cfg = mem.PairsConfig(scores=scores, out=out, mode=mode, threshold=threshold, low=low, **settings(options))
+    with guarded():
+        made = mem.pairs(cfg)
+    _skipped(made.skipped)
+    click.echo(f"wrote {out}: {len(made.pairs)} pairs from {made.windows} windows scoring >= {threshold}"
+               f" ({len(made.skipped)} pairs or lines skipped)")
 
 
 @main.group()
@@ -89,35 +78,23 @@ def circuit():
 
 
 @circuit.command("find")
-@click.option("--model", default="smollm2-135m", show_default=True)
+@execution(batch=False)
 @click.option("--pairs", required=True, type=click.Path(exists=True, dir_okay=False), help="Prompt pairs (JSONL).")
 @click.option("--ig-steps", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--target", type=float, default=0.85, show_default=True, help="The faithfulness the minimal circuit reaches.")
 @click.option("--max-pairs", type=click.IntRange(min=1), default=None)
-@REMOTE_OPTIONS[0]
-@REMOTE_OPTIONS[1]
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The circuit file (FILE.nc).")
-@click.option("-q", "--quiet", is_flag=True)
-def find(model, pairs, ig_steps, target, max_pairs, remote_, ndif_host, out, quiet):
+@QUIET
+def find(pairs, ig_steps, target, max_pairs, out, quiet, **options):
     """Score every edge by EAP and EAP-IG over the pairs, then find the smallest top-n
     circuit whose faithfulness reaches the target."""
     from ..methods import circuit as lib
-    from ..model import load
-    from ..results import circuit as circuit_file
-    from ..exec import remote
-    from ..results import files
 
     if Path(out).suffix != ".nc":
         fail(f"--out {out}: the circuit file is NetCDF, name it *.nc")
-    where = remote_setting(remote_, ndif_host)
-    try:
-        target_ = where if where in (None, remote.LOCAL) else remote.server(where)
-        with files.locked(out):
-            found = lib.find(load(model, weights=target_ is None or target_ == remote.LOCAL), pairs, ig_steps, target,
-                             max_pairs, remote=target_, say=(lambda text: None) if quiet else click.echo)
-            circuit_file.write(found.dataset, out)
-    except NnctError as exc:
-        fail(str(exc))
+    cfg = lib.FindConfig(pairs=pairs, out=out, ig_steps=ig_steps, target=target, max_pairs=max_pairs, **settings(options))
+    with guarded("nothing was written: run the same command again"):
+        found = lib.find(cfg, say=_say(quiet), on_retry=Bar(True).retry)
     _skipped(found.skipped)
     a = found.dataset.attrs
     size = (f"minimal circuit {a['minimal_edges']} of {a['total_edges']} edges"
@@ -128,28 +105,22 @@ def find(model, pairs, ig_steps, target, max_pairs, remote_, ndif_host, out, qui
 
 @circuit.command("verify")
 @click.argument("circuit_path", metavar="CIRCUIT", type=click.Path(exists=True, dir_okay=False))
+@execution(model=None, model_help=STORED_MODEL, batch=False)
 @click.option("--pairs", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--edges", "n_edges", type=click.IntRange(min=1), default=None, help="Circuit size [default: the file's minimal one].")
 @click.option("--random", "n_random", type=click.IntRange(min=0), default=20, show_default=True, help="Random circuits of that size.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-pairs", type=click.IntRange(min=1), default=None)
 @click.option("--json", "json_out", required=True, type=click.Path(dir_okay=False))
-def verify(circuit_path, pairs, n_edges, n_random, seed, max_pairs, json_out):
+def verify(circuit_path, pairs, n_edges, n_random, seed, max_pairs, json_out, **options):
     """Faithfulness of CIRCUIT's top edges on these pairs, beside random circuits of the same
-    size and over a grid of sizes (the model is the circuit file's)."""
+    size and over a grid of sizes (the model is the circuit file's unless --model says)."""
     from ..methods import circuit as lib
-    from ..model import load
-    from ..results import circuit as circuit_file
-    from ..results import files
 
-    if not circuit_file.is_circuit_file(circuit_path):
-        fail(f"{circuit_path}: not a circuit file (nnct circuit find writes one)")
-    try:
-        ds = circuit_file.read(circuit_path)
-        result = lib.verify(load(ds.attrs["model"]), ds, pairs, n_edges, n_random, seed, max_pairs, say=click.echo)
-        files.write_json(json_out, result)
-    except NnctError as exc:
-        fail(str(exc))
+    cfg = lib.VerifyConfig(circuit=circuit_path, pairs=pairs, json_out=json_out, edges=n_edges, random=n_random, seed=seed,
+                           max_pairs=max_pairs, **settings(options))
+    with guarded("nothing was written: run the same command again"):
+        result = lib.verify(cfg, say=click.echo, on_retry=Bar(True).retry)
     _skipped(result["skipped"])
     ci = result["random_faithfulness_ci"]
     rand = f"; random circuits {result['random_faithfulness_mean']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""

@@ -13,16 +13,16 @@ from pathlib import Path
 import click
 
 from ..errors import NnctError
-from .app import BOOL01, REMOTE_OPTIONS, fail, main, open_cube, remote_setting, rows, run_and_report
+from .app import BOOL01, fail, guarded, main, open_cube, run_and_report
+from .options import QUIET, RESUME, execution, settings
 
 OUT_HELP = "The cube to write (FILE.nc). Required: this or --output-dir."
 
 
 def _shared(f):
-    """The options of every cube-filling command."""
+    """The options of every cube-filling command: the shared ones (`options`) and their own."""
     options = [
-        click.option("--model", "--model_name", "model", default="smollm2-135m", show_default=True,
-                     help="The embedded default (smollm2-135m), a local model directory, or a hub id."),
+        execution(),
         click.option("--out", "out", type=click.Path(), help=OUT_HELP),
         click.option("--output-dir", "--output_dir", "output_dir", type=click.Path(),
                      help="Write DIR/effects.nc instead of --out."),
@@ -35,28 +35,19 @@ def _shared(f):
                      help="An answer's first token, or all its tokens (teacher-forced product)."),
         click.option("--max-examples", "--max-datapoints", "--max_datapoints", "max_examples", type=int, default=None,
                      help="Trace only the first N records (pairs) of the data set."),
-        click.option("--batch-size", "--batch_size", "batch_rows", default="auto", show_default=True,
-                     help="Rows per forward pass, or auto (from the memory available)."),
-        click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True),
-        click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True),
         click.option("--shard", default=None, help="i/n: only records i, i+n, ... (0-based), for `nnct merge` to join."),
-        *REMOTE_OPTIONS,
         click.option("--request-cells", default=10000, show_default=True, type=int,
                      help="Remote: cells per request (whole examples, at least one per request)."),
-        click.option("--retries", default=3, show_default=True, type=int,
-                     help="Remote: tries again after a failed request, with backoff."),
-        click.option("--request-timeout", default=3600.0, show_default=True, type=float,
-                     help="Remote: seconds to wait for a request's result before trying again (0: no limit)."),
         click.option("--no-wait", "no_wait", is_flag=True, help="Remote: submit the requests and exit; `nnct remote collect` later."),
-        click.option("--resume", is_flag=True, help="Complete the unfinished run of the same settings at --out."),
-        click.option("--quiet", "-q", is_flag=True, help="No progress bar, no per-example summary."),
+        RESUME,
+        QUIET,
     ]
     for option in reversed(options):
         f = option(f)
     return f
 
 
-def _config(method: str, out, output_dir, reverse, remote_, ndif_host, no_wait, options, out_required=True):
+def _config(method: str, out, output_dir, reverse, no_wait, options, out_required=True):
     from ..methods import run
 
     if out and output_dir:
@@ -64,9 +55,8 @@ def _config(method: str, out, output_dir, reverse, remote_, ndif_host, no_wait, 
     if out_required and not (out or output_dir):
         fail("give --out FILE.nc or --output-dir DIR: where the cube goes")
     out = out or (str(Path(output_dir) / "effects.nc") if output_dir else None)
-    options["batch_rows"] = rows(options["batch_rows"])
-    return run.RunConfig(out=out, method=method, reverse=reverse == "1", remote=remote_setting(remote_, ndif_host), wait=not no_wait,
-                         **options)
+    shared = settings(options)
+    return run.RunConfig(out=out, method=method, reverse=reverse == "1", wait=not no_wait, **shared, **options)
 
 
 def _use_definition(ctx, param, value):
@@ -133,14 +123,14 @@ def _records(data_required: bool):
 @main.command()
 @_records(data_required=True)
 @_shared
-def trace(output_dir, out, replace, reverse, quiet, remote_, ndif_host, no_wait, **options):
+def trace(output_dir, out, replace, reverse, quiet, no_wait, **options):
     """Trace a data set of records and write its effect cube (--out FILE.nc or --output-dir
     DIR is required)."""
     from ..methods import run
 
     if options["definition"]:
         options["definition"] = _with_overrides(options["definition"], dict(options, replace=replace, reverse=reverse))
-    cfg = _config("trace", out, output_dir, reverse, remote_, ndif_host, no_wait, dict(options, replace=replace == "1"))
+    cfg = _config("trace", out, output_dir, reverse, no_wait, dict(options, replace=replace == "1"))
     run_and_report(lambda bar: run.execute(cfg, progress=bar), cfg.out, quiet, "rerun with --resume")
 
 
@@ -159,8 +149,8 @@ def trace(output_dir, out, replace, reverse, quiet, remote_, ndif_host, no_wait,
               help="An exact cube of the same examples: print the agreement and write it to OUT.agreement.json.")
 @_records(data_required=False)
 @_shared
-def attribute(pairs, graddrop, verify_top, verify_sample, compare_with, output_dir, out, replace, reverse, quiet, remote_,
-              ndif_host, no_wait, **options):
+def attribute(pairs, graddrop, verify_top, verify_sample, compare_with, output_dir, out, replace, reverse, quiet, no_wait,
+              **options):
     """Attribution patching (AtP): every cell's indirect effect estimated from one forward and
     one backward pass, for records (--data, as `trace`) or prompt pairs (--pairs, as
     `patch`); the cube holds ie_atp (and ie_atp_logit) beside p_clean and p_corrupt."""
@@ -176,7 +166,7 @@ def attribute(pairs, graddrop, verify_top, verify_sample, compare_with, output_d
         options["definition"] = _with_overrides(options["definition"], dict(options, replace=replace, reverse=reverse))
     options = dict(options, replace=replace == "1", estimate="atp*" if graddrop else "atp", data=pairs or options["data"],
                    verify_top=verify_top, verify_sample=verify_sample)
-    cfg = _config("patch" if pairs else "trace", out, output_dir, reverse, remote_, ndif_host, no_wait, options)
+    cfg = _config("patch" if pairs else "trace", out, output_dir, reverse, no_wait, options)
     summary = run_and_report(lambda bar: run.execute(cfg, progress=bar), cfg.out, quiet, "rerun with --resume")
     if (verify_top or verify_sample) and summary is not None:
         from ..analysis import agreement
@@ -207,7 +197,7 @@ def _agreement(atp_path: str, exact_path: str) -> None:
 @click.option("--target", help="The answer whose value is traced (its first token of ' ' + answer).")
 @click.option("--alt", help="The competing answer.")
 @_shared
-def patch(pairs, clean, corrupt, target, alt, output_dir, out, reverse, quiet, remote_, ndif_host, no_wait, **options):
+def patch(pairs, clean, corrupt, target, alt, output_dir, out, reverse, quiet, no_wait, **options):
     """Activation patching between two prompts: the clean value of every cell written into
     the corrupted run (--reverse-patching: the corrupted value into the clean run). With
     --pairs, --out FILE.nc or --output-dir DIR is required; one pair given inline is
@@ -219,14 +209,13 @@ def patch(pairs, clean, corrupt, target, alt, output_dir, out, reverse, quiet, r
         fail("give --pairs FILE or --clean/--corrupt/--target/--alt, not both")
     if not pairs and None in inline:
         fail("give --pairs FILE.jsonl, or all of --clean, --corrupt, --target and --alt")
-    cfg = _config("patch", out, output_dir, reverse, remote_, ndif_host, no_wait, dict(options, data=pairs),
-                  out_required=bool(pairs))
+    cfg = _config("patch", out, output_dir, reverse, no_wait, dict(options, data=pairs), out_required=bool(pairs))
     items = None if pairs else [{"id": "inline", "clean": clean, "corrupt": corrupt, "target": target, "alt": alt}]
     run_and_report(lambda bar: run.execute(cfg, progress=bar, items=items), cfg.out, quiet, "rerun with --resume")
 
 
 @main.command()
-@click.option("--model", "--model_name", "model", default="smollm2-135m", show_default=True)
+@execution(batch=False, remote=False)
 @click.option("--data", "--data_path", "data", required=True, type=click.Path(), help="JSONL records (docs/method.md schema).")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="The table to write (FILE.csv).")
 @click.option("--prompt-format", "--prompt_format", "prompt_format", default="C: {context} {prompt}", show_default=True,
@@ -234,23 +223,23 @@ def patch(pairs, clean, corrupt, target, alt, output_dir, out, reverse, quiet, r
 @click.option("--max-cf", "--max_cf", "max_cf", type=int, default=None, help="Counterfactual passages per record [default: all].")
 @click.option("--max-examples", "--max-datapoints", "--max_datapoints", "max_examples", type=int, default=None,
               help="Only the first N records of the data set.")
-@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
-def answers(model, data, out, prompt_format, max_cf, max_examples, device, dtype):
+def answers(data, out, prompt_format, max_cf, max_examples, **options):
     """Which answer wins per record with no passage, the fact's passage and each counterfactual one."""
     from ..methods import answers as answers_lib
-    from ..model import load
+    from ..methods import pipeline
     from ..results import files
 
-    try:
-        with files.locked(out):
-            adapter = load(model, device=device, dtype=dtype)
-            result = answers_lib.compare(adapter, data, prompt_format, max_cf, max_examples)
-            df = answers_lib.frame(result)
-            with files.atomic(out) as tmp:
-                df.to_csv(tmp, index=False, float_format="%.6g")
-    except NnctError as exc:
-        fail(str(exc))
+    cfg = pipeline.Execution(**settings(options))
+
+    def table(session):
+        result = answers_lib.compare(session.adapter, data, prompt_format, max_cf, max_examples)
+        df = answers_lib.frame(result)
+        with files.atomic(out) as tmp:
+            df.to_csv(tmp, index=False, float_format="%.6g")
+        return result, df
+
+    with guarded():
+        result, df = pipeline.run(cfg, table, outputs=(out,))
     for problem in result.skipped:
         click.echo(f"skipped {problem}", err=True)
     click.echo(answers_lib.table(df))
@@ -258,7 +247,7 @@ def answers(model, data, out, prompt_format, max_cf, max_examples, device, dtype
 
 
 @main.command()
-@click.option("--model", "--model_name", "model", default="smollm2-135m", show_default=True)
+@execution(batch=False, remote=False)
 @click.option("--data", "--data_path", "data", required=True, type=click.Path(), help="JSONL records (docs/method.md schema).")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="The edits file to write (FILE.nc).")
 @click.option("--new-object", default="cf1", show_default=True,
@@ -274,31 +263,22 @@ def answers(model, data, out, prompt_format, max_cf, max_examples, device, dtype
 @click.option("--max-examples", "--max-datapoints", "max_examples", type=int, default=None, help="Only the first N records.")
 @click.option("--save", "save_dir", type=click.Path(file_okay=False),
               help="Also save the model with every edit in its weights (each computed on the unedited model) here.")
-@click.option("-q", "--quiet", is_flag=True, help="No line per edit.")
-def edit(model, data, out, new_object, layer, from_cube, no_covariance, corpus_tokens, seed, max_examples, save_dir, quiet):
+@QUIET
+def edit(data, out, new_object, layer, from_cube, no_covariance, corpus_tokens, seed, max_examples, save_dir, quiet, **options):
     """ROME: rewrite each record's fact (obj -> the new object) with a rank-one update of one
     layer's MLP, evaluate each edit (efficacy, paraphrase, specificity, fluency) and write
     the edits (left/right vectors, layer, metrics) to OUT."""
     from ..methods import edit as edit_lib
-    from ..results import files
 
     if layer != "auto" and not layer.isdigit():
         fail(f"--layer {layer}: a layer number or auto")
     if Path(out).suffix != ".nc":
         fail(f"--out {out}: the edits file is NetCDF, name it *.nc")
-    cfg = edit_lib.EditConfig(data=data, out=out, model=model, new_object=new_object,
-                              layer=None if layer == "auto" else int(layer), from_cube=from_cube,
-                              covariance=not no_covariance, corpus_tokens=corpus_tokens, seed=seed, max_examples=max_examples)
-    from ..model import load
-
-    try:
-        with files.locked(out):
-            adapter = load(model)
-            result = edit_lib.run(cfg, adapter, say=(lambda text: None) if quiet else click.echo)
-            if save_dir and result.edits:
-                edit_lib.save_edited(adapter, result.edits, save_dir)
-    except NnctError as exc:
-        fail(str(exc))
+    cfg = edit_lib.EditConfig(data=data, out=out, new_object=new_object, layer=None if layer == "auto" else int(layer),
+                              from_cube=from_cube, covariance=not no_covariance, corpus_tokens=corpus_tokens, seed=seed,
+                              max_examples=max_examples, save=save_dir, **settings(options))
+    with guarded():
+        result = edit_lib.run(cfg, say=(lambda text: None) if quiet else click.echo)
     for problem in result.skipped:
         click.echo(f"skipped {problem}", err=True)
     if not result.edits:

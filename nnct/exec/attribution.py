@@ -164,7 +164,7 @@ def attribute(model: Adapter | Parts, components: tuple[str, ...], window: int, 
     sites = in_forward_order({COMPONENTS[c].site for c in components})
     S, n_tokens = corrupt.rows, len(ids)
     first = (answers[0][0], answers[1][0])
-    clean_ids = torch.tensor([list(ids)], dtype=torch.long)
+    clean_ids = torch.tensor([list(ids)], dtype=torch.long, device=a.device)
     edit = None
     if corrupt.values is not None:
         edit = (list(corrupt.positions), corrupt.values.to(a.device, a.torch_dtype), corrupt.replace)

@@ -189,6 +189,20 @@ def scored(acc: Access, g: Graph, pairs: list, steps: int, backend=None) -> list
     return [(*r, None) for r in out]
 
 
+def metrics(acc: Access, g: Graph, pairs: list, backend) -> list:
+    """M [clean, corrupt] per pair, from one session through `backend`."""
+    import nnsight
+
+    out = None
+    with acc.parts.nn.session(backend=backend):
+        there = _on_server(acc)
+        results = []
+        for clean, corrupt, target, alt in pairs:
+            results.append(node_values(there, g, clean, corrupt, target, alt).metric)
+        out = nnsight.save(results)
+    return [m.numpy() for m in out]
+
+
 def patched(acc: Access, g: Graph, pairs: list, dropped: torch.Tensor, nodes: list | None = None, backend=None) -> list:
     """M per pair with the `dropped` edges patched; the pairs' `Nodes` reused when given
     (here; their last row of outputs is the corrupt run's), else made again (in the session

@@ -196,7 +196,7 @@ class Engine:
                 top = at.argmax(-1).save()
             if keep_cache:
                 kept = compat.output_cache(output, compat.TRACE_CACHE_KEYWORD).save()
-        values = torch.zeros(rows, N_VALUES, dtype=torch.float64)
+        values = torch.zeros(rows, N_VALUES, dtype=torch.float64, device="cpu")  # the host's copy of what came out
         values[:, P], values[:, LOGIT] = probs.double().cpu(), logits.double().cpu()
         if follow is not None:
             values[:, FOLLOW] = follow.double().cpu()
@@ -313,7 +313,7 @@ class Engine:
         """Every cell (or those of `only`) patched: the measures of `trace`."""
         acc, top1 = None, 0
         for k, (extra, read) in enumerate(self._passes(answers)):
-            more = torch.tensor([extra], dtype=torch.long).expand(corrupt.ids.shape[0], -1)
+            more = torch.tensor([extra], dtype=torch.long, device=corrupt.ids.device).expand(corrupt.ids.shape[0], -1)
             pass_input = RunInput(torch.cat([corrupt.ids, more], dim=1), corrupt.positions, corrupt.values, corrupt.replace)
             got, top = self._pass(list(ids) + extra, len(ids), pass_input, read, on_batch, top1=k == 0, only=only)
             top1 = top if k == 0 else top1
@@ -335,7 +335,7 @@ class Engine:
         clean run's top token."""
         a, s = self.parts, self.settings
         S, n_all = corrupt.rows, len(ids)
-        clean_input = RunInput(torch.tensor([ids], dtype=torch.long))
+        clean_input = RunInput(torch.tensor([ids], dtype=torch.long, device="cpu"))  # data, as corruption makes it
         comps = [COMPONENTS[c] for c in s.components]
         # the base run keeps its stream, and the values a severed path freezes
         base_save = ("hidden", *{c.sever for c in comps if c.sever})
@@ -348,7 +348,7 @@ class Engine:
         base_input = clean_input if s.reverse else corrupt
         base_values = base.values.expand(S, -1) if s.reverse else base.values
 
-        restored = {v: torch.full((*grid(v, s.components, n_tokens, a.n_layers, a.n_heads), S, N_VALUES), float("nan"),
+        restored = {v: torch.full((*grid(v, s.components, n_tokens, a.n_layers, a.n_heads), S, N_VALUES), float("nan"), device="cpu",
                                   dtype=torch.float64) for v in variables(s.components)}
         rows = s.batch_rows or auto_batch_rows(a, n_all, S, s.batch_budget)
         token_rows = CPU_TOKEN_ROWS if s.batch_rows is None and a.device == "cpu" else None
@@ -379,7 +379,7 @@ def embedding_std(parts: Parts, span_token_ids: list[list[int]], backend=None) -
 
     from ..errors import ConfigError
 
-    ids = torch.tensor([i for ids in span_token_ids for i in ids], dtype=torch.long)[:, None]
+    ids = torch.tensor([i for ids in span_token_ids for i in ids], dtype=torch.long, device="cpu")[:, None]
     if ids.numel() == 0:
         raise ConfigError("no span tokens to measure the embeddings' standard deviation on")
     std = None

@@ -315,29 +315,30 @@ def decode(saves: dict) -> Reply:
     return Reply([Measures(**r) for r in out["results"]], out["device"], out["dtype"].removeprefix("torch."))
 
 
-class Requests:
-    """A run's remote requests: packing, retries, jobs submitted without waiting, and their
-    counts. `target` is "local" (nnsight's simulation) or a Server."""
+class Channel:
+    """The one path every request to a server takes, whatever the method: a fresh nnsight
+    backend per try (a Server, or "local": nnsight's simulation), a deadline of `timeout`
+    seconds on each result, retries with backoff, nnct's typed errors, and the requests and
+    bytes counted. `on_retry(attempt, error, delay)` hears each retry."""
 
-    POLL_SECONDS = 2.0
-    # A job the server has not heard of for this long is taken as lost (its status store was
-    # wiped, e.g. by a restart): right after a submit, its first status may still be on the way.
-    LOST_AFTER = 120.0
-
-    def __init__(self, target, adapter, progress, retries: int = 3, retry_delay: float = 2.0, request_timeout: float = 3600.0,
-                 request_cells: int = 10000, wait: bool = True):
-        self.target, self.adapter, self.progress = target, adapter, progress
+    def __init__(self, target, adapter, retries: int = 3, retry_delay: float = 2.0, timeout: float = 3600.0,
+                 on_retry: Callable[[int, NnctError, float], None] | None = None):
+        self.target, self.adapter = target, adapter
         self.retry = Retry(attempts=retries + 1, delay=retry_delay)
-        self.timeout, self.request_cells, self.wait = request_timeout, request_cells, wait
-        self.pending = self.sent = self.bytes_sent = self.bytes_received = 0
+        self.timeout, self.on_retry = timeout, on_retry
+        self.sent = self.bytes_sent = self.bytes_received = 0
 
-    def _classify(self, exc: BaseException):
+    @property
+    def host(self) -> str:
+        return kind(self.target if self.target == LOCAL else self.target.host)
+
+    def classify(self, exc: BaseException) -> NnctError:
         if self.target == LOCAL:
             return RemoteFailed(f"nnsight's local simulation: {type(exc).__name__}: {exc}")
         return classify(exc, self.target, self.adapter)
 
-    def _call(self, fn, blocking: bool = True, job_id: str | None = None):
-        """fn(backend) with a fresh backend per try, retried; the bytes counted."""
+    def call(self, fn: Callable[[object], T], blocking: bool = True, job_id: str | None = None) -> tuple[T, object]:
+        """(fn(backend), backend), with a fresh backend per try, retried."""
 
         def attempt():
             b = backend(self.target, self.adapter, blocking=blocking, job_id=job_id, timeout=self.timeout)
@@ -348,12 +349,58 @@ class Requests:
                 self.bytes_sent += getattr(b, "sent", 0)
                 self.bytes_received += getattr(b, "received", 0)
 
-        return self.retry.run(attempt, self._classify, self.progress.retry)
+        return self.retry.run(attempt, self.classify, self.on_retry)
+
+    def value(self, fn: Callable[[object], T]) -> T:
+        """fn(backend), waited for: the usual call of a method that needs one session's result."""
+        return self.call(fn)[0]
+
+
+def channel(where: str | None, adapter, retries: int = 3, retry_delay: float = 2.0, timeout: float = 3600.0,
+            on_retry=None) -> Channel | None:
+    """The Channel to `where` (a host URL, "local", or None: here, no channel)."""
+    if where is None:
+        return None
+    return Channel(where if where == LOCAL else server(where), adapter, retries, retry_delay, timeout, on_retry)
+
+
+class Requests:
+    """A cube run's remote requests over a `Channel`: packing, jobs submitted without
+    waiting, and their counts."""
+
+    POLL_SECONDS = 2.0
+    # A job the server has not heard of for this long is taken as lost (its status store was
+    # wiped, e.g. by a restart): right after a submit, its first status may still be on the way.
+    LOST_AFTER = 120.0
+
+    def __init__(self, channel: Channel, progress, request_cells: int = 10000, wait: bool = True):
+        self.channel, self.progress = channel, progress
+        self.target, self.adapter, self.retry = channel.target, channel.adapter, channel.retry
+        self.request_cells, self.wait = request_cells, wait
+        self.pending = 0
+
+    @property
+    def sent(self) -> int:
+        return self.channel.sent
+
+    @property
+    def bytes_sent(self) -> int:
+        return self.channel.bytes_sent
+
+    @property
+    def bytes_received(self) -> int:
+        return self.channel.bytes_received
+
+    def _classify(self, exc: BaseException):
+        return self.channel.classify(exc)
+
+    def _call(self, fn, blocking: bool = True, job_id: str | None = None):
+        return self.channel.call(fn, blocking, job_id)
 
     def embedding_std(self, span_ids: list[list[int]]) -> float:
         from .engine import embedding_std
 
-        return self._call(lambda b: embedding_std(self.adapter.parts, span_ids, b))[0]
+        return self.channel.value(lambda b: embedding_std(self.adapter.parts, span_ids, b))
 
     def run(self, engine, names: list[str], todo: list[int], n_cells: list[int], job, keep, jobs: list, save_jobs,
             placed) -> None:

@@ -63,7 +63,7 @@ def second_moments(parts: Parts, chunks: list[list[int]], layers: list[int]) -> 
     """({layer: C [d_ff, d_ff] float64}, tokens): the uncentred second moment sum(k k^T) / n of
     the keys at each of `layers` over every token of `chunks` (token id lists, one forward
     each, every layer read in the same pass)."""
-    total = {layer: torch.zeros(parts.d_ff, parts.d_ff, dtype=torch.float64) for layer in layers}
+    total = {layer: torch.zeros(parts.d_ff, parts.d_ff, dtype=torch.float64, device="cpu") for layer in layers}
     n = 0
     for ids in chunks:
         read = {}  # made outside the trace: only saved values come out of one
@@ -165,7 +165,8 @@ def edited_weights(adapter, edits):
         for layer, left, right in edits:
             down = adapter.layer_modules()[int(layer)].get_submodule(adapter.layout.mlp_down)
             kept.setdefault(id(down), (down, down.weight.data.clone()))
-            down.weight.data = edited(down.weight.data, torch.as_tensor(left), torch.as_tensor(right))
+            down.weight.data = edited(down.weight.data, torch.as_tensor(left, device=down.weight.device),
+                                      torch.as_tensor(right, device=down.weight.device))
         yield adapter
     finally:
         for down, weight in kept.values():

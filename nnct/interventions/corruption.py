@@ -47,7 +47,7 @@ class RunInput:
         """The first position where this input differs from the clean prompt `clean_ids`."""
         import torch
 
-        clean = torch.as_tensor(clean_ids)
+        clean = torch.as_tensor(clean_ids, device="cpu")
         differ = (self.ids != clean[None, : self.ids.shape[1]]).any(dim=0).nonzero().flatten().tolist()
         found = sorted(set(differ) | set(self.positions))
         return found[0] if found else len(clean)
@@ -56,7 +56,7 @@ class RunInput:
 def clean_input(ids) -> RunInput:
     import torch
 
-    return RunInput(torch.tensor([list(ids)], dtype=torch.long))
+    return RunInput(torch.tensor([list(ids)], dtype=torch.long, device="cpu"))
 
 
 def prompt_input(corrupt_ids) -> RunInput:
@@ -102,4 +102,4 @@ def draw(seed: int, samples: int, span_len: int, d_model: int, level: float):
     import torch
 
     generator = torch.Generator("cpu").manual_seed(seed)
-    return torch.randn(samples, span_len, d_model, generator=generator, dtype=torch.float32) * level
+    return torch.randn(samples, span_len, d_model, generator=generator, dtype=torch.float32, device="cpu") * level

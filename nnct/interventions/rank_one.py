@@ -22,15 +22,15 @@ import torch
 def rank_one(weight: torch.Tensor, key: torch.Tensor, value: torch.Tensor, inv_cov_key: torch.Tensor):
     """(left [d_model], right [d_ff]) of the edit mapping `key` to `value` through `weight`
     ([d_model, d_ff]); `inv_cov_key` is C^-1 k* (k* itself when C is the identity).
-    Computed in float64."""
-    w, k, v, u = (t.detach().double() for t in (weight, key, value, inv_cov_key))
+    Computed in float64, on `weight`'s device."""
+    w, k, v, u = (t.detach().to(weight.device, torch.float64) for t in (weight, key, value, inv_cov_key))
     return v - w @ k, u / (u @ k)
 
 
 def edited(weight: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     """The edited weight, in `weight`'s dtype: W + outer(left, right), for a weight stored
     [d_model, d_ff] (nn.Linear) or transposed [d_ff, d_model] (GPT-2's Conv1D)."""
-    update = torch.outer(left.double(), right.double())
+    update = torch.outer(left.to(weight.device, torch.float64), right.to(weight.device, torch.float64))
     if weight.shape != update.shape:
         update = update.T
     return (weight.double() + update).to(weight.dtype)

@@ -114,54 +114,70 @@ def attribute(model="smollm2-135m", data=None, *, pairs=None, graddrop=False, **
     return trace(model, data, **kwargs)
 
 
-def edit(model="smollm2-135m", data=None, *, out=None, tokenizer=None, **settings):
-    """ROME edits of the records of `data` (a JSONL path), evaluated (`methods.edit`);
-    settings are `EditConfig`'s field names (`layer`, `new_object`, `from_cube`, `covariance`,
-    ...). Returns the `EditRun` (edits, attrs, skipped records); `out=` also writes the
-    edits file."""
+def _settings_of(config, settings: dict, given: set[str]) -> dict:
+    """`settings` checked against a method's config fields (less those the function takes
+    itself), so that a typo is an error naming the known ones."""
     from dataclasses import fields
 
-    from ..model.loading import wrap
-    from .edit import EditConfig, run
-
-    known = {f.name for f in fields(EditConfig)} - {"data", "out", "model"}
+    known = {f.name for f in fields(config)} - given
     unknown = sorted(set(settings) - known)
     if unknown:
         raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return settings
+
+
+def _adapter(model, tokenizer):
+    """(the model's name, an Adapter for a model a notebook holds or None for a name)."""
+    from ..model.loading import wrap
+
+    if isinstance(model, (str, Path)):
+        return str(model), None
+    adapter = wrap(model, tokenizer)
+    return adapter.name, adapter
+
+
+def edit(model="smollm2-135m", data=None, *, out=None, tokenizer=None, **settings):
+    """ROME edits of the records of `data` (a JSONL path), evaluated (`methods.edit`);
+    settings are `EditConfig`'s field names (`layer`, `new_object`, `from_cube`, `covariance`,
+    `device`, `dtype`, ...). Returns the `EditRun` (edits, attrs, skipped records); `out=`
+    also writes the edits file."""
+    from .edit import EditConfig, run
+
     if not isinstance(data, (str, Path)):
         raise ConfigError("edit takes its records as a JSONL path")
-    adapter = None if isinstance(model, (str, Path)) else wrap(model, tokenizer)
-    name = str(model) if adapter is None else adapter.name
-    return run(EditConfig(data=str(data), out=str(out) if out else None, model=name, **settings), adapter)
+    name, adapter = _adapter(model, tokenizer)
+    cfg = EditConfig(data=str(data), out=str(out) if out else None, model=name,
+                     **_settings_of(EditConfig, settings, {"data", "out", "model"}))
+    return run(cfg, adapter)
 
 
-def memorization_scores(model="smollm2-135m", texts=None, *, out=None, tokenizer=None, prefix: int = 50,
-                        continuation: int = 50, stride: int | None = None):
+def memorization_scores(model="smollm2-135m", texts=None, *, out=None, tokenizer=None, **settings):
     """Memorisation scores of every window of `texts` (a .txt file, a directory, or JSONL;
-    `methods.memorization`), written to `out` (JSONL, resumed when it exists). Returns the
+    `methods.memorization`), written to `out` (JSONL, resumed when it exists); settings are
+    `ScoreConfig`'s (`prefix`, `continuation`, `stride`, `remote`, ...). Returns the
     `ScoreRun` (scores, problems)."""
-    from ..model.loading import wrap
-    from .memorization import score
+    from .memorization import ScoreConfig, score
 
     if texts is None or out is None:
         raise ConfigError("memorization_scores takes texts= and out= (the scores file)")
-    return score(wrap(model, tokenizer), texts, out, prefix, continuation, stride)
+    name, adapter = _adapter(model, tokenizer)
+    cfg = ScoreConfig(texts=str(texts), out=str(out), model=name,
+                      **_settings_of(ScoreConfig, settings, {"texts", "out", "model"}))
+    return score(cfg, adapter)
 
 
-def circuit(model="smollm2-135m", pairs=None, *, out=None, tokenizer=None, ig_steps: int = 5, target: float = 0.85,
-            max_pairs: int | None = None):
+def circuit(model="smollm2-135m", pairs=None, *, out=None, tokenizer=None, **settings):
     """EAP/EAP-IG scores of every edge over prompt `pairs` (a JSONL path) and the minimal
-    faithful circuit (`methods.circuit.find`), as the circuit file's Dataset; `out=` also
-    writes it."""
-    from ..model.loading import wrap
-    from ..results import circuit as circuit_file
-    from .circuit import find
+    faithful circuit (`methods.circuit.find`), as the circuit file's Dataset; settings are
+    `FindConfig`'s (`ig_steps`, `target`, `max_pairs`, `remote`, ...); `out=` also writes it."""
+    from .circuit import FindConfig, find
 
     if pairs is None:
         raise ConfigError("circuit takes pairs= (a JSONL path of prompt pairs)")
-    found = find(wrap(model, tokenizer), pairs, ig_steps, target, max_pairs)
+    name, adapter = _adapter(model, tokenizer)
+    cfg = FindConfig(pairs=str(pairs), out=str(out) if out else None, model=name,
+                     **_settings_of(FindConfig, settings, {"pairs", "out", "model"}))
+    found = find(cfg, adapter)
     for problem in found.skipped:
         warnings.warn(f"skipped {problem}", stacklevel=2)
-    if out:
-        circuit_file.write(found.dataset, out)
     return found.dataset

@@ -27,17 +27,20 @@ and F over a grid of edge counts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from .. import __version__
 from ..errors import ConfigError, DataError, RecordError
-from ..exec import edges, remote as remote_lib
+from ..exec import edges
 from ..inputs import spans
 from ..inputs.pairs import example, load_pairs
 from ..model.graph import graph_of
 from ..results import circuit as circuit_file
+from ..results import files
+from . import pipeline
+from .pipeline import Execution
 
 
 @dataclass(frozen=True)
@@ -71,40 +74,58 @@ def prepare(adapter, pairs, max_pairs: int | None = None) -> tuple[list[Prepared
 
 class Evaluator:
     """Faithfulness of circuits on prepared pairs. Here, the pairs' two runs are made once
-    (`scored` hands them over, or `made` makes them); on a server each evaluation is one
-    session that makes them again (`backend`: a function giving a fresh nnsight backend)."""
+    (`scored` hands them over, or `made` makes them); over a server's channel each
+    evaluation is one request that makes them again."""
 
-    def __init__(self, g, acc, pairs: list[Prepared], metrics: np.ndarray, nodes=None, backend=None):
-        self.g, self.acc = g, acc
-        self.pairs, self.nodes, self.backend = [_tuple(p) for p in pairs], nodes, backend
+    def __init__(self, g, access, pairs: list[Prepared], metrics: np.ndarray, nodes=None, channel=None):
+        self.g, self.access = g, access
+        self.pairs, self.nodes, self.channel = [_tuple(p) for p in pairs], nodes, channel
         self.m_clean, self.m_corrupt = float(metrics[:, 0].mean()), float(metrics[:, 1].mean())
         if abs(self.m_clean - self.m_corrupt) < 1e-6:
             raise ConfigError("the pairs' mean logit differences are equal on clean and corrupt prompts:"
                               " faithfulness is undefined")
 
     @classmethod
-    def made(cls, g, acc, pairs: list[Prepared]) -> "Evaluator":
-        """An Evaluator here, the pairs' runs made now."""
-        nodes = [edges.node_values(acc, g, *_tuple(p)) for p in pairs]
-        return cls(g, acc, pairs, np.array([n.metric.numpy() for n in nodes]), nodes)
+    def made(cls, g, access, pairs: list[Prepared], channel=None) -> "Evaluator":
+        """An Evaluator whose pairs' runs are made now (their metrics; their nodes, here)."""
+        if channel is not None:
+            metrics = channel.value(lambda b: edges.metrics(access, g, [_tuple(p) for p in pairs], b))
+            return cls(g, access, pairs, np.asarray(metrics), channel=channel)
+        nodes = [edges.node_values(access, g, *_tuple(p)) for p in pairs]
+        return cls(g, access, pairs, np.array([n.metric.numpy() for n in nodes]), nodes)
 
     def faithfulness(self, keep: np.ndarray) -> float:
-        dropped = torch.as_tensor(self.g.edges & ~keep)
-        m = np.mean(edges.patched(self.acc, self.g, self.pairs, dropped, self.nodes,
-                                  None if self.backend is None else self.backend()))
-        return float((m - self.m_corrupt) / (self.m_clean - self.m_corrupt))
+        dropped = torch.as_tensor(self.g.edges & ~keep, device="cpu")  # moved where it is used, here or on a server
+        if self.channel is None:
+            m = edges.patched(self.access, self.g, self.pairs, dropped, self.nodes)
+        else:
+            m = self.channel.value(lambda b: edges.patched(self.access, self.g, self.pairs, dropped, None, b))
+        return float((np.mean(m) - self.m_corrupt) / (self.m_clean - self.m_corrupt))
 
 
 def _tuple(p: Prepared) -> tuple:
     return (p.clean, p.corrupt, p.target, p.alt)
 
 
-def backend_maker(adapter, target):
-    """None (here), or a function giving a fresh nnsight backend for `target` ("local":
-    nnsight's simulation of a request; or an `exec.remote.Server`)."""
-    if target is None:
-        return None
-    return lambda: remote_lib.backend(target, adapter)
+@dataclass(frozen=True, kw_only=True)
+class FindConfig(Execution):
+    pairs: str  # prompt pairs (JSONL)
+    out: str | None = None  # the circuit file to write
+    ig_steps: int = 5
+    target: float = 0.85  # the faithfulness the minimal circuit reaches
+    max_pairs: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerifyConfig(Execution):
+    circuit: str  # a circuit file
+    pairs: str
+    json_out: str | None = None
+    model: str | None = None  # None: the circuit file's model
+    edges: int | None = None  # the circuit's size; None: the file's minimal one
+    random: int = 20  # random circuits of that size
+    seed: int = 0
+    max_pairs: int | None = None
 
 
 @dataclass
@@ -113,40 +134,55 @@ class Found:
     skipped: list[RecordError] = field(default_factory=list)
 
 
-def find(adapter, pairs, ig_steps: int = 5, target: float = 0.85, max_pairs: int | None = None, remote=None,
-         say=lambda text: None) -> Found:
-    """`remote`: None (here), "local" (nnsight's simulation of a request) or an `exec.remote.Server`."""
-    if ig_steps < 1:
+def find(cfg: FindConfig, adapter=None, say=lambda text: None, on_retry=None) -> Found:
+    """Score every edge over the pairs and search the minimal circuit (module docstring), here
+    or on a server; the circuit file is written to `cfg.out` when given."""
+    if cfg.ig_steps < 1:
         raise ConfigError("--ig-steps takes at least 1 step")
-    prepared, skipped = prepare(adapter, pairs, max_pairs)
+    if cfg.out is not None and Path(cfg.out).suffix != ".nc":
+        raise ConfigError(f"--out {cfg.out}: the circuit file is NetCDF, name it *.nc")
+    found = pipeline.run(cfg, lambda session: _find(cfg, session, say), outputs=(cfg.out,), adapter=adapter,
+                         on_retry=on_retry)
+    if cfg.out:
+        circuit_file.write(found.dataset, cfg.out)
+    return found
+
+
+def _find(cfg: FindConfig, session: pipeline.Session, say) -> Found:
+    prepared, skipped = prepare(session.adapter, cfg.pairs, cfg.max_pairs)
     if not prepared:
-        raise DataError(f"{pairs}: no usable pair")
-    g, acc = graph_of(adapter)
-    backend = backend_maker(adapter, remote)
-    say(f"scoring {len(prepared)} pairs ({g.edges.sum()} edges, {ig_steps} IG steps)")
-    results = edges.scored(acc, g, [_tuple(p) for p in prepared], ig_steps, None if backend is None else backend())
+        raise DataError(f"{cfg.pairs}: no usable pair")
+    g, access = graph_of(session.adapter)
+    say(f"scoring {len(prepared)} pairs ({g.edges.sum()} edges, {cfg.ig_steps} IG steps)")
+    pairs = [_tuple(p) for p in prepared]
+    results = session.execute(lambda b: edges.scored(access, g, pairs, cfg.ig_steps, b))
     score = np.mean([r[1].numpy() for r in results], axis=0)
     score_eap = np.mean([r[0].numpy() for r in results], axis=0)
     metrics = np.array([np.asarray(r[2]) for r in results])
-    evaluator = Evaluator(g, acc, prepared, metrics, [r[3] for r in results] if backend is None else None, backend)
-    score_nan = np.where(g.edges, score, np.nan)
-    search, best, lo, hi = [], 0, 1, int(g.edges.sum())
+    nodes = [r[3] for r in results] if session.channel is None else None
+    evaluator = Evaluator(g, access, prepared, metrics, nodes, session.channel)
+    search, best = _search(evaluator, np.where(g.edges, score, np.nan), cfg.target, say)
+    attrs = {**session.provenance(pipeline.settings_of(cfg, "out")), "ig_steps": cfg.ig_steps, "pairs": str(cfg.pairs),
+             "n_pairs": len(prepared), "m_clean": evaluator.m_clean, "m_corrupt": evaluator.m_corrupt,
+             "metric": "logit_diff", "total_edges": int(g.edges.sum()), "target": cfg.target, "minimal_edges": best,
+             "faithfulness": dict(search).get(best, float("nan"))}
+    return Found(circuit_file.to_dataset(g, score, score_eap, search, attrs), skipped)
+
+
+def _search(evaluator: Evaluator, score: np.ndarray, target: float, say) -> tuple[list[tuple[int, float]], int]:
+    """The binary search over n for the smallest top-n circuit with F >= target: every
+    (n, F) it visits, and that n (0: none reached it)."""
+    search, best, lo, hi = [], 0, 1, int(evaluator.g.edges.sum())
     while lo <= hi:
         n = (lo + hi) // 2
-        f = evaluator.faithfulness(circuit_file.top_edges(score_nan, n))
+        f = evaluator.faithfulness(circuit_file.top_edges(score, n))
         search.append((n, f))
         say(f"{n} edges: faithfulness {f:.3f}")
         if f >= target:
             best, hi = n, n - 1
         else:
             lo = n + 1
-    faith = dict(search).get(best, float("nan"))
-    attrs = {"model": adapter.name, "model_revision": adapter.revision, "ig_steps": ig_steps, "pairs": str(pairs),
-             "n_pairs": len(prepared), "m_clean": evaluator.m_clean, "m_corrupt": evaluator.m_corrupt,
-             "metric": "logit_diff", "total_edges": int(g.edges.sum()), "target": target, "minimal_edges": best,
-             "faithfulness": faith, "backend": remote_lib.kind(None if remote is None else getattr(remote, "host", remote)),
-             "nnct_version": __version__}
-    return Found(circuit_file.to_dataset(g, score, score_eap, search, attrs), skipped)
+    return search, best
 
 
 def curve_counts(total: int, n: int, points: int = 12) -> list[int]:
@@ -154,33 +190,53 @@ def curve_counts(total: int, n: int, points: int = 12) -> list[int]:
     return sorted({int(round(x)) for x in np.geomspace(1, total, points)} | {n})
 
 
-def verify(adapter, ds, pairs, n_edges: int | None = None, random: int = 20, seed: int = 0, max_pairs: int | None = None,
-           say=lambda text: None) -> dict:
-    g, acc = graph_of(adapter)
+def verify(cfg: VerifyConfig, adapter=None, say=lambda text: None, on_retry=None) -> dict:
+    """A circuit file's circuit at N edges on some pairs, beside random circuits of N edges and
+    over a grid of sizes (module docstring); the model is the file's unless `cfg.model` says
+    otherwise. Written to `cfg.json_out` when given."""
+    if not circuit_file.is_circuit_file(cfg.circuit):
+        raise DataError(f"{cfg.circuit}: not a circuit file (nnct circuit find writes one)")
+    ds = circuit_file.read(cfg.circuit)
+    result = pipeline.run(cfg, lambda session: _verify(cfg, ds, session, say), outputs=(cfg.json_out,), adapter=adapter,
+                          on_retry=on_retry, stored=(ds.attrs.get("model"), cfg.circuit))
+    if cfg.json_out:
+        files.write_json(cfg.json_out, result)
+    return result
+
+
+def _verify(cfg: VerifyConfig, ds, session: pipeline.Session, say) -> dict:
+    g, access = graph_of(session.adapter)
     if (ds.attrs.get("n_layers"), ds.attrs.get("n_heads"), ds.attrs.get("n_kv_heads")) != (g.n_layers, g.n_heads, g.n_kv):
         raise ConfigError("the circuit file's graph is not this model's (layers, heads or key/value heads differ)")
     score = ds.score.values
     total = int(g.edges.sum())
-    n = int(n_edges if n_edges is not None else ds.attrs.get("minimal_edges", 0))
+    n = int(cfg.edges if cfg.edges is not None else ds.attrs.get("minimal_edges", 0))
     if not 1 <= n <= total:
         raise ConfigError(f"--edges {n}: a circuit has 1 to {total} edges (the file found no faithful size: give --edges)")
-    prepared, skipped = prepare(adapter, pairs, max_pairs)
+    prepared, skipped = prepare(session.adapter, cfg.pairs, cfg.max_pairs)
     if not prepared:
-        raise DataError(f"{pairs}: no usable pair")
-    ev = Evaluator.made(g, acc, prepared)
+        raise DataError(f"{cfg.pairs}: no usable pair")
+    ev = Evaluator.made(g, access, prepared, session.channel)
     curve = [{"edges": k, "faithfulness": ev.faithfulness(circuit_file.top_edges(score, k))} for k in curve_counts(total, n)]
     f = next(c["faithfulness"] for c in curve if c["edges"] == n)
-    rng = np.random.default_rng(seed)
-    existing = np.flatnonzero(g.edges.ravel())
-    randoms = []
-    for _ in range(random):
-        keep = np.zeros(g.edges.size, dtype=bool)
-        keep[rng.choice(existing, size=n, replace=False)] = True
-        randoms.append(ev.faithfulness(keep.reshape(g.edges.shape)))
-    say(f"{n} edges: faithfulness {f:.3f}; {random} random circuits: mean {np.mean(randoms) if randoms else float('nan'):.3f}")
-    return {"model": adapter.name, "pairs": str(pairs), "n_pairs": len(prepared), "skipped": [str(p) for p in skipped],
-            "edges": n, "total_edges": total, "faithfulness": f, "m_clean": ev.m_clean, "m_corrupt": ev.m_corrupt,
-            "random_circuits": random, "random_seed": seed,
+    randoms = _random_circuits(ev, n, cfg.random, cfg.seed)
+    say(f"{n} edges: faithfulness {f:.3f}; {cfg.random} random circuits: mean"
+        f" {np.mean(randoms) if randoms else float('nan'):.3f}")
+    return {**session.provenance(pipeline.settings_of(cfg, "json_out")), "pairs": str(cfg.pairs), "n_pairs": len(prepared),
+            "skipped": [str(p) for p in skipped], "edges": n, "total_edges": total, "faithfulness": f,
+            "m_clean": ev.m_clean, "m_corrupt": ev.m_corrupt, "random_circuits": cfg.random, "random_seed": cfg.seed,
             "random_faithfulness_mean": float(np.mean(randoms)) if randoms else None,
             "random_faithfulness_ci": [float(np.percentile(randoms, 2.5)), float(np.percentile(randoms, 97.5))] if randoms else None,
             "random_faithfulness": randoms, "curve": curve}
+
+
+def _random_circuits(ev: Evaluator, n: int, count: int, seed: int) -> list[float]:
+    """F of `count` circuits of n edges drawn uniformly from every edge of the graph."""
+    rng = np.random.default_rng(seed)
+    existing = np.flatnonzero(ev.g.edges.ravel())
+    out = []
+    for _ in range(count):
+        keep = np.zeros(ev.g.edges.size, dtype=bool)
+        keep[rng.choice(existing, size=n, replace=False)] = True
+        out.append(ev.faithfulness(keep.reshape(ev.g.edges.shape)))
+    return out

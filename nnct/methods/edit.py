@@ -35,17 +35,18 @@ from ..inputs import corpus, spans
 from ..inputs.records import Record, load_records
 from ..interventions.rank_one import rank_one
 from ..results import edits as edits_file
+from . import pipeline
+from .pipeline import Execution
 
 PREFIXES = ((5, 10), (10, 10))  # ROME's context_template_length_params: (tokens, how many)
 NEIGHBOURS = 10  # other facts of the relation a specificity score reads
 FLUENCY_TOKENS = 40
 
 
-@dataclass(frozen=True)
-class EditConfig:
+@dataclass(frozen=True, kw_only=True)
+class EditConfig(Execution):
     data: str
     out: str | None = None
-    model: str = "smollm2-135m"
     new_object: str = "cf1"  # cf1: the record's first counterfactual object; else one of its fields
     layer: int | None = None  # None: the MLP's peak AIE at the last subject token
     from_cube: str | None = None
@@ -53,6 +54,7 @@ class EditConfig:
     corpus_tokens: int = 100_000
     seed: int = 0
     max_examples: int | None = None
+    save: str | None = None  # a directory: the model with every edit in its weights is saved there too
     hparams: rome.Hparams = field(default_factory=rome.Hparams)
 
 
@@ -71,14 +73,14 @@ def context_prefixes(adapter, seed: int) -> list[str]:
     tok = adapter.tokenizer
     start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
     out = [""]
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device="cpu").manual_seed(seed)  # drawn on the CPU: the same texts on any device
     for length, count in PREFIXES:
-        ids = torch.tensor([[start]] * count)
+        ids = torch.tensor([[start]] * count, device=adapter.device)
         for _ in range(length):
             with torch.no_grad():
                 logits = adapter.hf(ids).logits[:, -1].float()
             top = logits.topk(5, dim=-1)
-            pick = torch.multinomial(top.values.softmax(-1), 1, generator=generator)
+            pick = torch.multinomial(top.values.softmax(-1).cpu(), 1, generator=generator).to(ids.device)
             ids = torch.cat([ids, top.indices.gather(1, pick)], dim=1)
         out += [tok.decode(row[1:], skip_special_tokens=True).strip() + ". " for row in ids.tolist()]
     return out
@@ -93,7 +95,7 @@ def covariances(adapter, layers: list[int], tokens: int) -> tuple[dict[int, torc
     for layer in layers:
         path = where / f"layer{layer}.pt"
         if path.is_file():
-            kept = torch.load(path)
+            kept = torch.load(path, map_location="cpu")
             found[layer], n = kept["c"], kept["tokens"]
         else:
             todo.append(layer)
@@ -124,8 +126,8 @@ def _score(adapter, prompts: list[str], answers: list[str]) -> np.ndarray:
         for j, answer in enumerate(answers):
             ids = list(spans.answer_ids(adapter.tokenizer, answer))
             with torch.no_grad():
-                logp = adapter.hf(torch.tensor([base + ids])).logits[0].float().log_softmax(-1)
-            got = logp[len(base) - 1 + torch.arange(len(ids)), torch.tensor(ids)]
+                logp = adapter.hf(torch.tensor([base + ids], device=adapter.device)).logits[0].float().log_softmax(-1)
+            got = logp[len(base) - 1 + torch.arange(len(ids), device=logp.device), torch.tensor(ids, device=logp.device)]
             out[i, j] = float(got.mean().exp())
     return out
 
@@ -142,7 +144,7 @@ def ngram_entropy(text: str, ns=(2, 3), weights=(2 / 3, 4 / 3)) -> float:
 
 
 def _continuation(adapter, prompt: str) -> str:
-    ids = torch.tensor([list(spans.tokenize(adapter.tokenizer, prompt).ids)])
+    ids = torch.tensor([list(spans.tokenize(adapter.tokenizer, prompt).ids)], device=adapter.device)
     with torch.no_grad():
         out = adapter.hf.generate(ids, max_new_tokens=FLUENCY_TOKENS, do_sample=False, pad_token_id=adapter.tokenizer.eos_token_id)
     return adapter.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
@@ -202,7 +204,8 @@ def edit_record(adapter, record: Record, new: str, layer: int, prefixes: list[st
     down = adapter.layer_modules()[layer].get_submodule(adapter.layout.mlp_down)
     weight = down.weight if down.weight.shape[0] == adapter.parts.d_model else down.weight.T  # Conv1D is [in, out]
     left, right = rank_one(weight, k, v, k if cov is None else torch.linalg.solve(cov, k))
-    return edits_file.Edit(record.id, record.subj, record.prompt_wo_ctx, record.obj, new, layer, left.numpy(), right.numpy(),
+    return edits_file.Edit(record.id, record.subj, record.prompt_wo_ctx, record.obj, new, layer, left.cpu().numpy(),
+                           right.cpu().numpy(),
                            {**asdict(hp), "covariance": cov is not None, "prefixes": len(prefixes)},
                            {"v_steps": len(log["loss"]), "v_p_new": log["p_target"][-1]})
 
@@ -225,19 +228,24 @@ def _located(cfg: EditConfig, adapter) -> int:
         return peak_layer(open_cube(cfg.from_cube))
     from .run import RunConfig, execute
 
-    traced = execute(RunConfig(data=cfg.data, model=cfg.model, experiment="subject-noctx", components="mlp",
-                               max_examples=cfg.max_examples), adapter=adapter)
+    traced = execute(RunConfig(data=cfg.data, model=cfg.model, device=cfg.device, dtype=cfg.dtype, experiment="subject-noctx",
+                               components="mlp", max_examples=cfg.max_examples), adapter=adapter)
     return peak_layer(traced.cube)
 
 
 def run(cfg: EditConfig, adapter=None, say=lambda text: None) -> EditRun:
-    """Every record's edit, evaluated (see the module's docstring); written to `cfg.out`."""
-    from .. import __version__
-    from ..model.loading import load
+    """Every record's edit, evaluated (see the module's docstring), on the skeleton
+    (`pipeline`); written to `cfg.out` with its provenance."""
+    if cfg.remote is not None:
+        raise ConfigError("nnct edit runs the model here: finding an edit's value takes an optimisation loop that nnct"
+                          " does not yet send to a server")
+    return pipeline.run(cfg, lambda session: _edit_all(cfg, session, say), outputs=(cfg.out,), adapter=adapter)
 
+
+def _edit_all(cfg: EditConfig, session: pipeline.Session, say) -> EditRun:
+    adapter = session.adapter
     loaded = load_records(cfg.data)
     records = loaded.items[: cfg.max_examples] if cfg.max_examples else loaded.items
-    adapter = adapter or load(cfg.model)
     layer = _located(cfg, adapter)
     say(f"editing at layer {layer}")
     prefixes = context_prefixes(adapter, cfg.seed)
@@ -258,11 +266,13 @@ def run(cfg: EditConfig, adapter=None, say=lambda text: None) -> EditRun:
         say(f"{record.id}: {record.obj} -> {new}: p {before[0]:.3f} -> {edit.metrics['p_new']:.3f},"
             f" efficacy {edit.metrics['efficacy']:.0f}")
         made.append(edit)
-    attrs = {"model": cfg.model, "model_revision": adapter.revision, "nnct_version": __version__, "layer": layer,
+    attrs = {**session.provenance(pipeline.settings_of(cfg, "out")), "model": cfg.model, "layer": layer,
              "covariance": f"{corpus.NAME}, {tokens} tokens" if cfg.covariance else "identity", "seed": cfg.seed,
              "data": str(cfg.data), "new_object": cfg.new_object, "prefixes": len(prefixes)}
     if cfg.out and made:
         edits_file.write(made, cfg.out, attrs)
+    if cfg.save and made:
+        save_edited(adapter, made, cfg.save)
     return EditRun(made, attrs, skipped)
 
 

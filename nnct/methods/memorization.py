@@ -35,6 +35,7 @@ target and alt are the same token, is reported and skipped.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections import Counter
@@ -48,7 +49,10 @@ from ..exec.decode import greedy
 from ..inputs import spans
 from ..inputs.records import read_jsonl
 from ..inputs.texts import Window, load_texts, windows
+from ..model.weights import same_weights
 from ..results.files import atomic
+from . import pipeline
+from .pipeline import Execution
 
 DIVERGENCE_DROP = 0.3  # memorization_circuits: a relative BLEU-4 drop above this marks the divergence
 
@@ -68,6 +72,7 @@ class Score:
     text_id: str
     start: int
     model: str
+    model_revision: str  # the weights' digest (`model.weights`); "" in files of nnct 0.5
     prefix_tokens: int
     continuation_tokens: int
     score: float
@@ -76,7 +81,8 @@ class Score:
 
     def line_dict(self, tokenizer) -> dict:
         p = self.prefix_tokens
-        return {"id": self.id, "text_id": self.text_id, "start": self.start, "model": self.model, "prefix_tokens": p,
+        return {"id": self.id, "text_id": self.text_id, "start": self.start, "model": self.model,
+                "model_revision": self.model_revision, "prefix_tokens": p,
                 "continuation_tokens": self.continuation_tokens, "score": self.score, "ids": self.ids, "greedy": self.greedy,
                 "prefix": tokenizer.decode(self.ids[:p]), "continuation": tokenizer.decode(self.ids[p:]),
                 "greedy_text": tokenizer.decode(self.greedy)}
@@ -84,7 +90,8 @@ class Score:
 
 def score_from(obj: dict, path: str, line: int) -> Score:
     try:
-        s = Score(str(obj["id"]), line, str(obj["text_id"]), int(obj["start"]), str(obj["model"]), int(obj["prefix_tokens"]),
+        s = Score(str(obj["id"]), line, str(obj["text_id"]), int(obj["start"]), str(obj["model"]),
+                  str(obj.get("model_revision", "")), int(obj["prefix_tokens"]),
                   int(obj["continuation_tokens"]), float(obj["score"]), [int(i) for i in obj["ids"]],
                   [int(i) for i in obj["greedy"]])
     except KeyError as exc:
@@ -108,38 +115,62 @@ class ScoreRun:
     resumed: int = 0
 
 
-def score(adapter, texts, out, prefix: int = 50, continuation: int = 50, stride: int | None = None, batch: int = 16,
-          say=lambda text: None) -> ScoreRun:
-    """Score every window of every text (see the module's docstring) into `out` (JSONL),
-    resuming what `out` holds."""
-    if prefix < 1 or continuation < 1:
+@dataclass(frozen=True, kw_only=True)
+class ScoreConfig(Execution):
+    texts: str  # a .txt file, a directory of them, or JSONL with id and text
+    out: str  # the scores (JSONL); a rerun resumes it
+    prefix: int = 50  # P
+    continuation: int = 50  # N
+    stride: int | None = None  # tokens between windows' starts; None: P + N
+
+
+AUTO_ROWS = 16  # windows decoded side by side when --batch-size is auto
+
+
+def score(cfg: ScoreConfig, adapter=None, say=lambda text: None, on_retry=None) -> ScoreRun:
+    """Score every window of every text (see the module's docstring) into `cfg.out` (JSONL),
+    resuming what it holds; here or on a server."""
+    if cfg.prefix < 1 or cfg.continuation < 1:
         raise ConfigError("--prefix and --continuation take at least one token each")
-    stride = prefix + continuation if stride is None else stride
-    if stride < 1:
+    if cfg.stride is not None and cfg.stride < 1:
         raise ConfigError("--stride takes at least one token")
-    loaded = load_texts(texts)
-    run = ScoreRun([], list(loaded.problems))
+    return pipeline.run(cfg, lambda session: _score(cfg, session, say), outputs=(cfg.out,), adapter=adapter,
+                        on_retry=on_retry)
+
+
+def _windows(cfg: ScoreConfig, tokenizer, run: "ScoreRun") -> list[Window]:
+    loaded = load_texts(cfg.texts)
+    run.problems += loaded.problems
+    stride = cfg.prefix + cfg.continuation if cfg.stride is None else cfg.stride
     todo: list[Window] = []
     for text in loaded.items:
-        ids = adapter.tokenizer(text.text, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(text.text, add_special_tokens=False)["input_ids"]
         try:
-            todo += windows(text, ids, prefix + continuation, stride, loaded.path)
+            todo += windows(text, ids, cfg.prefix + cfg.continuation, stride, loaded.path)
         except RecordError as exc:
             run.problems.append(exc)
     if not todo and not loaded.items:
-        raise DataError(f"{texts}: no text to score")
-    out = Path(out)
-    done = _resume(out, adapter.name, prefix, continuation, adapter.tokenizer)
+        raise DataError(f"{cfg.texts}: no text to score")
+    return todo
+
+
+def _score(cfg: ScoreConfig, session: pipeline.Session, say) -> ScoreRun:
+    adapter, prefix, continuation = session.adapter, cfg.prefix, cfg.continuation
+    run = ScoreRun([], [])
+    todo = _windows(cfg, adapter.tokenizer, run)
+    out = Path(cfg.out)
+    done = _resume(out, adapter.name, adapter.revision, prefix, continuation, adapter.tokenizer)
     run.resumed, run.scores = len(done), list(done.values())
     todo = [w for w in todo if w.id not in done]
-    front = special_prefix(adapter.tokenizer)
+    front, batch = special_prefix(adapter.tokenizer), session.batch_rows(AUTO_ROWS)
     with out.open("a", encoding="utf-8") as f:
         for i in range(0, len(todo), batch):
             part = todo[i:i + batch]
-            made = greedy(adapter, [front + list(w.ids[:prefix]) for w in part], continuation)
+            prompts = [front + list(w.ids[:prefix]) for w in part]
+            made = session.execute(functools.partial(greedy, adapter, prompts, continuation))
             for w, gen in zip(part, made):
                 true = w.ids[prefix:]
-                s = Score(w.id, 0, w.text_id, w.start, adapter.name, prefix, continuation,
+                s = Score(w.id, 0, w.text_id, w.start, adapter.name, adapter.revision, prefix, continuation,
                           sum(a == b for a, b in zip(gen, true)) / continuation, list(w.ids), gen)
                 run.scores.append(s)
                 f.write(json.dumps(s.line_dict(adapter.tokenizer)) + "\n")
@@ -148,10 +179,10 @@ def score(adapter, texts, out, prefix: int = 50, continuation: int = 50, stride:
     return run
 
 
-def _resume(out: Path, model: str, prefix: int, continuation: int, tokenizer) -> dict[str, Score]:
+def _resume(out: Path, model: str, revision: str, prefix: int, continuation: int, tokenizer) -> dict[str, Score]:
     """The windows `out` holds already. Its last line, if unreadable (a stopped run's), is
     dropped from the file; any other bad line is a DataError, so that nothing is lost
-    silently. ResumeMismatch if the windows were scored otherwise."""
+    silently. ResumeMismatch if the windows were scored otherwise, or with other weights."""
     if not out.exists():
         return {}
     kept, problems = read_scores(out)
@@ -163,6 +194,7 @@ def _resume(out: Path, model: str, prefix: int, continuation: int, tokenizer) ->
         if (s.model, s.prefix_tokens, s.continuation_tokens) != (model, prefix, continuation):
             raise ResumeMismatch(f"{out}:{s.line}: scored with model {s.model}, P={s.prefix_tokens}, N={s.continuation_tokens};"
                                  f" now {model}, P={prefix}, N={continuation}: give another --out")
+        same_weights(s.model_revision, revision, f"{out}:{s.line}")
     if problems:
         with atomic(out) as tmp:
             Path(tmp).write_text("".join(json.dumps(s.line_dict(tokenizer)) + "\n" for s in kept), encoding="utf-8")
@@ -248,7 +280,7 @@ def divergence_pairs(adapter, scores: list[Score], threshold: float, batch: int 
     return pairs
 
 
-def dataset_pairs(adapter, scores: list[Score], threshold: float, low: float = 0.0) -> list[MemPair]:
+def dataset_pairs(adapter, scores: list[Score], threshold: float, low: float = 0.0, batch: int = 16) -> list[MemPair]:
     """Memorisation-decision pairs: each window scoring >= threshold with its most similar
     unused window scoring <= low (module docstring)."""
     high = [s for s in scores if s.score >= threshold]
@@ -256,7 +288,7 @@ def dataset_pairs(adapter, scores: list[Score], threshold: float, low: float = 0
     if not high or not rest:
         return []
     front = special_prefix(adapter.tokenizer)
-    vec_high, vec_rest = _pooled(adapter, front, high), _pooled(adapter, front, rest)
+    vec_high, vec_rest = _pooled(adapter, front, high, batch), _pooled(adapter, front, rest, batch)
     sim = torch.nn.functional.normalize(vec_high, dim=-1) @ torch.nn.functional.normalize(vec_rest, dim=-1).T
     used, pairs = set(), []
     for i, s in enumerate(high):
@@ -281,6 +313,51 @@ def _pooled(adapter, front: list[int], scores: list[Score], batch: int = 16) -> 
             hidden = adapter.hf(ids, output_hidden_states=True).hidden_states[-1]
         out.append(hidden[:, len(front):].float().mean(1).cpu())
     return torch.cat(out)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PairsConfig(Execution):
+    scores: str  # a scores file (`score`)
+    out: str | None = None  # the pairs (JSONL, the schema of nnct patch)
+    model: str | None = None  # None: the model the scores file names
+    mode: str = "divergence"  # divergence or dataset
+    threshold: float = 0.75  # the score a memorised window has at least
+    low: float = 0.0  # dataset: the score an unmemorised window has at most
+
+
+MODES = ("divergence", "dataset")
+
+
+@dataclass
+class PairsRun:
+    pairs: list[MemPair]
+    skipped: list[RecordError]  # lines of the scores file, and pairs that cannot be used
+    windows: int  # windows scoring at least the threshold
+
+
+def pairs(cfg: PairsConfig, adapter=None) -> PairsRun:
+    """The pairs of a scores file's memorised windows (module docstring), written to `cfg.out`."""
+    if cfg.mode not in MODES:
+        raise ConfigError(f"--mode {cfg.mode}: use {' or '.join(MODES)}")
+    read, problems = read_scores(cfg.scores)
+    if not read:
+        raise DataError(f"{cfg.scores}: no scored window")
+    models = {s.model for s in read}
+    if len(models) > 1:
+        raise DataError(f"{cfg.scores}: windows of several models ({', '.join(sorted(models))})")
+    one_shape(read, cfg.scores)
+    batch = cfg.batch_rows or AUTO_ROWS
+
+    def make(session: pipeline.Session) -> PairsRun:
+        adapter = session.adapter
+        made = (divergence_pairs(adapter, read, cfg.threshold, batch) if cfg.mode == "divergence"
+                else dataset_pairs(adapter, read, cfg.threshold, cfg.low, batch))
+        good, bad = checked(adapter, made, cfg.scores)
+        if cfg.out:
+            write_pairs(good, cfg.out, adapter.tokenizer)
+        return PairsRun(good, problems + bad, sum(s.score >= cfg.threshold for s in read))
+
+    return pipeline.run(cfg, make, outputs=(cfg.out,), adapter=adapter, stored=(models.pop(), cfg.scores))
 
 
 def checked(adapter, pairs: list[MemPair], path: str) -> tuple[list[MemPair], list[RecordError]]:

@@ -26,12 +26,8 @@ failed, and writes the cube once every example is in.
 
 from __future__ import annotations
 
-import contextlib
-import datetime as _dt
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -47,8 +43,11 @@ from ..interventions.components import components as parse_components
 from ..interventions.plan import count
 from ..interventions.metrics import ANSWER_PROB
 from ..model.loading import REMOTE
-from ..model.weights import same_weights
 from ..results import cube, files
+from ..results.partial import Partial, partial_dir
+from ..results.provenance import created
+from . import pipeline
+from .pipeline import Execution
 
 METHODS = ("trace", "patch")
 CORRUPTIONS = {"trace": ("noise", "substitute"), "patch": ("prompt",)}
@@ -56,11 +55,10 @@ PAIRS = "pairs"  # the `experiment` attr of a cube of prompt pairs
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(Execution):
     data: str | None  # a JSONL file of records (trace) or pairs (patch); None: items given to `execute`
     out: str | None = None  # the cube to write; None: the cube stays in memory
     method: str = "trace"
-    model: str = "smollm2-135m"
     experiment: str = "subject"
     corruption: str = "noise"  # trace: noise | substitute; patch: prompt
     answer: str = "first"  # first: an answer's first token; full: all its tokens, teacher-forced
@@ -77,17 +75,10 @@ class RunConfig:
     max_examples: int | None = None  # counts records, as the seed's --max_datapoints
     replace: bool = False
     reverse: bool = False
-    batch_rows: int | None = None  # None: chosen from the memory available
-    device: str = "cpu"
-    dtype: str = "float32"
     resume: bool = False
     definition: str | None = None  # the experiment definition's label, e.g. "subject v1"
     shard: str | None = None  # "i/n": only records i, i+n, i+2n, ... (0-based); see `parse_shard`
-    remote: str | None = None  # None: here; a host URL; "local": nnsight's simulation of a request
     request_cells: int = 10000  # remote: cells per request (whole examples, at least one)
-    retries: int = 3  # remote: tries after a failed one, with exponential backoff
-    retry_delay: float = 2.0  # remote: seconds before the first retry
-    request_timeout: float = 3600.0  # remote: seconds a request may take before it is retried (0: no limit)
     wait: bool = True  # remote: False submits the requests and returns; collect them later
 
     @property
@@ -163,12 +154,41 @@ def normalised(cfg: RunConfig) -> RunConfig:
 
 
 def _validate(cfg: RunConfig, in_memory: bool = False) -> None:
+    """ConfigError (DataError for a missing file) for settings no run could use, before the
+    model loads, so that a typo fails at once."""
+    pipeline.check(cfg)
     if cfg.method not in METHODS:
         raise ConfigError(f"unknown method {cfg.method!r}; known: {', '.join(METHODS)}")
     if cfg.corruption not in CORRUPTIONS[cfg.method]:
         raise ConfigError(f"--corruption {cfg.corruption}: {cfg.method} takes {' or '.join(CORRUPTIONS[cfg.method])}")
     if cfg.answer not in ANSWER_PROB:
         raise ConfigError(f"--answer {cfg.answer}: use {' or '.join(ANSWER_PROB)}")
+    _validate_estimate(cfg)
+    for name, value, least in (("samples", cfg.samples, 1), ("window", cfg.window, 1), ("max-cf", cfg.max_cf, 0),
+                               ("max-examples", cfg.max_examples, 1), ("request-cells", cfg.request_cells, 1)):
+        if value is not None and value < least:
+            raise ConfigError(f"--{name} {value}: need at least {least}")
+    if cfg.out is not None and Path(cfg.out).suffix != ".nc":
+        raise ConfigError(f"--out {cfg.out}: the cube is a NetCDF file, name it *.nc")
+    if cfg.out is None and (cfg.resume or cfg.shard or not cfg.wait):
+        raise ConfigError("--resume, --shard and --no-wait keep a run on disk: give it an output file")
+    if not in_memory and (cfg.data is None or not Path(cfg.data).is_file()):
+        raise DataError(f"{cfg.data}: no such data file")
+    if cfg.method == "trace" and cfg.corruption == "substitute":
+        check_substitutable(experiment(cfg.experiment))
+    elif cfg.method == "trace":
+        experiment(cfg.experiment)
+    parse_components(cfg.components)
+    if cfg.noised:
+        corruption.parse(cfg.noise_level)
+    parse_shard(cfg.shard)
+    if not cfg.wait and cfg.data is None:
+        raise ConfigError("--no-wait needs a data file: `collect` reads the data set again when the results come in")
+    if not cfg.wait and cfg.remote in (None, remote.LOCAL):
+        raise ConfigError("--no-wait needs a remote server: a run here (or nnsight's local simulation) has nothing to collect later")
+
+
+def _validate_estimate(cfg: RunConfig) -> None:
     if cfg.estimate not in cube.ESTIMATES:
         raise ConfigError(f"estimate {cfg.estimate!r}: use {' or '.join(cube.ESTIMATES)}")
     if (cfg.verify_top or cfg.verify_sample) and cfg.estimate == "exact":
@@ -179,43 +199,6 @@ def _validate(cfg: RunConfig, in_memory: bool = False) -> None:
         from ..exec.attribution import check
 
         check(parse_components(cfg.components), cfg.answer == "full")
-    if cfg.samples < 1:
-        raise ConfigError(f"--samples {cfg.samples}: need at least 1")
-    if cfg.window < 1:
-        raise ConfigError(f"--window {cfg.window}: need at least 1")
-    if cfg.max_cf < 0:
-        raise ConfigError(f"--max-cf {cfg.max_cf}: cannot be negative")
-    if cfg.max_examples is not None and cfg.max_examples < 1:
-        raise ConfigError(f"--max-examples {cfg.max_examples}: need at least 1")
-    if cfg.batch_rows is not None and cfg.batch_rows < 1:
-        raise ConfigError(f"--batch-size {cfg.batch_rows}: need at least 1 row")
-    if cfg.out is not None and Path(cfg.out).suffix != ".nc":
-        raise ConfigError(f"--out {cfg.out}: the cube is a NetCDF file, name it *.nc")
-    if cfg.out is None and (cfg.resume or cfg.shard or not cfg.wait):
-        raise ConfigError("--resume, --shard and --no-wait keep a run on disk: give it an output file")
-    if not in_memory and (cfg.data is None or not Path(cfg.data).is_file()):
-        raise DataError(f"{cfg.data}: no such data file")
-    if cfg.method == "trace":
-        exp = experiment(cfg.experiment)
-        if cfg.corruption == "substitute":
-            check_substitutable(exp)
-    parse_components(cfg.components)
-    if cfg.noised:
-        corruption.parse(cfg.noise_level)
-    parse_shard(cfg.shard)
-    if cfg.remote is not None:
-        if cfg.remote != remote.LOCAL:
-            remote.server(cfg.remote)
-        if cfg.request_cells < 1:
-            raise ConfigError(f"--request-cells {cfg.request_cells}: need at least 1")
-        if cfg.retries < 0:
-            raise ConfigError(f"--retries {cfg.retries}: cannot be negative")
-        if cfg.request_timeout < 0:
-            raise ConfigError(f"--request-timeout {cfg.request_timeout}: cannot be negative (0: no limit)")
-    if not cfg.wait and cfg.data is None:
-        raise ConfigError("--no-wait needs a data file: `collect` reads the data set again when the results come in")
-    if not cfg.wait and cfg.remote in (None, remote.LOCAL):
-        raise ConfigError("--no-wait needs a remote server: a run here (or nnsight's local simulation) has nothing to collect later")
 
 
 def _load(cfg: RunConfig, items) -> Loaded:
@@ -270,11 +253,6 @@ def _sha256(path: str | None, loaded: Loaded) -> str:
     return h.hexdigest()
 
 
-def partial_dir(out: str | Path) -> Path:
-    out = Path(out)
-    return out.with_name(out.name + ".partial")
-
-
 # How a remote run makes its requests: free to change on resume, kept for `collect`.
 REQUESTING = ("request_cells", "retries", "retry_delay", "request_timeout")
 
@@ -300,55 +278,15 @@ def _settings(cfg: RunConfig, adapter, loaded: Loaded) -> dict:
     return s
 
 
-def _remove(pdir: Path) -> None:
-    """Remove a partial directory: renamed first, so that a kill midway never leaves example
-    files without their run.json where a later run would take them for its own."""
-    trash = pdir.with_name(f".{pdir.name}.removing-{os.getpid()}")
-    os.replace(pdir, trash)
-    shutil.rmtree(trash)
-
-
-def _created() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
 # Settings added since runs began to be stored, as a run that lacks them was made.
 ADDED = {"verify_top": 0, "verify_sample": 0}
-
-
-def _open_partial(cfg: RunConfig, settings: dict) -> tuple[Path, dict]:
-    pdir = partial_dir(cfg.out)
-    meta = pdir / "run.json"
-    if pdir.is_dir() and not meta.is_file():
-        _remove(pdir)  # killed before its run.json was written: nothing in it is usable
-    if meta.is_file():
-        if not cfg.resume:
-            raise ResumeMismatch(f"{pdir} holds an unfinished run: add --resume to complete it, or delete it to start over")
-        stored = json.loads(meta.read_text())
-        was = {**ADDED, **stored["settings"]}
-        same_weights(was.get("model_revision", ""), settings["model_revision"], str(pdir))
-        diff = {k: (was.get(k), v) for k, v in settings.items() if was.get(k) != v}
-        if diff:
-            lines = "; ".join(f"{k}: stored {a!r}, now {b!r}" for k, (a, b) in diff.items())
-            raise ResumeMismatch(f"{pdir}: cannot resume with other settings ({lines})")
-        return pdir, stored
-    pdir.mkdir(parents=True, exist_ok=True)
-    return pdir, {"settings": settings, "created": _created()}
-
-
-def _target(cfg: RunConfig):
-    """Where the examples run: None (here), "local" (nnsight's simulation) or a Server."""
-    if cfg.remote is None or cfg.remote == remote.LOCAL:
-        return cfg.remote
-    return remote.server(cfg.remote)
 
 
 class _Store:
     """Where finished rows go: memory, or one file each in the partial directory."""
 
-    def __init__(self, n: int, pdir: Path | None):
-        self.pdir = pdir
-        self.files = [pdir / f"{i:06d}.npz" for i in range(n)] if pdir else None
+    def __init__(self, n: int, partial: Partial | None):
+        self.files = [partial.unit(i, ".npz") for i in range(n)] if partial else None
         self.rows: list = [None] * n
 
     def done(self) -> list[bool]:
@@ -381,91 +319,126 @@ def execute(cfg: RunConfig, adapter=None, progress: Progress | None = None, item
     pairs as a notebook holds them (dicts), instead of `cfg.data`."""
     cfg = normalised(cfg)
     _validate(cfg, in_memory=items is not None)  # before the model loads, so that a typo fails at once
-    with files.locked(cfg.out) if cfg.out else contextlib.nullcontext():
-        return _execute(cfg, adapter, progress, items)
-
-
-def _execute(cfg: RunConfig, adapter, progress: Progress | None, items) -> Summary:
-    from ..exec.engine import Engine, Settings, embedding_std, memory_budget, passes
-    from ..model.loading import load
-
-    comps = parse_components(cfg.components)
-    target = _target(cfg)
     progress = progress or Progress()
-    # The data set is read before the model loads: a line that is no record is reported at once.
+    with pipeline.writing(cfg.out):
+        loaded, early = _read(cfg, items, progress)
+        session = pipeline.open_session(cfg, adapter, progress.retry)
+        return _Run(cfg, session, loaded, early, progress).go()
+
+
+def _read(cfg: RunConfig, items, progress: Progress) -> tuple[Loaded, list[RecordError]]:
+    """The data set, read before the model loads: a line that is no record is reported at once."""
     loaded = _load(cfg, items)
-    shard = parse_shard(cfg.shard)
     lines = [item.line for item in loaded.items[: cfg.max_examples]]
-    _, early = _shard([], loaded.problems, lines, shard)
+    _, early = _shard([], loaded.problems, lines, parse_shard(cfg.shard))
     progress.skipped(early)
     if not loaded.items:
         raise _no_case(cfg, loaded, early)
-    weights = target is None or target == remote.LOCAL  # a server has its own
-    adapter = adapter or load(cfg.model, device=cfg.device, dtype=cfg.dtype, weights=weights)
-    every, problems, lines = prepare(adapter, cfg, loaded)
-    chosen, problems = _shard(every, problems, lines, shard)
-    progress.skipped([p for p in problems if p not in early])
-    if not chosen:
-        raise _no_case(cfg, loaded, problems)
-    settings = _settings(cfg, adapter, loaded)
-    pdir, meta = _open_partial(cfg, settings) if cfg.out else (None, {"settings": settings, "created": _created()})
-    ids = [c.example.id for c in chosen]
-    if meta.get("examples", ids) != ids:
-        raise ResumeMismatch(f"{pdir}: the stored run traced other examples than this data set gives now")
-    requests = remote.Requests(target, adapter, progress, cfg.retries, cfg.retry_delay, cfg.request_timeout,
-                               cfg.request_cells, cfg.wait) if target is not None else None
-    save_meta = (lambda: files.write_json(pdir / "run.json", meta)) if pdir else (lambda: None)
-    if "noise_level" not in meta:
-        level = 0.0
-        if cfg.noised:
-            # Over the whole data set, not the shard: every shard of a run uses the same level.
-            spec = corruption.parse(cfg.noise_level)
-            span_ids = [[c.ids[i] for i in c.span] for c in every]
-            std = None
-            if spec.multiplier is not None:
-                std = requests.embedding_std(span_ids) if requests else embedding_std(adapter.parts, span_ids)
-            level = spec.level(std)
-        meta.update(noise_level=level, examples=ids, batch_budget=memory_budget(adapter.device))
-        save_meta()
-    level = float(meta["noise_level"])
-    if requests:
-        meta["requesting"] = {k: getattr(cfg, k) for k in REQUESTING}  # `collect` asks the same way
-        save_meta()
+    return loaded, early
 
-    engine = Engine(adapter, Settings(comps, cfg.window, cfg.reverse, cfg.batch_rows, meta["batch_budget"], cfg.estimate,
-                                      cfg.verify_top, _verify_sample(cfg), cfg.seed))
-    store = _Store(len(chosen), pdir)
-    n_cells = [count(comps, len(c.ids), adapter.n_layers, adapter.n_heads) * passes(c.answers) for c in chosen]
-    done = store.done()
-    progress.start(len(chosen), sum(n_cells), sum(done), sum(n for n, d in zip(n_cells, done) if d))
 
-    def job(k: int):
-        c = chosen[k]
+@dataclass
+class _Run:
+    """One run's steps on the skeleton: cases -> what the whole data set fixes once (the
+    noise level, the batch budget) -> the engine here or over the session's channel -> rows
+    -> the cube."""
+
+    cfg: RunConfig
+    session: pipeline.Session
+    loaded: Loaded
+    early: list[RecordError]
+    progress: Progress
+
+    def go(self) -> Summary:
+        cfg, adapter = self.cfg, self.session.adapter
+        every, problems, lines = prepare(adapter, cfg, self.loaded)
+        self.chosen, self.problems = _shard(every, problems, lines, parse_shard(cfg.shard))
+        self.progress.skipped([p for p in self.problems if p not in self.early])
+        if not self.chosen:
+            raise _no_case(cfg, self.loaded, self.problems)
+        self.settings = _settings(cfg, adapter, self.loaded)
+        self.partial = Partial.open(cfg.out, self.settings, cfg.resume, ADDED) if cfg.out else None
+        self.state = self.partial.state if self.partial else {}
+        self.ids = [c.example.id for c in self.chosen]
+        if self.state.get("examples", self.ids) != self.ids:
+            raise ResumeMismatch(f"{self.partial.dir}: the stored run traced other examples than this data set gives now")
+        self.requests = (remote.Requests(self.session.channel, self.progress, cfg.request_cells, cfg.wait)
+                         if self.session.channel else None)
+        self._fix_once(every)
+        store = _Store(len(self.chosen), self.partial)
+        done = self._trace(store)
+        return self._finish(store, done)
+
+    def save(self) -> None:
+        if self.partial:
+            self.partial.save()
+
+    def _fix_once(self, every: list) -> None:
+        """The noise level (over the whole data set, not the shard: every shard of a run uses
+        the same) and the batch budget, fixed when the run begins and kept on resume."""
+        from ..exec.engine import embedding_std, memory_budget
+
+        cfg, adapter = self.cfg, self.session.adapter
+        if "noise_level" not in self.state:
+            level = 0.0
+            if cfg.noised:
+                spec = corruption.parse(cfg.noise_level)
+                span_ids = [[c.ids[i] for i in c.span] for c in every]
+                std = None
+                if spec.multiplier is not None:
+                    std = self.requests.embedding_std(span_ids) if self.requests else embedding_std(adapter.parts, span_ids)
+                level = spec.level(std)
+            self.state.update(noise_level=level, examples=self.ids, batch_budget=memory_budget(adapter.device))
+            self.save()
+        self.level = float(self.state["noise_level"])
+        if self.requests:
+            self.state["requesting"] = {k: getattr(cfg, k) for k in REQUESTING}  # `collect` asks the same way
+            self.save()
+
+    def _job(self, k: int):
+        """Example k's (ids, corrupted input, answers)."""
+        c, cfg = self.chosen[k], self.cfg
         if c.corrupt_ids is not None:
             return c.ids, corruption.prompt_input(c.corrupt_ids), c.answers
-        noise = corruption.draw(cfg.seed, cfg.samples, len(c.span), adapter.d_model, level)
+        noise = corruption.draw(cfg.seed, cfg.samples, len(c.span), self.session.adapter.d_model, self.level)
         return c.ids, corruption.noise_input(c.ids, c.span, noise, cfg.replace), c.answers
 
-    def keep(k: int, measures) -> None:
-        store.put(k, _row(chosen[k], measures, adapter.tokenizer))
+    def _trace(self, store: _Store) -> list[bool]:
+        """Every unfinished example, here or on the server; which were done before."""
+        from ..exec.engine import Engine, Settings, passes
 
-    todo = [k for k, finished in enumerate(done) if not finished]
-    if requests is None:
-        for k in todo:
-            progress.example(ids[k])
-            keep(k, engine.trace(*job(k), on_batch=progress.cells))
-            if cfg.estimate != "exact":  # one pass for every cell
-                progress.cells(n_cells[k])
-        meta["placed"] = {"device": adapter.device, "dtype": adapter.dtype}
-    else:
+        cfg, adapter, comps = self.cfg, self.session.adapter, parse_components(self.cfg.components)
+        engine = Engine(adapter, Settings(comps, cfg.window, cfg.reverse, cfg.batch_rows, self.state["batch_budget"],
+                                          cfg.estimate, cfg.verify_top, _verify_sample(cfg), cfg.seed))
+        self.n_cells = [count(comps, len(c.ids), adapter.n_layers, adapter.n_heads) * passes(c.answers) for c in self.chosen]
+        done = store.done()
+        self.progress.start(len(self.chosen), sum(self.n_cells), sum(done), sum(n for n, d in zip(self.n_cells, done) if d))
+        todo = [k for k, finished in enumerate(done) if not finished]
+
+        def keep(k: int, measures) -> None:
+            store.put(k, _row(self.chosen[k], measures, adapter.tokenizer))
+
+        if self.requests is None:
+            for k in todo:
+                self.progress.example(self.ids[k])
+                keep(k, engine.trace(*self._job(k), on_batch=self.progress.cells))
+                if cfg.estimate != "exact":  # one pass for every cell
+                    self.progress.cells(self.n_cells[k])
+            self.state["placed"] = {"device": adapter.device, "dtype": adapter.dtype}
+        else:
+            self._remote(engine, todo, keep)
+        return done
+
+    def _remote(self, engine, todo: list[int], keep) -> None:
+        """The examples `todo` through the server's requests, their jobs kept in jobs.json."""
         def placed(device: str, dtype: str) -> None:
-            if "placed" not in meta:
-                meta["placed"] = {"device": device, "dtype": dtype}
-                save_meta()
-            elif meta["placed"]["dtype"] != dtype:
-                raise RemoteFailed(f"the server now runs the model in {dtype}; this run began in {meta['placed']['dtype']}")
+            if "placed" not in self.state:
+                self.state["placed"] = {"device": device, "dtype": dtype}
+                self.save()
+            elif self.state["placed"]["dtype"] != dtype:
+                raise RemoteFailed(f"the server now runs the model in {dtype}; this run began in {self.state['placed']['dtype']}")
 
-        jobs_file = pdir / "jobs.json" if pdir else None
+        jobs_file = self.partial.dir / "jobs.json" if self.partial else None
 
         def save_jobs(jobs: list) -> None:
             if jobs:
@@ -474,39 +447,43 @@ def _execute(cfg: RunConfig, adapter, progress: Progress | None, items) -> Summa
                 jobs_file.unlink()
 
         jobs = json.loads(jobs_file.read_text()) if jobs_file and jobs_file.is_file() else []
-        requests.run(engine, ids, todo, n_cells, job, keep, jobs, save_jobs, placed)
-    placement = meta.get("placed", {"device": "", "dtype": ""})
-    summary = Summary(cfg.out, len({c.example.record_id for c in chosen}), len(chosen), problems, sum(done), level)
-    if requests:
-        summary.pending, summary.requests = requests.pending, requests.sent
-        summary.bytes_sent, summary.bytes_received = requests.bytes_sent, requests.bytes_received
-    if summary.pending:
+        self.requests.run(engine, self.ids, todo, self.n_cells, self._job, keep, jobs, save_jobs, placed)
+
+    def _finish(self, store: _Store, done: list[bool]) -> Summary:
+        cfg, adapter, requests = self.cfg, self.session.adapter, self.requests
+        summary = Summary(cfg.out, len({c.example.record_id for c in self.chosen}), len(self.chosen), self.problems, sum(done),
+                          self.level)
+        if requests:
+            summary.pending, summary.requests = requests.pending, requests.sent
+            summary.bytes_sent, summary.bytes_received = requests.bytes_sent, requests.bytes_received
+        if summary.pending:
+            return summary
+        comps = parse_components(cfg.components)
+        attrs = _attrs(cfg, self.session, self.settings, self.state, self.partial.created if self.partial else created(),
+                       self.level)
+        summary.cube = cube.assemble(store.all(self.ids), adapter.n_layers, comps, attrs, adapter.n_heads, cfg.estimate,
+                                     verified=bool(cfg.verify_top or _verify_sample(cfg)))
+        if cfg.out:
+            cube.write(summary.cube, cfg.out)
+            self.partial.remove()
         return summary
 
-    summary.cube = cube.assemble(store.all(ids), adapter.n_layers, comps, _attrs(cfg, adapter, settings, meta, level, placement),
-                                 adapter.n_heads, cfg.estimate, verified=bool(cfg.verify_top or _verify_sample(cfg)))
-    if cfg.out:
-        cube.write(summary.cube, cfg.out)
-        _remove(pdir)
-    return summary
 
-
-def _attrs(cfg: RunConfig, adapter, settings: dict, meta: dict, level: float, placement: dict) -> dict:
+def _attrs(cfg: RunConfig, session: pipeline.Session, settings: dict, state: dict, when: str, level: float) -> dict:
     answer = "first token of ' ' + answer" if cfg.answer == "first" else "all tokens of ' ' + answer, teacher-forced"
+    placement = state.get("placed", {"device": "", "dtype": ""})  # where the server ran it, on a server
     return {
-        "model": cfg.model, "model_revision": adapter.revision, "nnct_version": __version__,
+        **session.provenance(when=when), "model": cfg.model, "device": placement["device"], "dtype": placement["dtype"],
         "experiment": settings["experiment"], "prompt_format": settings["prompt_format"] or "",
         "samples": cfg.samples, "window": cfg.window, "noise_rule": cfg.noise_level, "noise_level": level,
         "seed": cfg.seed, "replace": int(cfg.replace), "reverse_patching": int(cfg.reverse),
-        "dtype": placement["dtype"], "backend": remote.kind(cfg.remote),
-        "device": placement["device"], "created": meta["created"],
         "components": settings["components"], "max_cf": cfg.max_cf, "data": settings["data"],
         "answer_token": answer, "definition": cfg.definition or "",
         "shard": cfg.shard or "", "data_sha256": settings["data_sha256"],
         "max_examples": -1 if cfg.max_examples is None else cfg.max_examples,
         "corruption": "noise" if cfg.noised else "prompt",
         "method": cfg.estimate, "verify_top": cfg.verify_top, "verify_sample": _verify_sample(cfg),
-        "batch_budget": int(meta["batch_budget"]),
+        "batch_budget": int(state["batch_budget"]),
     }
 
 

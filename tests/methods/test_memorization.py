@@ -19,6 +19,10 @@ from nnct.model.parts import Adapter
 PROMPT = "the Eiffel Tower is located in the city of Paris France"
 
 
+
+def scored(adapter, texts, out, **settings):
+    return mem.score(mem.ScoreConfig(texts=str(texts), out=str(out), model=adapter.name, **settings), adapter)
+
 def tiny():
     hf = make_hf_model("llama")
     with torch.no_grad():
@@ -63,7 +67,7 @@ def test_scores_equal_plain_greedy_and_resume(tmp_path):
     (texts / "short.txt").write_text("Paris France")
     (texts / "bad.txt").write_bytes(b"caf\xe9 Paris")
     out = tmp_path / "scores.jsonl"
-    run = mem.score(adapter, texts, out, prefix=6, continuation=5, stride=4)
+    run = scored(adapter, texts, out, prefix=6, continuation=5, stride=4)
     assert sorted(p.field for p in run.problems) == ["<text>", "text"]  # not UTF-8; shorter than a window
     assert any("short.txt" in str(p) for p in run.problems)
     lines = [json.loads(x) for x in out.read_text().splitlines()]
@@ -77,17 +81,17 @@ def test_scores_equal_plain_greedy_and_resume(tmp_path):
     assert own["score"] == 1.0  # its own greedy text
     # A stopped run's half-written line is dropped; the rest resumes without scoring again.
     out.write_text(out.read_text() + '{"id": "own.txt@4", "sco')
-    again = mem.score(adapter, texts, out, prefix=6, continuation=5, stride=4)
+    again = scored(adapter, texts, out, prefix=6, continuation=5, stride=4)
     assert again.resumed == len(lines) and len(out.read_text().splitlines()) == len(lines)
     with pytest.raises(ResumeMismatch):
-        mem.score(adapter, texts, out, prefix=5, continuation=5, stride=4)
+        scored(adapter, texts, out, prefix=5, continuation=5, stride=4)
 
 
 def test_divergence_pairs_follow_the_rule(tmp_path):
     adapter = tiny()
     texts = write_jsonl(tmp_path / "t.jsonl", [{"id": f"t{i}", "text": own_text(adapter, w, 24)} for i, w in enumerate(
         [PROMPT, "Vinson Massif is part of Antarctica which is a continent", "Beats Music is owned by Apple and Amazon is big"])])
-    scores = mem.score(adapter, texts, tmp_path / "s.jsonl", prefix=12, continuation=12, stride=100).scores
+    scores = scored(adapter, texts, tmp_path / "s.jsonl", prefix=12, continuation=12, stride=100).scores
     assert all(s.score == 1.0 for s in scores)
     pairs = mem.divergence_pairs(adapter, scores, threshold=1.0)
     assert pairs
@@ -114,7 +118,7 @@ def test_dataset_pairs_take_the_most_similar(tmp_path):
         {"id": "own", "text": own_text(adapter, "the Eiffel Tower is", 8)},
         {"id": "x", "text": "red blue green one two three four five six seven eight nine"},
         {"id": "y", "text": "who owns Apple ? Amazon owns Beats Music and Apple owns a city"}])
-    scores = mem.score(adapter, texts, tmp_path / "s.jsonl", prefix=6, continuation=4, stride=100).scores
+    scores = scored(adapter, texts, tmp_path / "s.jsonl", prefix=6, continuation=4, stride=100).scores
     high = [s for s in scores if s.score >= 1.0]
     low = [s for s in scores if s.score <= 0.0]
     assert high and low
