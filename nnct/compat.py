@@ -22,7 +22,6 @@ the rest of nnct's code: they touch nothing but their arguments.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import logging
@@ -116,13 +115,16 @@ def _problems() -> list[str]:
     return found
 
 
-@contextlib.contextmanager
-def old_cache_keyword():
+class old_cache_keyword(warnings.catch_warnings):  # noqa: N801 - used as a context manager, like catch_warnings
     """Around a trace handed a cache as TRACE_CACHE_KEYWORD: without transformers' notices
-    that the name is deprecated (a FutureWarning per call, and a log line)."""
-    with warnings.catch_warnings():
+    that the name is deprecated (a FutureWarning per call, and a log line). A class, not a
+    generator: it runs inside requests on a server, where nnsight sends nnct's code by value
+    and a `contextlib.contextmanager` decorator does not survive the trip."""
+
+    def __enter__(self):
+        entered = super().__enter__()
         warnings.filterwarnings("ignore", message=f"`{TRACE_CACHE_KEYWORD}` is deprecated", category=FutureWarning)
-        yield
+        return entered
 
 
 class _DropNotice(logging.Filter):

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from ..errors import NnctError
-from .app import BOOL01, fail, guarded, main, open_cube, run_and_report
+from .app import BOOL01, Bar, fail, guarded, main, open_cube, run_and_report
 from .options import QUIET, RESUME, execution, settings
 
 OUT_HELP = "The cube to write (FILE.nc). Required: this or --output-dir."
@@ -247,7 +247,7 @@ def answers(data, out, prompt_format, max_cf, max_examples, **options):
 
 
 @main.command()
-@execution(batch=False, remote=False)
+@execution(batch=False)
 @click.option("--data", "--data_path", "data", required=True, type=click.Path(), help="JSONL records (docs/method.md schema).")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="The edits file to write (FILE.nc).")
 @click.option("--new-object", default="cf1", show_default=True,
@@ -277,8 +277,8 @@ def edit(data, out, new_object, layer, from_cube, no_covariance, corpus_tokens, 
     cfg = edit_lib.EditConfig(data=data, out=out, new_object=new_object, layer=None if layer == "auto" else int(layer),
                               from_cube=from_cube, covariance=not no_covariance, corpus_tokens=corpus_tokens, seed=seed,
                               max_examples=max_examples, save=save_dir, **settings(options))
-    with guarded():
-        result = edit_lib.run(cfg, say=(lambda text: None) if quiet else click.echo)
+    with guarded("nothing was written: run the same command again"):
+        result = edit_lib.run(cfg, say=(lambda text: None) if quiet else click.echo, on_retry=Bar(True).retry)
     for problem in result.skipped:
         click.echo(f"skipped {problem}", err=True)
     if not result.edits:

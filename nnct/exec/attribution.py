@@ -150,6 +150,26 @@ def _mean_gradient(a: Parts, ids, rows: int, sites, answers, edit, drops):
     return (*kept, {k: v / len(drops) for k, v in total.items()})
 
 
+def _cell_sums(contrib: dict, a: Parts, components, window: int, n_tokens: int, first_changed: int) -> dict:
+    """Each cell's estimate [number, cells...]: its site's contributions summed over the layers
+    and positions it restores (0 before the first changed position, where the runs agree)."""
+    out = {v: np.full((4, *grid(v, components, n_tokens, a.n_layers, a.n_heads)), np.nan)
+           for v in variables(components)}
+    for cell in cells(n_tokens, a.n_layers, components, a.n_heads, first_changed):
+        c = COMPONENTS[cell.component]
+        variable, at = slot(cell, components)
+        if cell.token < first_changed:
+            out[variable][(slice(None), *at)] = 0.0
+            continue
+        layers = list(written_layers(cell, window, a.n_layers))
+        tokens = list(range(cell.token, n_tokens)) if c.all_positions else [cell.token]
+        values = contrib[c.site][:, layers][:, :, tokens]
+        if c.heads:
+            values = values[..., cell.head]
+        out[variable][(slice(None), *at)] = values.sum(dim=(1, 2)).numpy()
+    return out
+
+
 def attribute(model: Adapter | Parts, components: tuple[str, ...], window: int, reverse: bool, ids, corrupt: RunInput,
               answers, estimate: str = "atp") -> Measures:
     """The AtP estimate of every cell of `components` for one example (see the module's
@@ -192,21 +212,7 @@ def attribute(model: Adapter | Parts, components: tuple[str, ...], window: int, 
         if site.heads:
             product = product.unflatten(-1, (a.n_heads, a.d_head))
         contrib[site.name] = product.sum(-1).mean(dim=1).cpu()  # [number, layer, token(, head)]
-    first_changed = corrupt.changed(list(ids))
-    out = {v: np.full((4, *grid(v, components, n_tokens, a.n_layers, a.n_heads)), np.nan)
-           for v in variables(components)}
-    for cell in cells(n_tokens, a.n_layers, components, a.n_heads, first_changed):
-        c = COMPONENTS[cell.component]
-        variable, at = slot(cell, components)
-        if cell.token < first_changed:  # the runs are equal there: exactly no effect
-            out[variable][(slice(None), *at)] = 0.0
-            continue
-        layers = list(written_layers(cell, window, a.n_layers))
-        tokens = list(range(cell.token, n_tokens)) if c.all_positions else [cell.token]
-        values = contrib[c.site][:, layers][:, :, tokens]
-        if c.heads:
-            values = values[..., cell.head]
-        out[variable][(slice(None), *at)] = values.sum(dim=(1, 2)).numpy()
+    out = _cell_sums(contrib, a, components, window, n_tokens, corrupt.changed(list(ids)))
     sign = -1.0 if reverse else 1.0  # reverse estimates M(patched) - M(clean): the IE is its negative
     restored = {}
     for variable, values in out.items():

@@ -51,24 +51,24 @@ def _metric(logits, target: int, alt: int):
     return last[:, target] - last[:, alt]
 
 
-def node_values(acc: Access, g: Graph, clean: list[int], corrupt: list[int], target: int, alt: int) -> Nodes:
-    parts = acc.parts
+def node_values(access: Access, g: Graph, clean: list[int], corrupt: list[int], target: int, alt: int) -> Nodes:
+    parts = access.parts
     ids = torch.tensor([clean, corrupt], dtype=torch.long, device=parts.device)
     with torch.no_grad(), parts.nn.trace(ids):
         emb = parts.embed.output.save()
-        outs = [acc.residual_in(0)[:, None]]
+        outs = [access.residual_in(0)[:, None]]
         for layer in range(g.n_layers):
-            outs.append(acc.head_outputs(layer, acc.attn_out(layer).input))
-            outs.append(first(acc.mlp(layer).output)[:, None])
+            outs.append(access.head_outputs(layer, access.attn_out(layer).input))
+            outs.append(first(access.mlp(layer).output)[:, None])
         nodes = torch.cat(outs, 1).save()
         metric = _metric(parts.nn.output.logits, target, alt).save()
     return Nodes(nodes.float(), emb, metric.double().cpu())
 
 
-def edge_scores(acc: Access, g: Graph, clean: list[int], nodes: Nodes, target: int, alt: int, steps: int):
+def edge_scores(access: Access, g: Graph, clean: list[int], nodes: Nodes, target: int, alt: int, steps: int):
     """(EAP scores, EAP-IG scores), each [node, dest] float64 (0 where no edge), for one pair
     whose two runs `nodes` holds."""
-    parts = acc.parts
+    parts = access.parts
     clean_emb, corrupt_emb = nodes.embeddings[0], nodes.embeddings[1]
     alphas = torch.arange(steps, dtype=torch.float32, device=clean_emb.device) / steps
     rows = torch.cat([clean_emb[None], corrupt_emb[None] + alphas[:, None, None] * (clean_emb - corrupt_emb)[None]])
@@ -85,11 +85,11 @@ def edge_scores(acc: Access, g: Graph, clean: list[int], nodes: Nodes, target: i
             emb.requires_grad_(True)
             resid, mid, proj, mlp_in = [], [], [], []
             for layer in range(g.n_layers):
-                resid.append(acc.residual_in(layer).detach())
-                proj.append(acc.qkv_outputs(layer))
-                mid.append(acc.ln_mlp(layer).input.detach())
-                mlp_in.append(acc.mlp(layer).input)
-            final = acc.final_norm().input
+                resid.append(access.residual_in(layer).detach())
+                proj.append(access.qkv_outputs(layer))
+                mid.append(access.ln_mlp(layer).input.detach())
+                mlp_in.append(access.mlp(layer).input)
+            final = access.final_norm().input
             metric = _metric(parts.nn.output.logits, target, alt).sum()
             grads_final, grads_mlp, grads_proj = None, [None] * g.n_layers, [None] * g.n_layers
             with metric.backward():
@@ -97,42 +97,42 @@ def edge_scores(acc: Access, g: Graph, clean: list[int], nodes: Nodes, target: i
                 for layer in reversed(range(g.n_layers)):
                     grads_mlp[layer] = mlp_in[layer].grad
                     grads_proj[layer] = [p.grad for p in reversed(proj[layer])][::-1]
-            scores = _scores(acc, g, delta, resid, mid, grads_final, grads_mlp, grads_proj).save()
+            scores = _scores(access, g, delta, resid, mid, grads_final, grads_mlp, grads_proj).save()
     finally:
         for p in trainable:
             p.requires_grad_(True)
     return scores[0].cpu(), scores[1:].mean(0).cpu()
 
 
-def _scores(acc: Access, g: Graph, delta, resid, mid, grads_final, grads_mlp, grads_proj):
+def _scores(access: Access, g: Graph, delta, resid, mid, grads_final, grads_mlp, grads_proj):
     """[row, node, dest]: delta . the gradient at each destination's input, per row (the
     logits' input, the final residual, feeds only the final norm: its gradient is the one read)."""
     rows = grads_final.shape[0]
     out = torch.zeros(rows, g.n_nodes, g.n_dests, dtype=torch.float64, device=delta.device)
     for layer in range(g.n_layers):
-        cot = acc.qkv_cotangents(layer, grads_proj[layer])  # [row, dest, token, d]
-        at = norm_vjp(resid[layer][:, None], cot, acc.ln_attn(layer), acc.r.rms)
+        cot = access.qkv_cotangents(layer, grads_proj[layer])  # [row, dest, token, d]
+        at = norm_vjp(resid[layer][:, None], cot, access.ln_attn(layer), access.r.rms)
         first_dest, up = g.dest(layer, "q"), g.upstream(g.dest(layer, "q"))
         out[:, :up, first_dest:first_dest + at.shape[1]] = torch.einsum("utd,rvtd->ruv", delta[:up], at.double())
-        gm = norm_vjp(mid[layer], grads_mlp[layer], acc.ln_mlp(layer), acc.r.rms)
+        gm = norm_vjp(mid[layer], grads_mlp[layer], access.ln_mlp(layer), access.r.rms)
         v = g.dest(layer, "mlp")
         out[:, :g.upstream(v), v] = torch.einsum("utd,rtd->ru", delta[:g.upstream(v)], gm.double())
     out[:, :, g.n_dests - 1] = torch.einsum("utd,rtd->ru", delta, grads_final.double())
     return out
 
 
-def patched_metric(acc: Access, g: Graph, clean: list[int], corrupt_nodes: torch.Tensor, dropped: torch.Tensor,
+def patched_metric(access: Access, g: Graph, clean: list[int], corrupt_nodes: torch.Tensor, dropped: torch.Tensor,
                    target: int, alt: int) -> float:
     """M of the clean prompt with every edge u -> v where `dropped[u, v]` patched exactly
     (its destination sees u's output `corrupt_nodes[u]`; see the module's docstring)."""
-    parts = acc.parts
+    parts = access.parts
     ids = torch.tensor([clean], dtype=torch.long, device=parts.device)
     corrupt_nodes = corrupt_nodes.to(parts.device)
     drop = dropped.to(parts.device, corrupt_nodes.dtype)
     with torch.no_grad(), parts.nn.trace(ids):
         current = []
         for layer in range(g.n_layers):
-            r = acc.residual_in(layer)
+            r = access.residual_in(layer)
             if layer == 0:
                 current.append(r[0].float())  # the embedding node's output
             q0, m = g.dest(layer, "q"), g.dest(layer, "mlp")
@@ -140,46 +140,46 @@ def patched_metric(acc: Access, g: Graph, clean: list[int], corrupt_nodes: torch
             which = drop[:up, q0:m].any(0)
             if bool(which.any()):
                 change = torch.einsum("uv,utd->vtd", drop[:up, q0:m], corrupt_nodes[:up] - torch.stack(current))
-                acc.write_qkv(layer, norm(r[0][None] + change[None].to(r.dtype), acc.ln_attn(layer), acc.r.rms), which)
-            heads = acc.head_outputs(layer, acc.attn_out(layer).input)[0]
+                access.write_qkv(layer, norm(r[0][None] + change[None].to(r.dtype), access.ln_attn(layer), access.r.rms), which)
+            heads = access.head_outputs(layer, access.attn_out(layer).input)[0]
             current += list(heads.float())
-            mid = acc.ln_mlp(layer).input
+            mid = access.ln_mlp(layer).input
             up = g.upstream(m)
             if bool(drop[:up, m].any()):
                 change = torch.einsum("u,utd->td", drop[:up, m], corrupt_nodes[:up] - torch.stack(current))
-                x = acc.mlp(layer).input
-                x[:] = norm(mid + change.to(mid.dtype), acc.ln_mlp(layer), acc.r.rms)
-            current.append(first(acc.mlp(layer).output)[0].float())
+                x = access.mlp(layer).input
+                x[:] = norm(mid + change.to(mid.dtype), access.ln_mlp(layer), access.r.rms)
+            current.append(first(access.mlp(layer).output)[0].float())
         last = g.n_dests - 1
         if bool(drop[:, last].any()):
-            x = acc.final_norm().input
+            x = access.final_norm().input
             x[:] = x + torch.einsum("u,utd->td", drop[:, last], corrupt_nodes - torch.stack(current)).to(x.dtype)
         metric = _metric(parts.nn.output.logits, target, alt).save()
     return float(metric[0])
 
 
-def _on_server(acc: Access) -> Access:
+def _on_server(access: Access) -> Access:
     """Inside a session: the Access with the device and dtype of the weights found there."""
-    weight = acc.parts.embed.weight
-    return Access(dataclasses.replace(acc.parts, device=str(weight.device), torch_dtype=weight.dtype), acc.r)
+    weight = access.parts.embed.weight
+    return Access(dataclasses.replace(access.parts, device=str(weight.device), torch_dtype=weight.dtype), access.r)
 
 
-def scored(acc: Access, g: Graph, pairs: list, steps: int, backend=None) -> list:
+def scored(access: Access, g: Graph, pairs: list, steps: int, backend=None) -> list:
     """Per pair (clean, corrupt, target, alt): (EAP scores, EAP-IG scores, M [clean, corrupt]),
     and, run here, the pair's `Nodes` (for `patched`)."""
     if backend is None:
         out = []
         for clean, corrupt, target, alt in pairs:
-            nodes = node_values(acc, g, clean, corrupt, target, alt)
-            scores = edge_scores(acc, g, clean, nodes, target, alt, steps)
+            nodes = node_values(access, g, clean, corrupt, target, alt)
+            scores = edge_scores(access, g, clean, nodes, target, alt, steps)
             # `patched` needs the corrupt run's outputs only: kept in the host's memory
             out.append((*scores, nodes.metric, dataclasses.replace(nodes, outputs=nodes.outputs[1:].cpu(), embeddings=None)))
         return out
     import nnsight
 
     out = None
-    with acc.parts.nn.session(backend=backend):
-        there = _on_server(acc)
+    with access.parts.nn.session(backend=backend):
+        there = _on_server(access)
         results = []  # a loop, not a comprehension: nnsight runs the body with its own locals
         for clean, corrupt, target, alt in pairs:
             nodes = node_values(there, g, clean, corrupt, target, alt)
@@ -189,13 +189,13 @@ def scored(acc: Access, g: Graph, pairs: list, steps: int, backend=None) -> list
     return [(*r, None) for r in out]
 
 
-def metrics(acc: Access, g: Graph, pairs: list, backend) -> list:
+def metrics(access: Access, g: Graph, pairs: list, backend) -> list:
     """M [clean, corrupt] per pair, from one session through `backend`."""
     import nnsight
 
     out = None
-    with acc.parts.nn.session(backend=backend):
-        there = _on_server(acc)
+    with access.parts.nn.session(backend=backend):
+        there = _on_server(access)
         results = []
         for clean, corrupt, target, alt in pairs:
             results.append(node_values(there, g, clean, corrupt, target, alt).metric)
@@ -203,18 +203,18 @@ def metrics(acc: Access, g: Graph, pairs: list, backend) -> list:
     return [m.numpy() for m in out]
 
 
-def patched(acc: Access, g: Graph, pairs: list, dropped: torch.Tensor, nodes: list | None = None, backend=None) -> list:
+def patched(access: Access, g: Graph, pairs: list, dropped: torch.Tensor, nodes: list | None = None, backend=None) -> list:
     """M per pair with the `dropped` edges patched; the pairs' `Nodes` reused when given
     (here; their last row of outputs is the corrupt run's), else made again (in the session
     on the server)."""
     if backend is None:
-        nodes = nodes or [node_values(acc, g, *p) for p in pairs]
-        return [patched_metric(acc, g, p[0], n.outputs[-1], dropped, p[2], p[3]) for p, n in zip(pairs, nodes)]
+        nodes = nodes or [node_values(access, g, *p) for p in pairs]
+        return [patched_metric(access, g, p[0], n.outputs[-1], dropped, p[2], p[3]) for p, n in zip(pairs, nodes)]
     import nnsight
 
     out = None
-    with acc.parts.nn.session(backend=backend):
-        there = _on_server(acc)
+    with access.parts.nn.session(backend=backend):
+        there = _on_server(access)
         results = []
         for clean, corrupt, target, alt in pairs:
             made = node_values(there, g, clean, corrupt, target, alt)

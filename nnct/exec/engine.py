@@ -281,10 +281,10 @@ class Engine:
         return [(list(answers[k][:-1]), _Read(first, tuple(answers[k][1:]), k)) for k in long] or [([], _Read(first))]
 
     @staticmethod
-    def _combine(acc, values: torch.Tensor, read: _Read) -> torch.Tensor:
+    def _combine(summed, values: torch.Tensor, read: _Read) -> torch.Tensor:
         """The pass's values folded into those of earlier passes: an answer read to its end
         has p = p(first token) x exp(log p of the rest)."""
-        out = values.clone() if acc is None else acc
+        out = values.clone() if summed is None else summed
         if read.follow:
             out[..., read.answer] = out[..., read.answer] * torch.exp(values[..., FOLLOW])
         return out
@@ -311,16 +311,16 @@ class Engine:
 
     def _exact(self, ids, corrupt: RunInput, answers: Answers, on_batch, only: list[Cell] | None = None) -> Measures:
         """Every cell (or those of `only`) patched: the measures of `trace`."""
-        acc, top1 = None, 0
+        summed, top1 = None, 0
         for k, (extra, read) in enumerate(self._passes(answers)):
             more = torch.tensor([extra], dtype=torch.long, device=corrupt.ids.device).expand(corrupt.ids.shape[0], -1)
             pass_input = RunInput(torch.cat([corrupt.ids, more], dim=1), corrupt.positions, corrupt.values, corrupt.replace)
             got, top = self._pass(list(ids) + extra, len(ids), pass_input, read, on_batch, top1=k == 0, only=only)
             top1 = top if k == 0 else top1
-            acc = {name: self._combine(None if acc is None else acc[name], v, read) for name, v in got.items()}
-        clean, corrupted = acc.pop("clean"), acc.pop("corrupt")
+            summed = {name: self._combine(None if summed is None else summed[name], v, read) for name, v in got.items()}
+        clean, corrupted = summed.pop("clean"), summed.pop("corrupt")
         restored = {}
-        for variable, values in acc.items():
+        for variable, values in summed.items():
             mean = values.mean(dim=-2).numpy()  # over the corrupted rows
             restored["p_" + variable] = mean[..., P].astype(np.float32)
             restored["logit_" + variable] = mean[..., LOGIT].astype(np.float32)

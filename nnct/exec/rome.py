@@ -16,22 +16,26 @@ the first prompt, which is the bare prompt), and stopping early once the loss is
 `stop`. C, the uncentred second moment of the keys over a text corpus, makes the update
 change W least for the keys the model usually sees (`interventions.rank_one`).
 
-These run where the weights are (a local model): an edit is computed here and may be
-applied anywhere: written into a local model's weights (`edited_weights`), or as the
-intervention out += left * (key . right) inside any nnsight trace (`apply_in_trace`), which
-a server runs as well.
+Here, these read the local model's weights. For a model on a server (`*_on_server`,
+`value_by_requests`) the same measurements are sessions sent through a backend: the keys
+with W k (the down projection's output less its bias, which `rank_one_from` takes instead of
+W), C summed where the weights are, and each Adam step's loss terms and their gradient with
+respect to the delta (the optimiser runs here). An edit may be applied anywhere: written into
+a local model's weights (`edited_weights`), or as the intervention out += left * (key . right)
+inside any nnsight trace (`apply_in_trace`), which a server runs as well.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 
 import torch
 
 from .. import compat
 from ..interventions.rank_one import edit_output, edited
-from ..model.parts import Parts
+from ..model.parts import Parts, first, resolve
 from ..model.sites import SITES
 
 
@@ -57,6 +61,44 @@ def keys(parts: Parts, prompts: list[list[int]], positions: list[int], layer: in
             tracer.stop()
         out.append(key.double().cpu())
     return torch.stack(out)
+
+
+def keys_on_server(parts: Parts, prompts: list[list[int]], positions: list[int], layer: int, backend):
+    """(keys [prompt, d_ff], W k [prompt, d_model]) float64, from one session through
+    `backend`: `keys`' keys, and the down projection's output at them less its bias (W k,
+    which `rank_one_from` takes where the weights stay on the server)."""
+    import nnsight
+
+    out = None
+    with parts.nn.session(backend=backend):
+        device = parts.embed.weight.device
+        down = resolve(parts.layers[layer], parts.layout.mlp_down)
+        bias = down.bias
+        got_keys, got_wk = [], []
+        for ids, at in zip(prompts, positions):
+            with torch.no_grad(), parts.nn.trace(torch.tensor([ids], device=device)):
+                key = SITES["down"].read(parts, layer)[0, at].double().cpu().save()
+                wk = first(down.output)[0, at].double()
+                wk = (wk if bias is None else wk - bias.double()).cpu().save()
+            got_keys.append(key)
+            got_wk.append(wk)
+        out = nnsight.save((torch.stack(got_keys), torch.stack(got_wk)))
+    return out
+
+
+def second_moments_on_server(parts: Parts, chunks: list[list[int]], layers: list[int], backend):
+    """`second_moments` from one session through `backend`: the sums stay on the server, only
+    C comes back."""
+    import dataclasses
+
+    import nnsight
+
+    out = None
+    with parts.nn.session(backend=backend):
+        weight = parts.embed.weight
+        there = dataclasses.replace(parts, device=str(weight.device), torch_dtype=weight.dtype)
+        out = nnsight.save(second_moments(there, chunks, layers))
+    return out
 
 
 def second_moments(parts: Parts, chunks: list[list[int]], layers: list[int]) -> tuple[dict[int, torch.Tensor], int]:
@@ -86,6 +128,20 @@ def _padded(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torc
     return ids, mask
 
 
+@contextlib.contextmanager
+def frozen(parts: Parts):
+    """The model's weights without gradients for the block: no .grad accumulates in a local
+    model's weights while a value is found (a server's are frozen already)."""
+    params = [p for p in compat.torch_module(parts.nn).parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
 def value(parts: Parts, rewriting: list[list[int]], lookups: list[int], target: list[int], kl: list[list[int]],
           kl_lookups: list[int], layer: int, hp: Hparams = Hparams(), pad: int = 0) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(v* [d_model], v0 [d_model], log) float64: ROME's value for `target` (the new object's
@@ -101,15 +157,11 @@ def value(parts: Parts, rewriting: list[list[int]], lookups: list[int], target: 
     want = torch.tensor(target, device=parts.device)
     row = torch.arange(len(rows), device=parts.device)
     kl_next = torch.tensor([len(r) - 1 for r in kl], device=parts.device)  # P(. | "{s} is a"): after its last token
-    params = [p for p in compat.torch_module(parts.nn).parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
     delta = torch.zeros(parts.d_model, device=parts.device, dtype=torch.float32, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=hp.lr)
     v0, kl_init, log = None, None, {"loss": [], "nll": [], "kl": [], "p_target": []}
-    try:
+    with frozen(parts):
         for step in range(hp.steps):
-            opt.zero_grad()
             with torch.enable_grad(), parts.nn.trace(ids, attention_mask=mask):
                 out = SITES["mlp"].read(parts, layer)
                 base = out[0, at[0]].detach().save()
@@ -120,24 +172,100 @@ def value(parts: Parts, rewriting: list[list[int]], lookups: list[int], target: 
                 nll = nll.save()
             if v0 is None:
                 v0, kl_init = base.double(), kl_logp.detach()
-            # KL(unedited || edited), docs/method.md's direction (ROME's code passes them the other way round)
-            kl_loss = torch.nn.functional.kl_div(kl_logp, kl_init, log_target=True, reduction="batchmean")
-            decay = hp.weight_decay * delta.norm() / v0.float().norm() ** 2
-            loss = nll.mean() + hp.kl_factor * kl_loss + decay
-            for k, x in (("loss", loss), ("nll", nll.mean()), ("kl", kl_loss), ("p_target", torch.exp(-nll).mean())):
-                log[k].append(x.item())
-            if loss.item() < hp.stop or step == hp.steps - 1:
+            if _adam_step(opt, delta, {"nll": nll, "kl_logp": kl_logp}, v0, kl_init, hp, log, last=step == hp.steps - 1):
                 break
-            loss.backward()
-            opt.step()
-            limit = hp.clamp * v0.norm()
-            with torch.no_grad():
-                if delta.norm() > limit:
-                    delta.mul_(float(limit / delta.norm()))
-    finally:
-        for p in params:
-            p.requires_grad_(True)
     return v0 + delta.detach().double(), v0, log
+
+
+def value_by_requests(parts: Parts, rewriting: list[list[int]], lookups: list[int], target: list[int], kl: list[list[int]],
+                      kl_lookups: list[int], layer: int, execute, hp: Hparams = Hparams(),
+                      pad: int = 0) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """`value` for a model on a server: the same loss, with Adam here on a delta kept here,
+    and each step's model part (the NLL, the KL prompts' log-probabilities and the gradient
+    of both with respect to delta) one request, `execute(fn)` calling fn(backend). The decay
+    term and its gradient are computed here."""
+    rows = rewriting + kl
+    delta = torch.zeros(parts.d_model, dtype=torch.float32, device="cpu", requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=hp.lr)
+    v0, kl_init, log = None, None, {"loss": [], "nll": [], "kl": [], "p_target": []}
+    with frozen(parts):
+        for step in range(hp.steps):
+            got = _value_request(parts, rows, pad, lookups + kl_lookups, target, len(rewriting), layer, delta, kl_init, hp,
+                                 execute)
+            if v0 is None:
+                v0, kl_init = got["base"], got["kl_logp"]
+            if _adam_step(opt, delta, got, v0, kl_init, hp, log, last=step == hp.steps - 1):
+                break
+    return v0 + delta.detach().double(), v0, log
+
+
+def _value_request(parts, rows, pad, lookups, target, n_rw, layer, delta, kl_init, hp, execute) -> dict:
+    return execute(functools.partial(_value_step, parts, rows, pad, lookups, target, n_rw, layer, delta.detach().clone(),
+                                     kl_init, hp.kl_factor))
+
+
+def _adam_step(opt, delta: torch.Tensor, got: dict, v0, kl_init, hp: Hparams, log: dict, last: bool) -> bool:
+    """The loss of one step from the model's part of it (`got`: nll, kl_logp, and from a
+    server the gradient of their terms with respect to delta, `grad`), logged; then, unless
+    it is small enough or this is the last step, Adam's step on delta and the clamp. True:
+    stop. Here the whole loss is differentiated; from a server only the decay term is, and
+    the server's gradient added."""
+    opt.zero_grad()
+    # KL(unedited || edited), docs/method.md's direction (ROME's code passes them the other way round)
+    kl_loss = torch.nn.functional.kl_div(got["kl_logp"], kl_init, log_target=True, reduction="batchmean")
+    decay = hp.weight_decay * delta.norm() / v0.float().norm() ** 2
+    nll = got["nll"]
+    loss = nll.mean() + hp.kl_factor * kl_loss + decay
+    for k, x in (("loss", loss), ("nll", nll.mean()), ("kl", kl_loss), ("p_target", torch.exp(-nll).mean())):
+        log[k].append(x.item())
+    if loss.item() < hp.stop or last:
+        return True
+    if "grad" in got:
+        decay.backward()
+        delta.grad += got["grad"]
+    else:
+        loss.backward()
+    opt.step()
+    limit = hp.clamp * v0.norm()
+    with torch.no_grad():
+        if delta.norm() > limit:
+            delta.mul_(float(limit / delta.norm()))
+    return False
+
+
+def _value_step(parts: Parts, rows: list[list[int]], pad: int, lookups: list[int], target: list[int], n_rw: int, layer: int,
+                delta: torch.Tensor, kl_init, kl_factor: float, backend) -> dict:
+    """One step of `value_by_requests` in one session: base (v0), nll [rewriting rows],
+    kl_logp [kl rows, vocab], grad (of mean NLL + kl_factor * KL with respect to delta)."""
+    import nnsight
+
+    out = None
+    with parts.nn.session(backend=backend):
+        device = parts.embed.weight.device
+        ids, mask = _padded(rows, pad, device)
+        at = torch.tensor(lookups, device=device)
+        n_t = len(target)
+        pred = torch.tensor([[len(r) - n_t + j for j in range(n_t)] for r in rows[:n_rw]], device=device)
+        want = torch.tensor(target, device=device)
+        row = torch.arange(len(rows), device=device)
+        kl_next = torch.tensor([len(r) - 1 for r in rows[n_rw:]], device=device)
+        with torch.enable_grad(), parts.nn.trace(ids, attention_mask=mask):
+            parts.embed.output.requires_grad_(True)  # a graph to differentiate, the weights frozen
+            mlp = SITES["mlp"].read(parts, layer)
+            base = mlp[0, at[0]].detach().double().cpu().save()
+            mlp[row, at] += delta.to(device, mlp.dtype)
+            logp = parts.nn.output.logits.float().log_softmax(-1)
+            nll = -logp[torch.arange(n_rw, device=device)[:, None], pred, want[None, :]].mean(1)
+            kl_logp = logp[row[n_rw:], kl_next]
+            reference = kl_logp.detach() if kl_init is None else kl_init.to(device)
+            kl_loss = torch.nn.functional.kl_div(kl_logp, reference, log_target=True, reduction="batchmean")
+            loss = nll.mean() + kl_factor * kl_loss
+            grad = None
+            with loss.backward():
+                grad = mlp.grad[row, at].float().sum(0).cpu().save()
+            nll_out, kl_out = nll.detach().cpu().save(), kl_logp.detach().cpu().save()
+        out = nnsight.save({"base": base, "nll": nll_out, "kl_logp": kl_out, "grad": grad})
+    return out
 
 
 def apply_in_trace(parts: Parts, edits) -> None:

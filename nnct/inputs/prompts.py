@@ -140,6 +140,26 @@ def _relation(prompt: str, context: CharRange, passages: list[CharRange], exclud
     return tuple(ranges)
 
 
+def _in_passage(prompt: str, region, passages, subj: str, target: str, span: str, fail):
+    """(subject, object, relation) character spans inside the passage `region` of `prompt`;
+    a RecordError (`fail`) when the experiment's span is not there."""
+    starts, pos = [], region[0]
+    for p in passages:
+        starts.append((pos, pos + len(p)))
+        pos += len(p) + 1
+    subject = _find(prompt, subj, region)
+    obj = _find(prompt, target, region)
+    if subject is None and span in ("subject", "relation"):
+        raise fail("subj", f"'{subj}' not found in the passage")
+    if obj is None and span in ("object", "relation"):
+        raise fail("obj", f"'{target}' not found in the passage")
+    excluded = _occurrences(prompt, subj, region) + _occurrences(prompt, target, region)
+    relation = _relation(prompt, region, starts, excluded)
+    if span == "relation" and not relation:
+        raise fail("passages", "no relation tokens: the passage is only subject and object")
+    return subject, obj, relation
+
+
 def examples_for(record: Record, exp: Experiment, prompt_format: str, max_cf: int, path: str = "") -> list[Example]:
     """The examples of one record: `fact`, then `cf1..cfK` for the context experiments."""
 
@@ -172,20 +192,7 @@ def examples_for(record: Record, exp: Experiment, prompt_format: str, max_cf: in
             raise ConfigError(f"prompt format {prompt_format!r} has neither {{prompt}} nor {{question}}")
         if exp.context:
             region = where["context"]
-            starts, pos = [], region[0]
-            for p in passages:
-                starts.append((pos, pos + len(p)))
-                pos += len(p) + 1
-            subject = _find(prompt, record.subj, region)
-            obj = _find(prompt, target, region)
-            if subject is None and exp.span in ("subject", "relation"):
-                raise fail("subj", f"'{record.subj}' not found in the passage")
-            if obj is None and exp.span in ("object", "relation"):
-                raise fail("obj", f"'{target}' not found in the passage")
-            excluded = _occurrences(prompt, record.subj, region) + _occurrences(prompt, target, region)
-            relation = _relation(prompt, region, starts, excluded)
-            if exp.span == "relation" and not relation:
-                raise fail("passages", "no relation tokens: the passage is only subject and object")
+            subject, obj, relation = _in_passage(prompt, region, passages, record.subj, target, exp.span, fail)
         else:
             region = None
             subject = _find(prompt, record.subj, question)

@@ -179,10 +179,10 @@ class Patch:
 def patches(batch: list[Cell], samples: int, window: int, n_layers: int, n_positions: int) -> dict[tuple[int, str], Patch]:
     """(layer, site) -> the writes of these cells there (absolute positions; `n_positions`:
     the prompt's length, where an all-positions cell stops)."""
-    acc: dict[tuple[int, str], dict[str, list]] = {}
+    by_site: dict[tuple[int, str], dict[str, list]] = {}
 
     def add(layer, site, rows, positions, head, frozen):
-        at = acc.setdefault((layer, site), {"rows": [], "tokens": [], "frozen": [], "heads": []})
+        at = by_site.setdefault((layer, site), {"rows": [], "tokens": [], "frozen": [], "heads": []})
         for row in rows:
             at["rows"] += [row] * len(positions)
             at["tokens"] += list(positions)
@@ -200,4 +200,4 @@ def patches(batch: list[Cell], samples: int, window: int, n_layers: int, n_posit
             for layer in range(cell.layer + 1, n_layers):
                 add(layer, c.sever, rows, positions, None, True)
     return {(layer, site): Patch(at["rows"], at["tokens"], at["frozen"], at["heads"] if SITES[site].heads else None)
-            for (layer, site), at in acc.items()}
+            for (layer, site), at in by_site.items()}

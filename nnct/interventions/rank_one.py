@@ -24,7 +24,16 @@ def rank_one(weight: torch.Tensor, key: torch.Tensor, value: torch.Tensor, inv_c
     ([d_model, d_ff]); `inv_cov_key` is C^-1 k* (k* itself when C is the identity).
     Computed in float64, on `weight`'s device."""
     w, k, v, u = (t.detach().to(weight.device, torch.float64) for t in (weight, key, value, inv_cov_key))
-    return v - w @ k, u / (u @ k)
+    return rank_one_from(w @ k, k, v, u)
+
+
+def rank_one_from(weight_key: torch.Tensor, key: torch.Tensor, value: torch.Tensor, inv_cov_key: torch.Tensor):
+    """`rank_one` given W k* itself (`weight_key`, d_model) instead of W: what a model on a
+    server gives (the down projection's output at the keys, less its bias). In float64, on
+    the key's device."""
+    k = key.detach().double()
+    wk, v, u = (t.detach().to(k.device, torch.float64) for t in (weight_key, value, inv_cov_key))
+    return v - wk, u / (u @ k)
 
 
 def edited(weight: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:

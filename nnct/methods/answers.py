@@ -28,7 +28,7 @@ COLUMNS = ("record_id", "line", "condition", "target", "alt", "p_target", "p_alt
 
 
 @dataclass
-class Answers:
+class Winners:
     rows: list[dict]
     skipped: list[RecordError]
 
@@ -46,7 +46,7 @@ def _source(condition: str, target_wins: bool) -> str:
 
 
 def compare(adapter, data: str, prompt_format: str = "C: {context} {prompt}", max_cf: int | None = None,
-            max_examples: int | None = None) -> Answers:
+            max_examples: int | None = None) -> Winners:
     """The answers table of a data set: a row per (record, condition); `max_cf` None: every counterfactual."""
     from ..exec.engine import Engine, Settings
 
@@ -74,10 +74,10 @@ def compare(adapter, data: str, prompt_format: str = "C: {context} {prompt}", ma
     if not rows:
         raise DataError(f"{data}: no record could be compared ({len(skipped)} skipped)")
     skipped.sort(key=lambda p: p.line)
-    return Answers(rows, skipped)
+    return Winners(rows, skipped)
 
 
-def frame(answers: Answers):
+def frame(answers: Winners):
     import pandas as pd
 
     return pd.DataFrame(answers.rows, columns=list(COLUMNS))

@@ -56,83 +56,92 @@ def plain_loop(adapter: Adapter, ids, corrupt: RunInput, answers: tuple[int, int
     corrupted rows run (TransformerLens). A severed path's frozen values come from one
     corrupted forward recorded before the loop (ROME's `trace_with_repatch` runs that
     forward again for every cell)."""
-    hf, layout = adapter.hf, adapter.layout
-    layers = adapter.layer_modules()
-    dtype = next(hf.parameters()).dtype
-    S, T, dh = corrupt.rows, len(ids), adapter.d_head
-    corrupted = corrupt.ids.to(adapter.device).expand(S, -1)
-    x = corrupted if cached_clean else torch.cat([torch.tensor([list(ids)], device=adapter.device), corrupted])
-    off = 0 if cached_clean else 1  # the first corrupted row
-    noise = None if corrupt.values is None else corrupt.values.to(adapter.device, dtype)
-    span = list(corrupt.positions)
+    loop = _PlainLoop(adapter, ids, corrupt, cached_clean)
+    comps = {c.component: COMPONENTS[c.component] for c in todo}
+    if cached_clean:
+        keys = {(l, comps[c.component].site) for c in todo for l in written_layers(c, window, adapter.n_layers)}
+        loop.clean = loop.recorded(torch.tensor([list(ids)], device=adapter.device), keys, 1, False)
+    severed = {c.sever for c in comps.values() if c.sever}
+    if severed:
+        loop.frozen = loop.recorded(loop.corrupted, {(l, s) for l in range(adapter.n_layers) for s in severed}, corrupt.rows,
+                                    loop.noise is not None)
+    with torch.no_grad():
+        return {cell: loop.cell(cell, comps[cell.component], window, answers) for cell in todo}
 
-    def noising(first_row: int):
+
+class _PlainLoop:
+    """The hooks of `plain_loop`: noise on the corrupted rows' span, a cell's restoration,
+    a severed path's frozen values, and the forwards that record values once."""
+
+    def __init__(self, adapter: Adapter, ids, corrupt: RunInput, cached_clean: bool):
+        self.adapter, self.hf, self.layout = adapter, adapter.hf, adapter.layout
+        self.layers = adapter.layer_modules()
+        self.corrupt, self.cached = corrupt, cached_clean
+        self.T = len(ids)
+        self.corrupted = corrupt.ids.to(adapter.device).expand(corrupt.rows, -1)
+        self.x = self.corrupted if cached_clean else torch.cat([torch.tensor([list(ids)], device=adapter.device),
+                                                                self.corrupted])
+        self.off = 0 if cached_clean else 1  # the first corrupted row
+        dtype = next(self.hf.parameters()).dtype
+        self.noise = None if corrupt.values is None else corrupt.values.to(adapter.device, dtype)
+        self.span = list(corrupt.positions)
+        self.clean, self.frozen = {}, {}
+
+    def noising(self, first_row: int):
         """The hook that noises the span of rows first_row.. (the corrupted ones)."""
         def add_noise(mod, inp, out):
-            rows = out[first_row:, span]
-            out[first_row:, span] = noise if corrupt.replace else rows + noise
+            rows = out[first_row:, self.span]
+            out[first_row:, self.span] = self.noise if self.corrupt.replace else rows + self.noise
             return out
-        return add_noise
+        return self.hf.get_submodule(self.layout.embed).register_forward_hook(add_noise)
 
-    def hook(layer: int, site: str, fn):
-        return SITES[site].hook(SITES[site].module(layers[layer], layout), fn)
+    def hook(self, layer: int, site: str, fn):
+        return SITES[site].hook(SITES[site].module(self.layers[layer], self.layout), fn)
 
-    def recorded(inputs, keys, rows, noised) -> dict:
+    def recorded(self, inputs, keys, rows, noised) -> dict:
         """{(layer, site): value [rows, token, d]} of one forward over `inputs` (all corrupted
         rows when `noised`)."""
         kept = {}
 
         def keep(key):
             return lambda value: kept.__setitem__(key, value[:rows].detach().clone())
-        hooks = [hook(*key, keep(key)) for key in keys]
-        if noised:
-            hooks.append(hf.get_submodule(layout.embed).register_forward_hook(noising(0)))
+        hooks = [self.hook(*key, keep(key)) for key in keys] + ([self.noising(0)] if noised else [])
         try:
             with torch.no_grad():
-                hf(inputs)
+                self.hf(inputs)
         finally:
             for h in hooks:
                 h.remove()
         return kept
 
-    comps = {c.component: COMPONENTS[c.component] for c in todo}
-    clean, frozen = {}, {}
-    if cached_clean:
-        keys = {(l, comps[c.component].site) for c in todo for l in written_layers(c, window, adapter.n_layers)}
-        clean = recorded(torch.tensor([list(ids)], device=adapter.device), keys, 1, False)
-    severed = {c.sever for c in comps.values() if c.sever}
-    if severed:
-        frozen = recorded(corrupted, {(l, s) for l in range(adapter.n_layers) for s in severed}, S, noise is not None)
+    def cell(self, cell: Cell, c, window: int, answers) -> np.ndarray:
+        """One cell's p of the answers, from one forward with its hooks."""
+        n_layers, dh, off = self.adapter.n_layers, self.adapter.d_head, self.off
+        positions = list(range(cell.token, self.T)) if c.all_positions else [cell.token]
+        columns = slice(cell.head * dh, (cell.head + 1) * dh) if c.heads else slice(None)
 
-    def restore(key, positions, columns):
-        def fn(value):
-            value[off:, positions, columns] = clean[key][0, positions, columns] if cached_clean else value[0, positions, columns]
-        return fn
+        def restore(key):
+            def fn(value):
+                source = self.clean[key][0] if self.cached else value[0]
+                value[off:, positions, columns] = source[positions, columns]
+            return fn
 
-    def freeze(key, token):
-        def fn(value):
-            value[off:, token] = frozen[key][:, token]
-        return fn
+        def freeze(key):
+            def fn(value):
+                value[off:, cell.token] = self.frozen[key][:, cell.token]
+            return fn
 
-    results = {}
-    with torch.no_grad():
-        for cell in todo:
-            c = comps[cell.component]
-            positions = list(range(cell.token, T)) if c.all_positions else [cell.token]
-            columns = slice(cell.head * dh, (cell.head + 1) * dh) if c.heads else slice(None)
-            hooks = [hf.get_submodule(layout.embed).register_forward_hook(noising(off))] if noise is not None else []
-            hooks += [hook(l, c.site, restore((l, c.site), positions, columns))
-                      for l in written_layers(cell, window, adapter.n_layers)]
-            if c.sever:
-                hooks += [hook(l, c.sever, freeze((l, c.sever), cell.token)) for l in range(cell.layer + 1, adapter.n_layers)]
-            try:
-                logits = hf(x).logits
-            finally:
-                for h in hooks:
-                    h.remove()
-            probs = torch.softmax(logits[off:, -1].float(), dim=-1).mean(dim=0)
-            results[cell] = probs[list(answers)].double().cpu().numpy()
-    return results
+        hooks = [self.noising(off)] if self.noise is not None else []
+        hooks += [self.hook(l, c.site, restore((l, c.site))) for l in written_layers(cell, window, n_layers)]
+        if c.sever:
+            hooks += [self.hook(l, c.sever, freeze((l, c.sever))) for l in range(cell.layer + 1, n_layers)]
+        try:
+            logits = self.hf(self.x).logits
+        finally:
+            for h in hooks:
+                h.remove()
+        probs = torch.softmax(logits[off:, -1].float(), dim=-1).mean(dim=0)
+        return probs[list(answers)].double().cpu().numpy()
 
 
 # -- counting -------------------------------------------------------------------------------

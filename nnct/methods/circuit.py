@@ -44,7 +44,7 @@ from .pipeline import Execution
 
 
 @dataclass(frozen=True)
-class Prepared:
+class TokenPair:
     id: str
     clean: list[int]
     corrupt: list[int]
@@ -52,7 +52,7 @@ class Prepared:
     alt: int
 
 
-def prepare(adapter, pairs, max_pairs: int | None = None) -> tuple[list[Prepared], list[RecordError]]:
+def token_pairs(adapter, pairs, max_pairs: int | None = None) -> tuple[list[TokenPair], list[RecordError]]:
     """The pairs as token ids, and the problems of those that cannot be used."""
     loaded = load_pairs(pairs)
     problems, out = list(loaded.problems), []
@@ -68,16 +68,16 @@ def prepare(adapter, pairs, max_pairs: int | None = None) -> tuple[list[Prepared
         except RecordError as exc:
             problems.append(exc)
             continue
-        out.append(Prepared(pair.id, clean, corrupt, target, alt))
+        out.append(TokenPair(pair.id, clean, corrupt, target, alt))
     return out, problems
 
 
 class Evaluator:
-    """Faithfulness of circuits on prepared pairs. Here, the pairs' two runs are made once
+    """Faithfulness of circuits on tokenized pairs. Here, the pairs' two runs are made once
     (`scored` hands them over, or `made` makes them); over a server's channel each
     evaluation is one request that makes them again."""
 
-    def __init__(self, g, access, pairs: list[Prepared], metrics: np.ndarray, nodes=None, channel=None):
+    def __init__(self, g, access, pairs: list[TokenPair], metrics: np.ndarray, nodes=None, channel=None):
         self.g, self.access = g, access
         self.pairs, self.nodes, self.channel = [_tuple(p) for p in pairs], nodes, channel
         self.m_clean, self.m_corrupt = float(metrics[:, 0].mean()), float(metrics[:, 1].mean())
@@ -86,7 +86,7 @@ class Evaluator:
                               " faithfulness is undefined")
 
     @classmethod
-    def made(cls, g, access, pairs: list[Prepared], channel=None) -> "Evaluator":
+    def made(cls, g, access, pairs: list[TokenPair], channel=None) -> "Evaluator":
         """An Evaluator whose pairs' runs are made now (their metrics; their nodes, here)."""
         if channel is not None:
             metrics = channel.value(lambda b: edges.metrics(access, g, [_tuple(p) for p in pairs], b))
@@ -103,7 +103,7 @@ class Evaluator:
         return float((np.mean(m) - self.m_corrupt) / (self.m_clean - self.m_corrupt))
 
 
-def _tuple(p: Prepared) -> tuple:
+def _tuple(p: TokenPair) -> tuple:
     return (p.clean, p.corrupt, p.target, p.alt)
 
 
@@ -149,21 +149,21 @@ def find(cfg: FindConfig, adapter=None, say=lambda text: None, on_retry=None) ->
 
 
 def _find(cfg: FindConfig, session: pipeline.Session, say) -> Found:
-    prepared, skipped = prepare(session.adapter, cfg.pairs, cfg.max_pairs)
-    if not prepared:
+    tokenized, skipped = token_pairs(session.adapter, cfg.pairs, cfg.max_pairs)
+    if not tokenized:
         raise DataError(f"{cfg.pairs}: no usable pair")
     g, access = graph_of(session.adapter)
-    say(f"scoring {len(prepared)} pairs ({g.edges.sum()} edges, {cfg.ig_steps} IG steps)")
-    pairs = [_tuple(p) for p in prepared]
+    say(f"scoring {len(tokenized)} pairs ({g.edges.sum()} edges, {cfg.ig_steps} IG steps)")
+    pairs = [_tuple(p) for p in tokenized]
     results = session.execute(lambda b: edges.scored(access, g, pairs, cfg.ig_steps, b))
     score = np.mean([r[1].numpy() for r in results], axis=0)
     score_eap = np.mean([r[0].numpy() for r in results], axis=0)
     metrics = np.array([np.asarray(r[2]) for r in results])
     nodes = [r[3] for r in results] if session.channel is None else None
-    evaluator = Evaluator(g, access, prepared, metrics, nodes, session.channel)
+    evaluator = Evaluator(g, access, tokenized, metrics, nodes, session.channel)
     search, best = _search(evaluator, np.where(g.edges, score, np.nan), cfg.target, say)
     attrs = {**session.provenance(pipeline.settings_of(cfg, "out")), "ig_steps": cfg.ig_steps, "pairs": str(cfg.pairs),
-             "n_pairs": len(prepared), "m_clean": evaluator.m_clean, "m_corrupt": evaluator.m_corrupt,
+             "n_pairs": len(tokenized), "m_clean": evaluator.m_clean, "m_corrupt": evaluator.m_corrupt,
              "metric": "logit_diff", "total_edges": int(g.edges.sum()), "target": cfg.target, "minimal_edges": best,
              "faithfulness": dict(search).get(best, float("nan"))}
     return Found(circuit_file.to_dataset(g, score, score_eap, search, attrs), skipped)
@@ -213,16 +213,16 @@ def _verify(cfg: VerifyConfig, ds, session: pipeline.Session, say) -> dict:
     n = int(cfg.edges if cfg.edges is not None else ds.attrs.get("minimal_edges", 0))
     if not 1 <= n <= total:
         raise ConfigError(f"--edges {n}: a circuit has 1 to {total} edges (the file found no faithful size: give --edges)")
-    prepared, skipped = prepare(session.adapter, cfg.pairs, cfg.max_pairs)
-    if not prepared:
+    tokenized, skipped = token_pairs(session.adapter, cfg.pairs, cfg.max_pairs)
+    if not tokenized:
         raise DataError(f"{cfg.pairs}: no usable pair")
-    ev = Evaluator.made(g, access, prepared, session.channel)
+    ev = Evaluator.made(g, access, tokenized, session.channel)
     curve = [{"edges": k, "faithfulness": ev.faithfulness(circuit_file.top_edges(score, k))} for k in curve_counts(total, n)]
     f = next(c["faithfulness"] for c in curve if c["edges"] == n)
     randoms = _random_circuits(ev, n, cfg.random, cfg.seed)
     say(f"{n} edges: faithfulness {f:.3f}; {cfg.random} random circuits: mean"
         f" {np.mean(randoms) if randoms else float('nan'):.3f}")
-    return {**session.provenance(pipeline.settings_of(cfg, "json_out")), "pairs": str(cfg.pairs), "n_pairs": len(prepared),
+    return {**session.provenance(pipeline.settings_of(cfg, "json_out")), "pairs": str(cfg.pairs), "n_pairs": len(tokenized),
             "skipped": [str(p) for p in skipped], "edges": n, "total_edges": total, "faithfulness": f,
             "m_clean": ev.m_clean, "m_corrupt": ev.m_corrupt, "random_circuits": cfg.random, "random_seed": cfg.seed,
             "random_faithfulness_mean": float(np.mean(randoms)) if randoms else None,

@@ -22,18 +22,20 @@ mean of its tokens' teacher-forced probabilities (ROME compares mean token log-p
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError, RecordError
-from ..exec import rome
+from ..exec import decode, rome
 from ..inputs import corpus, spans
 from ..inputs.records import Record, load_records
-from ..interventions.rank_one import rank_one
+from ..interventions.rank_one import rank_one, rank_one_from
 from ..results import edits as edits_file
 from . import pipeline
 from .pipeline import Execution
@@ -68,17 +70,59 @@ def _subject_last(tokenizer, text: str, subject: str, start: int = 0) -> tuple[l
     return list(tokens.ids), spans.overlapping(tokens, [(at, at + len(subject))])[-1]
 
 
-def context_prefixes(adapter, seed: int) -> list[str]:
+@dataclass
+class Where:
+    """Where an edit is found and evaluated. Here (`execute` None): the local weights, into
+    which the caller writes an edit (`rome.edited_weights`). On a server: every computation
+    is one request (`execute(fn)` calls fn(backend)), and an edit is applied inside each
+    trace as an intervention (`edits`, `rome.apply_in_trace`)."""
+
+    adapter: object
+    execute: object = None
+    edits: tuple = ()
+
+    @property
+    def device(self) -> str:
+        return self.adapter.device if self.execute is None else "cpu"
+
+    def next_logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """[row, vocab] float32: the logits after each row of `ids`."""
+        if self.execute is None:
+            with torch.no_grad():
+                return self.adapter.hf(ids).logits[:, -1].float()
+        return self.execute(functools.partial(decode.next_logits, self.adapter.parts, ids.tolist()))
+
+    def continuation(self, ids: list[int], n: int) -> list[int]:
+        """n greedy tokens after `ids` (here: the model's `generate`, as ROME's fluency reads it)."""
+        if self.execute is None:
+            x = torch.tensor([ids], device=self.adapter.device)
+            with torch.no_grad():
+                out = self.adapter.hf.generate(x, max_new_tokens=n, do_sample=False,
+                                               pad_token_id=self.adapter.tokenizer.eos_token_id)
+            return out[0, len(ids):].tolist()
+        return self.execute(functools.partial(decode.greedy, self.adapter, [ids], n, edits=self.edits))[0]
+
+    @contextlib.contextmanager
+    def edited(self, edits):
+        """The model with `edits` ((layer, left, right) each) for the block: written into the
+        local weights, or applied by every request."""
+        if self.execute is None:
+            with rome.edited_weights(self.adapter, edits):
+                yield self
+        else:
+            yield replace(self, edits=tuple(edits))
+
+
+def context_prefixes(where: Where, seed: int) -> list[str]:
     """ROME's context prefixes: "" and the model's own short texts from its BOS token."""
-    tok = adapter.tokenizer
+    tok = where.adapter.tokenizer
     start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
     out = [""]
     generator = torch.Generator(device="cpu").manual_seed(seed)  # drawn on the CPU: the same texts on any device
     for length, count in PREFIXES:
-        ids = torch.tensor([[start]] * count, device=adapter.device)
+        ids = torch.tensor([[start]] * count, device=where.device)
         for _ in range(length):
-            with torch.no_grad():
-                logits = adapter.hf(ids).logits[:, -1].float()
+            logits = where.next_logits(ids)
             top = logits.topk(5, dim=-1)
             pick = torch.multinomial(top.values.softmax(-1).cpu(), 1, generator=generator).to(ids.device)
             ids = torch.cat([ids, top.indices.gather(1, pick)], dim=1)
@@ -86,8 +130,9 @@ def context_prefixes(adapter, seed: int) -> list[str]:
     return out
 
 
-def covariances(adapter, layers: list[int], tokens: int) -> tuple[dict[int, torch.Tensor], int]:
-    """C per layer over `tokens` tokens of the corpus, from the cache when it has them."""
+def covariances(adapter, layers: list[int], tokens: int, execute=None) -> tuple[dict[int, torch.Tensor], int]:
+    """C per layer over `tokens` tokens of the corpus, from the cache when it has them (kept
+    under the weights' digest); on a server (`execute`), in one request."""
     from ..model.embedded import cache_root
 
     where = cache_root() / "covariance" / f"{adapter.name.replace('/', '_')}-{adapter.revision}" / f"{corpus.NAME}-{tokens}"
@@ -100,7 +145,11 @@ def covariances(adapter, layers: list[int], tokens: int) -> tuple[dict[int, torc
         else:
             todo.append(layer)
     if todo:
-        made, n = rome.second_moments(adapter.parts, corpus.chunks(adapter.tokenizer, tokens), todo)
+        chunks = corpus.chunks(adapter.tokenizer, tokens)
+        if execute is None:
+            made, n = rome.second_moments(adapter.parts, chunks, todo)
+        else:
+            made, n = execute(functools.partial(rome.second_moments_on_server, adapter.parts, chunks, todo))
         where.mkdir(parents=True, exist_ok=True)
         for layer, c in made.items():
             torch.save({"c": c, "tokens": n}, where / f"layer{layer}.pt")
@@ -117,9 +166,15 @@ def _new_object(record: Record, how: str) -> str:
     return value
 
 
-def _score(adapter, prompts: list[str], answers: list[str]) -> np.ndarray:
+def _score(where: Where, prompts: list[str], answers: list[str]) -> np.ndarray:
     """[prompt, answer]: the geometric mean of each answer's teacher-forced token
     probabilities after each prompt (" " + answer, as nnct spells answers)."""
+    adapter = where.adapter
+    if where.execute is not None:
+        rows = [(list(spans.tokenize(adapter.tokenizer, p).ids), list(spans.answer_ids(adapter.tokenizer, a)))
+                for p in prompts for a in answers]
+        got = where.execute(functools.partial(decode.answer_logprobs, adapter.parts, rows, edits=where.edits))
+        return np.exp(np.array(got, dtype=np.float64)).reshape(len(prompts), len(answers))
     out = np.zeros((len(prompts), len(answers)))
     for i, prompt in enumerate(prompts):
         base = list(spans.tokenize(adapter.tokenizer, prompt).ids)
@@ -143,11 +198,9 @@ def ngram_entropy(text: str, ns=(2, 3), weights=(2 / 3, 4 / 3)) -> float:
     return total / sum(weights)
 
 
-def _continuation(adapter, prompt: str) -> str:
-    ids = torch.tensor([list(spans.tokenize(adapter.tokenizer, prompt).ids)], device=adapter.device)
-    with torch.no_grad():
-        out = adapter.hf.generate(ids, max_new_tokens=FLUENCY_TOKENS, do_sample=False, pad_token_id=adapter.tokenizer.eos_token_id)
-    return adapter.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+def _continuation(where: Where, prompt: str) -> str:
+    tok = where.adapter.tokenizer
+    return tok.decode(where.continuation(list(spans.tokenize(tok, prompt).ids), FLUENCY_TOKENS), skip_special_tokens=True)
 
 
 def paraphrases(record: Record) -> list[str]:
@@ -163,17 +216,17 @@ def paraphrases(record: Record) -> list[str]:
     return out
 
 
-def evaluate(adapter, record: Record, new: str, neighbours: list[Record]) -> dict:
-    """The edit's metrics on the model as it is now (edited by the caller)."""
-    p = _score(adapter, [record.prompt_wo_ctx], [new, record.obj])[0]
+def evaluate(where: Where, record: Record, new: str, neighbours: list[Record]) -> dict:
+    """The edit's metrics on the model as `where` has it (`Where.edited`)."""
+    p = _score(where, [record.prompt_wo_ctx], [new, record.obj])[0]
     para = paraphrases(record)
-    para_scores = _score(adapter, para, [new, record.obj]) if para else np.zeros((0, 2))
-    spec = [(_score(adapter, [n.prompt_wo_ctx], [n.obj, new])[0]) for n in neighbours]
+    para_scores = _score(where, para, [new, record.obj]) if para else np.zeros((0, 2))
+    spec = [(_score(where, [n.prompt_wo_ctx], [n.obj, new])[0]) for n in neighbours]
     return {"efficacy": float(p[0] > p[1]), "efficacy_magnitude": float(p[0] - p[1]), "p_new": float(p[0]),
             "p_true": float(p[1]),
             "paraphrase": float(np.mean(para_scores[:, 0] > para_scores[:, 1])) if para else float("nan"),
             "specificity": float(np.mean([s[0] > s[1] for s in spec])) if spec else float("nan"),
-            "fluency": ngram_entropy(_continuation(adapter, record.prompt_wo_ctx))}
+            "fluency": ngram_entropy(_continuation(where, record.prompt_wo_ctx))}
 
 
 def peak_layer(cube) -> int:
@@ -186,9 +239,10 @@ def peak_layer(cube) -> int:
     return int(s.best_layer.sel(metric="prob", segment="subject_last", component="mlp"))
 
 
-def edit_record(adapter, record: Record, new: str, layer: int, prefixes: list[str], cov: torch.Tensor | None,
+def edit_record(where: Where, record: Record, new: str, layer: int, prefixes: list[str], cov: torch.Tensor | None,
                 hp: rome.Hparams) -> edits_file.Edit:
     """One record's edit at `layer` (its metrics not yet measured)."""
+    adapter = where.adapter
     tok = adapter.tokenizer
     target = list(spans.answer_ids(tok, new))
     prompts, lookups = [], []
@@ -198,12 +252,19 @@ def edit_record(adapter, record: Record, new: str, layer: int, prefixes: list[st
         lookups.append(at)
     kl_ids, kl_at = _subject_last(tok, f"{record.subj} is a", record.subj)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    v, _, log = rome.value(adapter.parts, [p + target[:-1] for p in prompts], lookups, target, [kl_ids], [kl_at], layer,
-                           hp, pad=pad)
-    k = rome.keys(adapter.parts, prompts, lookups, layer).mean(0)
-    down = adapter.layer_modules()[layer].get_submodule(adapter.layout.mlp_down)
-    weight = down.weight if down.weight.shape[0] == adapter.parts.d_model else down.weight.T  # Conv1D is [in, out]
-    left, right = rank_one(weight, k, v, k if cov is None else torch.linalg.solve(cov, k))
+    rewriting = [p + target[:-1] for p in prompts]
+    if where.execute is None:
+        v, _, log = rome.value(adapter.parts, rewriting, lookups, target, [kl_ids], [kl_at], layer, hp, pad=pad)
+        k = rome.keys(adapter.parts, prompts, lookups, layer).mean(0)
+        down = adapter.layer_modules()[layer].get_submodule(adapter.layout.mlp_down)
+        weight = down.weight if down.weight.shape[0] == adapter.parts.d_model else down.weight.T  # Conv1D is [in, out]
+        left, right = rank_one(weight, k, v, k if cov is None else torch.linalg.solve(cov, k))
+    else:  # the weights stay on the server: W k* from the down projection's outputs (linear in k)
+        v, _, log = rome.value_by_requests(adapter.parts, rewriting, lookups, target, [kl_ids], [kl_at], layer, where.execute,
+                                           hp, pad=pad)
+        keys, wk = where.execute(functools.partial(rome.keys_on_server, adapter.parts, prompts, lookups, layer))
+        k = keys.mean(0)
+        left, right = rank_one_from(wk.mean(0), k, v, k if cov is None else torch.linalg.solve(cov, k))
     return edits_file.Edit(record.id, record.subj, record.prompt_wo_ctx, record.obj, new, layer, left.cpu().numpy(),
                            right.cpu().numpy(),
                            {**asdict(hp), "covariance": cov is not None, "prefixes": len(prefixes)},
@@ -228,40 +289,42 @@ def _located(cfg: EditConfig, adapter) -> int:
         return peak_layer(open_cube(cfg.from_cube))
     from .run import RunConfig, execute
 
-    traced = execute(RunConfig(data=cfg.data, model=cfg.model, device=cfg.device, dtype=cfg.dtype, experiment="subject-noctx",
-                               components="mlp", max_examples=cfg.max_examples), adapter=adapter)
+    shared = {k: getattr(cfg, k) for k in ("model", "device", "dtype", "remote", "retries", "retry_delay", "request_timeout")}
+    traced = execute(RunConfig(data=cfg.data, experiment="subject-noctx", components="mlp", max_examples=cfg.max_examples,
+                               **shared), adapter=adapter)
     return peak_layer(traced.cube)
 
 
-def run(cfg: EditConfig, adapter=None, say=lambda text: None) -> EditRun:
+def run(cfg: EditConfig, adapter=None, say=lambda text: None, on_retry=None) -> EditRun:
     """Every record's edit, evaluated (see the module's docstring), on the skeleton
     (`pipeline`); written to `cfg.out` with its provenance."""
-    if cfg.remote is not None:
-        raise ConfigError("nnct edit runs the model here: finding an edit's value takes an optimisation loop that nnct"
-                          " does not yet send to a server")
-    return pipeline.run(cfg, lambda session: _edit_all(cfg, session, say), outputs=(cfg.out,), adapter=adapter)
+    if cfg.save and pipeline.on_server(cfg):
+        raise ConfigError("--save writes the edited weights: it needs the model here, not on a server")
+    return pipeline.run(cfg, lambda session: _edit_all(cfg, session, say), outputs=(cfg.out,), adapter=adapter,
+                        on_retry=on_retry)
 
 
 def _edit_all(cfg: EditConfig, session: pipeline.Session, say) -> EditRun:
     adapter = session.adapter
+    where = Where(adapter, None if session.channel is None else session.execute)
     loaded = load_records(cfg.data)
     records = loaded.items[: cfg.max_examples] if cfg.max_examples else loaded.items
     layer = _located(cfg, adapter)
     say(f"editing at layer {layer}")
-    prefixes = context_prefixes(adapter, cfg.seed)
-    cov, tokens = covariances(adapter, [layer], cfg.corpus_tokens) if cfg.covariance else ({layer: None}, 0)
+    prefixes = context_prefixes(where, cfg.seed)
+    cov, tokens = covariances(adapter, [layer], cfg.corpus_tokens, where.execute) if cfg.covariance else ({layer: None}, 0)
     made, skipped = [], list(loaded.problems)
     for record in records:
         try:
             new = _new_object(record, cfg.new_object)
-            edit = edit_record(adapter, record, new, layer, prefixes, cov[layer], cfg.hparams)
+            edit = edit_record(where, record, new, layer, prefixes, cov[layer], cfg.hparams)
         except (RecordError, ConfigError) as exc:
             skipped.append(exc if isinstance(exc, RecordError) else RecordError(cfg.data, record.line, "subj", str(exc)))
             continue
         neighbours = [r for r in loaded.items if r.prop and r.prop == record.prop and r.id != record.id][:NEIGHBOURS]
-        before = _score(adapter, [record.prompt_wo_ctx], [new, record.obj])[0]
-        with rome.edited_weights(adapter, [(edit.layer, edit.left, edit.right)]):
-            edit.metrics.update(evaluate(adapter, record, new, neighbours))
+        before = _score(where, [record.prompt_wo_ctx], [new, record.obj])[0]
+        with where.edited([(edit.layer, edit.left, edit.right)]) as edited:
+            edit.metrics.update(evaluate(edited, record, new, neighbours))
         edit.metrics.update(p_new_before=float(before[0]), p_true_before=float(before[1]))
         say(f"{record.id}: {record.obj} -> {new}: p {before[0]:.3f} -> {edit.metrics['p_new']:.3f},"
             f" efficacy {edit.metrics['efficacy']:.0f}")

@@ -350,6 +350,8 @@ def pairs(cfg: PairsConfig, adapter=None) -> PairsRun:
 
     def make(session: pipeline.Session) -> PairsRun:
         adapter = session.adapter
+        # the pairs continue the scores' own greedy tokens: other weights would not
+        same_weights(read[0].model_revision, adapter.revision, cfg.scores)
         made = (divergence_pairs(adapter, read, cfg.threshold, batch) if cfg.mode == "divergence"
                 else dataset_pairs(adapter, read, cfg.threshold, cfg.low, batch))
         good, bad = checked(adapter, made, cfg.scores)

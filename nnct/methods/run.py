@@ -217,7 +217,7 @@ def _no_case(cfg: RunConfig, loaded: Loaded, problems: list[RecordError]) -> Dat
     return DataError(f"{label}: no record could be traced ({len(problems)} skipped: {reasons}){hint}")
 
 
-def prepare(adapter, cfg: RunConfig, loaded: Loaded) -> tuple[list[cases_lib.Case], list[RecordError], list[int]]:
+def make_cases(adapter, cfg: RunConfig, loaded: Loaded) -> tuple[list[cases_lib.Case], list[RecordError], list[int]]:
     """The cases of every record (all shards), the records skipped with their reasons (the
     data set's bad lines among them), and the line of each record (by position)."""
     full = cfg.answer == "full"
@@ -351,7 +351,7 @@ class _Run:
 
     def go(self) -> Summary:
         cfg, adapter = self.cfg, self.session.adapter
-        every, problems, lines = prepare(adapter, cfg, self.loaded)
+        every, problems, lines = make_cases(adapter, cfg, self.loaded)
         self.chosen, self.problems = _shard(every, problems, lines, parse_shard(cfg.shard))
         self.progress.skipped([p for p in self.problems if p not in self.early])
         if not self.chosen:

@@ -105,6 +105,24 @@ class Row:
         return cls(**fields)
 
 
+def _cells(rows: list[Row], n_tok: int, n_layers: int, components, n_heads: int, estimate: str, verified: bool) -> dict:
+    """The restored cells' variables: name -> (dims, values), NaN where an example has none."""
+    cells = {}
+    for variable, dims in variables(components).items():
+        shape = grid(variable, components, n_tok, n_layers, n_heads)
+        kept = cell_names(variable, estimate) + (cell_names(variable) if verified and estimate != "exact" else ())
+        for k in kept:
+            cells[k] = (("example", *dims, "answer"), np.full((len(rows), *shape, len(ANSWERS)), np.nan, dtype=np.float32))
+    for i, r in enumerate(rows):
+        n = len(r.token_ids)
+        for k, (dims, held) in cells.items():
+            if dims[1] == "token":
+                held[i, :n] = r.values[k]
+            else:
+                held[i] = r.values[k]
+    return cells
+
+
 def assemble(rows: list[Row], n_layers: int, components: tuple[str, ...], attrs: dict, n_heads: int = 0,
              estimate: str = "exact", verified: bool = False):
     """The cube of a run from its examples, in the given order (`n_heads`: the model's query
@@ -113,23 +131,13 @@ def assemble(rows: list[Row], n_layers: int, components: tuple[str, ...], attrs:
     import xarray as xr
 
     n_ex, n_tok = len(rows), max((len(r.token_ids) for r in rows), default=0)
-    cells = {}  # cube variable -> (dims, values)
-    for variable, dims in variables(components).items():
-        shape = grid(variable, components, n_tok, n_layers, n_heads)
-        kept = cell_names(variable, estimate) + (cell_names(variable) if verified and estimate != "exact" else ())
-        for k in kept:
-            cells[k] = (("example", *dims, "answer"), np.full((n_ex, *shape, len(ANSWERS)), np.nan, dtype=np.float32))
+    cells = _cells(rows, n_tok, n_layers, components, n_heads, estimate, verified)
     token_str = np.full((n_ex, n_tok), "", dtype=object)
     segment = np.full((n_ex, n_tok), "", dtype=object)
     token_id = np.full((n_ex, n_tok), -1, dtype=np.int32)
     corrupted = np.zeros((n_ex, n_tok), dtype=np.int8)
     for i, r in enumerate(rows):
         n = len(r.token_ids)
-        for k, (dims, held) in cells.items():
-            if dims[1] == "token":
-                held[i, :n] = r.values[k]
-            else:
-                held[i] = r.values[k]
         token_str[i, :n], segment[i, :n], token_id[i, :n] = r.token_str, r.segment, r.token_ids
         corrupted[i, r.span] = 1
 

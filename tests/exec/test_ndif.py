@@ -9,6 +9,7 @@ Needs `just ndif-setup` once (the server's own venv); skipped with that hint oth
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -280,3 +281,33 @@ def test_a_refused_key_says_so_and_is_not_shown(server, key, says, tmp_path):
     assert done.returncode == 2
     assert "refused the API key" in done.stderr and says in done.stderr, done.stderr
     assert key is None or key not in done.stderr + done.stdout
+
+
+def test_edit_and_memorization_scores_remotely(server, tmp_path):
+    """`edit --remote` and `memorization score --remote` on the server, which has no nnct (every
+    function of a request travels by value): the edit (each Adam step one request) and its
+    metrics equal the local run's; the greedy tokens, and so the scores, are the local ones."""
+    from nnct.results import edits
+
+    args = ["edit", "--data", DATA, "--layer", "4", "--no-covariance", "--max-examples", "1", "-q"]
+    here, there = tmp_path / "here.nc", tmp_path / "there.nc"
+    done = nnct(*args, "--out", here, key=None)
+    assert done.returncode == 0, done.stderr
+    done = nnct(*args, "--remote", "--ndif-host", HOST, "--out", there, key=server.key)
+    assert done.returncode == 0, done.stderr
+    (a,), _ = edits.read(here)
+    (b,), attrs = edits.read(there)
+    assert attrs["backend"] == HOST
+    np.testing.assert_allclose(b.left, a.left, rtol=1e-3, atol=1e-3 * np.abs(a.left).max())
+    np.testing.assert_allclose(b.right, a.right, rtol=1e-3, atol=1e-3 * np.abs(a.right).max())
+    assert b.metrics["p_new"] == pytest.approx(a.metrics["p_new"], rel=1e-2) and b.metrics["efficacy"] == a.metrics["efficacy"]
+    texts = tmp_path / "t.txt"
+    texts.write_text("Permission is hereby granted, free of charge, to any person obtaining a copy of this software")
+    scores = []
+    for name, extra, key in (("here", [], None), ("there", ["--remote", "--ndif-host", HOST], server.key)):
+        out = tmp_path / f"{name}.jsonl"
+        done = nnct("memorization", "score", "--texts", texts, "--prefix", "8", "--continuation", "4", "--stride", "4",
+                    "--out", out, "-q", *extra, key=key)
+        assert done.returncode == 0, done.stderr
+        scores.append([(line["id"], line["greedy"]) for line in map(json.loads, out.read_text().splitlines())])
+    assert scores[0] == scores[1] and len(scores[0]) >= 2

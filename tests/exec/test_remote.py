@@ -425,3 +425,72 @@ def test_prompt_pairs_and_full_answers_run_remotely_as_here(tiny_model_dir, tmp_
     assert summary.requests == 1  # no noise level to measure: one request for both pairs
     assert summary.cube.attrs["backend"] == "nnsight remote=local"
     assert_same_numbers(summary.cube.assign_attrs(backend="local"), here)
+
+
+@pytest.fixture
+def silent_server():
+    """A server on loopback that accepts connections and never answers (bounded: it stops
+    with the test)."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    listener.settimeout(0.5)
+    held, stop = [], threading.Event()
+
+    def accept():
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    thread.join(5)
+    for conn in held:
+        conn.close()
+    listener.close()
+
+
+@pytest.mark.ndif  # mostly waiting: it runs beside the rest (Justfile's `test`)
+def test_every_remote_command_gives_up_on_a_silent_server_with_one_line(silent_server, tiny_model_dir, data_file, tmp_path):
+    """`--request-timeout 5 --retries 0` against a server that never answers: each command
+    exits 2 within a minute with one line naming the host (nnct 0.5: `circuit find` died with
+    a WebSocketTimeoutException traceback; `edit` and `memorization score` had no --remote)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [
+        {"id": "p1", "clean": "the Eiffel Tower is located in the city of",
+         "corrupt": "the Vinson Massif is located in the city of", "target": "Paris", "alt": "Rome"}])
+    texts = tmp_path / "t.txt"
+    texts.write_text("the Eiffel Tower is located in the city of Paris France")
+    model = ["--model", str(tiny_model_dir), "--ndif-host", silent_server, "--request-timeout", "5", "--retries", "0"]
+    commands = {
+        "trace": ["trace", "--data", data_file, "--experiment", "subject-noctx", "--components", "hidden", "--samples", "2",
+                  "--out", tmp_path / "t.nc", "-q"],
+        "patch": ["patch", "--pairs", pairs, "--components", "hidden", "--out", tmp_path / "p.nc", "-q"],
+        "attribute": ["attribute", "--pairs", pairs, "--components", "hidden", "--out", tmp_path / "a.nc", "-q"],
+        "circuit find": ["circuit", "find", "--pairs", pairs, "--out", tmp_path / "c.nc", "-q"],
+        "edit": ["edit", "--data", data_file, "--layer", "1", "--no-covariance", "--out", tmp_path / "e.nc", "-q"],
+        "memorization score": ["memorization", "score", "--texts", texts, "--prefix", "4", "--continuation", "3",
+                               "--out", tmp_path / "s.jsonl", "-q"],
+    }
+    env = {**os.environ, "NDIF_API_KEY": "", "PYTHONWARNINGS": "ignore"}
+    started = time.monotonic()
+    running = {name: subprocess.Popen([sys.executable, "-m", "nnct.cli", *map(str, args), *model], env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE) for name, args in commands.items()}
+    for name, proc in running.items():
+        out, err = proc.communicate(timeout=120)
+        seconds = time.monotonic() - started
+        lines = [line for line in err.splitlines() if line.startswith("nnct: error:")]
+        assert proc.returncode == 2, (name, out, err)
+        assert len(lines) == 1 and "127.0.0.1" in lines[0] and "Traceback" not in err, (name, err)
+        assert seconds < 60, (name, seconds)

@@ -152,3 +152,31 @@ def test_the_python_api_gives_the_command_s_circuit(found, model_dir):
     with pytest.warns(UserWarning, match="skipped"):
         ds = nnct.circuit(str(model_dir), str(pairs), ig_steps=3)
     np.testing.assert_allclose(ds.score.values, circuit_file.read(out).score.values, rtol=1e-6)
+
+
+def test_a_stored_model_that_moved_is_refused_and_model_overrides_it(found, model_dir, tmp_path):
+    """`circuit verify` and `memorization pairs` load the model their input names; nnct 0.5 had
+    no `--model` to name another (pairs refused it as an unknown option), and a name that no
+    longer loads gave a bare loading error."""
+    import shutil
+
+    _, _, pairs, _ = found
+    moved, there = tmp_path / "was-here", tmp_path / "now-here"
+    shutil.copytree(model_dir, moved)
+    circuit_out, scores = tmp_path / "c.nc", tmp_path / "s.jsonl"
+    texts = tmp_path / "t.txt"
+    texts.write_text("the Eiffel Tower is located in the city of Paris France and the capital of Italy is Rome")
+    for args in (["circuit", "find", "--pairs", pairs, "--ig-steps", 2, "--out", circuit_out, "-q"],
+                 ["memorization", "score", "--texts", texts, "--prefix", 4, "--continuation", 3, "--out", scores, "-q"]):
+        done = invoke(*args, "--model", moved)
+        assert done.exit_code == 0, done.output
+    shutil.move(moved, there)
+    verify = ["circuit", "verify", circuit_out, "--pairs", pairs, "--random", 1, "--edges", 5, "--json", tmp_path / "v.json"]
+    make_pairs = ["memorization", "pairs", "--scores", scores, "--mode", "dataset", "--threshold", 0.0, "--low", 1.0,
+                  "--out", tmp_path / "p.jsonl"]
+    for args, made_from in ((verify, circuit_out), (make_pairs, scores)):
+        done = invoke(*args)
+        assert done.exit_code == 2 and "pass --model" in done.output and str(made_from) in done.output, done.output
+        done = invoke(*args, "--model", there)
+        assert done.exit_code == 0, done.output
+    assert json.loads((tmp_path / "v.json").read_text())["model"] == str(there)

@@ -14,7 +14,6 @@ import contextlib
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 import nnct

@@ -91,3 +91,23 @@ def test_edit_from_python(tiny_model_dir, data_file):
     assert [e.record_id for e in result.edits] == ["r1"] and result.attrs["layer"] == 2
     with pytest.raises(ConfigError, match="unknown setting"):
         nnct.edit(str(tiny_model_dir), data_file, layers=2)
+
+
+def test_an_edit_found_through_requests_equals_the_one_found_here(tmp_path, tiny_model_dir, data_file):
+    """`--remote local`: every computation of an edit (prefixes, C, keys, each Adam step's
+    gradient, the evaluation with the edit as an intervention) sent as nnsight serialises a
+    request to a server, where the weights never leave: the edit and its metrics are the
+    ones found with the weights here (nnct 0.5 could not run `edit` on a server at all)."""
+    here, there = tmp_path / "here.nc", tmp_path / "there.nc"
+    common = ["edit", "--model", tiny_model_dir, "--data", data_file, "--layer", 1, "--corpus-tokens", 300,
+              "--max-examples", 2, "-q"]
+    for out, extra in ((here, []), (there, ["--remote", "local"])):
+        done = invoke(*common, "--out", out, *extra)
+        assert done.exit_code == 0, done.output
+    (a, _), (b, attrs_b) = edits.read(here), edits.read(there)
+    assert attrs_b["backend"] == "nnsight remote=local" and len(a) == len(b) == 2
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(y.left, x.left, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(y.right, x.right, rtol=1e-5, atol=1e-7)
+        for name in ("p_new", "p_true", "efficacy", "paraphrase", "fluency", "p_new_before"):
+            assert y.metrics[name] == pytest.approx(x.metrics[name], rel=1e-4, abs=1e-9), name

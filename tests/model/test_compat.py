@@ -43,3 +43,17 @@ def test_the_installed_libraries_pass():
     compat.check(adapter.nn, adapter.hf)
     with pytest.raises(IncompatibleLibrary, match="Envoy._module"):
         compat.check(adapter.nn, make_adapter("llama").hf)
+
+
+def test_a_trace_with_a_cache_raises_no_deprecation_warning():
+    """nnct 0.5 handed caches over under a name transformers deprecates: hundreds of warnings
+    per suite. The engine's restored runs read the base run's cache."""
+    import warnings
+
+    from examples import prepared
+
+    adapter = make_adapter("llama")
+    example = prepared(adapter)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        example.trace(adapter, components=("hidden",), window=1)
