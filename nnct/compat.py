@@ -96,35 +96,65 @@ def _installed(package: str) -> str:
         return "none"
 
 
-def _problems() -> list[str]:
-    import nnsight.modeling.huggingface as nhf
+def _mask_left_to_the_model() -> bool:
     import nnsight.modeling.processing as processing
+
+    return f'"{TRACE_CACHE_KEYWORD}"' in inspect.getsource(processing.encode_pretokenized)
+
+
+def _id_cache() -> bool:
+    import nnsight.modeling.huggingface as nhf
+
+    return isinstance(getattr(nhf, "_ID_CACHE", None), dict)
+
+
+def _serialize_hook() -> bool:
     from nnsight.intervention.backends.remote import RemoteBackend
+
+    return callable(getattr(RemoteBackend, "_serialize", None)) and callable(getattr(RemoteBackend, "finalize", None))
+
+
+def _cache_layers() -> bool:
     from transformers import DynamicCache
 
+    return hasattr(DynamicCache(), "layers")
+
+
+PROBES = {
+    f"nnsight's encode_pretokenized leaving the attention mask to a model given {TRACE_CACHE_KEYWORD}": _mask_left_to_the_model,
+    "nnsight.modeling.huggingface._ID_CACHE": _id_cache,
+    "nnsight's RemoteBackend._serialize / finalize": _serialize_hook,
+    "transformers' DynamicCache.layers": _cache_layers,
+}
+
+
+def _problems() -> list[str]:
     found = []
-    if f'"{TRACE_CACHE_KEYWORD}"' not in inspect.getsource(processing.encode_pretokenized):
-        found.append(f"nnsight's encode_pretokenized leaving the attention mask to a model given {TRACE_CACHE_KEYWORD}")
-    if not isinstance(getattr(nhf, "_ID_CACHE", None), dict):
-        found.append("nnsight.modeling.huggingface._ID_CACHE")
-    if not callable(getattr(RemoteBackend, "_serialize", None)) or not callable(getattr(RemoteBackend, "finalize", None)):
-        found.append("nnsight's RemoteBackend._serialize / finalize")
-    cache = DynamicCache()
-    if not hasattr(cache, "layers"):
-        found.append("transformers' DynamicCache.layers")
+    for name, probe in PROBES.items():
+        try:
+            ok = probe()
+        except (ImportError, AttributeError, OSError, TypeError):  # moved, renamed, or shipped without source
+            ok = False
+        if not ok:
+            found.append(name)
     return found
 
 
-class old_cache_keyword(warnings.catch_warnings):  # noqa: N801 - used as a context manager, like catch_warnings
+class old_cache_keyword:  # noqa: N801 - used as a context manager, like warnings.catch_warnings
     """Around a trace handed a cache as TRACE_CACHE_KEYWORD: without transformers' notices
-    that the name is deprecated (a FutureWarning per call, and a log line). A class, not a
-    generator: it runs inside requests on a server, where nnsight sends nnct's code by value
-    and a `contextlib.contextmanager` decorator does not survive the trip."""
+    that the name is deprecated (a FutureWarning per call, and a log line). A plain class,
+    neither a generator nor a subclass: it runs inside requests on a server, where nnsight
+    compiles nnct's functions again from their source, and neither a
+    `contextlib.contextmanager` decorator nor a zero-argument `super()` survives that."""
 
     def __enter__(self):
-        entered = super().__enter__()
+        self.kept = warnings.catch_warnings()
+        self.kept.__enter__()
         warnings.filterwarnings("ignore", message=f"`{TRACE_CACHE_KEYWORD}` is deprecated", category=FutureWarning)
-        return entered
+        return self
+
+    def __exit__(self, *exc):
+        return self.kept.__exit__(*exc)
 
 
 class _DropNotice(logging.Filter):

@@ -38,13 +38,15 @@ def bench(data, tokens, corruption, components, samples, window, plain_cells, pa
 
     def measure(session):
         if method != "exact":
-            return bench_lib.run_atp(session.adapter, data, tokens, parse_components(components), samples, window,
-                                     passage=passage, corruption=corruption, estimate=method)
-        return bench_lib.run(session.adapter, data, tokens, parse_components(components), samples, window, cfg.batch_rows,
-                             plain_cells, passage=passage, corruption=corruption)
+            result = bench_lib.run_atp(session.adapter, data, tokens, parse_components(components), samples, window,
+                                       passage=passage, corruption=corruption, estimate=method)
+        else:
+            result = bench_lib.run(session.adapter, data, tokens, parse_components(components), samples, window,
+                                   cfg.batch_rows, plain_cells, passage=passage, corruption=corruption)
+        if json_out:
+            files.write_json(json_out, result)
+        return result
 
     with guarded():
         result = pipeline.run(cfg, measure, outputs=(json_out,))
     click.echo(bench_lib.table(result) if method == "exact" else bench_lib.atp_table(result))
-    if json_out:
-        files.write_json(json_out, result)

@@ -147,7 +147,7 @@ def edit(model="smollm2-135m", data=None, *, out=None, tokenizer=None, **setting
         raise ConfigError("edit takes its records as a JSONL path")
     name, adapter = _adapter(model, tokenizer)
     cfg = EditConfig(data=str(data), out=str(out) if out else None, model=name,
-                     **_settings_of(EditConfig, settings, {"data", "out", "model"}))
+                     **_settings_of(EditConfig, settings, {"data", "out", "model", "batch_rows"}))
     return run(cfg, adapter)
 
 
@@ -176,7 +176,7 @@ def circuit(model="smollm2-135m", pairs=None, *, out=None, tokenizer=None, **set
         raise ConfigError("circuit takes pairs= (a JSONL path of prompt pairs)")
     name, adapter = _adapter(model, tokenizer)
     cfg = FindConfig(pairs=str(pairs), out=str(out) if out else None, model=name,
-                     **_settings_of(FindConfig, settings, {"pairs", "out", "model"}))
+                     **_settings_of(FindConfig, settings, {"pairs", "out", "model", "batch_rows"}))
     found = find(cfg, adapter)
     for problem in found.skipped:
         warnings.warn(f"skipped {problem}", stacklevel=2)

@@ -141,11 +141,8 @@ def find(cfg: FindConfig, adapter=None, say=lambda text: None, on_retry=None) ->
         raise ConfigError("--ig-steps takes at least 1 step")
     if cfg.out is not None and Path(cfg.out).suffix != ".nc":
         raise ConfigError(f"--out {cfg.out}: the circuit file is NetCDF, name it *.nc")
-    found = pipeline.run(cfg, lambda session: _find(cfg, session, say), outputs=(cfg.out,), adapter=adapter,
-                         on_retry=on_retry)
-    if cfg.out:
-        circuit_file.write(found.dataset, cfg.out)
-    return found
+    return pipeline.run(cfg, lambda session: _find(cfg, session, say), outputs=(cfg.out,), adapter=adapter,
+                        on_retry=on_retry)
 
 
 def _find(cfg: FindConfig, session: pipeline.Session, say) -> Found:
@@ -166,7 +163,10 @@ def _find(cfg: FindConfig, session: pipeline.Session, say) -> Found:
              "n_pairs": len(tokenized), "m_clean": evaluator.m_clean, "m_corrupt": evaluator.m_corrupt,
              "metric": "logit_diff", "total_edges": int(g.edges.sum()), "target": cfg.target, "minimal_edges": best,
              "faithfulness": dict(search).get(best, float("nan"))}
-    return Found(circuit_file.to_dataset(g, score, score_eap, search, attrs), skipped)
+    found = Found(circuit_file.to_dataset(g, score, score_eap, search, attrs), skipped)
+    if cfg.out:
+        circuit_file.write(found.dataset, cfg.out)
+    return found
 
 
 def _search(evaluator: Evaluator, score: np.ndarray, target: float, say) -> tuple[list[tuple[int, float]], int]:
@@ -197,11 +197,8 @@ def verify(cfg: VerifyConfig, adapter=None, say=lambda text: None, on_retry=None
     if not circuit_file.is_circuit_file(cfg.circuit):
         raise DataError(f"{cfg.circuit}: not a circuit file (nnct circuit find writes one)")
     ds = circuit_file.read(cfg.circuit)
-    result = pipeline.run(cfg, lambda session: _verify(cfg, ds, session, say), outputs=(cfg.json_out,), adapter=adapter,
-                          on_retry=on_retry, stored=(ds.attrs.get("model"), cfg.circuit))
-    if cfg.json_out:
-        files.write_json(cfg.json_out, result)
-    return result
+    return pipeline.run(cfg, lambda session: _verify(cfg, ds, session, say), outputs=(cfg.json_out,), adapter=adapter,
+                        on_retry=on_retry, stored=(ds.attrs.get("model"), cfg.circuit))
 
 
 def _verify(cfg: VerifyConfig, ds, session: pipeline.Session, say) -> dict:
@@ -222,12 +219,15 @@ def _verify(cfg: VerifyConfig, ds, session: pipeline.Session, say) -> dict:
     randoms = _random_circuits(ev, n, cfg.random, cfg.seed)
     say(f"{n} edges: faithfulness {f:.3f}; {cfg.random} random circuits: mean"
         f" {np.mean(randoms) if randoms else float('nan'):.3f}")
-    return {**session.provenance(pipeline.settings_of(cfg, "json_out")), "pairs": str(cfg.pairs), "n_pairs": len(tokenized),
+    result = {**session.provenance(pipeline.settings_of(cfg, "json_out")), "pairs": str(cfg.pairs), "n_pairs": len(tokenized),
             "skipped": [str(p) for p in skipped], "edges": n, "total_edges": total, "faithfulness": f,
             "m_clean": ev.m_clean, "m_corrupt": ev.m_corrupt, "random_circuits": cfg.random, "random_seed": cfg.seed,
             "random_faithfulness_mean": float(np.mean(randoms)) if randoms else None,
             "random_faithfulness_ci": [float(np.percentile(randoms, 2.5)), float(np.percentile(randoms, 97.5))] if randoms else None,
             "random_faithfulness": randoms, "curve": curve}
+    if cfg.json_out:
+        files.write_json(cfg.json_out, result)
+    return result
 
 
 def _random_circuits(ev: Evaluator, n: int, count: int, seed: int) -> list[float]:

@@ -132,10 +132,15 @@ def context_prefixes(where: Where, seed: int) -> list[str]:
 
 def covariances(adapter, layers: list[int], tokens: int, execute=None) -> tuple[dict[int, torch.Tensor], int]:
     """C per layer over `tokens` tokens of the corpus, from the cache when it has them (kept
-    under the weights' digest); on a server (`execute`), in one request."""
+    under the weights' digest and the dtype the keys were read in); on a server (`execute`),
+    in one request, and not cached (the server's dtype is its own)."""
     from ..model.embedded import cache_root
 
-    where = cache_root() / "covariance" / f"{adapter.name.replace('/', '_')}-{adapter.revision}" / f"{corpus.NAME}-{tokens}"
+    if execute is not None:
+        chunks = corpus.chunks(adapter.tokenizer, tokens)
+        return execute(functools.partial(rome.second_moments_on_server, adapter.parts, chunks, layers))
+    where = (cache_root() / "covariance" / f"{adapter.name.replace('/', '_')}-{adapter.revision}"
+             / f"{corpus.NAME}-{tokens}-{adapter.dtype}")
     found, todo = {}, []
     for layer in layers:
         path = where / f"layer{layer}.pt"
@@ -145,11 +150,7 @@ def covariances(adapter, layers: list[int], tokens: int, execute=None) -> tuple[
         else:
             todo.append(layer)
     if todo:
-        chunks = corpus.chunks(adapter.tokenizer, tokens)
-        if execute is None:
-            made, n = rome.second_moments(adapter.parts, chunks, todo)
-        else:
-            made, n = execute(functools.partial(rome.second_moments_on_server, adapter.parts, chunks, todo))
+        made, n = rome.second_moments(adapter.parts, corpus.chunks(adapter.tokenizer, tokens), todo)
         where.mkdir(parents=True, exist_ok=True)
         for layer, c in made.items():
             torch.save({"c": c, "tokens": n}, where / f"layer{layer}.pt")
@@ -289,7 +290,8 @@ def _located(cfg: EditConfig, adapter) -> int:
         return peak_layer(open_cube(cfg.from_cube))
     from .run import RunConfig, execute
 
-    shared = {k: getattr(cfg, k) for k in ("model", "device", "dtype", "remote", "retries", "retry_delay", "request_timeout")}
+    shared = {k: getattr(cfg, k) for k in ("model", "device", "dtype", "batch_rows", "remote", "retries", "retry_delay",
+                                           "request_timeout")}
     traced = execute(RunConfig(data=cfg.data, experiment="subject-noctx", components="mlp", max_examples=cfg.max_examples,
                                **shared), adapter=adapter)
     return peak_layer(traced.cube)

@@ -78,6 +78,7 @@ class Score:
     score: float
     ids: list[int]  # the window: prefix + continuation
     greedy: list[int]  # the model's N tokens after the prefix
+    decoded: str = ""  # where and in which dtype (`decoded_by`); "" in files of nnct 0.5
 
     def line_dict(self, tokenizer) -> dict:
         p = self.prefix_tokens
@@ -85,7 +86,7 @@ class Score:
                 "model_revision": self.model_revision, "prefix_tokens": p,
                 "continuation_tokens": self.continuation_tokens, "score": self.score, "ids": self.ids, "greedy": self.greedy,
                 "prefix": tokenizer.decode(self.ids[:p]), "continuation": tokenizer.decode(self.ids[p:]),
-                "greedy_text": tokenizer.decode(self.greedy)}
+                "greedy_text": tokenizer.decode(self.greedy), "decoded": self.decoded}
 
 
 def score_from(obj: dict, path: str, line: int) -> Score:
@@ -93,7 +94,7 @@ def score_from(obj: dict, path: str, line: int) -> Score:
         s = Score(str(obj["id"]), line, str(obj["text_id"]), int(obj["start"]), str(obj["model"]),
                   str(obj.get("model_revision", "")), int(obj["prefix_tokens"]),
                   int(obj["continuation_tokens"]), float(obj["score"]), [int(i) for i in obj["ids"]],
-                  [int(i) for i in obj["greedy"]])
+                  [int(i) for i in obj["greedy"]], str(obj.get("decoded", "")))
     except KeyError as exc:
         raise RecordError(path, line, exc.args[0], "missing") from None
     except (TypeError, ValueError) as exc:
@@ -159,7 +160,8 @@ def _score(cfg: ScoreConfig, session: pipeline.Session, say) -> ScoreRun:
     run = ScoreRun([], [])
     todo = _windows(cfg, adapter.tokenizer, run)
     out = Path(cfg.out)
-    done = _resume(out, adapter.name, adapter.revision, prefix, continuation, adapter.tokenizer)
+    decoded = decoded_by(session)
+    done = _resume(out, adapter.name, adapter.revision, prefix, continuation, adapter.tokenizer, decoded)
     run.resumed, run.scores = len(done), list(done.values())
     todo = [w for w in todo if w.id not in done]
     front, batch = special_prefix(adapter.tokenizer), session.batch_rows(AUTO_ROWS)
@@ -171,7 +173,7 @@ def _score(cfg: ScoreConfig, session: pipeline.Session, say) -> ScoreRun:
             for w, gen in zip(part, made):
                 true = w.ids[prefix:]
                 s = Score(w.id, 0, w.text_id, w.start, adapter.name, adapter.revision, prefix, continuation,
-                          sum(a == b for a, b in zip(gen, true)) / continuation, list(w.ids), gen)
+                          sum(a == b for a, b in zip(gen, true)) / continuation, list(w.ids), gen, decoded)
                 run.scores.append(s)
                 f.write(json.dumps(s.line_dict(adapter.tokenizer)) + "\n")
             f.flush()
@@ -179,7 +181,13 @@ def _score(cfg: ScoreConfig, session: pipeline.Session, say) -> ScoreRun:
     return run
 
 
-def _resume(out: Path, model: str, revision: str, prefix: int, continuation: int, tokenizer) -> dict[str, Score]:
+def decoded_by(session: pipeline.Session) -> str:
+    """Where greedy tokens were decoded and in which dtype ("local float32", or the server's
+    host: its dtype is its own): tokens decoded otherwise may differ where two logits nearly tie."""
+    return session.backend if pipeline.on_server(session.cfg) else f"{session.backend} {session.adapter.dtype}"
+
+
+def _resume(out: Path, model: str, revision: str, prefix: int, continuation: int, tokenizer, decoded: str) -> dict[str, Score]:
     """The windows `out` holds already. Its last line, if unreadable (a stopped run's), is
     dropped from the file; any other bad line is a DataError, so that nothing is lost
     silently. ResumeMismatch if the windows were scored otherwise, or with other weights."""
@@ -195,6 +203,8 @@ def _resume(out: Path, model: str, revision: str, prefix: int, continuation: int
             raise ResumeMismatch(f"{out}:{s.line}: scored with model {s.model}, P={s.prefix_tokens}, N={s.continuation_tokens};"
                                  f" now {model}, P={prefix}, N={continuation}: give another --out")
         same_weights(s.model_revision, revision, f"{out}:{s.line}")
+        if s.decoded and s.decoded != decoded:
+            raise ResumeMismatch(f"{out}:{s.line}: decoded by {s.decoded}, now by {decoded}: give another --out")
     if problems:
         with atomic(out) as tmp:
             Path(tmp).write_text("".join(json.dumps(s.line_dict(tokenizer)) + "\n" for s in kept), encoding="utf-8")
@@ -242,7 +252,7 @@ class MemPair:
                 "target_token": self.target, "alt_token": self.alt, **self.source}
 
 
-def divergence_pairs(adapter, scores: list[Score], threshold: float, batch: int = 16) -> list[MemPair]:
+def divergence_pairs(adapter, scores: list[Score], threshold: float, batch: int = 16, reuse: bool = True) -> list[MemPair]:
     """Branch-decision pairs of the windows scoring at least `threshold` (module docstring).
     The BLEU-4 of length P is compared with 1.0, as the reference starts, so a window whose
     full prefix already goes astray diverges at P."""
@@ -258,7 +268,7 @@ def divergence_pairs(adapter, scores: list[Score], threshold: float, batch: int 
         for L in range(P, 0, -1):
             if not open_:
                 break
-            if L == P:  # the full prefix's continuation is the score's own greedy tokens
+            if L == P and reuse:  # the full prefix's continuation is the score's own greedy tokens
                 made = [part[j].greedy for j in open_]
             else:
                 made = greedy(adapter, [front + part[j].ids[:L] for j in open_], len(part[0].ids) - L)
@@ -352,7 +362,9 @@ def pairs(cfg: PairsConfig, adapter=None) -> PairsRun:
         adapter = session.adapter
         # the pairs continue the scores' own greedy tokens: other weights would not
         same_weights(read[0].model_revision, adapter.revision, cfg.scores)
-        made = (divergence_pairs(adapter, read, cfg.threshold, batch) if cfg.mode == "divergence"
+        # the scores' own tokens stand for the full prefix's continuation when decoded as here
+        reuse = all(s.decoded in ("", decoded_by(session)) for s in read)
+        made = (divergence_pairs(adapter, read, cfg.threshold, batch, reuse) if cfg.mode == "divergence"
                 else dataset_pairs(adapter, read, cfg.threshold, cfg.low, batch))
         good, bad = checked(adapter, made, cfg.scores)
         if cfg.out:

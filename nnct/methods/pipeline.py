@@ -119,9 +119,13 @@ def open_session(cfg: Execution, adapter=None, on_retry=None, stored: tuple[str 
 def writing(*outputs) -> contextlib.ExitStack:
     """The writer's lock of each output given (None: none), held for the block."""
     stack = contextlib.ExitStack()
-    for out in outputs:
-        if out is not None:
-            stack.enter_context(files.locked(out))
+    try:
+        for out in outputs:
+            if out is not None:
+                stack.enter_context(files.locked(out))
+    except BaseException:
+        stack.close()  # the locks taken before the one that failed
+        raise
     return stack
 
 

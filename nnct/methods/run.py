@@ -507,6 +507,8 @@ def collect(out: str, wait: bool = False, progress: Progress | None = None, **re
         raise ConfigError(f"{out}: its run has no server to collect from; complete it by running it again with --resume")
     known = {f.name for f in fields(RunConfig)}
     how = {**meta.get("requesting", {}), **{k: v for k, v in requesting.items() if v is not None}}
-    cfg = RunConfig(**{k: v for k, v in stored.items() if k in known and k != "out"}, **how, out=out, resume=True, wait=wait)
+    # the device a model without weights reports is the server's, not a setting to ask for again
+    given = {k: v for k, v in stored.items() if k in known and k != "out" and not (k == "device" and v == REMOTE)}
+    cfg = RunConfig(**given, **how, out=out, resume=True, wait=wait)
     return execute(cfg, progress=progress)
 
