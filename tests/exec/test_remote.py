@@ -494,3 +494,22 @@ def test_every_remote_command_gives_up_on_a_silent_server_with_one_line(silent_s
         assert proc.returncode == 2, (name, out, err)
         assert len(lines) == 1 and "127.0.0.1" in lines[0] and "Traceback" not in err, (name, err)
         assert seconds < 60, (name, seconds)
+
+
+def test_collect_of_a_server_run_asks_for_no_device(tmp_path, monkeypatch, data_file):
+    """A run on a server stores the device its model reports ("remote", the server's);
+    `collect` must not ask for it again (the shared options' check refuses "--device remote")."""
+    from nnct.methods import run as run_lib
+
+    out = tmp_path / "there.nc"
+    settings = {**dataclasses.asdict(run_lib.RunConfig(data=str(data_file), remote="http://fake:1")), "device": "remote"}
+    for k in ("out", "resume", "wait"):
+        settings.pop(k)
+    partial_dir(out).mkdir()
+    (partial_dir(out) / "run.json").write_text(__import__("json").dumps({"settings": settings, "created": "now"}))
+    seen = []
+    monkeypatch.setattr(run_lib, "execute", lambda cfg, progress=None: seen.append(cfg))
+    collect(str(out))
+    (cfg,) = seen
+    assert cfg.device == "cpu" and cfg.remote == "http://fake:1" and cfg.resume
+    run_lib._validate(run_lib.normalised(cfg))

@@ -14,7 +14,7 @@ kill $hog
 .venv/bin/python - <<'PY'
 import xarray as xr, numpy as np
 a, b = xr.open_dataset("/tmp/mem/a.nc").load(), xr.open_dataset("/tmp/mem/b.nc").load()
-same = all(np.array_equal(a[v].values, b[v].values) for v in a.data_vars if a[v].dtype.kind in "fiu")
+same = all(np.array_equal(a[v].values, b[v].values, equal_nan=a[v].dtype.kind == "f") for v in a.data_vars if a[v].dtype.kind in "fiu")
 attrs = {k for k in a.attrs if a.attrs[k] != b.attrs.get(k)}
 print("identical numbers:", same, "| attrs that differ:", attrs, "| batch_budget", a.attrs["batch_budget"], b.attrs["batch_budget"])
 PY
