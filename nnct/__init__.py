@@ -27,7 +27,7 @@ Heavy imports (torch, transformers, nnsight) happen inside the modules that need
 `import nnct` and `nnct --help` stay fast.
 """
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
 __all__ = ["trace", "patch", "attribute", "edit", "memorization_scores", "circuit", "__version__"]
 
 
