@@ -328,10 +328,6 @@ class Channel:
         self.timeout, self.on_retry = timeout, on_retry
         self.sent = self.bytes_sent = self.bytes_received = 0
 
-    @property
-    def host(self) -> str:
-        return kind(self.target if self.target == LOCAL else self.target.host)
-
     def classify(self, exc: BaseException) -> NnctError:
         if self.target == LOCAL:
             return RemoteFailed(f"nnsight's local simulation: {type(exc).__name__}: {exc}")
@@ -391,17 +387,6 @@ class Requests:
     def bytes_received(self) -> int:
         return self.channel.bytes_received
 
-    def _classify(self, exc: BaseException):
-        return self.channel.classify(exc)
-
-    def _call(self, fn, blocking: bool = True, job_id: str | None = None):
-        return self.channel.call(fn, blocking, job_id)
-
-    def embedding_std(self, span_ids: list[list[int]]) -> float:
-        from .engine import embedding_std
-
-        return self.channel.value(lambda b: embedding_std(self.adapter.parts, span_ids, b))
-
     def run(self, engine, names: list[str], todo: list[int], n_cells: list[int], job, keep, jobs: list, save_jobs,
             placed) -> None:
         """Trace examples `todo` remotely: `job(k)` is example k's (ids, corrupted input,
@@ -439,9 +424,9 @@ class Requests:
                 self.progress.example(names[k])
             send = functools.partial(request, engine, [job(k) for k in group])
             if self.wait:
-                take(group, self._call(send)[0])
+                take(group, self.channel.value(send))
             else:
-                b = self._call(send, blocking=False)[1]
+                b = self.channel.call(send, blocking=False)[1]
                 jobs.append({"examples": group, "job_id": b.job_id, "submitted": time.time(), "tries": tries})
                 save_jobs(jobs)
         self.pending = len(jobs)
@@ -467,9 +452,9 @@ class Requests:
                 return RemoteFailed(f"its result can no longer be downloaded ({exc.response.status_code})"), None
 
         while True:
-            saved, status = self._call(poll, blocking=False, job_id=entry["job_id"])[0]
+            saved, status = self.channel.call(poll, blocking=False, job_id=entry["job_id"])[0]
             if isinstance(saved, RemoteError):
-                error = self._classify(saved)
+                error = self.channel.classify(saved)
                 if not isinstance(error, RemoteFailed):
                     raise error
                 return error

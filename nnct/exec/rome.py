@@ -142,21 +142,28 @@ def frozen(parts: Parts):
             p.requires_grad_(True)
 
 
+def _value_inputs(rows: list[list[int]], pad: int, lookups: list[int], target: list[int], n_rw: int, device):
+    """The tensors of `value`'s batch on `device`: right-padded ids and their mask, the
+    lookup positions, where each rewriting row predicts the target's tokens (at its end, from
+    the positions before them) and which, each row's index, and the position after each KL
+    prompt's last token (P(. | "{s} is a"))."""
+    ids, mask = _padded(rows, pad, device)
+    n_t = len(target)
+    pred = torch.tensor([[len(r) - n_t + j for j in range(n_t)] for r in rows[:n_rw]], device=device)
+    kl_next = torch.tensor([len(r) - 1 for r in rows[n_rw:]], device=device)
+    return (ids, mask, torch.tensor(lookups, device=device), pred, torch.tensor(target, device=device),
+            torch.arange(len(rows), device=device), kl_next)
+
+
 def value(parts: Parts, rewriting: list[list[int]], lookups: list[int], target: list[int], kl: list[list[int]],
           kl_lookups: list[int], layer: int, hp: Hparams = Hparams(), pad: int = 0) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(v* [d_model], v0 [d_model], log) float64: ROME's value for `target` (the new object's
     token ids) at `layer` (see the module's docstring). `rewriting`: prefix + prompt + target
     but its last token, one row each, the subject's last token at `lookups`; `kl`: the
     "{subject} is a" prompts, lookups at `kl_lookups`. The rows run as one right-padded batch."""
-    rows = rewriting + kl
-    ids, mask = _padded(rows, pad, parts.device)
-    at = torch.tensor(lookups + kl_lookups, device=parts.device)
-    n_rw, n_t = len(rewriting), len(target)
-    # the target's tokens are predicted from the positions before them, at each row's end
-    pred = torch.tensor([[len(r) - n_t + j for j in range(n_t)] for r in rewriting], device=parts.device)
-    want = torch.tensor(target, device=parts.device)
-    row = torch.arange(len(rows), device=parts.device)
-    kl_next = torch.tensor([len(r) - 1 for r in kl], device=parts.device)  # P(. | "{s} is a"): after its last token
+    n_rw = len(rewriting)
+    ids, mask, at, pred, want, row, kl_next = _value_inputs(rewriting + kl, pad, lookups + kl_lookups, target, n_rw,
+                                                            parts.device)
     delta = torch.zeros(parts.d_model, device=parts.device, dtype=torch.float32, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=hp.lr)
     v0, kl_init, log = None, None, {"loss": [], "nll": [], "kl": [], "p_target": []}
@@ -190,18 +197,13 @@ def value_by_requests(parts: Parts, rewriting: list[list[int]], lookups: list[in
     v0, kl_init, log = None, None, {"loss": [], "nll": [], "kl": [], "p_target": []}
     with frozen(parts):
         for step in range(hp.steps):
-            got = _value_request(parts, rows, pad, lookups + kl_lookups, target, len(rewriting), layer, delta, kl_init, hp,
-                                 execute)
+            got = execute(functools.partial(_value_step, parts, rows, pad, lookups + kl_lookups, target, len(rewriting),
+                                            layer, delta.detach().clone(), kl_init, hp.kl_factor))
             if v0 is None:
                 v0, kl_init = got["base"], got["kl_logp"]
             if _adam_step(opt, delta, got, v0, kl_init, hp, log, last=step == hp.steps - 1):
                 break
     return v0 + delta.detach().double(), v0, log
-
-
-def _value_request(parts, rows, pad, lookups, target, n_rw, layer, delta, kl_init, hp, execute) -> dict:
-    return execute(functools.partial(_value_step, parts, rows, pad, lookups, target, n_rw, layer, delta.detach().clone(),
-                                     kl_init, hp.kl_factor))
 
 
 def _adam_step(opt, delta: torch.Tensor, got: dict, v0, kl_init, hp: Hparams, log: dict, last: bool) -> bool:
@@ -242,13 +244,7 @@ def _value_step(parts: Parts, rows: list[list[int]], pad: int, lookups: list[int
     out = None
     with parts.nn.session(backend=backend):
         device = parts.embed.weight.device
-        ids, mask = _padded(rows, pad, device)
-        at = torch.tensor(lookups, device=device)
-        n_t = len(target)
-        pred = torch.tensor([[len(r) - n_t + j for j in range(n_t)] for r in rows[:n_rw]], device=device)
-        want = torch.tensor(target, device=device)
-        row = torch.arange(len(rows), device=device)
-        kl_next = torch.tensor([len(r) - 1 for r in rows[n_rw:]], device=device)
+        ids, mask, at, pred, want, row, kl_next = _value_inputs(rows, pad, lookups, target, n_rw, device)
         with torch.enable_grad(), parts.nn.trace(ids, attention_mask=mask):
             parts.embed.output.requires_grad_(True)  # a graph to differentiate, the weights frozen
             mlp = SITES["mlp"].read(parts, layer)

@@ -73,33 +73,31 @@ def token_pairs(adapter, pairs, max_pairs: int | None = None) -> tuple[list[Toke
 
 
 class Evaluator:
-    """Faithfulness of circuits on tokenized pairs. Here, the pairs' two runs are made once
-    (`scored` hands them over, or `made` makes them); over a server's channel each
-    evaluation is one request that makes them again."""
+    """Faithfulness of circuits on tokenized pairs, each evaluation through `execute`
+    (`pipeline.Session.execute`). Here, the pairs' two runs are made once (`scored` hands
+    them over as `nodes`, or `made` makes them); on a server each evaluation is one request
+    that makes them again."""
 
-    def __init__(self, g, access, pairs: list[TokenPair], metrics: np.ndarray, nodes=None, channel=None):
-        self.g, self.access = g, access
-        self.pairs, self.nodes, self.channel = [_tuple(p) for p in pairs], nodes, channel
+    def __init__(self, g, access, pairs: list[TokenPair], metrics: np.ndarray, execute, nodes=None):
+        self.g, self.access, self.execute = g, access, execute
+        self.pairs, self.nodes = [_tuple(p) for p in pairs], nodes
         self.m_clean, self.m_corrupt = float(metrics[:, 0].mean()), float(metrics[:, 1].mean())
         if abs(self.m_clean - self.m_corrupt) < 1e-6:
             raise ConfigError("the pairs' mean logit differences are equal on clean and corrupt prompts:"
                               " faithfulness is undefined")
 
     @classmethod
-    def made(cls, g, access, pairs: list[TokenPair], channel=None) -> "Evaluator":
+    def made(cls, g, access, pairs: list[TokenPair], session: pipeline.Session) -> "Evaluator":
         """An Evaluator whose pairs' runs are made now (their metrics; their nodes, here)."""
-        if channel is not None:
-            metrics = channel.value(lambda b: edges.metrics(access, g, [_tuple(p) for p in pairs], b))
-            return cls(g, access, pairs, np.asarray(metrics), channel=channel)
+        if session.channel is not None:
+            metrics = session.execute(lambda b: edges.metrics(access, g, [_tuple(p) for p in pairs], b))
+            return cls(g, access, pairs, np.asarray(metrics), session.execute)
         nodes = [edges.node_values(access, g, *_tuple(p)) for p in pairs]
-        return cls(g, access, pairs, np.array([n.metric.numpy() for n in nodes]), nodes)
+        return cls(g, access, pairs, np.array([n.metric.numpy() for n in nodes]), session.execute, nodes)
 
     def faithfulness(self, keep: np.ndarray) -> float:
         dropped = torch.as_tensor(self.g.edges & ~keep, device="cpu")  # moved where it is used, here or on a server
-        if self.channel is None:
-            m = edges.patched(self.access, self.g, self.pairs, dropped, self.nodes)
-        else:
-            m = self.channel.value(lambda b: edges.patched(self.access, self.g, self.pairs, dropped, None, b))
+        m = self.execute(lambda b: edges.patched(self.access, self.g, self.pairs, dropped, self.nodes, b))
         return float((np.mean(m) - self.m_corrupt) / (self.m_clean - self.m_corrupt))
 
 
@@ -156,8 +154,8 @@ def _find(cfg: FindConfig, session: pipeline.Session, say) -> Found:
     score = np.mean([r[1].numpy() for r in results], axis=0)
     score_eap = np.mean([r[0].numpy() for r in results], axis=0)
     metrics = np.array([np.asarray(r[2]) for r in results])
-    nodes = [r[3] for r in results] if session.channel is None else None
-    evaluator = Evaluator(g, access, tokenized, metrics, nodes, session.channel)
+    nodes = [r[3] for r in results] if session.channel is None else None  # a server keeps none
+    evaluator = Evaluator(g, access, tokenized, metrics, session.execute, nodes)
     search, best = _search(evaluator, np.where(g.edges, score, np.nan), cfg.target, say)
     attrs = {**session.provenance(pipeline.settings_of(cfg, "out")), "ig_steps": cfg.ig_steps, "pairs": str(cfg.pairs),
              "n_pairs": len(tokenized), "m_clean": evaluator.m_clean, "m_corrupt": evaluator.m_corrupt,
@@ -213,7 +211,7 @@ def _verify(cfg: VerifyConfig, ds, session: pipeline.Session, say) -> dict:
     tokenized, skipped = token_pairs(session.adapter, cfg.pairs, cfg.max_pairs)
     if not tokenized:
         raise DataError(f"{cfg.pairs}: no usable pair")
-    ev = Evaluator.made(g, access, tokenized, session.channel)
+    ev = Evaluator.made(g, access, tokenized, session)
     curve = [{"edges": k, "faithfulness": ev.faithfulness(circuit_file.top_edges(score, k))} for k in curve_counts(total, n)]
     f = next(c["faithfulness"] for c in curve if c["edges"] == n)
     randoms = _random_circuits(ev, n, cfg.random, cfg.seed)

@@ -26,6 +26,7 @@ failed, and writes the cube once every example is in.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
@@ -386,7 +387,7 @@ class _Run:
                 span_ids = [[c.ids[i] for i in c.span] for c in every]
                 std = None
                 if spec.multiplier is not None:
-                    std = self.requests.embedding_std(span_ids) if self.requests else embedding_std(adapter.parts, span_ids)
+                    std = self.session.execute(functools.partial(embedding_std, adapter.parts, span_ids))
                 level = spec.level(std)
             self.state.update(noise_level=level, examples=self.ids, batch_budget=memory_budget(adapter.device))
             self.save()
