@@ -92,7 +92,7 @@ def example_figure(ds, example: str, metric: str = "prob", scale: dict | None = 
         fig.colorbar(im, ax=ax, label=_label(metric), shrink=0.8)
     target = str(one.target_str.values[0])
     p_clean = float(one.p_clean.sel(answer="target").values[0])
-    p_corrupt = float(one.p_corrupt.sel(answer="target").values[0])
+    p_corrupt = float(one.get("p_corrupt", one.p_clean).sel(answer="target").values[0])  # an ablation: none
     fig.suptitle(f"{example}: p({target!r}) clean {p_clean:.3f}, corrupted {p_corrupt:.3f}\n(* = corrupted token)", fontsize=9)
     return fig
 

@@ -33,7 +33,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..inputs.spans import SEGMENT_ORDER
-from ..results.cube import cell_names, holds, metric_effects, metrics_of
+from ..results.cube import cell_names, cells_of, holds, metric_effects, metrics_of
 
 FILTERS = ("known", "target-wins", "alt-wins")
 # The segments reported first (figures' lines, the strongest heads), where present.
@@ -70,7 +70,7 @@ def segment_effects(ds, metrics, segments: list[str], chunk: int = 256, of: str 
     variable `of` (X: component, or head for "restored_head"). One pass over the cube,
     `chunk` examples at a time."""
     n = ds.sizes["example"]
-    cells = ds[cell_names(of, ds.attrs.get("method", "exact"))[0]]
+    cells = ds[cell_names(cells_of(ds, of), ds.attrs.get("method", "exact"))[0]]
     rest = [ds.sizes[d] for d in cells.dims[2:-1]]  # after example and token, before answer
     out = np.full((len(metrics), n, len(segments), *rest), np.nan)
     te = np.full((len(metrics), n), np.nan)
@@ -154,7 +154,7 @@ def summarize(ds, variant: str | None = None, filter: str | None = None, metrics
             "n": (("metric", "segment"), n.astype(np.int32)),
             "ate": (("metric",), ate[:, 0]), "ate_low": (("metric",), ate[:, 1]), "ate_high": (("metric",), ate[:, 2]),
             "p_clean": ((), float(chosen.p_clean.sel(answer="target").mean())),
-            "p_corrupt": ((), float(chosen.p_corrupt.sel(answer="target").mean())),
+            "p_corrupt": ((), float(chosen.get("p_corrupt", chosen.p_clean).sel(answer="target").mean())),  # ablation: none
             "share_target_first": ((), share),
         },
         coords=coords,

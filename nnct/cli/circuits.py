@@ -84,15 +84,18 @@ def circuit():
 @click.option("--target", type=float, default=0.85, show_default=True, help="The faithfulness the minimal circuit reaches.")
 @click.option("--max-pairs", type=click.IntRange(min=1), default=None)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The circuit file (FILE.nc).")
+@click.option("--readout", default="logit_diff", show_default=True,
+              help="M, the readout scored and kept: logit_diff, prob, logprob, logit, kl, prob_any (docs/method.md).")
 @QUIET
-def find(pairs, ig_steps, target, max_pairs, out, quiet, **options):
+def find(pairs, ig_steps, target, max_pairs, out, readout, quiet, **options):
     """Score every edge by EAP and EAP-IG over the pairs, then find the smallest top-n
     circuit whose faithfulness reaches the target."""
     from ..methods import circuit as lib
 
     if Path(out).suffix != ".nc":
         fail(f"--out {out}: the circuit file is NetCDF, name it *.nc")
-    cfg = lib.FindConfig(pairs=pairs, out=out, ig_steps=ig_steps, target=target, max_pairs=max_pairs, **settings(options))
+    cfg = lib.FindConfig(pairs=pairs, out=out, ig_steps=ig_steps, target=target, max_pairs=max_pairs, readout=readout,
+                         **settings(options))
     with guarded("nothing was written: run the same command again"):
         found = lib.find(cfg, say=_say(quiet), on_retry=Bar(True).retry)
     _skipped(found.skipped)
@@ -112,13 +115,14 @@ def find(pairs, ig_steps, target, max_pairs, out, quiet, **options):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-pairs", type=click.IntRange(min=1), default=None)
 @click.option("--json", "json_out", required=True, type=click.Path(dir_okay=False))
-def verify(circuit_path, pairs, n_edges, n_random, seed, max_pairs, json_out, **options):
+@click.option("--readout", default=None, help="M [default: the circuit file's readout].")
+def verify(circuit_path, pairs, n_edges, n_random, seed, max_pairs, json_out, readout, **options):
     """Faithfulness of CIRCUIT's top edges on these pairs, beside random circuits of the same
     size and over a grid of sizes (the model is the circuit file's unless --model says)."""
     from ..methods import circuit as lib
 
     cfg = lib.VerifyConfig(circuit=circuit_path, pairs=pairs, json_out=json_out, edges=n_edges, random=n_random, seed=seed,
-                           max_pairs=max_pairs, **settings(options))
+                           max_pairs=max_pairs, readout=readout, **settings(options))
     with guarded("nothing was written: run the same command again"):
         result = lib.verify(cfg, say=click.echo, on_retry=Bar(True).retry)
     _skipped(result["skipped"])

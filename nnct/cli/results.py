@@ -8,13 +8,12 @@ import click
 
 from ..analysis.summary import FILTERS
 from ..errors import NnctError
-from ..interventions.metrics import METRICS
 from .app import fail, main, open_cube
 
 VARIANT_HELP = "Only this variant: fact, cf (every counterfactual) or an exact name such as cf2."
 FILTER_HELP = "known: the clean top-1 token is the target's (ROME); target-/alt-wins: by clean probability."
 METRIC_HELP = ("prob (ROME), logit_diff, log_ratio, recovery (of p), recovery_logit_diff: fractions of the total effect"
-               " (docs/method.md).")
+               " (docs/method.md); or an extra readout the cube stores (logprob, rank, kl, prob_any).")
 
 
 @main.command()
@@ -52,7 +51,7 @@ def merge(shards, out):
 
 @main.command()
 @click.argument("cube_path", type=click.Path(exists=True, dir_okay=False))
-@click.option("--metric", type=click.Choice(list(METRICS)), default="prob", show_default=True,
+@click.option("--metric", default="prob", show_default=True,
               help="The metric of the printed table (the files hold every metric the cube gives). " + METRIC_HELP)
 @click.option("--variant", default=None, help=VARIANT_HELP)
 @click.option("--filter", "filter_", type=click.Choice(FILTERS), default=None, help=FILTER_HELP)
@@ -90,7 +89,7 @@ def summarize(cube_path, metric, variant, filter_, out, csv_out, bands):
 @click.option("--examples", default=6, show_default=True, help="Per-example heatmaps of the first N examples selected.")
 @click.option("--segments", default=None, help="Comma list of the segments of the AIE line plot [default: subject_last,"
               " object_last, relation and last, where present].")
-@click.option("--metric", type=click.Choice(list(METRICS)), default="prob", show_default=True, help=METRIC_HELP)
+@click.option("--metric", default="prob", show_default=True, help=METRIC_HELP)
 @click.option("--variant", default=None, help=VARIANT_HELP)
 @click.option("--filter", "filter_", type=click.Choice(FILTERS), default=None, help=FILTER_HELP)
 @click.option("--compare", "compare_with", type=click.Path(exists=True, dir_okay=False),
@@ -99,7 +98,8 @@ def summarize(cube_path, metric, variant, filter_, out, csv_out, bands):
               help="With a circuit file: the circuit's size [default: its minimal faithful one].")
 def plot(cube_path, out, examples, segments, metric, variant, filter_, compare_with, edges):
     """ROME-style heatmaps per example, the average heatmap over segments and AIE lines (PNG +
-    PDF); for a circuit file (`nnct circuit find`), the circuit as a graph (PNG, PDF, SVG)."""
+    PDF); for a circuit file (`nnct circuit find`), the circuit as a graph (PNG, PDF, SVG); for
+    a path-patching file (`nnct patch --path`), the senders' mean effects as a heatmap."""
     from pathlib import Path
 
     from ..analysis import plot as plot_lib, summary
@@ -113,6 +113,15 @@ def plot(cube_path, out, examples, segments, metric, variant, filter_, compare_w
         except NnctError as exc:
             fail(f"{cube_path}: {exc}")
         click.echo(f"wrote {len(paths)} files into {out}")
+        return
+    from ..results import paths as path_file
+
+    if path_file.is_path_file(cube_path):  # `nnct patch --path`: the sender x receiver heatmap
+        from ..analysis import paths as path_view
+
+        with files.locked(out):
+            written = path_view.draw(path_file.read(cube_path), out)
+        click.echo(f"wrote {len(written)} files into {out}")
         return
     ds = open_cube(cube_path, chunks={"example": 256})
     try:

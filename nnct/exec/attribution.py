@@ -12,12 +12,13 @@ over the corrupted rows:
 Restoring, the base is the corrupted run and the source the clean one; reverse patching
 (noising) swaps them: (a_corrupt - a_clean) . dM/da at the clean run, which estimates
 M(patched) - M(clean); the estimates are returned in the cube's IE convention (reverse:
-M(clean) - M(patched)), so that they compare with `results.cube.effects` directly. M is each of four
+M(clean) - M(patched)), so that they compare with `results.cube.effects` directly. M is each of the
 numbers a forward reports: p(target), p(alt) and their logits (float32, at the last prompt
 position, as `engine` reads them), so that the cube's metrics can be formed from the
-estimates. The four gradients come from one backward pass: the base rows are stacked four
-times and each copy contributes one of the four numbers to the sum that is differentiated
-(rows of a batch do not interact, so each row's gradient is its own number's).
+estimates, and each column of the extra readouts asked for (`interventions.readouts`; `kl`
+to the clean run's distribution). All gradients come from one backward pass: the base rows
+are stacked once per number and each copy contributes one number to the sum that is
+differentiated (rows of a batch do not interact, so each row's gradient is its own number's).
 
 AtP* (Kramar et al. 2024) adds GradDrop against cancellation: a cell whose direct effect
 and an indirect one through some later layer cancel to first order has a gradient near zero
@@ -46,6 +47,7 @@ import torch
 
 from .. import compat
 from ..errors import ConfigError
+from ..interventions import readouts as readouts_lib
 from ..interventions.components import COMPONENTS, grid, variables
 from ..interventions.corruption import RunInput
 from ..interventions.plan import cells, slot, written_layers
@@ -55,7 +57,7 @@ from .measures import Measures
 
 # The estimates: plain AtP, and AtP with GradDrop (docs/method.md).
 ESTIMATES = ("atp", "atp*")
-# The four numbers whose gradients are taken, in stacking order.
+# The numbers whose gradients are always taken, in stacking order (the extra readouts' columns follow).
 NUMBERS = ("p_target", "p_alt", "logit_target", "logit_alt")
 
 
@@ -63,6 +65,11 @@ def names(variable: str) -> tuple[str, str]:
     """The cube's names of the estimates of a restored variable (`components`): of p, of the logits."""
     suffix = variable.removeprefix("restored")
     return "ie_atp" + suffix, "ie_atp_logit" + suffix
+
+
+def readout_name(readout: str, variable: str) -> str:
+    """The cube's name of the estimates of an extra readout's IE in a restored variable."""
+    return f"ie_atp_{readout}{variable.removeprefix('restored')}"
 
 
 def _set_grad(params: list, on: bool) -> None:
@@ -83,13 +90,16 @@ def check(components, several_tokens: bool) -> None:
         raise ConfigError("attribution patching takes one-token answers: use --answer first")
 
 
-def _values(a: Parts, ids: torch.Tensor, rows: int, sites, answers, edit=None, grad=False, drop=None):
+def _values(a: Parts, ids: torch.Tensor, rows: int, sites, answers, edit=None, grad=False, drop=None, extra=(),
+            given=None):
     """One trace over `rows` rows: the sites' values ({site: [row, layer, token, d]}), the
-    four NUMBERS of each row [row, 4] and its top token [row]; with `grad`, also the
-    gradients of the NUMBERS over `rows` = 4 x base rows, row block k carrying number k
-    ({site: [4, base row, layer, token, d]}). With `drop` (a layer; GradDrop), no gradient
+    numbers of each row [row, n] (NUMBERS, then the `extra` readouts' columns, read with
+    `given`), its top token [row] and row 0's log-probabilities [vocab]; with `grad`, also
+    the gradients of the numbers over `rows` = n x base rows, row block k carrying number k
+    ({site: [n, base row, layer, token, d]}). With `drop` (a layer; GradDrop), no gradient
     flows through what that layer adds to the residual stream (`CONTRIBUTIONS`): their
     gradients are set to zero, so its own sites' gradients are zero."""
+    n = len(NUMBERS) + readouts_lib.columns(extra)
     x = ids.to(a.device).expand(rows, -1)
     saved: dict[str, list] = {s.name: [] for s in sites}
     grads: dict[tuple[str, int], object] = {}
@@ -112,12 +122,15 @@ def _values(a: Parts, ids: torch.Tensor, rows: int, sites, answers, edit=None, g
         logits = a.nn.output.logits[:, -1].float()
         probs = logits.softmax(-1)
         target, alt = answers
-        numbers = torch.stack([probs[:, target], probs[:, alt], logits[:, target], logits[:, alt]], dim=1).detach().save()
+        every = torch.stack([probs[:, target], probs[:, alt], logits[:, target], logits[:, alt]], dim=1)
+        if extra:
+            every = torch.cat([every, readouts_lib.compute(extra, logits, given)], dim=1)
+        numbers = every.detach().save()
+        logprobs = logits[0].log_softmax(-1).detach().save()
         top = logits.argmax(-1).save()
         if grad:
-            base = rows // 4
-            number = torch.cat([probs[:base, target], probs[base:2 * base, alt], logits[2 * base:3 * base, target],
-                                logits[3 * base:, alt]]).sum()
+            base = rows // n
+            number = torch.cat([every[k * base:(k + 1) * base, k] for k in range(n)]).sum()
             with number.backward():
                 for name, layer, value, zeroed in reversed(read):
                     if zeroed:
@@ -126,22 +139,22 @@ def _values(a: Parts, ids: torch.Tensor, rows: int, sites, answers, edit=None, g
                         grads[(name, layer)] = value.grad.save()
     values = {k: torch.stack(v, dim=1) for k, v in saved.items()}
     if not grad:
-        return values, numbers.double().cpu(), top.cpu(), None
+        return values, numbers.double().cpu(), top.cpu(), logprobs, None
     gradients = {}
     for k, v in values.items():
         zero = torch.zeros_like(v[:, 0])
         per_layer = [grads.get((k, layer), zero) for layer in range(a.n_layers)]  # a dropped site's is zero
-        gradients[k] = torch.stack(per_layer, dim=1).reshape(4, rows // 4, *v.shape[1:])
-    return values, numbers.double().cpu(), top.cpu(), gradients
+        gradients[k] = torch.stack(per_layer, dim=1).reshape(n, rows // n, *v.shape[1:])
+    return values, numbers.double().cpu(), top.cpu(), logprobs, gradients
 
 
-def _mean_gradient(a: Parts, ids, rows: int, sites, answers, edit, drops):
+def _mean_gradient(a: Parts, ids, rows: int, sites, answers, edit, drops, extra, given):
     """`_values` with gradients, the gradients averaged (float64) over one backward pass per
     entry of `drops` (None: none dropped). The estimate is linear in the gradient, so
     GradDrop's mean of L estimates is the estimate at the mean gradient."""
     total = None
     for drop in drops:
-        values, numbers, top, grads = _values(a, ids, rows, sites, answers, edit=edit, grad=True, drop=drop)
+        values, numbers, top, _, grads = _values(a, ids, rows, sites, answers, edit, True, drop, extra, given)
         if total is None:
             total, kept = {k: v.double() for k, v in grads.items()}, (values, numbers, top)
         else:
@@ -150,10 +163,11 @@ def _mean_gradient(a: Parts, ids, rows: int, sites, answers, edit, drops):
     return (*kept, {k: v / len(drops) for k, v in total.items()})
 
 
-def _cell_sums(contrib: dict, a: Parts, components, window: int, n_tokens: int, first_changed: int) -> dict:
-    """Each cell's estimate [number, cells...]: its site's contributions summed over the layers
-    and positions it restores (0 before the first changed position, where the runs agree)."""
-    out = {v: np.full((4, *grid(v, components, n_tokens, a.n_layers, a.n_heads)), np.nan)
+def _cell_sums(contrib: dict, a: Parts, components, window: int, n_tokens: int, first_changed: int, n: int) -> dict:
+    """Each cell's estimate [number, cells...] (`n` numbers): its site's contributions summed
+    over the layers and positions it restores (0 before the first changed position, where the
+    runs agree)."""
+    out = {v: np.full((n, *grid(v, components, n_tokens, a.n_layers, a.n_heads)), np.nan)
            for v in variables(components)}
     for cell in cells(n_tokens, a.n_layers, components, a.n_heads, first_changed):
         c = COMPONENTS[cell.component]
@@ -171,15 +185,18 @@ def _cell_sums(contrib: dict, a: Parts, components, window: int, n_tokens: int, 
 
 
 def attribute(model: Adapter | Parts, components: tuple[str, ...], window: int, reverse: bool, ids, corrupt: RunInput,
-              answers, estimate: str = "atp") -> Measures:
+              answers, estimate: str = "atp", extra=(), spellings=((), ())) -> Measures:
     """The AtP estimate of every cell of `components` for one example (see the module's
     docstring), with the clean and corrupted runs' own values: `Measures` whose `restored`
-    holds the estimates under their cube names (`names`), [cells..., answer]. `estimate`
-    "atp*" adds GradDrop: the gradient is the mean of the model's L gradients with one
-    layer's residual contribution dropped each (`_values`), one backward pass each."""
+    holds the estimates under their cube names (`names`, `readout_name` for each of the
+    `extra` readouts), [cells..., answer]. `estimate` "atp*" adds GradDrop: the gradient is
+    the mean of the model's L gradients with one layer's residual contribution dropped each
+    (`_values`), one backward pass each."""
     if estimate not in ESTIMATES:
         raise ConfigError(f"estimate {estimate!r}: attribution patching is one of {', '.join(ESTIMATES)}")
     check(components, any(len(a) > 1 for a in answers))
+    readouts_lib.check_gradient(extra)
+    n = len(NUMBERS) + readouts_lib.columns(extra)
     a = parts = model.parts if isinstance(model, Adapter) else model
     sites = in_forward_order({COMPONENTS[c].site for c in components})
     S, n_tokens = corrupt.rows, len(ids)
@@ -191,16 +208,20 @@ def attribute(model: Adapter | Parts, components: tuple[str, ...], window: int, 
     drops = list(range(a.n_layers)) if estimate == "atp*" else [None]
     trainable = [p for p in compat.torch_module(parts.nn).parameters() if p.requires_grad]
     _set_grad(trainable, False)
+    given = readouts_lib.Given(first, spellings)
     try:
         if reverse:  # the gradient at the clean run, the corrupted values as the source
-            source, corrupted, _, _ = _values(parts, corrupt.ids, S, sites, first, edit=edit)
-            base, clean, top, g = _mean_gradient(parts, clean_ids, 4, sites, first, None, drops)
+            if extra:  # the corrupted run's readouts (`kl`) need the clean run's distribution
+                given = readouts_lib.Given(first, spellings, _values(parts, clean_ids, 1, (), first)[3])
+            source, corrupted, _, _, _ = _values(parts, corrupt.ids, S, sites, first, edit, extra=extra, given=given)
+            base, clean, top, g = _mean_gradient(parts, clean_ids, n, sites, first, None, drops, extra, given)
             delta = {k: source[k] - base[k][:1] for k in source}  # [S, layer, token, d]
         else:
-            source, clean, top, _ = _values(parts, clean_ids, 1, sites, first)
-            stacked_edit = None if edit is None else (edit[0], edit[1].repeat(4, 1, 1), edit[2])
-            stacked_ids = corrupt.ids.repeat(4, 1) if corrupt.ids.shape[0] > 1 else corrupt.ids
-            base, corrupted, _, g = _mean_gradient(parts, stacked_ids, 4 * S, sites, first, stacked_edit, drops)
+            source, clean, top, reference, _ = _values(parts, clean_ids, 1, sites, first, extra=extra, given=given)
+            given = readouts_lib.Given(first, spellings, reference)
+            stacked_edit = None if edit is None else (edit[0], edit[1].repeat(n, 1, 1), edit[2])
+            stacked_ids = corrupt.ids.repeat(n, 1) if corrupt.ids.shape[0] > 1 else corrupt.ids
+            base, corrupted, _, g = _mean_gradient(parts, stacked_ids, n * S, sites, first, stacked_edit, drops, extra, given)
             delta = {k: source[k] - base[k][:S] for k in source}
             corrupted = corrupted[:S]
     finally:
@@ -212,13 +233,19 @@ def attribute(model: Adapter | Parts, components: tuple[str, ...], window: int, 
         if site.heads:
             product = product.unflatten(-1, (a.n_heads, a.d_head))
         contrib[site.name] = product.sum(-1).mean(dim=1).cpu()  # [number, layer, token(, head)]
-    out = _cell_sums(contrib, a, components, window, n_tokens, corrupt.changed(list(ids)))
+    out = _cell_sums(contrib, a, components, window, n_tokens, corrupt.changed(list(ids)), n)
     sign = -1.0 if reverse else 1.0  # reverse estimates M(patched) - M(clean): the IE is its negative
     restored = {}
     for variable, values in out.items():
         p_name, logit_name = names(variable)
-        restored[p_name] = (sign * np.moveaxis(values[:2], 0, -1)).astype(np.float32)
-        restored[logit_name] = (sign * np.moveaxis(values[2:], 0, -1)).astype(np.float32)
+        values = sign * np.moveaxis(values, 0, -1)  # [cells..., number]
+        restored[p_name] = values[..., :2].astype(np.float32)
+        restored[logit_name] = values[..., 2:4].astype(np.float32)
+        for name, v in readouts_lib.split(extra, values[..., 4:]).items():
+            restored[readout_name(name, variable)] = v.astype(np.float32)
     clean, corrupted = clean.cpu(), corrupted.cpu()
-    return Measures(clean[0, :2].numpy(), corrupted[:, :2].mean(0).numpy(), clean[0, 2:].numpy(),
-                    corrupted[:, 2:].mean(0).numpy(), int(top[0]), restored)
+    runs = {}
+    for kind, values in (("clean", clean[0]), ("corrupt", corrupted.mean(0))):
+        runs.update({f"{name}_{kind}": v.numpy() for name, v in readouts_lib.split(extra, values[4:]).items()})
+    return Measures(clean[0, :2].numpy(), corrupted[:, :2].mean(0).numpy(), clean[0, 2:4].numpy(),
+                    corrupted[:, 2:4].mean(0).numpy(), int(top[0]), restored, runs)

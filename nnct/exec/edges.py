@@ -1,8 +1,10 @@
 """Edge attribution (EAP, EAP-IG) and exact edge patching over the graph of `model.graph`.
 
 For one prompt pair (clean and corrupt prompts of equal length, a target and an alternative
-token), M is the logit difference target - alt at the last position. docs/method.md
-("Edge attribution and circuits") has the formulas.
+token), M is a readout of the last position's logits (`interventions.readouts`: the logit
+difference target - alt by default; a readout of the answers reads the target's; `kl` is to
+the clean run's distribution, kept in `Nodes.reference`). docs/method.md ("Edge attribution
+and circuits") has the formulas.
 
 - **`node_values`**: one forward pass of both prompts. Every node's output, and M of each.
 - **`edge_scores`**: one backward pass over 1 + m rows, with the input embeddings set to the
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import compat
+from ..interventions.readouts import READOUTS, Given
 from ..model.graph import Access, Graph, norm, norm_vjp
 from ..model.parts import first
 
@@ -39,19 +42,25 @@ from ..model.parts import first
 @dataclass
 class Nodes:
     """The two runs of a pair: node outputs [2 (clean, corrupt), node, token, d_model], the
-    input embeddings [2, token, d_model] and M of each [2]."""
+    input embeddings [2, token, d_model], M of each [2] and the clean run's log-probabilities
+    at the last position [vocab] (the reference of `kl`)."""
 
     outputs: torch.Tensor
     embeddings: torch.Tensor
     metric: torch.Tensor
+    reference: torch.Tensor | None = None
 
 
-def _metric(logits, target: int, alt: int):
-    last = logits[:, -1].float()
-    return last[:, target] - last[:, alt]
+DEFAULT = READOUTS["logit_diff"]
 
 
-def node_values(access: Access, g: Graph, clean: list[int], corrupt: list[int], target: int, alt: int) -> Nodes:
+def _metric(logits, target: int, alt: int, readout=DEFAULT, reference=None):
+    """M per row: the readout's value (the target's, for a readout of both answers)."""
+    return readout.value(logits[:, -1].float(), Given((target, alt), reference=reference))[:, 0]
+
+
+def node_values(access: Access, g: Graph, clean: list[int], corrupt: list[int], target: int, alt: int,
+                readout=DEFAULT) -> Nodes:
     parts = access.parts
     ids = torch.tensor([clean, corrupt], dtype=torch.long, device=parts.device)
     with torch.no_grad(), parts.nn.trace(ids):
@@ -61,11 +70,13 @@ def node_values(access: Access, g: Graph, clean: list[int], corrupt: list[int], 
             outs.append(access.head_outputs(layer, access.attn_out(layer).input))
             outs.append(first(access.mlp(layer).output)[:, None])
         nodes = torch.cat(outs, 1).save()
-        metric = _metric(parts.nn.output.logits, target, alt).save()
-    return Nodes(nodes.float(), emb, metric.double().cpu())
+        reference = parts.nn.output.logits[0, -1].float().log_softmax(-1).save()
+        metric = _metric(parts.nn.output.logits, target, alt, readout, reference).save()
+    return Nodes(nodes.float(), emb, metric.double().cpu(), reference)
 
 
-def edge_scores(access: Access, g: Graph, clean: list[int], nodes: Nodes, target: int, alt: int, steps: int):
+def edge_scores(access: Access, g: Graph, clean: list[int], nodes: Nodes, target: int, alt: int, steps: int,
+                readout=DEFAULT):
     """(EAP scores, EAP-IG scores), each [node, dest] float64 (0 where no edge), for one pair
     whose two runs `nodes` holds."""
     parts = access.parts
@@ -90,7 +101,7 @@ def edge_scores(access: Access, g: Graph, clean: list[int], nodes: Nodes, target
                 mid.append(access.ln_mlp(layer).input.detach())
                 mlp_in.append(access.mlp(layer).input)
             final = access.final_norm().input
-            metric = _metric(parts.nn.output.logits, target, alt).sum()
+            metric = _metric(parts.nn.output.logits, target, alt, readout, nodes.reference).sum()
             grads_final, grads_mlp, grads_proj = None, [None] * g.n_layers, [None] * g.n_layers
             with metric.backward():
                 grads_final = final.grad
@@ -122,7 +133,7 @@ def _scores(access: Access, g: Graph, delta, resid, mid, grads_final, grads_mlp,
 
 
 def patched_metric(access: Access, g: Graph, clean: list[int], corrupt_nodes: torch.Tensor, dropped: torch.Tensor,
-                   target: int, alt: int) -> float:
+                   target: int, alt: int, readout=DEFAULT, reference=None) -> float:
     """M of the clean prompt with every edge u -> v where `dropped[u, v]` patched exactly
     (its destination sees u's output `corrupt_nodes[u]`; see the module's docstring)."""
     parts = access.parts
@@ -154,7 +165,7 @@ def patched_metric(access: Access, g: Graph, clean: list[int], corrupt_nodes: to
         if bool(drop[:, last].any()):
             x = access.final_norm().input
             x[:] = x + torch.einsum("u,utd->td", drop[:, last], corrupt_nodes - torch.stack(current)).to(x.dtype)
-        metric = _metric(parts.nn.output.logits, target, alt).save()
+        metric = _metric(parts.nn.output.logits, target, alt, readout, reference).save()
     return float(metric[0])
 
 
@@ -164,14 +175,14 @@ def _on_server(access: Access) -> Access:
     return Access(dataclasses.replace(access.parts, device=str(weight.device), torch_dtype=weight.dtype), access.r)
 
 
-def scored(access: Access, g: Graph, pairs: list, steps: int, backend=None) -> list:
+def scored(access: Access, g: Graph, pairs: list, steps: int, backend=None, readout=DEFAULT) -> list:
     """Per pair (clean, corrupt, target, alt): (EAP scores, EAP-IG scores, M [clean, corrupt]),
     and, run here, the pair's `Nodes` (for `patched`)."""
     if backend is None:
         out = []
         for clean, corrupt, target, alt in pairs:
-            nodes = node_values(access, g, clean, corrupt, target, alt)
-            scores = edge_scores(access, g, clean, nodes, target, alt, steps)
+            nodes = node_values(access, g, clean, corrupt, target, alt, readout)
+            scores = edge_scores(access, g, clean, nodes, target, alt, steps, readout)
             # `patched` needs the corrupt run's outputs only: kept in the host's memory
             out.append((*scores, nodes.metric, dataclasses.replace(nodes, outputs=nodes.outputs[1:].cpu(), embeddings=None)))
         return out
@@ -182,14 +193,14 @@ def scored(access: Access, g: Graph, pairs: list, steps: int, backend=None) -> l
         there = _on_server(access)
         results = []  # a loop, not a comprehension: nnsight runs the body with its own locals
         for clean, corrupt, target, alt in pairs:
-            nodes = node_values(there, g, clean, corrupt, target, alt)
-            eap, ig = edge_scores(there, g, clean, nodes, target, alt, steps)
+            nodes = node_values(there, g, clean, corrupt, target, alt, readout)
+            eap, ig = edge_scores(there, g, clean, nodes, target, alt, steps, readout)
             results.append([eap, ig, nodes.metric])
         out = nnsight.save(results)
     return [(*r, None) for r in out]
 
 
-def metrics(access: Access, g: Graph, pairs: list, backend) -> list:
+def metrics(access: Access, g: Graph, pairs: list, backend, readout=DEFAULT) -> list:
     """M [clean, corrupt] per pair, from one session through `backend`."""
     import nnsight
 
@@ -198,18 +209,20 @@ def metrics(access: Access, g: Graph, pairs: list, backend) -> list:
         there = _on_server(access)
         results = []
         for clean, corrupt, target, alt in pairs:
-            results.append(node_values(there, g, clean, corrupt, target, alt).metric)
+            results.append(node_values(there, g, clean, corrupt, target, alt, readout).metric)
         out = nnsight.save(results)
     return [m.numpy() for m in out]
 
 
-def patched(access: Access, g: Graph, pairs: list, dropped: torch.Tensor, nodes: list | None = None, backend=None) -> list:
+def patched(access: Access, g: Graph, pairs: list, dropped: torch.Tensor, nodes: list | None = None, backend=None,
+            readout=DEFAULT) -> list:
     """M per pair with the `dropped` edges patched; the pairs' `Nodes` reused when given
     (here; their last row of outputs is the corrupt run's), else made again (in the session
     on the server)."""
     if backend is None:
-        nodes = nodes or [node_values(access, g, *p) for p in pairs]
-        return [patched_metric(access, g, p[0], n.outputs[-1], dropped, p[2], p[3]) for p, n in zip(pairs, nodes)]
+        nodes = nodes or [node_values(access, g, *p, readout) for p in pairs]
+        return [patched_metric(access, g, p[0], n.outputs[-1], dropped, p[2], p[3], readout, n.reference)
+                for p, n in zip(pairs, nodes)]
     import nnsight
 
     out = None
@@ -217,7 +230,7 @@ def patched(access: Access, g: Graph, pairs: list, dropped: torch.Tensor, nodes:
         there = _on_server(access)
         results = []
         for clean, corrupt, target, alt in pairs:
-            made = node_values(there, g, clean, corrupt, target, alt)
-            results.append(patched_metric(there, g, clean, made.outputs[1], dropped, target, alt))
+            made = node_values(there, g, clean, corrupt, target, alt, readout)
+            results.append(patched_metric(there, g, clean, made.outputs[1], dropped, target, alt, readout, made.reference))
         out = nnsight.save(results)
     return list(out)

@@ -34,15 +34,17 @@ read from the server's own weights.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
 import torch
 
 from .. import compat
+from ..interventions import readouts as readouts_lib
 from ..interventions.components import COMPONENTS, grid, variables
 from ..interventions.corruption import RunInput
+from ..interventions.operations import ABLATIONS, Values, operation
 from ..interventions.plan import Batch, Cell, cells, patches, schedule, screened, slot
 from ..model.loading import REMOTE
 from ..model.parts import Adapter, Parts
@@ -53,9 +55,11 @@ from .measures import Measures
 Answers = tuple[tuple[int, ...], tuple[int, ...]]  # (target tokens, alt tokens)
 # What a forward reports per row: p(target), p(alt), logit(target), logit(alt) of the answers'
 # first tokens at the last prompt position, and the log-probability of the rest of one
-# answer, teacher-forced (0 when none is read).
+# answer, teacher-forced (0 when none is read); then the extra readouts' columns
+# (`interventions.readouts`), from EXTRA on.
 P, LOGIT, FOLLOW = slice(0, 2), slice(2, 4), 4
 N_VALUES = 5
+EXTRA = slice(N_VALUES, None)
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,9 @@ class Settings:
     verify: int = 0  # with an estimate: the cells per component it ranks highest are also patched exactly
     verify_sample: int = 0  # ... and this many more per component, drawn at random from the rest
     seed: int = 0  # of that draw (with the prompt's tokens: each example draws its own)
+    readouts: tuple = ()  # the extra readouts (`readouts.extra`), each stored per run and cell
+    operation: str = "copy"  # what a cell writes (`interventions.operations`); zero, mean: ablation
+    reference: tuple = ()  # mean ablation: the reference prompts' token ids
 
 
 def total_memory(device: str, meminfo: str = "/proc/meminfo") -> int:
@@ -120,20 +127,25 @@ def passes(answers: Answers) -> int:
 class Run:
     """What a full forward leaves for the batches."""
 
-    values: torch.Tensor  # [row, N_VALUES], float64, CPU
+    values: torch.Tensor  # [row, N_VALUES + extra readouts' columns], float64, CPU
     states: dict[str, torch.Tensor]  # site -> [row, layer, token, d_model]
     cache: object = None  # the model's key/value cache of every position
     top1: torch.Tensor | None = None  # [row], the most probable next token
+    logprobs: torch.Tensor | None = None  # [vocab]: row 0's log-probabilities (the reference of `kl`)
 
 
 @dataclass(frozen=True)
 class _Read:
     """What one pass reads: the answers' first tokens at the last prompt position, and
-    `follow`, the tokens of one answer after its first, at the positions after it."""
+    `follow`, the tokens of one answer after its first, at the positions after it; the
+    extra readouts' inputs (`spellings`; `reference`: the clean run's log-probabilities,
+    set once the clean run has them)."""
 
     first: tuple[int, int]
     follow: tuple[int, ...] = ()
     answer: int = 0  # which answer `follow` continues (0 target, 1 alt)
+    spellings: tuple = ((), ())
+    reference: torch.Tensor | None = None
 
 
 class Engine:
@@ -143,15 +155,15 @@ class Engine:
         self.settings = settings
 
     def _forward(self, ids: torch.Tensor, rows: int, read: _Read, *, edit=None, writes=None, save=(), keep_cache=False,
-                 first_layer=0, cache=None, skip_value=None, top1=False) -> Run:
+                 first_layer=0, cache=None, skip_value=None, top1=False, keep_logprobs=False) -> Run:
         """One nnsight trace over `rows` rows of `ids` ([1 or rows, positions]).
 
         edit: (positions, values [row, position, d_model], replace) onto the input
-        embeddings; writes: (layer, site) -> (rows, positions, values, heads); layers before
+        embeddings; writes: (layer, site) -> (rows, positions, values, heads, added); layers before
         `first_layer` are skipped and output `skip_value`; `cache` holds the positions
         before these.
         """
-        a, writes = self.parts, writes or {}
+        a, writes, extra = self.parts, writes or {}, self.settings.readouts
         x = ids.to(a.device).expand(rows, -1)
         kept_logits = 1 + len(read.follow)
         saved: dict[str, list] = {c: [] for c in save}
@@ -165,7 +177,7 @@ class Engine:
         if cache is not None:
             kwargs[compat.TRACE_CACHE_KEYWORD] = cache
         sites = in_forward_order({name for _, name in writes} | set(saved))
-        kept = top = follow = None  # only values saved in the trace come out of it
+        kept = top = follow = measured = logprobs = None  # only values saved in the trace come out of it
         with torch.no_grad(), compat.old_cache_keyword(), a.nn.trace(x, **kwargs):
             if edit is not None:
                 positions, values, replace = edit
@@ -180,7 +192,8 @@ class Engine:
                         continue
                     value = site.read(a, layer)
                     if write is not None:
-                        site.write(value, *write, d_head=a.d_head)
+                        rows_at, tokens, values, heads, added = write
+                        site.write(value, rows_at, tokens, values, heads, a.d_head, added)
                     if site.name in saved:
                         saved[site.name].append(value.save())
             # The model's own logits, not the unembedding's output: Gemma 2/3 soft-cap after it.
@@ -188,6 +201,11 @@ class Engine:
             at = output.logits[:, 0].float()
             logits = at[:, list(read.first)].save()
             probs = at.softmax(-1)[:, list(read.first)].save()
+            if extra:
+                given = readouts_lib.Given(read.first, read.spellings, read.reference)
+                measured = readouts_lib.compute(extra, at, given).save()
+            if keep_logprobs:
+                logprobs = at[0].log_softmax(-1).save()
             if read.follow:
                 rest = output.logits[:, 1:].float().log_softmax(-1)
                 follow = rest.gather(-1, torch.tensor(read.follow, device=rest.device)[None, :, None].expand(rows, -1, 1))
@@ -196,27 +214,44 @@ class Engine:
                 top = at.argmax(-1).save()
             if keep_cache:
                 kept = compat.output_cache(output, compat.TRACE_CACHE_KEYWORD).save()
-        values = torch.zeros(rows, N_VALUES, dtype=torch.float64, device="cpu")  # the host's copy of what came out
+        values = torch.zeros(rows, self.width, dtype=torch.float64, device="cpu")  # the host's copy of what came out
         values[:, P], values[:, LOGIT] = probs.double().cpu(), logits.double().cpu()
         if follow is not None:
             values[:, FOLLOW] = follow.double().cpu()
+        if measured is not None:
+            values[:, EXTRA] = measured.double().cpu()
         states = {c: torch.stack(v, dim=1) for c, v in saved.items()}
-        return Run(values, states, kept, top.cpu() if top1 else None)
+        return Run(values, states, kept, top.cpu() if top1 else None, logprobs)
 
-    def _batch_inputs(self, batch: Batch, samples: int, base_input: RunInput, base: Run, source: Run, n_tokens: int) -> dict:
+    @property
+    def width(self) -> int:
+        """Values per row: the answers' and the extra readouts'."""
+        return N_VALUES + readouts_lib.columns(self.settings.readouts)
+
+    def _batch_inputs(self, batch: Batch, samples: int, base_input: RunInput, base: Run, source: Run, n_tokens: int,
+                      means: dict | None = None) -> dict:
         """The keyword arguments of `_forward` for one batch of the schedule (`n_tokens`: the
-        prompt's, where an all-positions cell stops)."""
+        prompt's, where an all-positions cell stops; `means`: mean ablation's reference
+        values, site -> [layer, position or 1, d])."""
         a, s = self.parts, self.settings
         rows, start, first_layer = len(batch.cells) * samples, batch.start, batch.first_layer
         sample = torch.arange(rows, device=a.device) % samples  # row j*S + s is cell j's sample s
         zeros = torch.zeros(rows, dtype=torch.long, device=a.device)
         base_row, source_row = (zeros, sample) if s.reverse else (sample, zeros)
+        op = operation(s.operation)
 
         writes = {}
         for (layer, name), p in patches(batch.cells, samples, s.window, a.n_layers, n_tokens).items():
             rows_at, tokens = torch.tensor(p.rows, device=a.device), torch.tensor(p.tokens, device=a.device)
             frozen = torch.tensor(p.frozen, device=a.device)
-            values = source.states[name][source_row[rows_at], layer, tokens] if not frozen.all() else None
+            values = None
+            if not frozen.all():
+                given = source.states[name][source_row[rows_at], layer, tokens]
+                mean = None
+                if means is not None:
+                    at = means[name][layer]
+                    mean = at[tokens] if at.shape[0] > 1 else at[0].expand(len(tokens), -1)
+                values = op.make(Values(source=given, mean=mean, like=given))
             if frozen.any():  # a severed path keeps the base run's own value
                 kept = base.states[name][base_row[rows_at], layer, tokens]
                 values = kept if values is None else torch.where(frozen[:, None], kept, values)
@@ -224,7 +259,7 @@ class Engine:
             if p.heads is not None:
                 heads = torch.tensor(p.heads, device=a.device)
                 values = SITES[name].slice(values, heads, a.d_head)
-            writes[(layer, name)] = (rows_at, tokens - start, values, heads)
+            writes[(layer, name)] = (rows_at, tokens - start, values, heads, False)
         # Residual-stream writes just before the first layer run go into the skipped stream instead.
         into_skip = [writes.pop(key) for key in list(writes) if key[0] == first_layer - 1 and SITES[key[1]].residual]
         ids = base_input.ids.to(a.device)
@@ -236,7 +271,7 @@ class Engine:
             kwargs["edit"] = ([base_input.positions[k] - start for k in edited], values, base_input.replace)
         if first_layer > 0:
             stream = base.states["hidden"][base_row, first_layer - 1, start:]  # indexing copies: ours to write
-            for rows_at, tokens, values, _ in into_skip:
+            for rows_at, tokens, values, _, _ in into_skip:
                 stream[rows_at, tokens] = values
             kwargs["skip_value"] = stream
         if start > 0:
@@ -273,12 +308,13 @@ class Engine:
         return p[0, P].numpy(), top
 
     @staticmethod
-    def _passes(answers: Answers) -> list[tuple[list[int], _Read]]:
+    def _passes(answers: Answers, spellings=((), ())) -> list[tuple[list[int], _Read]]:
         """(tokens appended to the prompt, what is read) per pass: one pass when both answers
         are one token, else one per answer of several tokens (its earlier tokens appended)."""
         first = (answers[0][0], answers[1][0])
         long = [k for k, a in enumerate(answers) if len(a) > 1]
-        return [(list(answers[k][:-1]), _Read(first, tuple(answers[k][1:]), k)) for k in long] or [([], _Read(first))]
+        return ([(list(answers[k][:-1]), _Read(first, tuple(answers[k][1:]), k, spellings)) for k in long]
+                or [([], _Read(first, spellings=spellings))])
 
     @staticmethod
     def _combine(summed, values: torch.Tensor, read: _Read) -> torch.Tensor:
@@ -289,15 +325,19 @@ class Engine:
             out[..., read.answer] = out[..., read.answer] * torch.exp(values[..., FOLLOW])
         return out
 
-    def trace(self, ids, corrupt: RunInput, answers: Answers, on_batch: Callable[[int], None] | None = None) -> Measures:
+    def trace(self, ids, corrupt: RunInput, answers: Answers, spellings=((), ()),
+              on_batch: Callable[[int], None] | None = None) -> Measures:
         """The example's measures: every cell of the settings' components restored (or, with
         `estimate` "atp" or "atp*", estimated by attribution patching; with `verify`, the
         estimates' top cells and a random sample of the others also patched exactly: their
-        p_restored, the rest NaN)."""
+        p_restored, the rest NaN). `spellings`: each answer's spellings' first tokens, for
+        the `prob_any` readout. With an ablating operation the clean run is the base and
+        `corrupt` is not read."""
         s = self.settings
         if s.estimate == "exact":
-            return self._exact(ids, corrupt, answers, on_batch)
-        measures = attribute(self.parts, s.components, s.window, s.reverse, ids, corrupt, answers, s.estimate)
+            return self._exact(ids, corrupt, answers, on_batch, spellings=spellings)
+        measures = attribute(self.parts, s.components, s.window, s.reverse, ids, corrupt, answers, s.estimate,
+                             s.readouts, spellings)
         if s.verify or s.verify_sample:
             a = self.parts
             p_name = {v: names(v)[0] for v in variables(s.components)}
@@ -306,26 +346,33 @@ class Engine:
             rng = np.random.default_rng([s.seed % (1 << 64), *[int(i) for i in ids]])  # numpy takes no negative seed
             chosen = screened(target, cells(len(ids), a.n_layers, s.components, a.n_heads, first_changed), s.components,
                               s.verify, s.verify_sample, rng, first_changed)
-            measures.restored.update(self._exact(ids, corrupt, answers, None, chosen).restored)
+            measures.restored.update(self._exact(ids, corrupt, answers, None, chosen, spellings).restored)
         return measures
 
-    def _exact(self, ids, corrupt: RunInput, answers: Answers, on_batch, only: list[Cell] | None = None) -> Measures:
+    def _exact(self, ids, corrupt: RunInput, answers: Answers, on_batch, only: list[Cell] | None = None,
+               spellings=((), ())) -> Measures:
         """Every cell (or those of `only`) patched: the measures of `trace`."""
         summed, top1 = None, 0
-        for k, (extra, read) in enumerate(self._passes(answers)):
+        for k, (extra, read) in enumerate(self._passes(answers, spellings)):
             more = torch.tensor([extra], dtype=torch.long, device=corrupt.ids.device).expand(corrupt.ids.shape[0], -1)
             pass_input = RunInput(torch.cat([corrupt.ids, more], dim=1), corrupt.positions, corrupt.values, corrupt.replace)
             got, top = self._pass(list(ids) + extra, len(ids), pass_input, read, on_batch, top1=k == 0, only=only)
             top1 = top if k == 0 else top1
             summed = {name: self._combine(None if summed is None else summed[name], v, read) for name, v in got.items()}
         clean, corrupted = summed.pop("clean"), summed.pop("corrupt")
+        extra = self.settings.readouts
         restored = {}
         for variable, values in summed.items():
             mean = values.mean(dim=-2).numpy()  # over the corrupted rows
             restored["p_" + variable] = mean[..., P].astype(np.float32)
             restored["logit_" + variable] = mean[..., LOGIT].astype(np.float32)
+            for name, v in readouts_lib.split(extra, mean[..., EXTRA]).items():
+                restored[f"{name}_{variable}"] = v.astype(np.float32)
+        runs = {}
+        for kind, values in (("clean", clean[0]), ("corrupt", corrupted.mean(dim=0))):
+            runs.update({f"{name}_{kind}": v.numpy() for name, v in readouts_lib.split(extra, values[EXTRA]).items()})
         return Measures(clean[0, P].numpy(), corrupted[:, P].mean(dim=0).numpy(), clean[0, LOGIT].numpy(),
-                        corrupted[:, LOGIT].mean(dim=0).numpy(), top1, restored)
+                        corrupted[:, LOGIT].mean(dim=0).numpy(), top1, restored, runs)
 
     def _pass(self, ids: list[int], n_tokens: int, corrupt: RunInput, read: _Read, on_batch, top1: bool,
               only: list[Cell] | None = None):
@@ -334,25 +381,33 @@ class Engine:
         cube variable: [cells..., S, V]; with `only`, those cells, the others NaN), and the
         clean run's top token."""
         a, s = self.parts, self.settings
-        S, n_all = corrupt.rows, len(ids)
+        ablating = s.operation in ABLATIONS
+        reverse = s.reverse or ablating  # an ablation writes into the clean run
+        S, n_all = (1 if ablating else corrupt.rows), len(ids)
         clean_input = RunInput(torch.tensor([ids], dtype=torch.long, device="cpu"))  # data, as corruption makes it
         comps = [COMPONENTS[c] for c in s.components]
         # the base run keeps its stream, and the values a severed path freezes
         base_save = ("hidden", *{c.sever for c in comps if c.sever})
         source_save = tuple({c.site for c in comps})
-        clean = self._forward(clean_input.ids, 1, read, save=base_save if s.reverse else source_save, keep_cache=s.reverse,
-                              top1=top1)
-        corrupted = self._forward(corrupt.ids, S, read, edit=self._edit(corrupt), save=source_save if s.reverse else base_save,
-                                  keep_cache=not s.reverse)
-        base, source = (clean, corrupted) if s.reverse else (corrupted, clean)
-        base_input = clean_input if s.reverse else corrupt
-        base_values = base.values.expand(S, -1) if s.reverse else base.values
+        clean_save = tuple({*base_save, *source_save}) if ablating else base_save if reverse else source_save
+        clean = self._forward(clean_input.ids, 1, read, save=clean_save, keep_cache=reverse, top1=top1,
+                              keep_logprobs=bool(s.readouts))
+        read = replace(read, reference=clean.logprobs)
+        if ablating:  # the clean run is base and source: an operation makes the values
+            corrupted, first_changed = clean, 0
+        else:
+            corrupted = self._forward(corrupt.ids, S, read, edit=self._edit(corrupt), save=source_save if reverse else base_save,
+                                      keep_cache=not reverse)
+            first_changed = corrupt.changed(ids)
+        base, source = (clean, corrupted) if reverse else (corrupted, clean)
+        base_input = clean_input if reverse else corrupt
+        base_values = base.values.expand(S, -1) if reverse else base.values
+        means = self._reference_means(source_save, n_tokens) if s.operation == "mean" else None
 
-        restored = {v: torch.full((*grid(v, s.components, n_tokens, a.n_layers, a.n_heads), S, N_VALUES), float("nan"), device="cpu",
-                                  dtype=torch.float64) for v in variables(s.components)}
+        restored = {v: torch.full((*grid(v, s.components, n_tokens, a.n_layers, a.n_heads), S, self.width), float("nan"),
+                                  device="cpu", dtype=torch.float64) for v in variables(s.components)}
         rows = s.batch_rows or auto_batch_rows(a, n_all, S, s.batch_budget)
         token_rows = CPU_TOKEN_ROWS if s.batch_rows is None and a.device == "cpu" else None
-        first_changed = corrupt.changed(ids)
         todo = cells(n_tokens, a.n_layers, s.components, a.n_heads, first_changed) if only is None else only
         plan = schedule(todo, S, rows, s.window, a.n_layers, first_changed, n_all, token_rows)
         for cell in plan.unchanged:
@@ -361,13 +416,35 @@ class Engine:
         if on_batch and plan.unchanged:
             on_batch(len(plan.unchanged))
         for batch in plan.batches:
-            run = self._forward(rows=len(batch.cells) * S, read=read, **self._batch_inputs(batch, S, base_input, base, source, n_tokens))
-            for cell, value in zip(batch.cells, run.values.view(len(batch.cells), S, N_VALUES)):
+            inputs = self._batch_inputs(batch, S, base_input, base, source, n_tokens, means)
+            run = self._forward(rows=len(batch.cells) * S, read=read, **inputs)
+            for cell, value in zip(batch.cells, run.values.view(len(batch.cells), S, self.width)):
                 variable, at = slot(cell, s.components)
                 restored[variable][at] = value
             if on_batch:
                 on_batch(len(batch.cells))
         return {"clean": clean.values, "corrupt": corrupted.values, **restored}, (int(clean.top1[0]) if top1 else 0)
+
+    def _reference_means(self, sites: tuple[str, ...], n_tokens: int) -> dict:
+        """Mean ablation's values: site -> [layer, position, d], each site's mean over the
+        reference prompts at each position where they all have the prompt's `n_tokens`
+        tokens, else [layer, 1, d], its mean over all their positions (`means_by_position`)."""
+        a, s = self.parts, self.settings
+        read = _Read((0, 0))
+        summed, count = {}, 0
+        by_position = self.means_by_position(n_tokens)
+        for ids in s.reference:
+            run = self._forward(torch.tensor([list(ids)], dtype=torch.long), 1, read, save=sites)
+            for name, v in run.states.items():  # [1, layer, token, d]
+                v = v[0].double() if by_position else v[0].double().sum(dim=1, keepdim=True)
+                summed[name] = v if name not in summed else summed[name] + v
+            count += 1 if by_position else len(ids)
+        return {name: (v / count).to(a.torch_dtype) for name, v in summed.items()}
+
+    def means_by_position(self, n_tokens: int) -> bool:
+        """Whether mean ablation takes the reference's mean at each position (every reference
+        prompt has `n_tokens` tokens) or over all positions."""
+        return all(len(ids) == n_tokens for ids in self.settings.reference)
 
 
 def embedding_std(parts: Parts, span_token_ids: list[list[int]], backend=None) -> float:

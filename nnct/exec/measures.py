@@ -7,7 +7,7 @@ keep and send one kind of result.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,6 +26,9 @@ class Measures:
     # p_restored_head [token, layer, head, answer], ... and the logits alike (`components`);
     # attribution patching's estimates under their own names (ie_atp, ...)
     restored: dict[str, np.ndarray]
+    # the extra readouts (`interventions.readouts`) of the clean and corrupted runs:
+    # <name>_clean, <name>_corrupt, [answer] or a scalar for an answer-free readout
+    runs: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def p_restored(self) -> np.ndarray:

@@ -285,7 +285,7 @@ class Reply:
 
 
 def request(engine, jobs: list, backend) -> Reply | None:
-    """The measures of `jobs` ((ids, corrupted RunInput, answers) each) from one nnsight
+    """The measures of `jobs` ((ids, corrupted RunInput, answers, spellings) each) from one nnsight
     session sent through `backend`: the base runs' caches stay with the model between the
     traces, and only the measures come back (None when the backend does not wait for the
     result: `decode` what `Requests` collects later). The session reads the model's device
@@ -301,8 +301,8 @@ def request(engine, jobs: list, backend) -> Reply | None:
         weight = parts.embed.weight
         there = Engine(dataclasses.replace(parts, device=str(weight.device), torch_dtype=weight.dtype), engine.settings)
         results = []  # a loop, not a comprehension: nnsight runs the body with its own locals
-        for ids, corrupt, answers in jobs:
-            results.append(dataclasses.asdict(there.trace(ids, corrupt, answers)))
+        for ids, corrupt, answers, spellings in jobs:
+            results.append(dataclasses.asdict(there.trace(ids, corrupt, answers, spellings)))
         out = nnsight.save({"results": results, "device": str(weight.device), "dtype": str(weight.dtype)})
     return None if out is None else decode({"out": out})
 

@@ -34,6 +34,7 @@ class Case:
     corrupt_ids: tuple[int, ...] | None  # a pair's corrupted prompt; None: noise on `span`
     index: int  # the record's position among the data set's records
     line: int  # the record's line in the data file
+    spellings: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())  # each answer's spellings' first tokens (`prob_any`)
 
 
 def make(ex: Example, tokenizer, path: str, line: int, index: int, span_field: str, full_answers: bool = False) -> Case:
@@ -56,8 +57,10 @@ def make(ex: Example, tokenizer, path: str, line: int, index: int, span_field: s
         if not span:
             raise RecordError(path, line, "corrupt", "tokenises exactly as the clean prompt: nothing is corrupted")
     labels = spans.pair_segments(tokens, span) if ex.variant == VARIANT else spans.segments(tokens, ex)
+    spelt = ((answers[0][:1], answers[1][:1]) if ex.answer_tokens is not None
+             else (spans.spellings(tokenizer, ex.target), spans.spellings(tokenizer, ex.alt)))
     return Case(ex, tokens.ids, tuple(tokenizer.decode([t]) for t in tokens.ids), tuple(labels), tuple(span), answers,
-                corrupt_ids, index, line)
+                corrupt_ids, index, line, spelt)
 
 
 def from_records(loaded: Loaded, exp: Experiment, prompt_format: str, max_cf: int, tokenizer, substitute: bool = False,

@@ -49,6 +49,17 @@ def answer_token(tokenizer, answer: str) -> int:
     return answer_ids(tokenizer, answer)[0]
 
 
+def spellings(tokenizer, answer: str) -> tuple[int, ...]:
+    """The first tokens of an answer's spellings, for the `prob_any` readout: " " + the answer
+    as written, in lower case and capitalised, without repeats, ROME's own first."""
+    out: list[int] = []
+    for text in (answer, answer.lower(), answer[:1].upper() + answer[1:]):
+        ids = tokenizer(" " + text, add_special_tokens=False)["input_ids"]
+        if ids and int(ids[0]) not in out:
+            out.append(int(ids[0]))
+    return tuple(out)
+
+
 def answer_tokens(tokenizer, example: Example, path: str, line: int, full: bool = False,
                   fields: tuple[str, str] = ("obj", "obj_cf")) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The (target, alt) tokens of an example: the first token of each (`full`: all of them).

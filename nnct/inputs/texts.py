@@ -1,4 +1,5 @@
-"""Texts for memorisation: a .txt file, a directory of them, or JSONL with `id` and `text`.
+"""Texts for memorisation: a .txt file, a directory of them, or JSONL with `id` and `text`;
+and prompts (JSONL with `prompt`, as records have it), e.g. mean ablation's reference set.
 
 A directory's .txt files are read in sorted order, searched recursively, each id being its
 path relative to the directory. A single file's id is its name. JSONL lines are checked as
@@ -28,6 +29,15 @@ class Text:
 
 def text_from(obj: dict, path: str, line: int) -> Text:
     return Text(item_id(obj, path, line), line, text_field(obj, "text", path, line))
+
+
+def prompt_from(obj: dict, path: str, line: int) -> Text:
+    return Text(item_id(obj, path, line), line, text_field(obj, "prompt", path, line))
+
+
+def load_prompts(path: str | Path) -> Loaded:
+    """A JSONL file's prompts (field `prompt`; records and steering prompts have one)."""
+    return read_jsonl(path, prompt_from)
 
 
 def load_texts(path: str | Path) -> Loaded:

@@ -17,6 +17,9 @@ trace:
   tutorials report it in per cent; nnct keeps fractions). Undefined (NaN, left out of
   averages) where the total effect is below `MIN_TOTAL` in the base metric's units.
 
+An extra readout a cube stores (`readouts`: `kl`, `rank`, ...) is a metric too, by its name
+(`stored`): its IE and TE are differences of the stored values, as `prob`'s.
+
 Adding a metric is one `Metric` entry.
 """
 
@@ -28,6 +31,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ConfigError
+from . import readouts
 
 ANSWER_PROB = ("first", "full")
 # |total effect| below which a normalised metric is undefined (the ratio would be noise)
@@ -62,18 +66,27 @@ METRICS: dict[str, Metric] = {
 }
 
 
+def stored(name: str) -> Metric:
+    """The metric of an extra readout a cube stores (a callable's too, by its name)."""
+    entry = readouts.READOUTS.get(name)
+    return Metric(name, None, entry.label if entry else f"IE in {name}")
+
+
 def metric(name: str) -> Metric:
-    if name not in METRICS:
-        raise ConfigError(f"unknown metric {name!r}; known: {', '.join(METRICS)}")
-    return METRICS[name]
+    if name in METRICS:
+        return METRICS[name]
+    if name in readouts.READOUTS and readouts.READOUTS[name].stored:
+        return stored(name)
+    known = [*METRICS, *(r for r, entry in readouts.READOUTS.items() if entry.stored)]
+    raise ConfigError(f"unknown metric {name!r}; known: {', '.join(known)}")
 
 
-def effects(name: str, clean, corrupt, restored, reverse: bool):
-    """(IE, TE) of metric `name` from its base values in the three runs (any array type
-    that broadcasts: the cube's DataArrays, numpy). Forward: IE = restored - corrupt;
+def effects(m: Metric | str, clean, corrupt, restored, reverse: bool):
+    """(IE, TE) of metric `m` (or its name) from its base values in the three runs (any array
+    type that broadcasts: the cube's DataArrays, numpy). Forward: IE = restored - corrupt;
     reverse patching: IE = clean - patched. TE = clean - corrupt in both; a recovery is
     IE / TE, and its own TE is 1."""
-    m = metric(name)
+    m = metric(m) if isinstance(m, str) else m
     te = clean - corrupt
     ie = clean - restored if reverse else restored - corrupt
     if m.normalises is None:

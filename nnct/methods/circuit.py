@@ -3,8 +3,9 @@ faithful circuit, and its check against random circuits of its size.
 
 **Pairs** are `nnct patch`'s prompt pairs, one clean and one corrupt prompt of equal token
 length. Their answers are spelled as ROME spells them, or given exactly (`target_token`,
-`alt_token`, as `nnct memorization pairs` writes them). M is the logit difference
-target - alt at the last position. A pair whose prompts differ in length, or whose target
+`alt_token`, as `nnct memorization pairs` writes them). M is a readout of the last
+position's logits (`--readout`; the logit difference target - alt by default; the target's
+value for a readout of both answers; `kl` to the clean run's distribution). A pair whose prompts differ in length, or whose target
 and alt are the same token, is reported and skipped. `--max-pairs` takes the file's first
 pairs before the unusable ones are dropped, so fewer may be used.
 
@@ -26,7 +27,7 @@ and F over a grid of edge counts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ from ..errors import ConfigError, DataError, RecordError
 from ..exec import edges
 from ..inputs import spans
 from ..inputs.pairs import example, load_pairs
+from ..interventions import readouts
 from ..model.graph import graph_of
 from ..results import circuit as circuit_file
 from ..results import files
@@ -78,31 +80,43 @@ class Evaluator:
     them over as `nodes`, or `made` makes them); on a server each evaluation is one request
     that makes them again."""
 
-    def __init__(self, g, access, pairs: list[TokenPair], metrics: np.ndarray, execute, nodes=None):
-        self.g, self.access, self.execute = g, access, execute
+    def __init__(self, g, access, pairs: list[TokenPair], metrics: np.ndarray, execute, nodes=None, readout=edges.DEFAULT):
+        self.g, self.access, self.execute, self.readout = g, access, execute, readout
         self.pairs, self.nodes = [_tuple(p) for p in pairs], nodes
         self.m_clean, self.m_corrupt = float(metrics[:, 0].mean()), float(metrics[:, 1].mean())
         if abs(self.m_clean - self.m_corrupt) < 1e-6:
-            raise ConfigError("the pairs' mean logit differences are equal on clean and corrupt prompts:"
+            raise ConfigError(f"the pairs' mean {readout.name} is equal on clean and corrupt prompts:"
                               " faithfulness is undefined")
 
     @classmethod
-    def made(cls, g, access, pairs: list[TokenPair], session: pipeline.Session) -> "Evaluator":
+    def made(cls, g, access, pairs: list[TokenPair], session: pipeline.Session, readout=edges.DEFAULT) -> "Evaluator":
         """An Evaluator whose pairs' runs are made now (their metrics; their nodes, here)."""
         if session.channel is not None:
-            metrics = session.execute(lambda b: edges.metrics(access, g, [_tuple(p) for p in pairs], b))
-            return cls(g, access, pairs, np.asarray(metrics), session.execute)
-        nodes = [edges.node_values(access, g, *_tuple(p)) for p in pairs]
-        return cls(g, access, pairs, np.array([n.metric.numpy() for n in nodes]), session.execute, nodes)
+            metrics = session.execute(lambda b: edges.metrics(access, g, [_tuple(p) for p in pairs], b, readout))
+            return cls(g, access, pairs, np.asarray(metrics), session.execute, readout=readout)
+        nodes = [edges.node_values(access, g, *_tuple(p), readout) for p in pairs]
+        return cls(g, access, pairs, np.array([n.metric.numpy() for n in nodes]), session.execute, nodes, readout)
 
     def faithfulness(self, keep: np.ndarray) -> float:
         dropped = torch.as_tensor(self.g.edges & ~keep, device="cpu")  # moved where it is used, here or on a server
-        m = self.execute(lambda b: edges.patched(self.access, self.g, self.pairs, dropped, self.nodes, b))
+        m = self.execute(lambda b: edges.patched(self.access, self.g, self.pairs, dropped, self.nodes, b, self.readout))
         return float((np.mean(m) - self.m_corrupt) / (self.m_clean - self.m_corrupt))
 
 
 def _tuple(p: TokenPair) -> tuple:
     return (p.clean, p.corrupt, p.target, p.alt)
+
+
+def circuit_readout(cfg):
+    """The one readout a circuit is scored and evaluated with (ConfigError for several, for
+    one without a gradient, or for a callable on a server)."""
+    chosen = readouts.parse(cfg.readout)
+    if len(chosen) != 1:
+        raise ConfigError(f"--readout {cfg.readout}: a circuit is scored with one readout")
+    readouts.check_gradient(chosen)
+    if cfg.remote is not None:  # nnsight's simulation sends the code as a server would get it
+        readouts.check_remote(chosen)
+    return chosen[0]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,6 +126,7 @@ class FindConfig(Execution):
     ig_steps: int = 5
     target: float = 0.85  # the faithfulness the minimal circuit reaches
     max_pairs: int | None = None
+    readout: object = "logit_diff"  # M: a readout's name (`interventions.readouts`), or in Python a callable
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,6 +139,7 @@ class VerifyConfig(Execution):
     random: int = 20  # random circuits of that size
     seed: int = 0
     max_pairs: int | None = None
+    readout: object = None  # None: the circuit file's
 
 
 @dataclass
@@ -139,27 +155,28 @@ def find(cfg: FindConfig, adapter=None, say=lambda text: None, on_retry=None) ->
         raise ConfigError("--ig-steps takes at least 1 step")
     if cfg.out is not None and Path(cfg.out).suffix != ".nc":
         raise ConfigError(f"--out {cfg.out}: the circuit file is NetCDF, name it *.nc")
-    return pipeline.run(cfg, lambda session: _find(cfg, session, say), outputs=(cfg.out,), adapter=adapter,
+    readout = circuit_readout(cfg)
+    return pipeline.run(cfg, lambda session: _find(cfg, session, say, readout), outputs=(cfg.out,), adapter=adapter,
                         on_retry=on_retry)
 
 
-def _find(cfg: FindConfig, session: pipeline.Session, say) -> Found:
+def _find(cfg: FindConfig, session: pipeline.Session, say, readout) -> Found:
     tokenized, skipped = token_pairs(session.adapter, cfg.pairs, cfg.max_pairs)
     if not tokenized:
         raise DataError(f"{cfg.pairs}: no usable pair")
     g, access = graph_of(session.adapter)
     say(f"scoring {len(tokenized)} pairs ({g.edges.sum()} edges, {cfg.ig_steps} IG steps)")
     pairs = [_tuple(p) for p in tokenized]
-    results = session.execute(lambda b: edges.scored(access, g, pairs, cfg.ig_steps, b))
+    results = session.execute(lambda b: edges.scored(access, g, pairs, cfg.ig_steps, b, readout))
     score = np.mean([r[1].numpy() for r in results], axis=0)
     score_eap = np.mean([r[0].numpy() for r in results], axis=0)
     metrics = np.array([np.asarray(r[2]) for r in results])
     nodes = [r[3] for r in results] if session.channel is None else None  # a server keeps none
-    evaluator = Evaluator(g, access, tokenized, metrics, session.execute, nodes)
+    evaluator = Evaluator(g, access, tokenized, metrics, session.execute, nodes, readout)
     search, best = _search(evaluator, np.where(g.edges, score, np.nan), cfg.target, say)
-    attrs = {**session.provenance(pipeline.settings_of(cfg, "out")), "ig_steps": cfg.ig_steps, "pairs": str(cfg.pairs),
+    attrs = {**session.provenance(pipeline.settings_of(cfg, "out", "readout")), "ig_steps": cfg.ig_steps, "pairs": str(cfg.pairs),
              "n_pairs": len(tokenized), "m_clean": evaluator.m_clean, "m_corrupt": evaluator.m_corrupt,
-             "metric": "logit_diff", "total_edges": int(g.edges.sum()), "target": cfg.target, "minimal_edges": best,
+             "metric": readout.name, "total_edges": int(g.edges.sum()), "target": cfg.target, "minimal_edges": best,
              "faithfulness": dict(search).get(best, float("nan"))}
     found = Found(circuit_file.to_dataset(g, score, score_eap, search, attrs), skipped)
     if cfg.out:
@@ -195,11 +212,13 @@ def verify(cfg: VerifyConfig, adapter=None, say=lambda text: None, on_retry=None
     if not circuit_file.is_circuit_file(cfg.circuit):
         raise DataError(f"{cfg.circuit}: not a circuit file (nnct circuit find writes one)")
     ds = circuit_file.read(cfg.circuit)
-    return pipeline.run(cfg, lambda session: _verify(cfg, ds, session, say), outputs=(cfg.json_out,), adapter=adapter,
-                        on_retry=on_retry, stored=(ds.attrs.get("model"), cfg.circuit))
+    cfg = replace(cfg, readout=cfg.readout or ds.attrs.get("metric", "logit_diff"))
+    readout = circuit_readout(cfg)
+    return pipeline.run(cfg, lambda session: _verify(cfg, ds, session, say, readout), outputs=(cfg.json_out,),
+                        adapter=adapter, on_retry=on_retry, stored=(ds.attrs.get("model"), cfg.circuit))
 
 
-def _verify(cfg: VerifyConfig, ds, session: pipeline.Session, say) -> dict:
+def _verify(cfg: VerifyConfig, ds, session: pipeline.Session, say, readout) -> dict:
     g, access = graph_of(session.adapter)
     if (ds.attrs.get("n_layers"), ds.attrs.get("n_heads"), ds.attrs.get("n_kv_heads")) != (g.n_layers, g.n_heads, g.n_kv):
         raise ConfigError("the circuit file's graph is not this model's (layers, heads or key/value heads differ)")
@@ -211,13 +230,14 @@ def _verify(cfg: VerifyConfig, ds, session: pipeline.Session, say) -> dict:
     tokenized, skipped = token_pairs(session.adapter, cfg.pairs, cfg.max_pairs)
     if not tokenized:
         raise DataError(f"{cfg.pairs}: no usable pair")
-    ev = Evaluator.made(g, access, tokenized, session)
+    ev = Evaluator.made(g, access, tokenized, session, readout)
     curve = [{"edges": k, "faithfulness": ev.faithfulness(circuit_file.top_edges(score, k))} for k in curve_counts(total, n)]
     f = next(c["faithfulness"] for c in curve if c["edges"] == n)
     randoms = _random_circuits(ev, n, cfg.random, cfg.seed)
     say(f"{n} edges: faithfulness {f:.3f}; {cfg.random} random circuits: mean"
         f" {np.mean(randoms) if randoms else float('nan'):.3f}")
-    result = {**session.provenance(pipeline.settings_of(cfg, "json_out")), "pairs": str(cfg.pairs), "n_pairs": len(tokenized),
+    result = {**session.provenance(pipeline.settings_of(cfg, "json_out", "readout")), "metric": readout.name,
+            "pairs": str(cfg.pairs), "n_pairs": len(tokenized),
             "skipped": [str(p) for p in skipped], "edges": n, "total_edges": total, "faithfulness": f,
             "m_clean": ev.m_clean, "m_corrupt": ev.m_corrupt, "random_circuits": cfg.random, "random_seed": cfg.seed,
             "random_faithfulness_mean": float(np.mean(randoms)) if randoms else None,

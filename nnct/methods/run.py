@@ -1,7 +1,7 @@
 """A run over a data set: cases -> engine -> rows -> cube, in memory or resumable on disk.
 
 Every method that fills a cube (`trace`: records, noise or substitution; `patch`: prompt
-pairs) is a `RunConfig` executed here. `execute` makes the cases of the data set
+pairs; either with an ablating `operation`: `nnct ablate`) is a `RunConfig` executed here. `execute` makes the cases of the data set
 (`inputs.cases`), measures the noise level when noise corrupts (over the whole data set,
 so that every shard of a run uses the same), builds each case's corrupted `RunInput`,
 runs the engine here or sends the cases to a server (`exec.remote`), and assembles the
@@ -39,10 +39,12 @@ from ..inputs import cases as cases_lib
 from ..inputs.pairs import check_substitutable, load_pairs
 from ..inputs.prompts import experiment
 from ..inputs.records import Loaded, load_objects, load_records
-from ..interventions import corruption
+from ..interventions import corruption, readouts
+from ..interventions.components import COMPONENTS
 from ..interventions.components import components as parse_components
 from ..interventions.plan import count
 from ..interventions.metrics import ANSWER_PROB
+from ..interventions.operations import ABLATIONS
 from ..model.loading import REMOTE
 from ..results import cube, files
 from ..results.partial import Partial, partial_dir
@@ -52,6 +54,7 @@ from .pipeline import Execution
 
 METHODS = ("trace", "patch")
 CORRUPTIONS = {"trace": ("noise", "substitute"), "patch": ("prompt",)}
+NONE = "none"  # an ablation's corruption: the clean prompt is the only one run
 PAIRS = "pairs"  # the `experiment` attr of a cube of prompt pairs
 
 
@@ -81,10 +84,22 @@ class RunConfig(Execution):
     shard: str | None = None  # "i/n": only records i, i+n, i+2n, ... (0-based); see `parse_shard`
     request_cells: int = 10000  # remote: cells per request (whole examples, at least one)
     wait: bool = True  # remote: False submits the requests and returns; collect them later
+    readout: object = None  # extra readouts: "kl,rank", or in Python a list of names and callables
+    operation: str = "copy"  # copy: patching; zero or mean: ablation of the clean prompt's cells
+    reference: str | None = None  # mean ablation: JSONL of reference prompts (field `prompt`)
 
     @property
     def noised(self) -> bool:
         return self.corruption == "noise"
+
+    @property
+    def ablating(self) -> bool:
+        return self.operation in ABLATIONS
+
+    @property
+    def readouts(self) -> tuple:
+        """The extra readouts (`interventions.readouts`) the cube stores."""
+        return readouts.extra(readouts.parse(self.readout))
 
 
 @dataclass
@@ -146,6 +161,8 @@ def normalised(cfg: RunConfig) -> RunConfig:
     resume)."""
     if cfg.method == "patch" and cfg.corruption == "noise":
         cfg = replace(cfg, corruption="prompt")
+    if cfg.ablating:
+        cfg = replace(cfg, corruption=NONE, reverse=False)
     if cfg.noised:
         return cfg
     default = RunConfig(data=None)
@@ -160,7 +177,8 @@ def _validate(cfg: RunConfig, in_memory: bool = False) -> None:
     pipeline.check(cfg)
     if cfg.method not in METHODS:
         raise ConfigError(f"unknown method {cfg.method!r}; known: {', '.join(METHODS)}")
-    if cfg.corruption not in CORRUPTIONS[cfg.method]:
+    _validate_operation(cfg)
+    if cfg.corruption not in CORRUPTIONS[cfg.method] and not cfg.ablating:
         raise ConfigError(f"--corruption {cfg.corruption}: {cfg.method} takes {' or '.join(CORRUPTIONS[cfg.method])}")
     if cfg.answer not in ANSWER_PROB:
         raise ConfigError(f"--answer {cfg.answer}: use {' or '.join(ANSWER_PROB)}")
@@ -187,6 +205,23 @@ def _validate(cfg: RunConfig, in_memory: bool = False) -> None:
         raise ConfigError("--no-wait needs a data file: `collect` reads the data set again when the results come in")
     if not cfg.wait and cfg.remote in (None, remote.LOCAL):
         raise ConfigError("--no-wait needs a remote server: a run here (or nnsight's local simulation) has nothing to collect later")
+
+
+def _validate_operation(cfg: RunConfig) -> None:
+    """ConfigError for readouts and operations no run could use."""
+    extra = readouts.parse(cfg.readout)
+    if cfg.remote is not None:  # nnsight's simulation sends the code as a server would get it
+        readouts.check_remote(extra)
+    if cfg.operation not in ("copy", *ABLATIONS):
+        raise ConfigError(f"--op {cfg.operation}: a run's cells copy (trace, patch) or ablate ({', '.join(ABLATIONS)})")
+    if cfg.ablating and cfg.estimate != "exact":
+        raise ConfigError("ablation is exact: attribution patching estimates restorations, not ablations")
+    if cfg.ablating and any(COMPONENTS[c].sever for c in parse_components(cfg.components)):
+        raise ConfigError("a severed path freezes sites of a corrupted run: ablation has none (drop hidden-sever-*)")
+    if (cfg.operation == "mean") != (cfg.reference is not None):
+        raise ConfigError("--op mean takes its means over --reference FILE (and only mean ablation reads one)")
+    if cfg.reference is not None and not Path(cfg.reference).is_file():
+        raise DataError(f"{cfg.reference}: no such reference file")
 
 
 def _validate_estimate(cfg: RunConfig) -> None:
@@ -260,7 +295,8 @@ REQUESTING = ("request_cells", "retries", "retry_delay", "request_timeout")
 
 def _settings(cfg: RunConfig, adapter, loaded: Loaded) -> dict:
     """What must match for a resumed run to complete the same cube."""
-    s = asdict(cfg)
+    s = asdict(replace(cfg, readout=None))
+    s["readout"] = readouts.names(cfg.readouts)  # a callable's name: it cannot be stored
     # How requests are sized, retried and waited for changes no number.
     for k in ("out", "resume", "wait", *REQUESTING):
         s.pop(k)
@@ -275,12 +311,15 @@ def _settings(cfg: RunConfig, adapter, loaded: Loaded) -> dict:
     s["components"] = ",".join(parse_components(cfg.components))
     s["data"] = str(Path(cfg.data).resolve()) if cfg.data else loaded.path
     s["data_sha256"] = _sha256(cfg.data, loaded)
+    if cfg.reference:
+        s["reference"] = str(Path(cfg.reference).resolve())
+        s["reference_sha256"] = _sha256(cfg.reference, loaded)
     s["model_revision"] = adapter.revision
     return s
 
 
 # Settings added since runs began to be stored, as a run that lacks them was made.
-ADDED = {"verify_top": 0, "verify_sample": 0}
+ADDED = {"verify_top": 0, "verify_sample": 0, "readout": "", "operation": "copy", "reference": None}
 
 
 class _Store:
@@ -310,7 +349,7 @@ def _row(case: cases_lib.Case, measures, tokenizer) -> cube.Row:
         target_str=ex.target, alt_str=ex.alt, line=case.line, token_ids=list(case.ids), token_str=list(case.token_str),
         segment=list(case.segments), span=list(case.span), answer_ids=[a[0] for a in case.answers],
         clean_top1=measures.clean_top1, clean_top1_str=tokenizer.decode([measures.clean_top1]),
-        values={**{k: getattr(measures, k) for k in cube.MEASURED}, **measures.restored},
+        values={**{k: getattr(measures, k) for k in cube.MEASURED}, **measures.restored, **measures.runs},
     )
 
 
@@ -397,12 +436,14 @@ class _Run:
             self.save()
 
     def _job(self, k: int):
-        """Example k's (ids, corrupted input, answers)."""
+        """Example k's (ids, corrupted input, answers, spellings)."""
         c, cfg = self.chosen[k], self.cfg
+        if cfg.ablating:
+            return c.ids, corruption.clean_input(c.ids), c.answers, c.spellings
         if c.corrupt_ids is not None:
-            return c.ids, corruption.prompt_input(c.corrupt_ids), c.answers
+            return c.ids, corruption.prompt_input(c.corrupt_ids), c.answers, c.spellings
         noise = corruption.draw(cfg.seed, cfg.samples, len(c.span), self.session.adapter.d_model, self.level)
-        return c.ids, corruption.noise_input(c.ids, c.span, noise, cfg.replace), c.answers
+        return c.ids, corruption.noise_input(c.ids, c.span, noise, cfg.replace), c.answers, c.spellings
 
     def _trace(self, store: _Store) -> list[bool]:
         """Every unfinished example, here or on the server; which were done before."""
@@ -410,7 +451,8 @@ class _Run:
 
         cfg, adapter, comps = self.cfg, self.session.adapter, parse_components(self.cfg.components)
         engine = Engine(adapter, Settings(comps, cfg.window, cfg.reverse, cfg.batch_rows, self.state["batch_budget"],
-                                          cfg.estimate, cfg.verify_top, _verify_sample(cfg), cfg.seed))
+                                          cfg.estimate, cfg.verify_top, _verify_sample(cfg), cfg.seed, cfg.readouts,
+                                          cfg.operation, self._reference()))
         self.n_cells = [count(comps, len(c.ids), adapter.n_layers, adapter.n_heads) * passes(c.answers) for c in self.chosen]
         done = store.done()
         self.progress.start(len(self.chosen), sum(self.n_cells), sum(done), sum(n for n, d in zip(self.n_cells, done) if d))
@@ -429,6 +471,20 @@ class _Run:
         else:
             self._remote(engine, todo, keep)
         return done
+
+    def _reference(self) -> tuple:
+        """Mean ablation's reference prompts, tokenised as the examples are (a bad line is
+        reported and skipped)."""
+        from ..inputs.spans import tokenize
+        from ..inputs.texts import load_prompts
+
+        if self.cfg.reference is None:
+            return ()
+        loaded = load_prompts(self.cfg.reference)
+        self.progress.skipped(loaded.problems)
+        if not loaded.items:
+            raise DataError(f"{self.cfg.reference}: no reference prompt could be read")
+        return tuple(tokenize(self.session.adapter.tokenizer, t.text).ids for t in loaded.items)
 
     def _remote(self, engine, todo: list[int], keep) -> None:
         """The examples `todo` through the server's requests, their jobs kept in jobs.json."""
@@ -463,7 +519,8 @@ class _Run:
         attrs = _attrs(cfg, self.session, self.settings, self.state, self.partial.created if self.partial else created(),
                        self.level)
         summary.cube = cube.assemble(store.all(self.ids), adapter.n_layers, comps, attrs, adapter.n_heads, cfg.estimate,
-                                     verified=bool(cfg.verify_top or _verify_sample(cfg)))
+                                     verified=bool(cfg.verify_top or _verify_sample(cfg)),
+                                     readouts=[(r.name, r.per_answer) for r in cfg.readouts])
         if cfg.out:
             cube.write(summary.cube, cfg.out)
             self.partial.remove()
@@ -482,7 +539,8 @@ def _attrs(cfg: RunConfig, session: pipeline.Session, settings: dict, state: dic
         "answer_token": answer, "definition": cfg.definition or "",
         "shard": cfg.shard or "", "data_sha256": settings["data_sha256"],
         "max_examples": -1 if cfg.max_examples is None else cfg.max_examples,
-        "corruption": "noise" if cfg.noised else "prompt",
+        "corruption": "noise" if cfg.noised else NONE if cfg.ablating else "prompt",
+        "operation": cfg.operation, "reference": settings.get("reference") or "",
         "method": cfg.estimate, "verify_top": cfg.verify_top, "verify_sample": _verify_sample(cfg),
         "batch_budget": int(state["batch_budget"]),
     }

@@ -59,13 +59,12 @@ class Site:
             return module.register_forward_pre_hook(lambda mod, args: fn(args[0]))
         return module.register_forward_hook(lambda mod, inp, out: fn(first(out)))
 
-    def write(self, value: Any, rows, tokens, values, heads=None, d_head: int = 0) -> None:
-        """Set rows `rows` at positions `tokens` of a value `read` gave to `values` ([n, d]);
-        for a site of heads, only head `heads[i]`'s slice of element i (`values`: [n, d_head])."""
-        if heads is None:
-            value[rows, tokens] = values
-            return
-        value[rows[:, None], tokens[:, None], _columns(heads, d_head)] = values
+    def write(self, value: Any, rows, tokens, values, heads=None, d_head: int = 0, add: bool = False) -> None:
+        """Set rows `rows` at positions `tokens` of a value `read` gave to `values` ([n, d]),
+        or with `add` add `values` to it; for a site of heads, only head `heads[i]`'s slice of
+        element i (`values`: [n, d_head])."""
+        at = (rows, tokens) if heads is None else (rows[:, None], tokens[:, None], _columns(heads, d_head))
+        value[at] = value[at] + values if add else values
 
     @staticmethod
     def slice(values, heads, d_head: int):

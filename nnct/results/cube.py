@@ -18,6 +18,13 @@ prompt's most probable next token: ROME's "known" filter keeps the examples wher
 target's). IE and TE are derived (`effects`, `metric_effects`), never
 stored. A cube written before the logits existed still answers every metric made of
 probabilities.
+
+Extra readouts (`interventions.readouts`, the attr `readouts` lists them) add
+`<R>_clean(example[, answer])`, `<R>_corrupt` and `<R>_<restored variable>` (or, estimated,
+`ie_atp_<R><suffix>`), with an answer axis where the readout has one; `--metric R` reads
+them. An ablation's cube (`nnct ablate`, attr `operation` zero or mean) names its cells
+`*_ablated*` instead of `*_restored*` and has no corrupted run: its effects are
+m(ablated) - m(clean) (`cells_of`).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..interventions import metrics
 from ..interventions.components import COMPONENTS, grid, variables, whole
+from ..interventions.operations import ABLATIONS
 from .files import atomic
 
 ANSWERS = ("target", "alt")
@@ -41,9 +49,9 @@ ATTRS = (
 
 # The measured variables of an example besides its restored cells (the engine's `Measures`).
 MEASURED = ("p_clean", "p_corrupt", "logit_clean", "logit_corrupt")
-# Every measured variable is p_<x>, logit_<x> or, estimated by attribution patching,
-# ie_atp<x>: the restored cells are `cell_names` of each variable v the components fill.
-VALUE_PREFIXES = ("p_", "logit_", "ie_atp")
+# The restored cells are `cell_names` of each variable v the components fill (p_<v>,
+# logit_<v>, or estimated by attribution patching ie_atp<v>), and `readout_cell_name` of
+# each extra readout.
 ESTIMATES = ("exact", "atp", "atp*")  # how a cube's cells were found: its attr `method`
 TITLES = {"exact": "exact patching", "atp": "AtP", "atp*": "AtP*"}  # as tables and figures name them
 
@@ -56,8 +64,26 @@ def cell_names(variable: str, estimate: str = "exact") -> tuple[str, str]:
 
     return ("p_" + variable, "logit_" + variable) if estimate == "exact" else names(variable)
 
+
+def readout_cell_name(readout: str, variable: str, estimate: str = "exact") -> str:
+    """The cube's name of an extra readout's cells in a restored variable."""
+    from ..exec.attribution import readout_name
+
+    return f"{readout}_{variable}" if estimate == "exact" else readout_name(readout, variable)
+
+
+def extra_readouts(ds) -> list[str]:
+    """The extra readouts a cube stores (its attr `readouts`)."""
+    return [r for r in str(ds.attrs.get("readouts", "")).split(",") if r]
+
+
+def cells_of(ds, of: str = "restored") -> str:
+    """The name a cube gives restored variable `of`: `*_ablated*` in an ablation's cube."""
+    return of.replace("restored", "ablated") if ds.attrs.get("operation") in ABLATIONS else of
+
 _TEXT = ("example", "record_id", "variant", "prompt", "corrupt_prompt", "target_str", "alt_str", "clean_top1_str")
 _INTS = ("token_ids", "span", "answer_ids")
+_FIELDS = {*_TEXT, *_INTS, "token_str", "segment", "clean_top1", "line"}  # a saved row's keys besides its values
 
 
 @dataclass
@@ -98,21 +124,27 @@ class Row:
         with np.load(path) as z:
             fields = {k: str(z[k]) for k in _TEXT}
             fields.update({k: z[k].tolist() for k in (*_INTS, "token_str", "segment")})
-            values = {k: z[k] for k in z.files if k.startswith(VALUE_PREFIXES)}
+            values = {k: z[k] for k in z.files if k not in _FIELDS}
             fields.update(clean_top1=int(z["clean_top1"]), line=int(z["line"]), values=values)
         if example is not None and fields["example"] != example:
             raise ValueError(f"{path} holds {fields['example']}, expected {example}")
         return cls(**fields)
 
 
-def _cells(rows: list[Row], n_tok: int, n_layers: int, components, n_heads: int, estimate: str, verified: bool) -> dict:
-    """The restored cells' variables: name -> (dims, values), NaN where an example has none."""
+def _cells(rows: list[Row], n_tok: int, n_layers: int, components, n_heads: int, estimate: str, verified: bool,
+           readouts: tuple) -> dict:
+    """The restored cells' variables: name -> (dims, values), NaN where an example has none
+    (`readouts`: the extra ones, (name, per_answer) each)."""
     cells = {}
+    estimates = (estimate, "exact") if verified and estimate != "exact" else (estimate,)
     for variable, dims in variables(components).items():
         shape = grid(variable, components, n_tok, n_layers, n_heads)
-        kept = cell_names(variable, estimate) + (cell_names(variable) if verified and estimate != "exact" else ())
-        for k in kept:
-            cells[k] = (("example", *dims, "answer"), np.full((len(rows), *shape, len(ANSWERS)), np.nan, dtype=np.float32))
+        kept = [(k, True) for how in estimates for k in cell_names(variable, how)]
+        kept += [(readout_cell_name(r, variable, how), per) for how in estimates for r, per in readouts]
+        for k, per_answer in kept:
+            answer = ("answer",) if per_answer else ()
+            cells[k] = (("example", *dims, *answer),
+                        np.full((len(rows), *shape, *((len(ANSWERS),) if per_answer else ())), np.nan, dtype=np.float32))
     for i, r in enumerate(rows):
         n = len(r.token_ids)
         for k, (dims, held) in cells.items():
@@ -124,14 +156,20 @@ def _cells(rows: list[Row], n_tok: int, n_layers: int, components, n_heads: int,
 
 
 def assemble(rows: list[Row], n_layers: int, components: tuple[str, ...], attrs: dict, n_heads: int = 0,
-             estimate: str = "exact", verified: bool = False):
+             estimate: str = "exact", verified: bool = False, readouts: tuple = ()):
     """The cube of a run from its examples, in the given order (`n_heads`: the model's query
     heads, for components of heads; `estimate`: how the restored cells were found;
-    `verified`: an estimate's cube that also holds some cells patched exactly, NaN elsewhere)."""
+    `verified`: an estimate's cube that also holds some cells patched exactly, NaN elsewhere;
+    `readouts`: the extra readouts, (name, per_answer) each)."""
     import xarray as xr
 
     n_ex, n_tok = len(rows), max((len(r.token_ids) for r in rows), default=0)
-    cells = _cells(rows, n_tok, n_layers, components, n_heads, estimate, verified)
+    cells = _cells(rows, n_tok, n_layers, components, n_heads, estimate, verified, tuple(readouts))
+    for name, per_answer in readouts:
+        for kind in ("clean", "corrupt"):
+            values = np.array([r.values[f"{name}_{kind}"] for r in rows], dtype=np.float32)
+            shape = (n_ex, 2) if per_answer else (n_ex,)
+            cells[f"{name}_{kind}"] = (("example", "answer")[:len(shape)], values.reshape(shape))
     token_str = np.full((n_ex, n_tok), "", dtype=object)
     segment = np.full((n_ex, n_tok), "", dtype=object)
     token_id = np.full((n_ex, n_tok), -1, dtype=np.int32)
@@ -176,8 +214,11 @@ def assemble(rows: list[Row], n_layers: int, components: tuple[str, ...], attrs:
             "segment": (ex_tok, segment),
             "n_tokens": (ex, np.array([len(r.token_ids) for r in rows], dtype=np.int32)),
         },
-        attrs=dict(attrs),
+        attrs={**attrs, **({"readouts": ",".join(name for name, _ in readouts)} if readouts else {})},
     )
+    if attrs.get("operation") in ABLATIONS:  # no corrupted run; the cells hold the ablated values
+        ds = ds.drop_vars([k for k in ds.data_vars if k.endswith("_corrupt")])
+        ds = ds.rename({k: k.replace("restored", "ablated") for k in ds.data_vars if "restored" in k})
     return ds
 
 
@@ -203,12 +244,15 @@ def effects(ds, of: str = "restored"):
     per docs/method.md (`of`: a restored variable, e.g. "restored_head"). Forward: IE =
     p_restored - p_corrupt. Reverse patching: IE = p_clean - p_patched, where the cube's
     `p_restored` holds p_patched. TE = p_clean - p_corrupt in both. A cube of attribution
-    patching (AtP or AtP*) stores its estimates of the IE (`ie_atp`)."""
-    te = ds.p_clean - ds.p_corrupt
+    patching (AtP or AtP*) stores its estimates of the IE (`ie_atp`). An ablation's: IE =
+    p_ablated - p_clean, TE 0."""
     estimate = ds.attrs.get("method", "exact")
     if estimate != "exact":
-        return ds[cell_names(of, estimate)[0]], te
-    restored = ds["p_" + of]
+        return ds[cell_names(of, estimate)[0]], ds.p_clean - ds.p_corrupt
+    restored = ds["p_" + cells_of(ds, of)]
+    if cells_of(ds) != "restored":
+        return restored - ds.p_clean, ds.p_clean - ds.p_clean
+    te = ds.p_clean - ds.p_corrupt
     if int(ds.attrs.get("reverse_patching", 0)):
         return (ds.p_clean - restored).transpose(*restored.dims), te
     return restored - ds.p_corrupt, te
@@ -216,12 +260,14 @@ def effects(ds, of: str = "restored"):
 
 def holds(ds, of: str) -> bool:
     """Whether the cube has the cells of restored variable `of` (measured or estimated)."""
-    return cell_names(of, ds.attrs.get("method", "exact"))[0] in ds
+    return cell_names(cells_of(ds, of), ds.attrs.get("method", "exact"))[0] in ds
 
 
 def metrics_of(ds) -> tuple[str, ...]:
-    """The metrics this cube can give (the logit ones need a cube that stores logits)."""
-    return tuple(n for n, m in metrics.METRICS.items() if not m.uses_logits or "logit_clean" in ds)
+    """The metrics this cube can give (the logit ones need a cube that stores logits), then
+    its extra readouts."""
+    made = tuple(n for n, m in metrics.METRICS.items() if not m.uses_logits or "logit_clean" in ds)
+    return made + tuple(extra_readouts(ds))
 
 
 def metric_effects(ds, name: str, of: str = "restored", exact: bool = False):
@@ -232,12 +278,14 @@ def metric_effects(ds, name: str, of: str = "restored", exact: bool = False):
     has no log-ratio; a recovery whose total effect is too small) is NaN, so that averages
     leave it out. `exact`: in an estimate's cube, the cells it also patched exactly
     (`--verify-top`; NaN where it did not) rather than the estimates."""
-    m = metrics.base(name)
+    stored = name in extra_readouts(ds)
+    m = metrics.stored(name) if stored else metrics.base(name)
     if m.uses_logits and "logit_clean" not in ds:
         raise ConfigError(f"metric {name} needs the answers' logits, which this cube lacks: trace it again with nnct >= 0.4")
     reverse = bool(int(ds.attrs.get("reverse_patching", 0)))
+    ablated = cells_of(ds) != "restored"
     estimate = "exact" if exact else ds.attrs.get("method", "exact")
-    p_name, logit_name = cell_names(of, estimate)
+    p_name, logit_name = cell_names(cells_of(ds, of), estimate)
     if p_name not in ds:
         raise ConfigError(f"this cube has no {p_name}: trace the component(s) that fill it")
 
@@ -249,7 +297,14 @@ def metric_effects(ds, name: str, of: str = "restored", exact: bool = False):
         ie = ds[name].astype(np.float64)
         return ds[kind + "_clean"].astype(np.float64) - ie if reverse else ds[kind + "_corrupt"].astype(np.float64) + ie
 
+    def target(values):
+        return values.sel(answer=ANSWERS[0], drop=True) if "answer" in values.dims else values
+
     def value(kind):
+        kind = "clean" if ablated and kind == "corrupt" else kind  # an ablation's base is the clean run
+        if stored:
+            return target(restored(name, readout_cell_name(name, cells_of(ds, of), estimate)) if kind == "restored"
+                          else ds[f"{name}_{kind}"])
         if kind == "restored":
             p, logit = restored("p", p_name), restored("logit", logit_name) if m.uses_logits else None
         else:
@@ -259,6 +314,7 @@ def metric_effects(ds, name: str, of: str = "restored", exact: bool = False):
         return m.value(pt, pa, lt, la)
 
     with np.errstate(divide="ignore", invalid="ignore"):
-        ie, te = metrics.effects(name, value("clean"), value("corrupt"), value("restored"), reverse)
+        ie, te = metrics.effects(m if stored else name, value("clean"), value("corrupt"), value("restored"),
+                                  reverse and not ablated)
     cells = [d for d in ds[p_name].dims if d != "answer"]
     return ie.where(np.isfinite(ie)).transpose(*cells), te.where(np.isfinite(te))

@@ -203,8 +203,8 @@ def test_atp_through_a_serialised_session():
     for settings in (Settings(("hidden", "head"), window=3, estimate="atp"),
                      Settings(("hidden", "head"), window=3, estimate="atp*", verify=2, verify_sample=1)):
         engine = Engine(adapter, settings)
-        reply = remote.request(engine, [(ex.ids, ex.corrupt, ex.answers)], remote.backend(remote.LOCAL, adapter))
-        here = engine.trace(ex.ids, ex.corrupt, ex.answers)
+        reply = remote.request(engine, [(ex.ids, ex.corrupt, ex.answers, ((), ()))], remote.backend(remote.LOCAL, adapter))
+        here = engine.trace(ex.ids, ex.corrupt, ex.answers, ((), ()))
         assert set(reply.results[0].restored) == set(here.restored)
         for name, values in here.restored.items():
             np.testing.assert_allclose(reply.results[0].restored[name], values, rtol=1e-5, atol=1e-8, err_msg=name)

@@ -29,8 +29,8 @@ def metric(logits):
 class Reference:
     """Plain hooks on a transformers model of family llama or gpt2."""
 
-    def __init__(self, hf, family):
-        self.hf, self.gpt2 = hf, family == "gpt2"
+    def __init__(self, hf, family, metric=metric):
+        self.hf, self.gpt2, self.metric = hf, family == "gpt2", metric
         cfg = hf.config
         self.L, self.H = cfg.num_hidden_layers, cfg.num_attention_heads
         self.dh = cfg.hidden_size // self.H
@@ -88,7 +88,7 @@ class Reference:
         if ("logits",) in extra:
             handles.append(self.final.register_forward_pre_hook(lambda m, a: (a[0] + extra[("logits",)],)))
         try:
-            return metric(self.hf(torch.tensor([ids]).expand(rows, -1)).logits)
+            return self.metric(self.hf(torch.tensor([ids]).expand(rows, -1)).logits)
         finally:
             for h in handles:
                 h.remove()
@@ -230,3 +230,47 @@ def test_a_dropped_edge_sees_the_patched_run_upstream(family):
     dropped = torch.zeros(g.n_nodes, g.n_dests, dtype=torch.bool)
     dropped[0, first_dest] = dropped[u2, second_dest] = True
     assert edges.patched_metric(acc, g, CLEAN, nodes.outputs[1], dropped, TARGET, ALT) == pytest.approx(want, abs=1e-4)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("name", ["kl", "prob", "logprob"])
+def test_circuits_take_any_readout(family, name):
+    """EAP-IG scores and edge patching with M another readout: KL(clean || run) over the whole
+    vocabulary, p or log p of the target, each written out here by hand for the reference."""
+    from nnct.interventions.readouts import READOUTS
+
+    adapter = make_adapter(family)
+    with torch.no_grad():
+        clean_logp = F.log_softmax(adapter.hf(torch.tensor([CLEAN])).logits[0, -1].double(), -1)
+    by_hand = {
+        "kl": lambda logits: (clean_logp.exp() * (clean_logp - F.log_softmax(logits[:, -1].double(), -1))).sum(-1),
+        "prob": lambda logits: F.softmax(logits[:, -1].float(), -1)[:, TARGET],
+        "logprob": lambda logits: F.log_softmax(logits[:, -1].float(), -1)[:, TARGET],
+    }[name]
+    ref = Reference(adapter.hf, family, by_hand)
+    g, acc = graph_of(adapter)
+    readout = READOUTS[name]
+    clean_nodes, m_clean = ref.nodes(CLEAN)
+    corrupt_nodes, m_corrupt = ref.nodes(CORRUPT)
+    nodes = edges.node_values(acc, g, CLEAN, CORRUPT, TARGET, ALT, readout)
+    assert float(nodes.metric[0]) == pytest.approx(m_clean, abs=1e-5)
+    assert float(nodes.metric[1]) == pytest.approx(m_corrupt, abs=1e-5)
+    steps = 2
+    e_clean, e_corrupt = embeddings(adapter.hf, CLEAN), embeddings(adapter.hf, CORRUPT)
+    alphas = torch.arange(steps).float() / steps
+    ig = ref.gradients(CLEAN, e_corrupt[None] + alphas[:, None, None] * (e_clean - e_corrupt)[None]).mean(1)
+    want_ig = torch.einsum("utd,vtd->uv", corrupt_nodes - clean_nodes, ig) * torch.as_tensor(g.edges)
+    _, got_ig = edges.edge_scores(acc, g, CLEAN, nodes, TARGET, ALT, steps, readout)
+    assert want_ig.abs().max() > 1e-9  # p of a tiny random model's token is small, but not zero
+    torch.testing.assert_close(got_ig, want_ig, rtol=1e-3, atol=1e-3 * float(want_ig.abs().max()))
+    none = torch.zeros(g.n_nodes, g.n_dests, dtype=torch.bool)
+    one = none.clone()
+    u, v = g.node(1, 0), g.n_dests - 1
+    one[u, v] = True
+    with torch.no_grad():
+        want = float(ref.run(CLEAN, {("logits",): (corrupt_nodes[u] - clean_nodes[u]).float()[None]})[0])
+    patched = edges.patched_metric(acc, g, CLEAN, nodes.outputs[1], one, TARGET, ALT, readout, nodes.reference)
+    assert patched == pytest.approx(want, abs=1e-5)
+    every = edges.patched_metric(acc, g, CLEAN, nodes.outputs[1], torch.as_tensor(g.edges), TARGET, ALT, readout,
+                                 nodes.reference)
+    assert every == pytest.approx(m_corrupt, abs=1e-4)

@@ -104,7 +104,7 @@ def local(tmp_path_factory):
 
 def assert_same_cube(path: Path, local: xr.Dataset) -> xr.Dataset:
     there = open_cube(path)
-    probs = [k for k in local.data_vars if k.startswith(("p_", "logit_", "ie_atp"))]
+    probs = [k for k in local.data_vars if local[k].dtype.kind == "f"]  # every measured value (readouts too)
     for name in probs:
         diff = np.nanmax(np.abs(there[name].values - local[name].values))
         scale = max(1.0, float(np.nanmax(np.abs(local[name].values))))  # 1 for probabilities
@@ -311,3 +311,46 @@ def test_edit_and_memorization_scores_remotely(server, tmp_path):
         assert done.returncode == 0, done.stderr
         scores.append([(line["id"], line["greedy"]) for line in map(json.loads, out.read_text().splitlines())])
     assert scores[0] == scores[1] and len(scores[0]) >= 2
+
+
+def test_readouts_and_mean_ablation_remotely(server, tmp_path):
+    """Named readouts (KL to the clean run, rank, every spelling) and mean ablation's
+    reference forwards run in the server's session: the local cube's values."""
+    reference = tmp_path / "reference.jsonl"
+    reference.write_text('{"prompt": "Catalonia belongs to the continent of"}\n{"prompt": "The Eiffel Tower is in"}\n')
+    ds = here_and_there(server, tmp_path, "ablate", "--op", "mean", "--reference", reference, "--components", "hidden,head",
+                        "--window", "1", "--readout", "kl,rank,prob_any")
+    assert {"p_ablated", "kl_ablated", "rank_ablated_head", "prob_any_clean"} <= set(ds.data_vars)
+
+
+def _pairs(tmp_path) -> Path:
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"id": "p1", "clean": "The Eiffel Tower is in the city of", "corrupt": "The Colosseum is in the city of",'
+                     ' "target": "Paris", "alt": "Rome"}\n')
+    return pairs
+
+
+def test_path_patching_and_steering_remotely(server, tmp_path):
+    """Path patching through one head's inputs and a steering sweep with its continuations,
+    sent as nnsight sessions to the server: the files made here."""
+    pairs = _pairs(tmp_path)
+    contrast = tmp_path / "contrast.jsonl"
+    contrast.write_text('{"positive": "I love this", "negative": "I hate this"}\n')
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "The film was", "target": "good", "alt": "bad"}\n')
+    runs = {"path": ["patch", "--path", "--pairs", pairs, "--receivers", "L23H4", "--readout", "kl"],
+            "steer": ["steer", "--contrast", contrast, "--prompts", prompts, "--layers", "3,20", "--alphas", "-2,2",
+                      "--new-tokens", "3", "--readout", "kl", "-q"]}
+    for name, args in runs.items():
+        here, there = tmp_path / f"{name}-here.nc", tmp_path / f"{name}-there.nc"
+        done = nnct(*args, "--out", here, key=None)
+        assert done.returncode == 0, done.stderr
+        done = nnct(*args, "--remote", "--ndif-host", HOST, "--out", there, key=server.key)
+        assert done.returncode == 0, done.stderr
+        a, b = open_cube(here), open_cube(there)
+        for k in a.data_vars:
+            if a[k].dtype.kind == "f":
+                np.testing.assert_allclose(b[k].values, a[k].values, atol=1e-4, rtol=1e-4, err_msg=f"{name} {k}")
+            else:
+                np.testing.assert_array_equal(b[k].values, a[k].values, err_msg=f"{name} {k}")
+        assert b.attrs["backend"] == HOST

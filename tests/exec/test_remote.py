@@ -30,7 +30,7 @@ SIM = remote.LOCAL
 @pytest.mark.parametrize("family, reverse", [("llama", False), ("gptj", False), ("qwen2", True)])
 def test_one_session_gives_the_local_numbers_for_several_examples(family, reverse):
     adapter = make_adapter(family)
-    jobs = [(ex.ids, ex.corrupt, ex.answers) for ex in (prepared(adapter), prepared(adapter, seed=1), pair(adapter))]
+    jobs = [(ex.ids, ex.corrupt, ex.answers, ((), ())) for ex in (prepared(adapter), prepared(adapter, seed=1), pair(adapter))]
     engine = Engine(adapter, Settings(window=3, reverse=reverse, batch_rows=9))
     reply = remote.request(engine, jobs, remote.backend(SIM, adapter))
     assert (reply.device, reply.dtype) == ("cpu", "float32")  # read in the session, from the weights
@@ -49,7 +49,7 @@ def test_heads_and_severed_paths_through_a_session(reverse):
     travel in the serialised session too."""
     adapter = make_adapter("llama")
     comps = ("hidden-sever-mlp", "hidden-sever-attn", "head", "head_all_pos")
-    jobs = [(ex.ids, ex.corrupt, ex.answers) for ex in (prepared(adapter, samples=2), pair(adapter))]
+    jobs = [(ex.ids, ex.corrupt, ex.answers, ((), ())) for ex in (prepared(adapter, samples=2), pair(adapter))]
     engine = Engine(adapter, Settings(comps, window=3, reverse=reverse, batch_rows=8))
     reply = remote.request(engine, jobs, remote.backend(SIM, adapter))
     for job, there in zip(jobs, reply.results):
@@ -77,7 +77,7 @@ def test_the_request_carries_no_weights(monkeypatch):
     weights = sum(p.numel() * p.element_size() for p in adapter.hf.parameters())
     engine = Engine(adapter, Settings(components=("hidden",), window=3))
     ex = prepared(adapter, samples=2)
-    remote.request(engine, [(ex.ids, ex.corrupt, ex.answers)] * 3, remote.backend(SIM, adapter))
+    remote.request(engine, [(ex.ids, ex.corrupt, ex.answers, ((), ()))] * 3, remote.backend(SIM, adapter))
     assert len(sizes) == 1  # one request for the three examples
     assert weights > 16 << 20 and sizes[0] < 1 << 20
 
