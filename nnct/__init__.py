@@ -7,8 +7,9 @@ The package is split by role, and the data path reads one way through it:
 - `model`: loading a model, one naming of its parts over many architectures, and the
   `sites` interventions read and write (hidden, mlp, attn, head, down), one entry each, and
   the `graph` of edge attribution (nodes, destinations, edges).
-- `interventions`: corruptions (noise, a counterfactual prompt), metrics and components
-  (what a cell restores) as data, and the `plan` of cells and batches.
+- `interventions`: corruptions (noise, a counterfactual prompt), readouts (what a run
+  reports), operations (what a cell writes), metrics and components (what a cell restores)
+  as data, and the `plan` of cells and batches.
 - `exec`: the engine that runs plans as nnsight interventions, `attribution` (AtP's
   estimates from one backward pass), `edges` (EAP/EAP-IG edge scores and exact edge
   patching), `rome` (an edit's key, value and key statistics, and an edit applied),
@@ -18,9 +19,9 @@ The package is split by role, and the data path reads one way through it:
 - `analysis`: summaries with confidence intervals, figures, descriptions of a cube, AtP's
   agreement with exact patching.
 - `methods`: what a researcher runs (`trace`, `patch`, `attribute`, `answers`, `bench`,
-  `edit`, `memorization`, `circuit`), in memory or as resumable runs on disk; `nnct.trace`,
-  `nnct.patch`, `nnct.attribute`, `nnct.edit`, `nnct.memorization_scores` and
-  `nnct.circuit` are the notebook API.
+  `edit`, `memorization`, `circuit`, `steer`), in memory or as resumable runs on disk; `nnct.trace`,
+  `nnct.patch`, `nnct.attribute`, `nnct.ablate`, `nnct.edit`, `nnct.memorization_scores`,
+  `nnct.circuit` and `nnct.steer` are the notebook API.
 - `cli`: the `nnct` command, a thin shell over all of them.
 
 Heavy imports (torch, transformers, nnsight) happen inside the modules that need them, so
@@ -28,11 +29,11 @@ Heavy imports (torch, transformers, nnsight) happen inside the modules that need
 """
 
 __version__ = "0.6.0"
-__all__ = ["trace", "patch", "attribute", "edit", "memorization_scores", "circuit", "__version__"]
+__all__ = ["trace", "patch", "attribute", "ablate", "edit", "memorization_scores", "circuit", "steer", "__version__"]
 
 
 def __getattr__(name: str):
-    if name in ("trace", "patch", "attribute", "edit", "memorization_scores", "circuit"):
+    if name in ("trace", "patch", "attribute", "ablate", "edit", "memorization_scores", "circuit", "steer"):
         from .methods import api
 
         return getattr(api, name)

@@ -1,5 +1,6 @@
-"""The commands that run a model: `trace` (records), `patch` (prompt pairs), `attribute`
-(attribution patching of either), `answers`.
+"""The commands that run a model: `trace` (records), `patch` (prompt pairs; `--path`: path
+patching), `attribute` (attribution patching of either), `ablate` (zero or mean ablation of
+either), `answers`.
 
 The cube-filling commands share their options where they apply (what to restore, how, where
 the model runs, where the cube goes); each builds a `RunConfig` and hands it to
@@ -33,6 +34,9 @@ def _shared(f):
                      default="0", show_default=True, help="Noising: write corrupted states into clean runs (flag, or 0/1)."),
         click.option("--answer", type=click.Choice(["first", "full"]), default="first", show_default=True,
                      help="An answer's first token, or all its tokens (teacher-forced product)."),
+        click.option("--readout", "readout", default=None,
+                     help="Extra readouts stored beside p and the logits, comma-separated: logprob, rank, kl, prob_any"
+                          " (`--metric NAME` reads them)."),
         click.option("--max-examples", "--max-datapoints", "--max_datapoints", "max_examples", type=int, default=None,
                      help="Trace only the first N records (pairs) of the data set."),
         click.option("--shard", default=None, help="i/n: only records i, i+n, ... (0-based), for `nnct merge` to join."),
@@ -176,6 +180,30 @@ def attribute(pairs, graddrop, verify_top, verify_sample, compare_with, output_d
         _agreement(cfg.out, compare_with)
 
 
+@main.command()
+@click.option("--pairs", "pairs", type=click.Path(), help="JSONL prompt pairs (their clean prompts), instead of --data.")
+@click.option("--op", "operation", type=click.Choice(["zero", "mean"]), default="zero", show_default=True,
+              help="Zero ablation, or the site's mean over --reference prompts.")
+@click.option("--reference", type=click.Path(dir_okay=False),
+              help="With --op mean: JSONL reference prompts (field `prompt`); the mean is taken at each position when"
+                   " they all have the prompt's length, else over all their positions.")
+@_records(data_required=False)
+@_shared
+def ablate(pairs, operation, reference, output_dir, out, replace, reverse, quiet, no_wait, **options):
+    """Ablation: every (token, layer, component) cell of the clean prompt set to zero or to a
+    reference mean, one at a time, exactly; the cube holds p_ablated beside p_clean (effect:
+    m(ablated) - m(clean)), for records (--data) or prompt pairs (--pairs)."""
+    from ..methods import run
+
+    if bool(pairs) == bool(options["data"]):
+        fail("give --data FILE.jsonl (records, as trace) or --pairs FILE.jsonl (prompt pairs, as patch)")
+    if reverse == "1":
+        fail("--reverse-patching: an ablation always writes into the clean run")
+    options = dict(options, replace=False, data=pairs or options["data"], operation=operation, reference=reference)
+    cfg = _config("patch" if pairs else "trace", out, output_dir, reverse, no_wait, options)
+    run_and_report(lambda bar: run.execute(cfg, progress=bar), cfg.out, quiet, "rerun with --resume")
+
+
 def _agreement(atp_path: str, exact_path: str) -> None:
     from ..analysis import agreement
     from ..results import files
@@ -196,12 +224,17 @@ def _agreement(atp_path: str, exact_path: str) -> None:
 @click.option("--corrupt", help="The corrupted prompt: the clean one with a few tokens changed.")
 @click.option("--target", help="The answer whose value is traced (its first token of ' ' + answer).")
 @click.option("--alt", help="The competing answer.")
+@click.option("--path", "path", is_flag=True,
+              help="Path patching instead: each head's and MLP's effect only through --receivers (docs/method.md).")
+@click.option("--receivers", default="logits", show_default=True,
+              help="With --path: logits, or comma-separated L<layer>H<head>[.q|.k|.v] and mlp<layer>, e.g. L23H4,mlp12.")
+@click.option("--denoise", is_flag=True, help="With --path: patch the clean contributions into the corrupt run.")
 @_shared
-def patch(pairs, clean, corrupt, target, alt, output_dir, out, reverse, quiet, no_wait, **options):
+def patch(pairs, clean, corrupt, target, alt, path, receivers, denoise, output_dir, out, reverse, quiet, no_wait, **options):
     """Activation patching between two prompts: the clean value of every cell written into
     the corrupted run (--reverse-patching: the corrupted value into the clean run). With
     --pairs, --out FILE.nc or --output-dir DIR is required; one pair given inline is
-    printed, and written where --out says."""
+    printed, and written where --out says. --path: path patching (--receivers, --denoise)."""
     from ..methods import run
 
     inline = [clean, corrupt, target, alt]
@@ -209,9 +242,43 @@ def patch(pairs, clean, corrupt, target, alt, output_dir, out, reverse, quiet, n
         fail("give --pairs FILE or --clean/--corrupt/--target/--alt, not both")
     if not pairs and None in inline:
         fail("give --pairs FILE.jsonl, or all of --clean, --corrupt, --target and --alt")
-    cfg = _config("patch", out, output_dir, reverse, no_wait, dict(options, data=pairs), out_required=bool(pairs))
     items = None if pairs else [{"id": "inline", "clean": clean, "corrupt": corrupt, "target": target, "alt": alt}]
+    if path:
+        return _path(pairs, items, out, output_dir, dict(receivers=receivers, denoise=denoise,
+                                                         readouts=options.pop("readout")), quiet, options)
+    if receivers != "logits" or denoise:
+        fail("--receivers and --denoise belong to --path")
+    cfg = _config("patch", out, output_dir, reverse, no_wait, dict(options, data=pairs), out_required=bool(pairs))
     run_and_report(lambda bar: run.execute(cfg, progress=bar, items=items), cfg.out, quiet, "rerun with --resume")
+
+
+def _path(pairs, items, out, output_dir, chosen: dict, quiet: bool, options: dict) -> None:
+    """`patch --path`: path patching (`methods.path`), its strongest senders printed."""
+    from click.core import ParameterSource
+
+    from ..analysis import paths as view
+    from ..methods import path as lib
+    from .circuits import _say, _skipped
+
+    ctx = click.get_current_context()
+    unused = {"components": "--components", "window": "--window", "reverse": "--reverse-patching", "answer": "--answer",
+              "shard": "--shard", "request_cells": "--request-cells", "no_wait": "--no-wait", "resume": "--resume"}
+    given = [flag for k, flag in unused.items() if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE]
+    if given:
+        fail(f"{', '.join(given)}: not used by --path (noising the clean run; --denoise for the corrupt one)")
+    if out and output_dir:
+        fail("give one of --out FILE.nc and --output-dir DIR, not both")
+    out = out or (str(Path(output_dir) / "paths.nc") if output_dir else None)
+    if pairs and not out:
+        fail("give --out FILE.nc or --output-dir DIR: where the path-patching file goes")
+    cfg = lib.PathConfig(pairs=pairs, out=out, max_pairs=options.pop("max_examples"), **chosen,
+                         **settings(options))
+    with guarded("nothing was written: run the same command again"):
+        found = lib.run(cfg, items=items, say=_say(quiet), on_retry=Bar(True).retry)
+    _skipped(found.skipped)
+    click.echo(view.table(found.dataset))
+    if out:
+        click.echo(f"wrote {out}")
 
 
 @main.command()

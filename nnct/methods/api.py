@@ -1,5 +1,6 @@
-"""The Python API for notebooks: `trace`, `patch` and `attribute` return the cube as an
-xarray Dataset.
+"""The Python API for notebooks: `trace`, `patch`, `attribute` and `ablate` return the cube
+as an xarray Dataset; every one of them takes `readout=` (names, or callables
+`logits -> values`, run here only).
 
 Both take a model in any form a notebook has it (a name, a local directory, a loaded
 transformers model with its tokenizer, an nnsight model, an nnct Adapter) and their data in
@@ -90,15 +91,42 @@ def patch(model="smollm2-135m", pairs=None, *, clean: str | None = None, corrupt
           tokenizer=None, **settings):
     """Activation patching between two prompts: every cell of the clean run written into the
     corrupted one (reverse: the other way), for pairs (a JSONL path, or dicts with clean,
-    corrupt, target, alt and an optional id) or one pair given by keywords."""
+    corrupt, target, alt and an optional id) or one pair given by keywords.
+
+    `path=True`: path patching instead (`methods.path`): every head's and MLP's effect only
+    through `receivers` ("logits", the default, or e.g. "L23H4,mlp12"), noising the clean
+    run, or with `denoise=True` the corrupt one; returns the path-patching Dataset
+    (`results.paths`)."""
     if clean is not None:
         if pairs is not None or None in (corrupt, target, alt):
             raise ConfigError("patch(clean=...) takes corrupt, target and alt, and no pairs")
         pairs = [{"id": "pair", "clean": clean, "corrupt": corrupt, "target": target, "alt": alt}]
     if pairs is None:
         raise ConfigError("patch needs pairs (a JSONL path or dicts) or clean=..., corrupt=..., target=..., alt=...")
+    if settings.pop("path", False):
+        if resume:
+            raise ConfigError("patch(path=True) runs in one go: it takes no resume")
+        return _path(model, pairs, out, tokenizer, settings)
     cfg, items = _config("patch", model, pairs, out, resume, settings)
     return _run(cfg, model, items, progress, tokenizer)
+
+
+def _path(model, pairs, out, tokenizer, settings: dict):
+    """`patch(path=True)`: path patching (`methods.path`) of `pairs`, its Dataset."""
+    from .path import PathConfig, run
+
+    for alias, name in (("batch_size", "batch_rows"), ("readout", "readouts")):
+        if alias in settings:
+            settings[name] = settings.pop(alias)
+    name, adapter = _adapter(model, tokenizer)
+    path = str(pairs) if isinstance(pairs, (str, Path)) else None
+    items = None if path else (list(pairs) if not isinstance(pairs, dict) else [pairs])
+    cfg = PathConfig(pairs=path, out=str(out) if out else None, model=name,
+                     **_settings_of(PathConfig, settings, {"pairs", "out", "model"}))
+    found = run(cfg, adapter, items)
+    for problem in found.skipped:
+        warnings.warn(f"skipped {problem}", stacklevel=_outside())
+    return found.dataset
 
 
 def attribute(model="smollm2-135m", data=None, *, pairs=None, graddrop=False, **kwargs):
@@ -110,6 +138,19 @@ def attribute(model="smollm2-135m", data=None, *, pairs=None, graddrop=False, **
     if pairs is not None or "clean" in kwargs:
         if data is not None:
             raise ConfigError("attribute takes records (data) or prompt pairs (pairs), not both")
+        return patch(model, pairs, **kwargs)
+    return trace(model, data, **kwargs)
+
+
+def ablate(model="smollm2-135m", data=None, *, pairs=None, op: str = "zero", reference=None, **kwargs):
+    """Ablation: every cell of the clean prompt of records (`data` or `prompt=`, as `trace`
+    takes them) or of prompt pairs (`pairs` or `clean=`, as `patch`) set to zero, or with
+    `op="mean"` to its mean over the `reference` prompts (a JSONL path with `prompt`); the
+    cube holds `p_ablated` beside `p_clean` (docs/method.md)."""
+    kwargs.update(operation=op, reference=str(reference) if reference is not None else None)
+    if pairs is not None or "clean" in kwargs:
+        if data is not None:
+            raise ConfigError("ablate takes records (data) or prompt pairs (pairs), not both")
         return patch(model, pairs, **kwargs)
     return trace(model, data, **kwargs)
 
@@ -181,3 +222,33 @@ def circuit(model="smollm2-135m", pairs=None, *, out=None, tokenizer=None, **set
     for problem in found.skipped:
         warnings.warn(f"skipped {problem}", stacklevel=2)
     return found.dataset
+
+
+def steer(model="smollm2-135m", contrast=None, prompts=None, *, layers=None, alphas=None, readout=None, vectors=None,
+          out=None, tokenizer=None, **settings):
+    """Steering (CAA, `methods.steer`): vectors from `contrast` pairs (a JSONL path or dicts
+    with positive and negative) or reused `vectors` (a vectors file, or an array [layer,
+    d_model]), swept over `layers` (a list or "0-29:3"; None: all) x `alphas` on `prompts`
+    (a JSONL path or dicts with prompt, target, alt). Returns the sweep's Dataset (without
+    prompts: the vectors' Dataset); settings are `SteerConfig`'s (`from_last`, `new_tokens`,
+    `save_vectors`, `batch_size`, `remote`, ...); `out=` also writes the sweep."""
+    from .steer import SteerConfig, parse_alphas, parse_layers
+    from .steer import steer as run_steer
+
+    if "batch_size" in settings:
+        settings["batch_rows"] = settings.pop("batch_size")
+    name, adapter = _adapter(model, tokenizer)
+    path = isinstance(vectors, (str, Path))
+    files = {"contrast": str(contrast) if isinstance(contrast, (str, Path)) else None,
+             "prompts": str(prompts) if isinstance(prompts, (str, Path)) else None,
+             "vectors": str(vectors) if path else None}
+    if alphas is not None:
+        settings["alphas"] = parse_alphas(alphas)
+    cfg = SteerConfig(model=name, layers=parse_layers(layers), readout=readout, out=str(out) if out else None, **files,
+                      **_settings_of(SteerConfig, settings, {"model", "layers", "readout", "out", *files}))
+    made = run_steer(cfg, adapter, contrast_items=None if contrast is None or files["contrast"] else list(contrast),
+                     prompt_items=None if prompts is None or files["prompts"] else list(prompts),
+                     vectors=None if vectors is None or path else vectors)
+    for problem in made.problems:
+        warnings.warn(f"skipped {problem}", stacklevel=_outside())
+    return made.dataset if made.dataset is not None else made.vectors
