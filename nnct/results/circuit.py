@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import atomic
+from .files import has_format, read_netcdf as read, write_netcdf as write  # noqa: F401  (this file kind's read and write)
 
 FORMAT = "nnct-circuit-1"
 
@@ -45,27 +45,11 @@ def to_dataset(graph, score: np.ndarray, score_eap: np.ndarray, search: list[tup
                                                   "n_kv_heads": graph.n_kv, **attrs})
 
 
-def write(ds, path: str | Path) -> None:
-    with atomic(path) as tmp:
-        ds.to_netcdf(tmp, engine="netcdf4")
-
-
-def read(path: str | Path):
-    import xarray as xr
-
-    with xr.open_dataset(path, engine="netcdf4") as ds:
-        return ds.load()
 
 
 def is_circuit_file(path: str | Path) -> bool:
     """Whether `path` is a circuit file (read from its attributes alone; False for anything else)."""
-    try:
-        import netCDF4
-
-        with netCDF4.Dataset(path) as nc:
-            return getattr(nc, "nnct_format", None) == FORMAT
-    except OSError:
-        return False
+    return has_format(path, FORMAT)
 
 
 def top_edges(score: np.ndarray, n: int) -> np.ndarray:

@@ -38,7 +38,7 @@ from ..errors import ConfigError
 from ..interventions import metrics
 from ..interventions.components import COMPONENTS, grid, variables, whole
 from ..interventions.operations import ABLATIONS
-from .files import atomic
+from .files import atomic, write_netcdf as write  # noqa: F401  (the cube's writer: atomic)
 
 ANSWERS = ("target", "alt")
 ATTRS = (
@@ -222,10 +222,6 @@ def assemble(rows: list[Row], n_layers: int, components: tuple[str, ...], attrs:
     return ds
 
 
-def write(ds, path: str | Path) -> None:
-    """Write the cube atomically, readable as the user's other files (`files.atomic`)."""
-    with atomic(path) as tmp:
-        ds.to_netcdf(tmp, engine="netcdf4")
 
 
 def open_cube(path: str | Path, chunks: dict | None = None):

@@ -37,6 +37,32 @@ def atomic(path: str | Path):
             tmp.unlink()
 
 
+def write_netcdf(ds, path: str | Path) -> None:
+    """An xarray Dataset written atomically (`atomic`)."""
+    with atomic(path) as tmp:
+        ds.to_netcdf(tmp, engine="netcdf4")
+
+
+def read_netcdf(path: str | Path):
+    """A NetCDF file read whole into memory (and closed)."""
+    import xarray as xr
+
+    with xr.open_dataset(path, engine="netcdf4") as ds:
+        return ds.load()
+
+
+def has_format(path: str | Path, name: str) -> bool:
+    """Whether a NetCDF file's attr `nnct_format` is `name` (read from its attributes alone;
+    False for anything else, a file that is not NetCDF included)."""
+    try:
+        import netCDF4
+
+        with netCDF4.Dataset(path) as nc:
+            return getattr(nc, "nnct_format", None) == name
+    except OSError:
+        return False
+
+
 def write_json(path: str | Path, value) -> None:
     with atomic(path) as tmp:
         tmp.write_text(json.dumps(value, indent=1) + "\n")

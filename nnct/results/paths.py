@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import atomic
+from .files import has_format, read_netcdf as read, write_netcdf as write  # noqa: F401  (this file kind's read and write)
 
 FORMAT = "nnct-paths-1"
 ANSWERS = ("target", "alt")
@@ -76,24 +76,8 @@ def effect(ds, name: str = "p"):
     return ds[f"{name}_path"] - base, ds[f"{name}_path_mlp"] - base
 
 
-def write(ds, path: str | Path) -> None:
-    with atomic(path) as tmp:
-        ds.to_netcdf(tmp, engine="netcdf4")
-
-
-def read(path: str | Path):
-    import xarray as xr
-
-    with xr.open_dataset(path, engine="netcdf4") as ds:
-        return ds.load()
 
 
 def is_path_file(path: str | Path) -> bool:
     """Whether `path` is a path-patching file (read from its attributes alone)."""
-    try:
-        import netCDF4
-
-        with netCDF4.Dataset(path) as nc:
-            return getattr(nc, "nnct_format", None) == FORMAT
-    except OSError:
-        return False
+    return has_format(path, FORMAT)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from .files import atomic
+from .files import read_netcdf as read, write_netcdf as write  # noqa: F401  (this file kind's read and write)
 
 VECTORS_FORMAT = "nnct-steering-vectors-1"
 SWEEP_FORMAT = "nnct-steering-1"
@@ -92,13 +92,3 @@ def sweep_dataset(prompts: list, layers: list[int], alphas: list[float], clean: 
     return xr.Dataset(data, coords=coords, attrs={"nnct_format": SWEEP_FORMAT, **(attrs or {})})
 
 
-def write(ds, path: str | Path) -> None:
-    with atomic(path) as tmp:
-        ds.to_netcdf(tmp, engine="netcdf4")
-
-
-def read(path: str | Path):
-    import xarray as xr
-
-    with xr.open_dataset(path, engine="netcdf4") as ds:
-        return ds.load()
