@@ -99,3 +99,49 @@ def test_patch_both_forms_and_substitution_on_the_embedded_model(smol, tmp_path)
     assert list(ds.segment.values[0][1:4]) == ["subject_first", "subject_middle", "subject_last"]
     last = int(ds.n_tokens[0]) - 1
     assert abs(float(ds.p_restored.sel(answer="target", component="hidden")[0, last, -1]) - p_clean) < 1e-5
+
+
+def test_readouts_and_ablation_on_the_embedded_model(smol):
+    """Readouts of a real pair against their formulas on a plain transformers forward; zero
+    ablation of one cell against a plain hook; mean ablation over the prompt itself changes
+    nothing; restoring the last hidden state gives the clean readouts."""
+    from nnct.exec.engine import Engine, Settings
+    from nnct.interventions import readouts
+    from nnct.interventions.corruption import prompt_input
+
+    tok = smol.tokenizer
+    clean = list(spans.tokenize(tok, "The Eiffel Tower is located in the city of").ids)
+    corrupt = list(spans.tokenize(tok, "The Louvre Museum is located in the city of").ids)
+    assert len(clean) == len(corrupt)
+    answers = ((spans.answer_token(tok, "Paris"),), (spans.answer_token(tok, "Rome"),))
+    spelt = (spans.spellings(tok, "Paris"), spans.spellings(tok, "Rome"))
+    extra = readouts.extra(readouts.parse("logprob,rank,kl,prob_any"))
+    got = Engine(smol, Settings(("hidden",), readouts=extra)).trace(clean, prompt_input(corrupt), answers, spelt)
+    with torch.no_grad():
+        logits = {k: smol.hf(torch.tensor([ids])).logits[0, -1].double() for k, ids in (("clean", clean), ("corrupt", corrupt))}
+    ref = logits["clean"].log_softmax(-1)
+    first = [a[0] for a in answers]
+    for kind, x in logits.items():
+        logp = x.log_softmax(-1)
+        np.testing.assert_allclose(got.runs[f"logprob_{kind}"], logp[first].numpy(), atol=1e-4)
+        np.testing.assert_allclose(got.runs[f"rank_{kind}"], [int((x > x[t]).sum()) for t in first])
+        np.testing.assert_allclose(got.runs[f"kl_{kind}"], float((ref.exp() * (ref - logp)).sum()), atol=1e-4)
+        np.testing.assert_allclose(got.runs[f"prob_any_{kind}"], [float(logp[list(s)].exp().sum()) for s in spelt], atol=1e-5)
+    last = (len(clean) - 1, smol.n_layers - 1, 0)
+    for r in extra:
+        np.testing.assert_allclose(got.restored[f"{r.name}_restored"][last], got.runs[f"{r.name}_clean"], atol=1e-4)
+
+    zero = Engine(smol, Settings(("hidden",), operation="zero")).trace(clean, prompt_input(clean), answers)
+    layer, token = 5, 3
+    block = smol.hf.model.layers[layer]
+    handle = block.register_forward_hook(lambda m, i, out: (out[0].index_fill(1, torch.tensor([token]), 0.0), *out[1:])
+                                         if isinstance(out, tuple) else out.index_fill(1, torch.tensor([token]), 0.0))
+    try:
+        with torch.no_grad():
+            p = smol.hf(torch.tensor([clean])).logits[0, -1].float().softmax(-1)[first].double().numpy()
+    finally:
+        handle.remove()
+    np.testing.assert_allclose(zero.p_restored[token, layer, 0], p, atol=1e-5)
+    same = Engine(smol, Settings(("mlp",), operation="mean", reference=(tuple(clean),))).trace(
+        clean, prompt_input(clean), answers)
+    np.testing.assert_allclose(same.p_restored, np.broadcast_to(same.p_clean, same.p_restored.shape), atol=1e-5)
