@@ -108,7 +108,9 @@ def assert_same_cube(path: Path, local: xr.Dataset) -> xr.Dataset:
     for name in probs:
         diff = np.nanmax(np.abs(there[name].values - local[name].values))
         scale = max(1.0, float(np.nanmax(np.abs(local[name].values))))  # 1 for probabilities
-        assert diff <= TOL * scale, f"{name}: max |remote - local| = {diff}"
+        # a rank is a step function: two logits within rounding of each other may swap places
+        bound = 1.0 if name.startswith("rank_") else TOL * scale
+        assert diff <= bound, f"{name}: max |remote - local| = {diff}"
         np.testing.assert_array_equal(np.isnan(there[name].values), np.isnan(local[name].values))
     xr.testing.assert_equal(there.drop_vars(probs), local.drop_vars(probs))
     assert there.attrs["noise_level"] == pytest.approx(local.attrs["noise_level"], rel=1e-6)
