@@ -16,6 +16,10 @@ from .options import execution, settings
 @click.option("--corruption", type=click.Choice(["noise", "prompt"]), default="noise", show_default=True,
               help="noise: ROME's S noise samples, against ROME's loop; prompt: the subject substituted (a pair), against"
                    " one forward per cell as TransformerLens patches.")
+@click.option("--op", "operation", type=click.Choice(["copy", "zero", "mean"]), default="copy", show_default=True,
+              help="copy: patching under --corruption; zero, mean: `nnct ablate`'s ablation of the clean prompt (mean over"
+                   " the prompts of --reference records after the first), against one forward of it per cell.")
+@click.option("--reference", default=8, show_default=True, help="With --op mean: records whose prompts make the mean.")
 @click.option("--components", default="hidden,mlp,attn", show_default=True)
 @click.option("--samples", default=10, show_default=True, help="Noise samples (noise only).")
 @click.option("--window", default=10, show_default=True)
@@ -26,7 +30,8 @@ from .options import execution, settings
               help="exact: nnct's engine against one forward per cell; atp (atp*: with GradDrop): attribution patching"
                    " against nnct's engine, with the agreement of its estimates.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the measurements as JSON.")
-def bench(data, tokens, corruption, components, samples, window, plain_cells, passage, method, json_out, **options):
+def bench(data, tokens, corruption, operation, reference, components, samples, window, plain_cells, passage, method, json_out,
+          **options):
     """Time nnct's engine against one forward per cell on one prompt, side by side (--method
     atp or atp*: attribution patching against the engine)."""
     from ..interventions.components import components as parse_components
@@ -35,6 +40,8 @@ def bench(data, tokens, corruption, components, samples, window, plain_cells, pa
     from ..results import files
 
     cfg = pipeline.Execution(**settings(options))
+    if operation != "copy" and method != "exact":
+        raise click.UsageError("--op zero|mean: only with --method exact")
 
     def measure(session):
         if method != "exact":
@@ -42,7 +49,8 @@ def bench(data, tokens, corruption, components, samples, window, plain_cells, pa
                                        passage=passage, corruption=corruption, estimate=method)
         else:
             result = bench_lib.run(session.adapter, data, tokens, parse_components(components), samples, window,
-                                   cfg.batch_rows, plain_cells, passage=passage, corruption=corruption)
+                                   cfg.batch_rows, plain_cells, passage=passage, corruption=corruption, op=operation,
+                                   reference=reference)
         if json_out:
             files.write_json(json_out, result)
         return result

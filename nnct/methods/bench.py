@@ -21,6 +21,15 @@ changes (l + 1 for hidden and its severed forms, the window's first layer for ml
 head), with logits at the last position only; an all-positions head cell runs from the first
 corrupted token. (Finer savings are left out of it: the last layer needs only the last
 position, and a window's first layer needs only its MLP for an mlp cell.)
+
+An ablation (`operation` zero or mean, as `nnct ablate` runs it) has no corrupted run: the
+plain loop is one forward of the clean prompt per cell, its hooks writing what the operation
+makes (zeros, or the site's mean over `reference` prompts recorded once by plain hooks) at
+the cell's site, positions and layers, logits over every position; nnct runs its engine with
+that operation. Its floor is the clean run once and, for every cell (none is unchanged), one
+row over the positions from t on and the layers from the first one whose output changes,
+logits at the last position only. Mean ablation's reference forwards are counted in all
+three (in the floor without logits).
 """
 
 from __future__ import annotations
@@ -39,7 +48,8 @@ from ..inputs import spans
 from ..inputs.pairs import substitute
 from ..inputs.prompts import examples_for, experiment
 from ..inputs.records import load_records
-from ..interventions.corruption import RunInput, draw, noise_input, prompt_input
+from ..interventions.corruption import RunInput, clean_input, draw, noise_input, prompt_input
+from ..interventions.operations import ABLATIONS, Values, operation
 from ..interventions.components import COMPONENTS, whole
 from ..interventions.plan import Cell, cells, first_layer, schedule, slot, written_layers
 from ..model.parts import Adapter
@@ -50,17 +60,22 @@ from ..results.cube import TITLES
 # -- the plain loop ----------------------------------------------------------------------------
 
 def plain_loop(adapter: Adapter, ids, corrupt: RunInput, answers: tuple[int, int], todo: list[Cell], window: int,
-               cached_clean: bool = False) -> dict:
+               cached_clean: bool = False, op: str = "copy", reference: tuple = (), means: dict | None = None) -> dict:
     """p_restored[answer] per cell, one forward per cell with plain hooks: ROME's S+1 rows
     (row 0 clean), or with `cached_clean` the clean values cached once and only the S
     corrupted rows run (TransformerLens). A severed path's frozen values come from one
     corrupted forward recorded before the loop (ROME's `trace_with_repatch` runs that
-    forward again for every cell)."""
-    loop = _PlainLoop(adapter, ids, corrupt, cached_clean)
+    forward again for every cell). `op` is what a cell writes (`interventions.operations`):
+    an ablation (zero, mean) runs `corrupt` = the clean prompt (one row, `cached_clean`)
+    with zeros, or the site's mean over the `reference` prompts' ids (`means`: those of
+    `plain_means`, recorded before), written at the cell."""
+    loop = _PlainLoop(adapter, ids, corrupt, cached_clean, op)
     comps = {c.component: COMPONENTS[c.component] for c in todo}
-    if cached_clean:
-        keys = {(l, comps[c.component].site) for c in todo for l in written_layers(c, window, adapter.n_layers)}
+    keys = {(l, comps[c.component].site) for c in todo for l in written_layers(c, window, adapter.n_layers)}
+    if cached_clean and loop.op.needs == "source":
         loop.clean = loop.recorded(torch.tensor([list(ids)], device=adapter.device), keys, 1, False)
+    if loop.op.needs == "mean":
+        loop.means = means if means is not None else loop.reference_means(reference, keys)
     severed = {c.sever for c in comps.values() if c.sever}
     if severed:
         loop.frozen = loop.recorded(loop.corrupted, {(l, s) for l in range(adapter.n_layers) for s in severed}, corrupt.rows,
@@ -69,11 +84,20 @@ def plain_loop(adapter: Adapter, ids, corrupt: RunInput, answers: tuple[int, int
         return {cell: loop.cell(cell, comps[cell.component], window, answers) for cell in todo}
 
 
-class _PlainLoop:
-    """The hooks of `plain_loop`: noise on the corrupted rows' span, a cell's restoration,
-    a severed path's frozen values, and the forwards that record values once."""
+def plain_means(adapter: Adapter, ids, reference: tuple, sites) -> dict:
+    """`plain_loop`'s mean ablation values of `sites` in every layer, recorded once by plain
+    hooks over the `reference` prompts."""
+    loop = _PlainLoop(adapter, ids, clean_input(ids), True, "mean")
+    with torch.no_grad():
+        return loop.reference_means(reference, {(l, site) for l in range(adapter.n_layers) for site in sites})
 
-    def __init__(self, adapter: Adapter, ids, corrupt: RunInput, cached_clean: bool):
+
+class _PlainLoop:
+    """The hooks of `plain_loop`: noise on the corrupted rows' span, a cell's restoration
+    (or what its operation writes), a severed path's frozen values, and the forwards that
+    record values once."""
+
+    def __init__(self, adapter: Adapter, ids, corrupt: RunInput, cached_clean: bool, op: str = "copy"):
         self.adapter, self.hf, self.layout = adapter, adapter.hf, adapter.layout
         self.layers = adapter.layer_modules()
         self.corrupt, self.cached = corrupt, cached_clean
@@ -85,7 +109,8 @@ class _PlainLoop:
         dtype = next(self.hf.parameters()).dtype
         self.noise = None if corrupt.values is None else corrupt.values.to(adapter.device, dtype)
         self.span = list(corrupt.positions)
-        self.clean, self.frozen = {}, {}
+        self.op = operation(op)
+        self.clean, self.frozen, self.means = {}, {}, {}
 
     def noising(self, first_row: int):
         """The hook that noises the span of rows first_row.. (the corrupted ones)."""
@@ -114,16 +139,35 @@ class _PlainLoop:
                 h.remove()
         return kept
 
+    def reference_means(self, reference: tuple, keys) -> dict:
+        """{(layer, site): [position or 1, d]}: each site's mean over the reference prompts, at
+        each position where they all have the prompt's length, else over all their positions
+        (as `Engine.means_by_position`)."""
+        by_position = all(len(ids) == self.T for ids in reference)
+        summed, count = {}, 0
+        for ids in reference:
+            kept = self.recorded(torch.tensor([list(ids)], device=self.adapter.device), keys, 1, False)
+            for key, v in kept.items():
+                v = v[0].double() if by_position else v[0].double().sum(dim=0, keepdim=True)
+                summed[key] = v if key not in summed else summed[key] + v
+            count += 1 if by_position else len(ids)
+        return {key: (v / count).to(self.corrupted.device, next(self.hf.parameters()).dtype) for key, v in summed.items()}
+
     def cell(self, cell: Cell, c, window: int, answers) -> np.ndarray:
         """One cell's p of the answers, from one forward with its hooks."""
         n_layers, dh, off = self.adapter.n_layers, self.adapter.d_head, self.off
         positions = list(range(cell.token, self.T)) if c.all_positions else [cell.token]
         columns = slice(cell.head * dh, (cell.head + 1) * dh) if c.heads else slice(None)
 
-        def restore(key):
+        def restore(key):  # the operation's values at the cell (copy: the clean run's)
             def fn(value):
-                source = self.clean[key][0] if self.cached else value[0]
-                value[off:, positions, columns] = source[positions, columns]
+                given = Values(like=value[off:, positions, columns])
+                if self.op.needs == "source":
+                    given.source = (self.clean[key][0] if self.cached else value[0])[positions, columns]
+                if self.op.needs == "mean":
+                    mean = self.means[key]
+                    given.mean = (mean[positions] if mean.shape[0] > 1 else mean.expand(len(positions), -1))[:, columns]
+                value[off:, positions, columns] = self.op.make(given)
             return fn
 
         def freeze(key):
@@ -170,8 +214,11 @@ class Shape:
         return float(rows) * ((self.n_layers - first) * layer + logits_at * 2 * self.d * self.vocab)
 
 
-def floor_flops(shape: Shape, n_tokens: int, samples: int, todo: list[Cell], window: int, first_corrupted: int) -> float:
-    total = shape.forward(1 + samples, n_tokens)
+def floor_flops(shape: Shape, n_tokens: int, samples: int, todo: list[Cell], window: int, first_corrupted: int,
+                ablating: bool = False) -> float:
+    """The exact trace's floor (module docstring); `ablating`: no corrupted run (samples 1,
+    first_corrupted 0: every cell runs)."""
+    total = shape.forward(1 if ablating else 1 + samples, n_tokens)
     for c in todo:
         if c.token >= first_corrupted:
             total += shape.forward(samples, n_tokens, start=c.token, first=first_layer(c, window, shape.n_layers))
@@ -179,9 +226,11 @@ def floor_flops(shape: Shape, n_tokens: int, samples: int, todo: list[Cell], win
 
 
 def engine_flops(shape: Shape, n_tokens: int, samples: int, todo: list[Cell], window: int, first_corrupted: int, rows: int,
-                 token_rows: int | None = None) -> float:
+                 token_rows: int | None = None, ablating: bool = False) -> float:
+    """What the engine's plan computes: the clean run, the corrupted one (none when
+    `ablating`), and every batch."""
     plan = schedule(todo, samples, rows, window, shape.n_layers, first_corrupted, n_tokens, token_rows)
-    total = shape.forward(1, n_tokens) + shape.forward(samples, n_tokens)
+    total = shape.forward(1, n_tokens) + (0.0 if ablating else shape.forward(samples, n_tokens))
     for b in plan.batches:
         total += shape.forward(len(b.cells) * samples, n_tokens, start=b.start, first=b.first_layer)
     return total
@@ -265,10 +314,14 @@ def bench_example(adapter: Adapter, data: str, n_tokens: int, passage: str = "fi
     return ex, tokens
 
 
-def _bench_input(adapter: Adapter, data: str, n_tokens: int, passage: str, corruption: str, samples: int, seed: int):
-    """(tokens, answers, corrupted RunInput, span, samples) of the bench's prompt."""
-    ex, tokens = bench_example(adapter, data, n_tokens, passage, corruption)
+def _bench_input(adapter: Adapter, data: str, n_tokens: int, passage: str, corruption: str, samples: int, seed: int,
+                 ablating: bool = False):
+    """(tokens, answers, corrupted RunInput, span, samples) of the bench's prompt (`ablating`:
+    the clean prompt's own input, one row)."""
+    ex, tokens = bench_example(adapter, data, n_tokens, passage, "noise" if ablating else corruption)
     answers = (spans.answer_token(adapter.tokenizer, ex.target), spans.answer_token(adapter.tokenizer, ex.alt))
+    if ablating:
+        return tokens, answers, clean_input(tokens.ids), spans.span_positions(tokens, ex), 1
     if corruption == "prompt":
         corrupt_ids = spans.tokenize(adapter.tokenizer, ex.corrupt_prompt).ids
         span = [i for i, (a, b) in enumerate(zip(tokens.ids, corrupt_ids)) if a != b]
@@ -276,6 +329,18 @@ def _bench_input(adapter: Adapter, data: str, n_tokens: int, passage: str, corru
     span = spans.span_positions(tokens, ex)
     level = 3 * embedding_std(adapter.parts, [[tokens.ids[i] for i in span]])
     return tokens, answers, noise_input(tokens.ids, span, draw(seed, samples, len(span), adapter.d_model, level)), span, samples
+
+
+def reference_prompts(adapter: Adapter, data: str, n: int = 8) -> tuple:
+    """Mean ablation's reference for the bench: the token ids of the subject experiment's
+    prompts (each record with its own passage) of the `n` records after the first (whose
+    passages fill the bench's prompt; the mean is over all their positions)."""
+    exp = experiment("subject")
+    records = load_records(data).items[1 : 1 + n]
+    if not records:
+        raise DataError(f"{data}: no record after the first to take mean ablation's reference from")
+    return tuple(spans.tokenize(adapter.tokenizer, examples_for(r, exp, exp.prompt_format, 0)[0].prompt).ids
+                 for r in records)
 
 
 def run_atp(adapter: Adapter, data: str, n_tokens: int = 25, components=("hidden", "mlp", "attn"), samples: int = 10,
@@ -326,32 +391,45 @@ def atp_table(r: dict) -> str:
 
 def run(adapter: Adapter, data: str, n_tokens: int = 25, components=("hidden", "mlp", "attn"), samples: int = 10, window: int = 10,
         batch_rows: int | None = None, plain_cells: int = 30, seed: int = 0, passage: str = "first",
-        corruption: str = "noise") -> dict:
-    tokens, answers, corrupt, span, samples = _bench_input(adapter, data, n_tokens, passage, corruption, samples, seed)
+        corruption: str = "noise", op: str = "copy", reference: int = 8) -> dict:
+    """nnct's engine against the plain loop on the bench's prompt (`op` zero or mean: an
+    ablation of the clean prompt, mean over the prompts of `reference` records), measured
+    side by side: `table`'s numbers."""
+    ablating = op in ABLATIONS
+    tokens, answers, corrupt, span, samples = _bench_input(adapter, data, n_tokens, passage, corruption, samples, seed,
+                                                           ablating)
     T, L = len(tokens), adapter.n_layers
-    todo = cells(T, L, tuple(components), adapter.n_heads, min(span))
+    first_changed = 0 if ablating else min(span)
+    todo = cells(T, L, tuple(components), adapter.n_heads, first_changed)
     budget = memory_budget(adapter.device)
     rows = batch_rows or auto_batch_rows(adapter, T, samples, budget)
     token_rows = CPU_TOKEN_ROWS if batch_rows is None and adapter.device == "cpu" else None
     sampled = random.Random(seed).sample(todo, min(plain_cells, len(todo)))
     shape = Shape.of(adapter)
-    cached = corruption == "prompt"  # TransformerLens caches the clean run; ROME runs it in every forward
-
-    def plain(part):
-        return plain_loop(adapter, tokens.ids, corrupt, answers, part, window, cached_clean=cached)
-
-    # This machine's speed drifts over minutes, so the plain loop is timed in two halves,
-    # one before and one after nnct's run, and the matmul rate likewise.
-    half = len(sampled) // 2
+    # TransformerLens caches the clean run; ROME runs it in every forward; an ablation runs the clean prompt alone
+    cached = corruption == "prompt" or ablating
+    refs = reference_prompts(adapter, data, reference) if op == "mean" else ()
+    sites = {COMPONENTS[c].site for c in components}
     dev, dtype = adapter.device, adapter.dtype
     rates, results, t_plain_total = [matmul_gflops(device=dev, dtype=dtype)], {}, 0.0
     with PeakMemory(dev) as mem_plain:
+        t0 = time.perf_counter()  # the plain loop's means, once (not per cell)
+        means = plain_means(adapter, tokens.ids, refs, sites) if op == "mean" else None
+        t_means = time.perf_counter() - t0
+
+        def plain(part):
+            return plain_loop(adapter, tokens.ids, corrupt, answers, part, window, cached_clean=cached, op=op, means=means)
+
+        # This machine's speed drifts over minutes, so the plain loop is timed in two halves,
+        # one before and one after nnct's run, and the matmul rate likewise.
+        half = len(sampled) // 2
         t0 = time.perf_counter()
         results.update(plain(sampled[:half]))
         t_plain_total += time.perf_counter() - t0
     with PeakMemory(dev) as mem_nnct:
         t0 = time.perf_counter()
-        engine = Engine(adapter, Settings(tuple(components), window, batch_rows=batch_rows, batch_budget=budget))
+        engine = Engine(adapter, Settings(tuple(components), window, batch_rows=batch_rows, batch_budget=budget,
+                                          operation=op, reference=refs))
         result = engine.trace(tokens.ids, corrupt, ((answers[0],), (answers[1],)))
         synchronize(dev)
         t_nnct = time.perf_counter() - t0
@@ -365,15 +443,24 @@ def run(adapter: Adapter, data: str, n_tokens: int = 25, components=("hidden", "
         variable, at = slot(cell, tuple(components))
         return result.restored["p_" + variable][at]
     diff = max(float(np.abs(measured(c) - p).max()) for c, p in results.items())
-    t_plain = t_plain_cell * len(todo)
+    t_plain = t_plain_cell * len(todo) + t_means
     per_cell_rows = samples if cached else samples + 1
-    f_plain = len(todo) * shape.forward(per_cell_rows, T, logits_at=T) + (shape.forward(1, T, logits_at=T) if cached else 0)
-    f_nnct = engine_flops(shape, T, samples, todo, window, min(span), rows, token_rows)
-    f_floor = floor_flops(shape, T, samples, todo, window, min(span))
+    clean_cache = shape.forward(1, T, logits_at=T) if cached and not ablating else 0  # an ablation writes no clean value
+    f_plain = len(todo) * shape.forward(per_cell_rows, T, logits_at=T) + clean_cache
+
+    def means_flops(logits):  # the reference's forwards (mean ablation), with logits at `logits` positions (None: all)
+        return sum(shape.forward(1, len(ids), logits_at=len(ids) if logits is None else logits) for ids in refs)
+    f_plain += means_flops(None)
+    f_nnct = engine_flops(shape, T, samples, todo, window, first_changed, rows, token_rows, ablating) + means_flops(1)
+    f_floor = floor_flops(shape, T, samples, todo, window, first_changed, ablating) + means_flops(0)
+    if ablating:
+        kind, plain_name = f"{op} ablation" + (f" over {len(refs)} prompts" if refs else ""), "1 forward of the clean prompt per cell"
+    else:
+        kind, plain_name = corruption, ("TransformerLens (clean cached, 1 forward per cell)" if cached
+                                        else "ROME (S+1 rows per cell)")
     return {
         "model": adapter.name, "tokens": T, "span": [min(span), max(span) + 1], "passage": passage,
-        "corruption": corruption, "plain": "TransformerLens (clean cached, 1 forward per cell)" if cached
-        else "ROME (S+1 rows per cell)", "components": ",".join(components),
+        "corruption": kind, "operation": op, "plain": plain_name, "components": ",".join(components),
         "samples": samples, "window": window, "cells": len(todo), "plain_cells_timed": len(sampled), "batch_rows": rows,
         "device": adapter.device, "dtype": adapter.dtype, "threads": torch.get_num_threads(),
         "matmul_gflops": rate,
@@ -398,7 +485,8 @@ def table(r: dict) -> str:
                      f"{100 * m['gflops'] / r['matmul_gflops']:.0f}%", f"{m['peak_mib']:.0f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [head] + ["  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths))) for row in rows]
+    floor = "trace" if r.get("operation", "copy") == "copy" else "ablation"
     lines.append(f"speedup {r['speedup']:.1f}x | max |difference| {r['max_abs_diff']:.2e} | "
-                 f"exact-trace floor {r['floor_gflop']:.0f} GFLOP: nnct computes {r['nnct']['gflop'] / r['floor_gflop']:.2f}x the floor, "
+                 f"exact-{floor} floor {r['floor_gflop']:.0f} GFLOP: nnct computes {r['nnct']['gflop'] / r['floor_gflop']:.2f}x the floor, "
                  f"the plain loop {r['plain_loop']['gflop'] / r['floor_gflop']:.1f}x")
     return "\n".join(lines)

@@ -11,7 +11,7 @@ from conftest import FAMILIES, make_adapter
 from reference import Reference
 from examples import CORRUPT_IDS, IDS, SPAN, TOL, pair, prepared
 from nnct.interventions.plan import Cell
-from nnct.methods.bench import Shape, floor_flops, plain_loop, table
+from nnct.methods.bench import Shape, engine_flops, floor_flops, plain_loop, table
 from nnct.interventions.components import ORDER as COMPONENTS
 
 CELLS = [Cell(3, 1, "hidden"), Cell(4, 2, "mlp"), Cell(2, 0, "attn"), Cell(8, 3, "mlp"), Cell(5, 0, "hidden")]
@@ -69,6 +69,68 @@ def test_flop_model_by_hand():
     # floor: the two base runs, plus a hidden cell at layer 0 (runs layer 1 only) from token 2;
     # a cell before the first corrupted token costs nothing
     assert floor_flops(s, 3, 2, [Cell(2, 0, "hidden"), Cell(0, 1, "mlp")], 2, 1) == s.forward(3, 3) + s.forward(2, 3, start=2, first=1)
+
+
+# mean ablation's reference: two prompts of other lengths than IDS, so the mean is over all their positions
+REFERENCE = ((0, 29, 30, 10, 11, 8, 23), (0, 8, 25, 26, 10, 9))
+
+
+@pytest.mark.parametrize("op", ["zero", "mean"])
+def test_ablation_plain_loop_matches_reference(op):
+    """The ablation bench's plain loop: the clean prompt with zeros, or the site's mean over
+    the reference prompts' positions, written at the cell (windows, a head)."""
+    import torch
+
+    from nnct.interventions.corruption import clean_input
+
+    adapter = make_adapter("llama")
+    ref = Reference(adapter)
+    answers = tuple(a[0] for a in prepared(adapter).answers)
+    todo = CELLS + [Cell(5, 1, "head", 2)]
+    plain = plain_loop(adapter, IDS, clean_input(IDS), answers, todo, window=3, cached_clean=True, op=op, reference=REFERENCE)
+    states = [ref.logits(ids, capture=True)[1] for ids in REFERENCE]
+    mean = {key: torch.cat([s[key] for s in states]).mean(dim=0) for key in states[0]}
+    d = adapter.d_model // ref.n_heads
+    for c in todo:
+        site = "head" if c.head is not None else c.component
+        layers = [c.layer] if c.component == "hidden" else range(max(0, c.layer - 1), min(adapter.n_layers, c.layer + 2))
+        cols = slice(None) if c.head is None else slice(c.head * d, (c.head + 1) * d)
+        writes = [(l, site if c.head is None else (site, c.head), c.token,
+                   mean[(l, site)][cols] if op == "mean" else torch.zeros_like(mean[(l, site)][cols])) for l in layers]
+        logits, _ = ref.logits(IDS, writes=writes)
+        expected = torch.softmax(logits[-1].float(), -1)[list(answers)].double()
+        np.testing.assert_allclose(plain[c], expected.numpy(), atol=TOL, err_msg=f"{op} {c}")
+
+
+@pytest.mark.parametrize("op", ["zero", "mean"])
+def test_ablation_bench_on_the_tiny_model(data_file, op):
+    """`nnct bench --op zero|mean`: the plain loop and nnct's engine agree on the sampled
+    cells, every cell is run (S=1, none unchanged), and nnct's work is at least the floor."""
+    from nnct.methods.bench import run
+
+    adapter = make_adapter("llama")
+    r = run(adapter, str(data_file), n_tokens=8, components=("hidden", "mlp", "attn"), window=3, plain_cells=12, op=op,
+            reference=2)
+    assert r["max_abs_diff"] <= TOL and r["plain_cells_timed"] == 12
+    assert r["samples"] == 1 and r["cells"] == r["tokens"] * adapter.n_layers * 3
+    assert r["floor_gflop"] <= r["nnct"]["gflop"] < r["plain_loop"]["gflop"]
+    assert r["corruption"].startswith(f"{op} ablation") and "exact-ablation floor" in table(r)
+
+
+def test_ablation_floor_by_hand():
+    """An ablation's floor: the clean run once (no corrupted run), and every cell (token 0
+    too: none is unchanged) one row from its token and first changed layer; one cell per
+    batch, the engine's plan computes exactly the floor."""
+    s = Shape(d=4, d_q=4, d_kv=2, d_ff=8, mlp_mats=3, vocab=10, n_layers=3)
+    hidden = [Cell(1, 1, "hidden")]  # its output is layer 1's: layers 2.. run, from position 1
+    assert floor_flops(s, 4, 1, hidden, 3, 0, ablating=True) == s.forward(1, 4) + s.forward(1, 4, start=1, first=2)
+    # an mlp cell at layer 2, window 3, writes layers 1..2: layer 1 is its first; a cell at token 0 runs too
+    todo = hidden + [Cell(0, 2, "mlp"), Cell(3, 0, "hidden")]
+    want = s.forward(1, 4) + s.forward(1, 4, start=1, first=2) + s.forward(1, 4, start=0, first=1) + s.forward(1, 4, 3, 1)
+    assert floor_flops(s, 4, 1, todo, 3, 0, ablating=True) == want
+    # the same cells traced under noise (S=2, span from token 1) cost the corrupted run and skip token 0
+    assert floor_flops(s, 4, 2, todo, 3, 1) == s.forward(3, 4) + 2 * (want - s.forward(1, 4) - s.forward(1, 4, start=0, first=1))
+    assert engine_flops(s, 4, 1, todo, 3, 0, rows=1, ablating=True) == want
 
 
 def test_table_reports_the_ratio():
