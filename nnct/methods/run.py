@@ -235,6 +235,7 @@ def _validate_estimate(cfg: RunConfig) -> None:
         from ..exec.attribution import check
 
         check(parse_components(cfg.components), cfg.answer == "full")
+        readouts.check_gradient(cfg.readouts)
 
 
 def _load(cfg: RunConfig, items) -> Loaded:

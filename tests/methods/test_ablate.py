@@ -116,3 +116,17 @@ def test_api_ablate_with_a_callable_readout_and_its_refusal_remotely(tiny_model_
     assert (ds.top_ablated.isnull() | (ds.top_ablated >= ds.logit_ablated.max("answer") - 1e-4)).all()
     with pytest.raises(ConfigError, match="cannot run on a server"):
         nnct.trace(str(tiny_model_dir), str(data_file), remote="local", readout=[lambda logits: logits[:, 0]])
+
+
+def test_attribution_cube_reads_its_readout_estimates(tmp_path, tiny_model_dir, data_file):
+    out = tmp_path / "atp.nc"
+    result = invoke("attribute", "--model", tiny_model_dir, "--data", data_file, "--experiment", "subject-noctx",
+                    "--samples", "2", "--window", "3", "--components", "hidden", "--readout", "kl", "--max-examples", "1",
+                    "--out", out)
+    assert result.exit_code == 0, result.output
+    ds = open_cube(out)
+    ie, te = metric_effects(ds, "kl")
+    np.testing.assert_allclose(ie.values, ds.ie_atp_kl.transpose(*ie.dims).values, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(te.values, (ds.kl_clean - ds.kl_corrupt).values, rtol=1e-6)
+    result = invoke("attribute", "--model", tiny_model_dir, "--data", data_file, "--readout", "rank", "--out", tmp_path / "r.nc")
+    assert result.exit_code == 2 and "no gradient" in result.output
