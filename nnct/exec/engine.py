@@ -153,6 +153,7 @@ class Engine:
         # envoys and sizes only: the engine can travel to a remote session
         self.parts = model.parts if isinstance(model, Adapter) else model
         self.settings = settings
+        self._means: dict = {}  # mean ablation's reference values, by (sites, prompt length or None)
 
     def _forward(self, ids: torch.Tensor, rows: int, read: _Read, *, edit=None, writes=None, save=(), keep_cache=False,
                  first_layer=0, cache=None, skip_value=None, top1=False, keep_logprobs=False) -> Run:
@@ -428,18 +429,23 @@ class Engine:
     def _reference_means(self, sites: tuple[str, ...], n_tokens: int) -> dict:
         """Mean ablation's values: site -> [layer, position, d], each site's mean over the
         reference prompts at each position where they all have the prompt's `n_tokens`
-        tokens, else [layer, 1, d], its mean over all their positions (`means_by_position`)."""
+        tokens, else [layer, 1, d], its mean over all their positions (`means_by_position`).
+        Made once per engine and key: the examples of a run share them."""
         a, s = self.parts, self.settings
+        by_position = self.means_by_position(n_tokens)
+        key = (sites, n_tokens if by_position else None)
+        if key in self._means:
+            return self._means[key]
         read = _Read((0, 0))
         summed, count = {}, 0
-        by_position = self.means_by_position(n_tokens)
         for ids in s.reference:
             run = self._forward(torch.tensor([list(ids)], dtype=torch.long), 1, read, save=sites)
             for name, v in run.states.items():  # [1, layer, token, d]
                 v = v[0].double() if by_position else v[0].double().sum(dim=1, keepdim=True)
                 summed[name] = v if name not in summed else summed[name] + v
             count += 1 if by_position else len(ids)
-        return {name: (v / count).to(a.torch_dtype) for name, v in summed.items()}
+        self._means[key] = {name: (v / count).to(a.torch_dtype) for name, v in summed.items()}
+        return self._means[key]
 
     def means_by_position(self, n_tokens: int) -> bool:
         """Whether mean ablation takes the reference's mean at each position (every reference

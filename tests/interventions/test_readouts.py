@@ -178,3 +178,16 @@ def test_readouts_that_cannot_run_are_refused():
     with pytest.raises(ConfigError, match="no gradient"):
         Engine(adapter, Settings(("hidden",), estimate="atp", readouts=readouts.parse("rank"))).trace(IDS, ex.corrupt, ex.answers)
 
+
+
+def test_one_engine_keeps_each_prompt_lengths_means_apart():
+    """The reference means made once per engine: a prompt of the references' length takes
+    the per-position means, a shorter one the all-position means, as fresh engines give."""
+    adapter = make_adapter("llama")
+    ex = pair(adapter)
+    settings = Settings(("hidden",), window=3, operation="mean", reference=(CORRUPT_IDS,))
+    shared = Engine(adapter, settings)
+    for ids in (IDS, IDS[:6], IDS):
+        got = shared.trace(ids, ex.corrupt, ex.answers)
+        fresh = Engine(adapter, settings).trace(ids, ex.corrupt, ex.answers)
+        np.testing.assert_array_equal(got.p_restored, fresh.p_restored)
