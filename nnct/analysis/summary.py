@@ -11,8 +11,15 @@ layer, head) (`aie_head_all_pos`), and `strongest_heads` lists the largest. Choi
 - A segment's effect in one example is the mean over its tokens (ROME averages the middle
   subject tokens the same way); the AIE is the mean over the examples that have the
   segment, so `n(segment)` can be smaller than the number of examples.
-- Confidence intervals are Student t intervals over examples: mean +- t(0.975, n-1) * sd / sqrt(n),
-  sd with n-1 degrees of freedom; NaN where n < 2.
+- Examples of one record (its fact and cf variants) are not independent: every mean is the
+  mean of record means (each record's examples averaged first), and its 95% interval is over
+  records, the unit of sampling: Student t over the record means, mean +- t(0.975, R-1) *
+  sd / sqrt(R) (sd with R-1 degrees of freedom; NaN where R < 2), or with `ci="bootstrap"`
+  the 2.5th and 97.5th percentiles of the mean over 10,000 resamples of the records (seeded).
+  A cube with one example per record gives the old intervals over examples.
+- Every mean says how many examples it used (`n`), over how many records (`n_records`), and
+  how many of the selected examples it left out (`n_left_out`: the segment is absent from the
+  prompt, or the metric is undefined there, e.g. a recovery whose total effect is below 0.001).
 - Metrics: every metric of `interventions.metrics` the cube gives (`prob`, ROME's p
   difference; `log_ratio`; `logit_diff`; the recoveries, fractions of the total effect
   averaged over the examples where that is defined), all of the target answer.
@@ -36,6 +43,8 @@ from ..inputs.spans import SEGMENT_ORDER
 from ..results.cube import cell_names, cells_of, holds, metric_effects, metrics_of
 
 FILTERS = ("known", "target-wins", "alt-wins")
+CI_METHODS = ("t", "bootstrap")
+RESAMPLES = 10_000
 # The segments reported first (figures' lines, the strongest heads), where present.
 FOCUS = ("subject_last", "changed_last", "object_last", "relation", "last")
 
@@ -90,17 +99,51 @@ def segment_effects(ds, metrics, segments: list[str], chunk: int = 256, of: str 
     return out, te
 
 
-def mean_ci(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(mean, low, high, n) over `axis`, ignoring NaN: a Student t 95% interval."""
+def record_means(values: np.ndarray, records, axis: int = 0) -> np.ndarray:
+    """`values` with `axis` (one entry per example) replaced by one per record: the mean of
+    that record's examples, NaN ignored (NaN where all of them are)."""
+    records = np.asarray(records).astype(str)
+    moved = np.moveaxis(values, axis, 0)
+    with _quiet():
+        out = np.stack([np.nanmean(moved[records == r], axis=0) for r in dict.fromkeys(records)])
+    return np.moveaxis(out, 0, axis)
+
+
+def mean_ci(values: np.ndarray, axis: int = 0, records=None, ci: str = "t",
+            seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, low, high, n) over `axis`, ignoring NaN: the mean of record means and its 95%
+    interval over records (`records`: each entry's record along `axis`; None: each its own),
+    Student t or a seeded percentile bootstrap (`ci`); n counts the entries used."""
     from scipy import stats
 
+    if ci not in CI_METHODS:
+        raise ConfigError(f"--ci {ci}: use {' or '.join(CI_METHODS)}")
     n = np.sum(~np.isnan(values), axis=axis)
+    per = values if records is None else record_means(values, records, axis)
+    r = np.sum(~np.isnan(per), axis=axis)
     with np.errstate(invalid="ignore", divide="ignore"), _quiet():
-        mean = np.nanmean(values, axis=axis)
-        sd = np.nanstd(values, axis=axis, ddof=1)
-        half = stats.t.ppf(0.975, np.maximum(n - 1, 1)) * sd / np.sqrt(n)
-    half = np.where(n >= 2, half, np.nan)
-    return mean, mean - half, mean + half, n
+        mean = np.nanmean(per, axis=axis)
+        if ci == "bootstrap":
+            low, high = _bootstrap(np.moveaxis(per, axis, 0), seed)
+        else:
+            sd = np.nanstd(per, axis=axis, ddof=1)
+            half = stats.t.ppf(0.975, np.maximum(r - 1, 1)) * sd / np.sqrt(r)
+            low, high = mean - half, mean + half
+    undefined = r < 2
+    return mean, np.where(undefined, np.nan, low), np.where(undefined, np.nan, high), n
+
+
+def _bootstrap(per: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The 2.5th and 97.5th percentiles of the mean of `per`'s rows (records) over RESAMPLES
+    resamples of the rows with replacement (numpy's generator, `seed`), in chunks."""
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, per.shape[0], size=(RESAMPLES, per.shape[0]))
+    flat = per.reshape(per.shape[0], -1)
+    means = np.empty((RESAMPLES, flat.shape[1]))
+    for lo in range(0, RESAMPLES, 500):
+        means[lo:lo + 500] = np.nanmean(flat[picks[lo:lo + 500]], axis=1)
+    low, high = np.nanpercentile(means, [2.5, 97.5], axis=0)
+    return low.reshape(per.shape[1:]), high.reshape(per.shape[1:])
 
 
 @contextlib.contextmanager
@@ -111,26 +154,31 @@ def _quiet():
         yield
 
 
-def summarize(ds, variant: str | None = None, filter: str | None = None, metrics=None):
+def summarize(ds, variant: str | None = None, filter: str | None = None, metrics=None, ci: str = "t", seed: int = 0):
     """The summary Dataset of a cube (see the module's docstring), in `metrics` (default:
-    every metric the cube gives)."""
+    every metric the cube gives), intervals over records by `ci` (t or bootstrap, `seed`)."""
     import xarray as xr
 
     metrics = tuple(metrics or metrics_of(ds))
+    if ci not in CI_METHODS:
+        raise ConfigError(f"--ci {ci}: use {' or '.join(CI_METHODS)}")
 
     chosen = select(ds, variant, filter)
     if chosen.sizes["example"] == 0:
         raise ConfigError(f"no example is left after --variant {variant or 'all'} --filter {filter or 'none'}")
     segments = segments_of(chosen)
-    data, te, n = {}, None, None
+    records = chosen.record_id.values if "record_id" in chosen else None
+    data, te, n, n_records = {}, None, None, None
     for of, name, x in (("restored", "aie", "component"), ("restored_head", "aie_head", "head")):
         if not holds(chosen, of):
             continue
         dims = ("metric", "segment", "layer", x)
         per_example, te = segment_effects(chosen, metrics, segments, of=of)
-        aie, low, high, count = mean_ci(per_example, axis=1)  # [metric, segment, layer, X]
+        aie, low, high, count = mean_ci(per_example, axis=1, records=records, ci=ci, seed=seed)  # [metric, segment, layer, X]
         data.update({name: (dims, aie), name + "_low": (dims, low), name + "_high": (dims, high)})
         n = count.max(axis=(2, 3)) if n is None else np.maximum(n, count.max(axis=(2, 3)))
+        used = _records_used(per_example, records)
+        n_records = used if n_records is None else np.maximum(n_records, used)
         if x == "component":
             best = np.argmax(np.where(np.isnan(aie), -np.inf, aie), axis=2)  # [metric, segment, component]
             data["best_layer"] = (("metric", "segment", "component"), chosen.layer.values[best].astype(np.int32))
@@ -138,11 +186,12 @@ def summarize(ds, variant: str | None = None, filter: str | None = None, metrics
     if holds(chosen, "restored_head_all_pos"):
         dims = ("metric", "layer", "head")
         per_example, te = _all_positions(chosen, metrics)
-        aie, low, high, count = mean_ci(per_example, axis=1)
+        aie, low, high, count = mean_ci(per_example, axis=1, records=records, ci=ci, seed=seed)
         if n is None:  # heads at all positions alone: every segment counts the examples
             n = np.repeat(count.max(axis=(1, 2))[:, None], len(segments), axis=1)
+            n_records = np.repeat(_records_used(per_example[:, :, None], records).max(axis=1)[:, None], len(segments), axis=1)
         data.update({"aie_head_all_pos": (dims, aie), "aie_head_all_pos_low": (dims, low), "aie_head_all_pos_high": (dims, high)})
-    ate = np.stack(mean_ci(te, axis=1)[:3], axis=1)  # [metric, (mean, low, high)]
+    ate = np.stack(mean_ci(te, axis=1, records=records, ci=ci, seed=seed)[:3], axis=1)  # [metric, (mean, low, high)]
     target = chosen.answer_id.sel(answer="target").values if "answer_id" in chosen else None
     share = float(np.mean(chosen.clean_top1.values == target)) if target is not None else np.nan
     coords = {"metric": list(metrics), "segment": segments, "layer": chosen.layer.values,
@@ -152,6 +201,9 @@ def summarize(ds, variant: str | None = None, filter: str | None = None, metrics
             **data,
             # examples counted where the metric is finite (a probability of 0 has no log-ratio)
             "n": (("metric", "segment"), n.astype(np.int32)),
+            "n_records": (("metric", "segment"), n_records.astype(np.int32)),
+            # the selected examples a mean leaves out: segment absent, or the metric undefined
+            "n_left_out": (("metric", "segment"), (chosen.sizes["example"] - n).astype(np.int32)),
             "ate": (("metric",), ate[:, 0]), "ate_low": (("metric",), ate[:, 1]), "ate_high": (("metric",), ate[:, 2]),
             "p_clean": ((), float(chosen.p_clean.sel(answer="target").mean())),
             "p_corrupt": ((), float(chosen.get("p_corrupt", chosen.p_clean).sel(answer="target").mean())),  # ablation: none
@@ -163,10 +215,22 @@ def summarize(ds, variant: str | None = None, filter: str | None = None, metrics
                                         "reverse_patching", "method") if k in ds.attrs},
             "variant": variant or "all", "filter": filter or "none",
             "examples": int(chosen.sizes["example"]), "examples_in_cube": int(ds.sizes["example"]),
-            "ci": "Student t 95% over examples",
+            "ci": ("Student t 95% over record means" if ci == "t" else
+                   f"percentile bootstrap 95% over records, {RESAMPLES} resamples, seed {seed}"),
+            "records": int(len(set(records))) if records is not None else int(chosen.sizes["example"]),
         },
     )
     return out
+
+
+def _records_used(per_example: np.ndarray, records) -> np.ndarray:
+    """[metric, segment]: the records with a finite value for some cell (per_example:
+    [metric, example, segment, ...])."""
+    finite = np.isfinite(per_example).reshape(*per_example.shape[:3], -1).any(axis=-1)  # [metric, example, segment]
+    if records is None:
+        return finite.sum(axis=1)
+    records = np.asarray(records).astype(str)
+    return np.stack([finite[:, records == r].any(axis=1) for r in dict.fromkeys(records)], axis=1).sum(axis=1)
 
 
 def _all_positions(ds, metrics, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -213,7 +277,8 @@ def to_frame(summary):
     df = summary[[name, name + "_low", name + "_high"]].to_dataframe().reset_index()
     if "segment" not in df:
         return df
-    return df.merge(summary["n"].to_dataframe().reset_index(), on=["metric", "segment"])
+    counts = [k for k in ("n", "n_records", "n_left_out") if k in summary]
+    return df.merge(summary[counts].to_dataframe().reset_index(), on=["metric", "segment"])
 
 
 def _share(share: float) -> str:
@@ -235,14 +300,15 @@ def table(summary, metric: str = "prob", bands: int = 6) -> str:
     a = summary.attrs
     lines = [
         f"{a.get('experiment', '?')} ({a.get('definition') or 'no definition'}): {a['examples']} of {a['examples_in_cube']} examples"
-        f" (variant {a['variant']}, filter {a['filter']}); metric {metric}",
+        f" from {a.get('records', a['examples'])} records (variant {a['variant']}, filter {a['filter']}); metric {metric};"
+        f" intervals: {a.get('ci', 'Student t 95% over examples')}",
         f"ATE {float(s.ate):.4f} [{float(s.ate_low):.4f}, {float(s.ate_high):.4f}]; mean p_clean {float(summary.p_clean):.4f},"
         f" p_corrupt {float(summary.p_corrupt):.4f}; clean top-1 = target in {_share(float(summary.share_target_first))}",
     ]
     for comp in summary.component.values if "aie" in summary else ():
         c = s.sel(component=comp)
         lines.append(f"\n{comp}: AIE by segment and layer band; peak with 95% CI")
-        lines.append(f"{'segment':20s}{'n':>4s}" + "".join(f"{_band(layers[g[0]], layers[g[-1]]):>9s}" for g in groups)
+        lines.append(f"{'segment':20s}{'n':>4s}{'left':>5s}" + "".join(f"{_band(layers[g[0]], layers[g[-1]]):>9s}" for g in groups)
                      + f"{'peak':>9s}{'95% CI':>19s}{'layer':>7s}")
         for seg in summary.segment.values:
             row = c.aie.sel(segment=seg).values
@@ -250,7 +316,8 @@ def table(summary, metric: str = "prob", bands: int = 6) -> str:
             peak = c.sel(segment=seg, layer=best)
             with np.errstate(invalid="ignore"), _quiet():
                 bands_txt = "".join(f"{np.nanmean(row[g]):9.3f}" for g in groups)
-            lines.append(f"{seg:20s}{int(s.n.sel(segment=seg)):4d}{bands_txt}{float(peak.aie):9.3f}"
+            left = int(s.n_left_out.sel(segment=seg)) if "n_left_out" in s else 0
+            lines.append(f"{seg:20s}{int(s.n.sel(segment=seg)):4d}{left:5d}{bands_txt}{float(peak.aie):9.3f}"
                          f"   [{float(peak.aie_low):6.3f}, {float(peak.aie_high):6.3f}]{best:7d}")
     heads = strongest_heads(summary, metric)
     if heads:

@@ -11,6 +11,10 @@ from ..errors import NnctError
 from .app import fail, main, open_cube
 
 VARIANT_HELP = "Only this variant: fact, cf (every counterfactual) or an exact name such as cf2."
+CI = click.option("--ci", type=click.Choice(["t", "bootstrap"]), default="t", show_default=True,
+                  help="95% intervals over records: Student t over record means, or a percentile bootstrap of the"
+                       " records (10,000 resamples, --seed).")
+SEED = click.option("--seed", type=int, default=0, show_default=True, help="The bootstrap's seed.")
 FILTER_HELP = "known: the clean top-1 token is the target's (ROME); target-/alt-wins: by clean probability."
 METRIC_HELP = ("prob (ROME), logit_diff, log_ratio, recovery (of p), recovery_logit_diff: fractions of the total effect"
                " (docs/method.md); or an extra readout the cube stores (logprob, rank, kl, prob_any).")
@@ -58,7 +62,9 @@ def merge(shards, out):
 @click.option("--out", type=click.Path(dir_okay=False), help="Write the summary as NetCDF (FILE.nc).")
 @click.option("--csv", "csv_out", type=click.Path(dir_okay=False), help="Write the AIE table in long form (FILE.csv).")
 @click.option("--bands", default=6, show_default=True, type=click.IntRange(min=1), help="Layer bands of the printed table.")
-def summarize(cube_path, metric, variant, filter_, out, csv_out, bands):
+@CI
+@SEED
+def summarize(cube_path, metric, variant, filter_, out, csv_out, bands, ci, seed):
     """ATE, AIE per segment x layer x component with 95% CIs, best layers: a table and files."""
     from ..analysis import summary
     from ..results import cube, files
@@ -68,7 +74,7 @@ def summarize(cube_path, metric, variant, filter_, out, csv_out, bands):
         with contextlib.ExitStack() as writing:
             for path in filter(None, (out, csv_out)):
                 writing.enter_context(files.locked(path))
-            s = summary.summarize(ds, variant=variant, filter=filter_)
+            s = summary.summarize(ds, variant=variant, filter=filter_, ci=ci, seed=seed)
             text = summary.table(s, metric, bands)
             s.attrs["cube"] = str(cube_path)
             if out:
@@ -96,7 +102,9 @@ def summarize(cube_path, metric, variant, filter_, out, csv_out, bands):
               help="With an AtP cube: an exact cube of the same examples, drawn beside it (compare.png).")
 @click.option("--edges", type=click.IntRange(min=1), default=None,
               help="With a circuit file: the circuit's size [default: its minimal faithful one].")
-def plot(cube_path, out, examples, segments, metric, variant, filter_, compare_with, edges):
+@CI
+@SEED
+def plot(cube_path, out, examples, segments, metric, variant, filter_, compare_with, edges, ci, seed):
     """ROME-style heatmaps per example, the average heatmap over segments and AIE lines (PNG +
     PDF); for a circuit file (`nnct circuit find`), the circuit as a graph (PNG, PDF, SVG); for
     a path-patching file (`nnct patch --path`), the senders' mean effects as a heatmap."""
@@ -127,11 +135,11 @@ def plot(cube_path, out, examples, segments, metric, variant, filter_, compare_w
     try:
         with files.locked(out):
             chosen = summary.select(ds, variant, filter_)
-            s = summary.summarize(ds, variant=variant, filter=filter_, metrics=(metric,))
+            s = summary.summarize(ds, variant=variant, filter=filter_, metrics=(metric,), ci=ci, seed=seed)
             paths = plot_lib.draw(chosen, s, out, examples, segments.split(",") if segments else None, metric)
             if compare_with:
                 exact = summary.summarize(open_cube(compare_with, chunks={"example": 256}), variant=variant, filter=filter_,
-                                          metrics=(metric,))
+                                          metrics=(metric,), ci=ci, seed=seed)
                 paths += plot_lib.save(plot_lib.comparison_figure(s, exact, metric), Path(out) / "compare")
     except NnctError as exc:
         fail(f"{cube_path}: {exc}")
