@@ -116,8 +116,7 @@ def mean_ci(values: np.ndarray, axis: int = 0, records=None, ci: str = "t",
     Student t or a seeded percentile bootstrap (`ci`); n counts the entries used."""
     from scipy import stats
 
-    if ci not in CI_METHODS:
-        raise ConfigError(f"--ci {ci}: use {' or '.join(CI_METHODS)}")
+    _check_ci(ci)
     n = np.sum(~np.isnan(values), axis=axis)
     per = values if records is None else record_means(values, records, axis)
     r = np.sum(~np.isnan(per), axis=axis)
@@ -131,6 +130,11 @@ def mean_ci(values: np.ndarray, axis: int = 0, records=None, ci: str = "t",
             low, high = mean - half, mean + half
     undefined = r < 2
     return mean, np.where(undefined, np.nan, low), np.where(undefined, np.nan, high), n
+
+
+def _check_ci(ci: str) -> None:
+    if ci not in CI_METHODS:
+        raise ConfigError(f"--ci {ci}: use {' or '.join(CI_METHODS)}")
 
 
 def _bootstrap(per: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -160,43 +164,19 @@ def summarize(ds, variant: str | None = None, filter: str | None = None, metrics
     import xarray as xr
 
     metrics = tuple(metrics or metrics_of(ds))
-    if ci not in CI_METHODS:
-        raise ConfigError(f"--ci {ci}: use {' or '.join(CI_METHODS)}")
-
+    _check_ci(ci)
     chosen = select(ds, variant, filter)
     if chosen.sizes["example"] == 0:
         raise ConfigError(f"no example is left after --variant {variant or 'all'} --filter {filter or 'none'}")
     segments = segments_of(chosen)
     records = chosen.record_id.values if "record_id" in chosen else None
-    data, te, n, n_records = {}, None, None, None
-    for of, name, x in (("restored", "aie", "component"), ("restored_head", "aie_head", "head")):
-        if not holds(chosen, of):
-            continue
-        dims = ("metric", "segment", "layer", x)
-        per_example, te = segment_effects(chosen, metrics, segments, of=of)
-        aie, low, high, count = mean_ci(per_example, axis=1, records=records, ci=ci, seed=seed)  # [metric, segment, layer, X]
-        data.update({name: (dims, aie), name + "_low": (dims, low), name + "_high": (dims, high)})
-        n = count.max(axis=(2, 3)) if n is None else np.maximum(n, count.max(axis=(2, 3)))
-        used = _records_used(per_example, records)
-        n_records = used if n_records is None else np.maximum(n_records, used)
-        if x == "component":
-            best = np.argmax(np.where(np.isnan(aie), -np.inf, aie), axis=2)  # [metric, segment, component]
-            data["best_layer"] = (("metric", "segment", "component"), chosen.layer.values[best].astype(np.int32))
-            data["best_aie"] = (("metric", "segment", "component"), np.take_along_axis(aie, best[:, :, None, :], axis=2)[:, :, 0, :])
-    if holds(chosen, "restored_head_all_pos"):
-        dims = ("metric", "layer", "head")
-        per_example, te = _all_positions(chosen, metrics)
-        aie, low, high, count = mean_ci(per_example, axis=1, records=records, ci=ci, seed=seed)
-        if n is None:  # heads at all positions alone: every segment counts the examples
-            n = np.repeat(count.max(axis=(1, 2))[:, None], len(segments), axis=1)
-            n_records = np.repeat(_records_used(per_example[:, :, None], records).max(axis=1)[:, None], len(segments), axis=1)
-        data.update({"aie_head_all_pos": (dims, aie), "aie_head_all_pos_low": (dims, low), "aie_head_all_pos_high": (dims, high)})
+    data, te, n, n_records = _aie(chosen, metrics, segments, records, ci, seed)
     ate = np.stack(mean_ci(te, axis=1, records=records, ci=ci, seed=seed)[:3], axis=1)  # [metric, (mean, low, high)]
     target = chosen.answer_id.sel(answer="target").values if "answer_id" in chosen else None
     share = float(np.mean(chosen.clean_top1.values == target)) if target is not None else np.nan
     coords = {"metric": list(metrics), "segment": segments, "layer": chosen.layer.values,
               **{d: chosen[d].values for d in ("component", "head") if d in chosen.coords}}
-    out = xr.Dataset(
+    return xr.Dataset(
         {
             **data,
             # examples counted where the metric is finite (a probability of 0 has no log-ratio)
@@ -220,7 +200,35 @@ def summarize(ds, variant: str | None = None, filter: str | None = None, metrics
             "records": int(len(set(records))) if records is not None else int(chosen.sizes["example"]),
         },
     )
-    return out
+
+
+def _aie(chosen, metrics, segments: list[str], records, ci: str, seed: int):
+    """(the AIE variables {name: (dims, values)}, TE [metric, example], n and n_records
+    [metric, segment]) of every restored variable the cube holds."""
+    data, te, n, n_records = {}, None, None, None
+    for of, name, x in (("restored", "aie", "component"), ("restored_head", "aie_head", "head")):
+        if not holds(chosen, of):
+            continue
+        dims = ("metric", "segment", "layer", x)
+        per_example, te = segment_effects(chosen, metrics, segments, of=of)
+        aie, low, high, count = mean_ci(per_example, axis=1, records=records, ci=ci, seed=seed)  # [metric, segment, layer, X]
+        data.update({name: (dims, aie), name + "_low": (dims, low), name + "_high": (dims, high)})
+        n = count.max(axis=(2, 3)) if n is None else np.maximum(n, count.max(axis=(2, 3)))
+        used = _records_used(per_example, records)
+        n_records = used if n_records is None else np.maximum(n_records, used)
+        if x == "component":
+            best = np.argmax(np.where(np.isnan(aie), -np.inf, aie), axis=2)  # [metric, segment, component]
+            data["best_layer"] = (("metric", "segment", "component"), chosen.layer.values[best].astype(np.int32))
+            data["best_aie"] = (("metric", "segment", "component"), np.take_along_axis(aie, best[:, :, None, :], axis=2)[:, :, 0, :])
+    if holds(chosen, "restored_head_all_pos"):
+        dims = ("metric", "layer", "head")
+        per_example, te = _all_positions(chosen, metrics)
+        aie, low, high, count = mean_ci(per_example, axis=1, records=records, ci=ci, seed=seed)
+        if n is None:  # heads at all positions alone: every segment counts the examples
+            n = np.repeat(count.max(axis=(1, 2))[:, None], len(segments), axis=1)
+            n_records = np.repeat(_records_used(per_example[:, :, None], records).max(axis=1)[:, None], len(segments), axis=1)
+        data.update({"aie_head_all_pos": (dims, aie), "aie_head_all_pos_low": (dims, low), "aie_head_all_pos_high": (dims, high)})
+    return data, te, n, n_records
 
 
 def _records_used(per_example: np.ndarray, records) -> np.ndarray:

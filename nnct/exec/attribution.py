@@ -234,6 +234,12 @@ def attribute(model: Adapter | Parts, components: tuple[str, ...], window: int, 
             product = product.unflatten(-1, (a.n_heads, a.d_head))
         contrib[site.name] = product.sum(-1).mean(dim=1).cpu()  # [number, layer, token(, head)]
     out = _cell_sums(contrib, a, components, window, n_tokens, corrupt.changed(list(ids)), n)
+    return _measures(out, extra, reverse, clean.cpu(), corrupted.cpu(), int(top[0]))
+
+
+def _measures(out: dict, extra, reverse: bool, clean, corrupted, top: int) -> Measures:
+    """`Measures` of the cells' estimates `out` ({variable: [number, cells...]}) and the two
+    runs' numbers (clean [1, number], corrupted [S, number]), under the cube's names."""
     sign = -1.0 if reverse else 1.0  # reverse estimates M(patched) - M(clean): the IE is its negative
     restored = {}
     for variable, values in out.items():
@@ -243,9 +249,7 @@ def attribute(model: Adapter | Parts, components: tuple[str, ...], window: int, 
         restored[logit_name] = values[..., 2:4].astype(np.float32)
         for name, v in readouts_lib.split(extra, values[..., 4:]).items():
             restored[readout_name(name, variable)] = v.astype(np.float32)
-    clean, corrupted = clean.cpu(), corrupted.cpu()
-    runs = {}
-    for kind, values in (("clean", clean[0]), ("corrupt", corrupted.mean(0))):
-        runs.update({f"{name}_{kind}": v.numpy() for name, v in readouts_lib.split(extra, values[4:]).items()})
+    runs = {**readouts_lib.named(extra, "clean", clean[0, 4:].numpy()),
+            **readouts_lib.named(extra, "corrupt", corrupted[:, 4:].mean(0).numpy())}
     return Measures(clean[0, :2].numpy(), corrupted[:, :2].mean(0).numpy(), clean[0, 2:4].numpy(),
-                    corrupted[:, 2:4].mean(0).numpy(), int(top[0]), restored, runs)
+                    corrupted[:, 2:4].mean(0).numpy(), top, restored, runs)

@@ -50,7 +50,7 @@ from ..model.loading import REMOTE
 from ..model.parts import Adapter, Parts
 from ..model.sites import SITES, in_forward_order
 from .attribution import attribute, names
-from .measures import Measures
+from .measures import MEAN_BY_POSITION, Measures
 
 Answers = tuple[tuple[int, ...], tuple[int, ...]]  # (target tokens, alt tokens)
 # What a forward reports per row: p(target), p(alt), logit(target), logit(alt) of the answers'
@@ -76,6 +76,21 @@ class Settings:
     readouts: tuple = ()  # the extra readouts (`readouts.extra`), each stored per run and cell
     operation: str = "copy"  # what a cell writes (`interventions.operations`); zero, mean: ablation
     reference: tuple = ()  # mean ablation: the reference prompts' token ids
+
+
+def _trace_kwargs(kept_logits: int, keep_cache: bool, cache) -> dict:
+    """A trace's keyword arguments: the logits kept, and the key/value cache it reads (`cache`)
+    or fills (`keep_cache`: a fresh one)."""
+    kwargs = {"logits_to_keep": kept_logits, "use_cache": keep_cache or cache is not None}
+    if keep_cache:
+        from transformers import DynamicCache
+
+        # A plain cache keeps every position: the one a model builds for itself may keep
+        # only a sliding window on some layers (Gemma 2/3, Mistral), not what we crop.
+        cache = DynamicCache()
+    if cache is not None:
+        kwargs[compat.TRACE_CACHE_KEYWORD] = cache
+    return kwargs
 
 
 def total_memory(device: str, meminfo: str = "/proc/meminfo") -> int:
@@ -166,17 +181,8 @@ class Engine:
         """
         a, writes, extra = self.parts, writes or {}, self.settings.readouts
         x = ids.to(a.device).expand(rows, -1)
-        kept_logits = 1 + len(read.follow)
         saved: dict[str, list] = {c: [] for c in save}
-        kwargs = {"logits_to_keep": kept_logits, "use_cache": keep_cache or cache is not None}
-        if keep_cache:
-            from transformers import DynamicCache
-
-            # A plain cache keeps every position: the one a model builds for itself may keep
-            # only a sliding window on some layers (Gemma 2/3, Mistral), not what we crop.
-            cache = DynamicCache()
-        if cache is not None:
-            kwargs[compat.TRACE_CACHE_KEYWORD] = cache
+        kwargs = _trace_kwargs(1 + len(read.follow), keep_cache, cache)
         sites = in_forward_order({name for _, name in writes} | set(saved))
         kept = top = follow = measured = logprobs = None  # only values saved in the trace come out of it
         with torch.no_grad(), compat.old_cache_keyword(), a.nn.trace(x, **kwargs):
@@ -367,11 +373,11 @@ class Engine:
             mean = values.mean(dim=-2).numpy()  # over the corrupted rows
             restored["p_" + variable] = mean[..., P].astype(np.float32)
             restored["logit_" + variable] = mean[..., LOGIT].astype(np.float32)
-            for name, v in readouts_lib.split(extra, mean[..., EXTRA]).items():
-                restored[f"{name}_{variable}"] = v.astype(np.float32)
-        runs = {}
-        for kind, values in (("clean", clean[0]), ("corrupt", corrupted.mean(dim=0))):
-            runs.update({f"{name}_{kind}": v.numpy() for name, v in readouts_lib.split(extra, values[EXTRA]).items()})
+            restored.update({k: v.astype(np.float32) for k, v in readouts_lib.named(extra, variable, mean[..., EXTRA]).items()})
+        runs = {**readouts_lib.named(extra, "clean", clean[0, EXTRA].numpy()),
+                **readouts_lib.named(extra, "corrupt", corrupted[:, EXTRA].mean(dim=0).numpy())}
+        if self.settings.operation == "mean":  # which mean the cells took: the cube says (docs/method.md)
+            runs[MEAN_BY_POSITION] = np.array(int(self.means_by_position(len(ids))), dtype=np.int8)
         return Measures(clean[0, P].numpy(), corrupted[:, P].mean(dim=0).numpy(), clean[0, LOGIT].numpy(),
                         corrupted[:, LOGIT].mean(dim=0).numpy(), top1, restored, runs)
 

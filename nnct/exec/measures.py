@@ -12,6 +12,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+# Mean ablation, per example (in `Measures.runs`): 1 where the cells took the reference's mean
+# at each position, 0 where they took its mean over all positions.
+MEAN_BY_POSITION = "mean_by_position"
+
+
 @dataclass
 class Measures:
     """What an executor measured of one example (the cube's measured variables; p and

@@ -24,8 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
-
 from ..errors import ConfigError
 
 
@@ -38,7 +36,7 @@ class Given:
 
     answers: tuple[int, int]
     spellings: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
-    reference: torch.Tensor | None = None
+    reference: object = None  # a tensor [vocab]
 
 
 def _prob(logits, given: Given):
@@ -66,6 +64,8 @@ def _kl(logits, given: Given):
 
 
 def _prob_any(logits, given: Given):
+    import torch  # here: commands that only read cubes start without torch
+
     probs = logits.softmax(-1)
     sums = []
     for k in range(2):
@@ -184,9 +184,16 @@ def columns(readouts) -> int:
 def compute(readouts, logits, given: Given):
     """Every readout's values of `logits` [row, vocab] side by side, [row, columns(readouts)]
     (an empty [row, 0] for none)."""
+    import torch
+
     if not readouts:
         return logits[:, :0]
     return torch.cat([r.value(logits, given) for r in readouts], dim=1)
+
+
+def named(readouts, suffix: str, values) -> dict:
+    """{"<name>_<suffix>": ...} of `values` [..., columns(readouts)] (`split` under cube names)."""
+    return {f"{name}_{suffix}": v for name, v in split(readouts, values).items()}
 
 
 def split(readouts, values) -> dict:

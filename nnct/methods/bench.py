@@ -389,6 +389,46 @@ def atp_table(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _nnct(adapter: Adapter, settings: Settings, ids, corrupt, answers):
+    """(nnct's measures of the example, its seconds, its PeakMemory)."""
+    with PeakMemory(adapter.device) as memory:
+        t0 = time.perf_counter()
+        result = Engine(adapter, settings).trace(ids, corrupt, ((answers[0],), (answers[1],)))
+        synchronize(adapter.device)
+        seconds = time.perf_counter() - t0
+    return result, seconds, memory
+
+
+def _max_diff(result, plain: dict, components: tuple[str, ...]) -> float:
+    """The largest |nnct - plain loop| of p over the cells the plain loop ran."""
+    def measured(cell):
+        variable, at = slot(cell, components)
+        return result.restored["p_" + variable][at]
+    return max(float(np.abs(measured(c) - p).max()) for c, p in plain.items())
+
+
+def _labels(op: str, refs, corruption: str, cached: bool) -> tuple[str, str]:
+    """(what corrupts or ablates, what the plain loop is) as the table names them."""
+    if op in ABLATIONS:
+        return f"{op} ablation" + (f" over {len(refs)} prompts" if refs else ""), "1 forward of the clean prompt per cell"
+    return corruption, "TransformerLens (clean cached, 1 forward per cell)" if cached else "ROME (S+1 rows per cell)"
+
+
+def _flops(shape, T: int, samples: int, todo, window: int, first_changed: int, rows: int, token_rows, cached: bool,
+           ablating: bool, refs) -> tuple[float, float, float]:
+    """(the plain loop's, nnct's, the floor's) FLOPs for the bench's cells, mean ablation's
+    reference forwards included (all logits in the plain loop, 1 in nnct, none in the floor)."""
+    per_cell_rows = samples if cached else samples + 1
+    clean_cache = shape.forward(1, T, logits_at=T) if cached and not ablating else 0  # an ablation writes no clean value
+
+    def means_flops(logits):  # the reference's forwards, with logits at `logits` positions (None: all)
+        return sum(shape.forward(1, len(ids), logits_at=len(ids) if logits is None else logits) for ids in refs)
+    f_plain = len(todo) * shape.forward(per_cell_rows, T, logits_at=T) + clean_cache + means_flops(None)
+    f_nnct = engine_flops(shape, T, samples, todo, window, first_changed, rows, token_rows, ablating) + means_flops(1)
+    f_floor = floor_flops(shape, T, samples, todo, window, first_changed, ablating) + means_flops(0)
+    return f_plain, f_nnct, f_floor
+
+
 def run(adapter: Adapter, data: str, n_tokens: int = 25, components=("hidden", "mlp", "attn"), samples: int = 10, window: int = 10,
         batch_rows: int | None = None, plain_cells: int = 30, seed: int = 0, passage: str = "first",
         corruption: str = "noise", op: str = "copy", reference: int = 8) -> dict:
@@ -405,16 +445,14 @@ def run(adapter: Adapter, data: str, n_tokens: int = 25, components=("hidden", "
     rows = batch_rows or auto_batch_rows(adapter, T, samples, budget)
     token_rows = CPU_TOKEN_ROWS if batch_rows is None and adapter.device == "cpu" else None
     sampled = random.Random(seed).sample(todo, min(plain_cells, len(todo)))
-    shape = Shape.of(adapter)
     # TransformerLens caches the clean run; ROME runs it in every forward; an ablation runs the clean prompt alone
     cached = corruption == "prompt" or ablating
     refs = reference_prompts(adapter, data, reference) if op == "mean" else ()
-    sites = {COMPONENTS[c].site for c in components}
     dev, dtype = adapter.device, adapter.dtype
     rates, results, t_plain_total = [matmul_gflops(device=dev, dtype=dtype)], {}, 0.0
     with PeakMemory(dev) as mem_plain:
         t0 = time.perf_counter()  # the plain loop's means, once (not per cell)
-        means = plain_means(adapter, tokens.ids, refs, sites) if op == "mean" else None
+        means = plain_means(adapter, tokens.ids, refs, {COMPONENTS[c].site for c in components}) if op == "mean" else None
         t_means = time.perf_counter() - t0
 
         def plain(part):
@@ -426,38 +464,18 @@ def run(adapter: Adapter, data: str, n_tokens: int = 25, components=("hidden", "
         t0 = time.perf_counter()
         results.update(plain(sampled[:half]))
         t_plain_total += time.perf_counter() - t0
-    with PeakMemory(dev) as mem_nnct:
-        t0 = time.perf_counter()
-        engine = Engine(adapter, Settings(tuple(components), window, batch_rows=batch_rows, batch_budget=budget,
-                                          operation=op, reference=refs))
-        result = engine.trace(tokens.ids, corrupt, ((answers[0],), (answers[1],)))
-        synchronize(dev)
-        t_nnct = time.perf_counter() - t0
+    settings = Settings(tuple(components), window, batch_rows=batch_rows, batch_budget=budget, operation=op, reference=refs)
+    result, t_nnct, mem_nnct = _nnct(adapter, settings, tokens.ids, corrupt, answers)
     t0 = time.perf_counter()
     results.update(plain(sampled[half:]))
     t_plain_total += time.perf_counter() - t0
     rates.append(matmul_gflops(device=dev, dtype=dtype))
     rate, t_plain_cell = sum(rates) / 2, t_plain_total / len(sampled)
 
-    def measured(cell):
-        variable, at = slot(cell, tuple(components))
-        return result.restored["p_" + variable][at]
-    diff = max(float(np.abs(measured(c) - p).max()) for c, p in results.items())
+    diff = _max_diff(result, results, tuple(components))
     t_plain = t_plain_cell * len(todo) + t_means
-    per_cell_rows = samples if cached else samples + 1
-    clean_cache = shape.forward(1, T, logits_at=T) if cached and not ablating else 0  # an ablation writes no clean value
-    f_plain = len(todo) * shape.forward(per_cell_rows, T, logits_at=T) + clean_cache
-
-    def means_flops(logits):  # the reference's forwards (mean ablation), with logits at `logits` positions (None: all)
-        return sum(shape.forward(1, len(ids), logits_at=len(ids) if logits is None else logits) for ids in refs)
-    f_plain += means_flops(None)
-    f_nnct = engine_flops(shape, T, samples, todo, window, first_changed, rows, token_rows, ablating) + means_flops(1)
-    f_floor = floor_flops(shape, T, samples, todo, window, first_changed, ablating) + means_flops(0)
-    if ablating:
-        kind, plain_name = f"{op} ablation" + (f" over {len(refs)} prompts" if refs else ""), "1 forward of the clean prompt per cell"
-    else:
-        kind, plain_name = corruption, ("TransformerLens (clean cached, 1 forward per cell)" if cached
-                                        else "ROME (S+1 rows per cell)")
+    f_plain, f_nnct, f_floor = _flops(Shape.of(adapter), T, samples, todo, window, first_changed, rows, token_rows, cached, ablating, refs)
+    kind, plain_name = _labels(op, refs, corruption, cached)
     return {
         "model": adapter.name, "tokens": T, "span": [min(span), max(span) + 1], "passage": passage,
         "corruption": kind, "operation": op, "plain": plain_name, "components": ",".join(components),

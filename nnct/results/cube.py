@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from ..exec.measures import MEAN_BY_POSITION
 from ..interventions import metrics
 from ..interventions.components import COMPONENTS, grid, variables, whole
 from ..interventions.operations import ABLATIONS
@@ -165,11 +166,6 @@ def assemble(rows: list[Row], n_layers: int, components: tuple[str, ...], attrs:
 
     n_ex, n_tok = len(rows), max((len(r.token_ids) for r in rows), default=0)
     cells = _cells(rows, n_tok, n_layers, components, n_heads, estimate, verified, tuple(readouts))
-    for name, per_answer in readouts:
-        for kind in ("clean", "corrupt"):
-            values = np.array([r.values[f"{name}_{kind}"] for r in rows], dtype=np.float32)
-            shape = (n_ex, 2) if per_answer else (n_ex,)
-            cells[f"{name}_{kind}"] = (("example", "answer")[:len(shape)], values.reshape(shape))
     token_str = np.full((n_ex, n_tok), "", dtype=object)
     segment = np.full((n_ex, n_tok), "", dtype=object)
     token_id = np.full((n_ex, n_tok), -1, dtype=np.int32)
@@ -189,10 +185,10 @@ def assemble(rows: list[Row], n_layers: int, components: tuple[str, ...], attrs:
     ds = xr.Dataset(
         data_vars={
             **cells,
-            "p_clean": per_answer([r.values["p_clean"] for r in rows]),
-            "p_corrupt": per_answer([r.values["p_corrupt"] for r in rows]),
-            "logit_clean": per_answer([r.values["logit_clean"] for r in rows]),
-            "logit_corrupt": per_answer([r.values["logit_corrupt"] for r in rows]),
+            **_readout_runs(rows, readouts),
+            **({MEAN_BY_POSITION: ("example", np.array([r.values[MEAN_BY_POSITION] for r in rows], dtype=np.int8))}
+               if rows and MEAN_BY_POSITION in rows[0].values else {}),
+            **{k: per_answer([r.values[k] for r in rows]) for k in MEASURED},
             "span_start": (ex, np.array([min(r.span) for r in rows], dtype=np.int32)),
             "span_end": (ex, np.array([max(r.span) + 1 for r in rows], dtype=np.int32)),
             "corrupted": (ex_tok, corrupted),
@@ -220,6 +216,17 @@ def assemble(rows: list[Row], n_layers: int, components: tuple[str, ...], attrs:
         ds = ds.drop_vars([k for k in ds.data_vars if k.endswith("_corrupt")])
         ds = ds.rename({k: k.replace("restored", "ablated") for k in ds.data_vars if "restored" in k})
     return ds
+
+
+def _readout_runs(rows: list[Row], readouts) -> dict:
+    """<R>_clean and <R>_corrupt of each extra readout ((name, per_answer) each): name -> (dims, values)."""
+    out = {}
+    for name, per_answer in readouts:
+        for kind in ("clean", "corrupt"):
+            values = np.array([r.values[f"{name}_{kind}"] for r in rows], dtype=np.float32)
+            shape = (len(rows), len(ANSWERS)) if per_answer else (len(rows),)
+            out[f"{name}_{kind}"] = (("example", "answer")[:len(shape)], values.reshape(shape))
+    return out
 
 
 

@@ -140,6 +140,7 @@ def test_mean_ablation_writes_the_reference_mean():
         engine = Engine(adapter, Settings(("hidden",), window=3, operation="mean", reference=reference))
         assert engine.means_by_position(len(IDS)) == by_position
         got = engine.trace(IDS, ex.corrupt, ex.answers)
+        assert int(got.runs["mean_by_position"]) == by_position  # the cube says which mean the cells took
         states = [ref.logits(r, capture=True)[1] for r in reference]
         for token, layer in ((2, 1), (last, 0)):
             if by_position:

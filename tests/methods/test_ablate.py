@@ -90,6 +90,8 @@ def test_mean_ablation_needs_its_reference(tmp_path, tiny_model_dir, data_file):
     assert "ref.jsonl:4: field 'prompt'" in result.output  # the bad reference line, reported and skipped
     ds = open_cube(out)
     assert ds.attrs["operation"] == "mean" and ds.attrs["reference"].endswith("ref.jsonl")
+    # the references' lengths differ from one another: every example took the all-position mean
+    assert ds.mean_by_position.dims == ("example",) and (ds.mean_by_position == 0).all()
 
 
 def test_trace_with_readouts_and_remote_refusal(tmp_path, tiny_model_dir, data_file):
