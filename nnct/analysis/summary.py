@@ -5,7 +5,8 @@ component): the average indirect effect (AIE) per segment, its 95% confidence in
 examples, the best layer per segment and component, the ATE, and the share of examples
 whose clean prompt ranks the target first; for a cube of heads the same over (metric,
 segment, layer, head) (`aie_head`) and, for heads restored at all positions, over (metric,
-layer, head) (`aie_head_all_pos`), and `strongest_heads` lists the largest. Choices
+layer, head) (`aie_head_all_pos`), and `strongest_heads` lists the largest (in-sample;
+`analysis.strongest` adds held-out estimates). Choices
 (docs/method.md, "Summaries"):
 
 - A segment's effect in one example is the mean over its tokens (ROME averages the middle
@@ -222,7 +223,7 @@ def _aie(chosen, metrics, segments: list[str], records, ci: str, seed: int):
             data["best_aie"] = (("metric", "segment", "component"), np.take_along_axis(aie, best[:, :, None, :], axis=2)[:, :, 0, :])
     if holds(chosen, "restored_head_all_pos"):
         dims = ("metric", "layer", "head")
-        per_example, te = _all_positions(chosen, metrics)
+        per_example, te = all_positions(chosen, metrics)
         aie, low, high, count = mean_ci(per_example, axis=1, records=records, ci=ci, seed=seed)
         if n is None:  # heads at all positions alone: every segment counts the examples
             n = np.repeat(count.max(axis=(1, 2))[:, None], len(segments), axis=1)
@@ -241,7 +242,7 @@ def _records_used(per_example: np.ndarray, records) -> np.ndarray:
     return np.stack([finite[:, records == r].any(axis=1) for r in dict.fromkeys(records)], axis=1).sum(axis=1)
 
 
-def _all_positions(ds, metrics, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def all_positions(ds, metrics, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """(IE[metric, example, layer, head], TE[metric, example]) of heads restored at every position."""
     n = ds.sizes["example"]
     out = np.full((len(metrics), n, ds.sizes["layer"], ds.sizes["head"]), np.nan)
@@ -329,7 +330,7 @@ def table(summary, metric: str = "prob", bands: int = 6) -> str:
                          f"   [{float(peak.aie_low):6.3f}, {float(peak.aie_high):6.3f}]{best:7d}")
     heads = strongest_heads(summary, metric)
     if heads:
-        lines.append("\nstrongest heads (AIE with 95% CI)")
+        lines.append("\nstrongest heads, in-sample (chosen and estimated on the same records; --strongest K adds held-out values)")
         for h in heads:
             lines.append(f"{h['segment']:20s} L{h['layer']:<3d} H{h['head']:<3d}{h['aie']:9.3f}   [{h['low']:6.3f}, {h['high']:6.3f}]")
     return "\n".join(lines)

@@ -62,11 +62,14 @@ def merge(shards, out):
 @click.option("--out", type=click.Path(dir_okay=False), help="Write the summary as NetCDF (FILE.nc).")
 @click.option("--csv", "csv_out", type=click.Path(dir_okay=False), help="Write the AIE table in long form (FILE.csv).")
 @click.option("--bands", default=6, show_default=True, type=click.IntRange(min=1), help="Layer bands of the printed table.")
+@click.option("--strongest", type=click.IntRange(min=1), default=None, metavar="K",
+              help="List the K strongest cells of each kind (in --metric), each also chosen on a random half of the"
+                   " records (--seed) and estimated on the other half.")
 @CI
 @SEED
-def summarize(cube_path, metric, variant, filter_, out, csv_out, bands, ci, seed):
+def summarize(cube_path, metric, variant, filter_, out, csv_out, bands, strongest, ci, seed):
     """ATE, AIE per segment x layer x component with 95% CIs, best layers: a table and files."""
-    from ..analysis import summary
+    from ..analysis import strongest as strongest_lib, summary
     from ..results import cube, files
 
     ds = open_cube(cube_path, chunks={"example": 256})
@@ -76,6 +79,10 @@ def summarize(cube_path, metric, variant, filter_, out, csv_out, bands, ci, seed
                 writing.enter_context(files.locked(path))
             s = summary.summarize(ds, variant=variant, filter=filter_, ci=ci, seed=seed)
             text = summary.table(s, metric, bands)
+            if strongest:
+                found = strongest_lib.strongest(ds, strongest, metric, variant, filter_, seed)
+                text += "\n\n" + strongest_lib.table(found)
+                s = strongest_lib.into_summary(found, s)
             s.attrs["cube"] = str(cube_path)
             if out:
                 cube.write(s, out)
