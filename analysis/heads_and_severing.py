@@ -9,9 +9,10 @@ most of the early layers' effect, severing attention little, which is its eviden
 mid-layer MLPs at the subject do the recall. This prints, from a cube with `hidden`,
 `hidden-sever-mlp` and `hidden-sever-attn`, the AIE at the last subject token by layer third
 for the three, and the effect that severing removes (hidden minus severed, paired over
-examples, with 95% intervals); and, from cubes with `head` and `head_all_pos`, the heads of
+records, with 95% intervals); and, from cubes with `head` and `head_all_pos`, the heads of
 largest AIE at the segments of interest and at all positions (the fact and the
-counterfactual variants apart, where a cube has both). It writes `table.txt`, the severed-path
+counterfactual variants apart, where a cube has both), each in-sample and held out (chosen
+on a random half of the records, estimated on the other: `nnct.analysis.strongest`). It writes `table.txt`, the severed-path
 figure and one heads figure per heads cube and variant (PNG and PDF).
 """
 
@@ -23,7 +24,8 @@ import click
 import numpy as np
 
 from nnct.analysis.plot import SEVERED, heads_figure, save, severed_figure
-from nnct.analysis.summary import mean_ci, segment_effects, strongest_heads, summarize
+from nnct.analysis.strongest import strongest
+from nnct.analysis.summary import FOCUS, mean_ci, segment_effects, summarize
 from nnct.results.cube import open_cube
 from nnct.results.files import atomic
 
@@ -55,12 +57,12 @@ def severed_table(ds, summary, metric: str) -> list[str]:
     per_example, _ = segment_effects(ds, (metric,), segments)  # [1, example, segment, layer, component]
     at = per_example[0, :, segments.index(SEGMENT)]  # [example, layer, component]
     comps = [str(c) for c in ds.component.values]
-    lines.append("\nremoved by severing (hidden - severed, paired over examples; mean over the third's layers, 95% CI)")
+    lines.append("\nremoved by severing (hidden - severed, paired by record; mean over the third's layers, 95% CI over records)")
     for comp in SEVERED[1:]:
         gap = at[:, :, comps.index("hidden")] - at[:, :, comps.index(comp)]
         row = ""
         for _, idx in parts:
-            mean, low, high, n = mean_ci(gap[:, idx].mean(axis=1))
+            mean, low, high, n = mean_ci(gap[:, idx].mean(axis=1), records=ds.record_id.values)
             share = float(np.nanmean(at[:, idx, comps.index("hidden")]))
             row += f"   {float(mean):6.3f} [{float(low):6.3f}, {float(high):6.3f}] ({float(mean) / share:4.0%})"
         lines.append(f"{comp:20s}{row}")
@@ -68,13 +70,27 @@ def severed_table(ds, summary, metric: str) -> list[str]:
     return lines
 
 
-def heads_table(name: str, s, metric: str) -> list[str]:
+def heads_table(name: str, ds, s, variant: str | None, metric: str, k: int = 5) -> list[str]:
+    """The k strongest heads per segment of interest and at all positions: in-sample, and held
+    out (chosen on one half of the records, estimated on the other, both ways)."""
     a = s.attrs
     lines = [f"\nheads of {name} ({a['experiment']}, {a['examples']} examples, window {a['window']}): ATE"
              f" {float(s.ate.sel(metric=metric)):.3f}, p_clean {float(s.p_clean):.3f}, p_corrupt {float(s.p_corrupt):.3f};"
-             f" the 5 largest AIE ({metric}) per segment, with 95% CIs"]
-    for h in strongest_heads(s, metric):
-        lines.append(f"  {h['segment']:16s} L{h['layer']:<3d}H{h['head']:<3d}{h['aie']:8.3f}  [{h['low']:6.3f}, {h['high']:6.3f}]")
+             f" the {k} largest AIE ({metric}) per segment: in-sample with its 95% CI, then held out (halves of the"
+             f" records, seed 0) with its CI and the heads the two halves chose"]
+    present = [str(g) for g in s.segment.values]
+    found = {seg: strongest(ds, k, metric, variant, segments=[seg]) for seg in FOCUS if seg in present}
+    rows = [(seg, f.sel(kind="heads")) for seg, f in found.items()]
+    rows.append(("all positions", next(iter(found.values())).sel(kind="heads_all_positions")))
+    for seg, f in rows:
+        for r in f["rank"].values:
+            h = f.sel(rank=r)
+            if not str(h.cell.values):  # fewer heads with an effect than k
+                break
+            halves = sorted({str(h.first_half.values).split(" ")[-1], str(h.second_half.values).split(" ")[-1]})
+            lines.append(f"  {seg:16s}{str(h.cell.values).split(' ')[-1]:8s}{float(h.aie):7.3f} [{float(h.aie_low):6.3f},"
+                         f" {float(h.aie_high):6.3f}]   held out {float(h.held_out):6.3f} [{float(h.held_out_low):6.3f},"
+                         f" {float(h.held_out_high):6.3f}]  ({' | '.join(halves)})")
     return lines
 
 
@@ -96,7 +112,7 @@ def main(severed_path, heads_paths, out, metric):
         for variant in variants:  # a fact and its counterfactual passage have other targets: apart
             name = Path(path).stem + ("" if len(variants) == 1 else f"-{variant}")
             s = summarize(ds, variant=variant if len(variants) > 1 else None, metrics=(metric, "recovery"))
-            lines += heads_table(name, s, metric)
+            lines += heads_table(name, ds, s, variant if len(variants) > 1 else None, metric)
             save(heads_figure(s, metric), out / name)
     text = "\n".join(lines) + "\n"
     with atomic(out / "table.txt") as tmp:

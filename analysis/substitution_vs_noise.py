@@ -7,8 +7,9 @@ The mlxterp ROME tutorial reports that substituting the subject ("The Louvre Mus
 layers. This compares the two cubes of one data set (experiment subject-noctx): per-layer
 AIE of hidden, mlp and attn at the last subject token and at the last token, with 95%
 intervals, in probability and as a fraction of each example's total effect (recovery); the
-averages over early, middle and late layer thirds; where each peaks; and MLP against
-attention. It writes a table (`table.txt`) and a figure per metric (`figure_prob.png`,
+averages over early, middle and late layer thirds; where each peaks; substitution minus
+noise per third, paired by record (each fact's two traces); and MLP against attention.
+Intervals are over records (Student t over record means). It writes a table (`table.txt`) and a figure per metric (`figure_prob.png`,
 `figure_recovery.png`, and PDFs).
 """
 
@@ -19,7 +20,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from nnct.analysis.summary import summarize
+from nnct.analysis.summary import paired_difference, segment_effects, summarize
 from nnct.results.cube import open_cube
 
 SEGMENTS = ("subject_last", "last")
@@ -31,14 +32,16 @@ def thirds(n_layers: int) -> list[tuple[str, np.ndarray]]:
     return [(f"{name} L{p[0]}-{p[-1]}", p) for name, p in zip(("early", "middle", "late"), parts)]
 
 
-def table(summaries: dict) -> str:
+def table(summaries: dict, cubes: dict) -> str:
     first = next(iter(summaries.values()))
     lines = []
     for name, s in summaries.items():
         a = s.attrs
         te = float(s.ate.sel(metric="prob"))
-        lines.append(f"{name}: {a['examples']} examples, p_clean {float(s.p_clean):.3f}, p_corrupt {float(s.p_corrupt):.3f},"
-                     f" ATE {te:.3f} [{float(s.ate_low.sel(metric='prob')):.3f}, {float(s.ate_high.sel(metric='prob')):.3f}]")
+        left = ", ".join(f"{m} {int(s.n_left_out.sel(metric=m, segment=list(SEGMENTS)).max())}" for m in METRICS)
+        lines.append(f"{name}: {a['examples']} examples of {a['records']} records, p_clean {float(s.p_clean):.3f},"
+                     f" p_corrupt {float(s.p_corrupt):.3f}, ATE {te:.3f} [{float(s.ate_low.sel(metric='prob')):.3f},"
+                     f" {float(s.ate_high.sel(metric='prob')):.3f}]; examples left out at these segments (metric undefined): {left}")
     for metric in METRICS:
         lines.append(f"\nAIE ({metric}) by layer third; peak with its 95% CI and layer")
         head = f"{'segment':14s}{'component':11s}{'corruption':12s}" + "".join(f"{t:>18s}" for t, _ in thirds(first.sizes["layer"]))
@@ -52,6 +55,7 @@ def table(summaries: dict) -> str:
                     bands = "".join(f"{float(np.nanmean(c.aie.values[idx])):18.3f}" for _, idx in thirds(s.sizes["layer"]))
                     lines.append(f"{seg:14s}{str(comp):11s}{name:12s}{bands}{float(peak.aie):9.3f}"
                                  f"   [{float(peak.aie_low):6.3f}, {float(peak.aie_high):6.3f}]{best:7d}")
+    lines += paired(cubes, [str(c) for c in first.component.values])
     lines.append("\nMLP against attention (AIE summed over layers, recovery), at each segment")
     for seg in SEGMENTS:
         for name, s in summaries.items():
@@ -59,6 +63,28 @@ def table(summaries: dict) -> str:
             mlp, attn = (float(c.aie.sel(component=k).sum()) for k in ("mlp", "attn"))
             lines.append(f"  {seg:14s}{name:12s} mlp {mlp:7.3f}  attn {attn:7.3f}  mlp/attn {mlp / attn if attn else float('nan'):6.2f}")
     return "\n".join(lines)
+
+
+def paired(cubes: dict, components: list[str]) -> list[str]:
+    """Substitute - noise per layer third, paired by record: each example's IE averaged over
+    the third's layers, then each record's difference, its mean and t interval over records."""
+    per = {name: segment_effects(ds, METRICS, list(SEGMENTS))[0] for name, ds in cubes.items()}  # [metric, example, segment, layer, comp]
+    records = {name: ds.record_id.values for name, ds in cubes.items()}
+    parts = thirds(next(iter(cubes.values())).sizes["layer"])
+    lines = []
+    for m, metric in enumerate(METRICS):
+        lines.append(f"\nsubstitute - noise ({metric}), paired by record: mean over the third's layers, 95% CI over records")
+        lines.append(f"{'segment':14s}{'component':11s}" + "".join(f"{t:>30s}" for t, _ in parts) + f"{'records':>9s}")
+        for k, seg in enumerate(SEGMENTS):
+            for c, comp in enumerate(components):
+                row, used = "", 0
+                for _, idx in parts:
+                    noise, sub = (per[name][m, :, k][:, idx, c].mean(axis=1) for name in ("noise", "substitute"))
+                    mean, low, high, n = paired_difference(noise, sub, records["noise"], records["substitute"])
+                    row += f"{float(mean):12.3f} [{float(low):6.3f}, {float(high):6.3f}]"
+                    used = max(used, int(n))
+                lines.append(f"{seg:14s}{comp:11s}{row}{used:9d}")
+    return lines
 
 
 def figure(summaries: dict, metric: str):
@@ -93,8 +119,9 @@ def figure(summaries: dict, metric: str):
 def main(noise, substitute, out):
     cubes = {"noise": open_cube(noise), "substitute": open_cube(substitute)}
     shared = sorted(set(cubes["noise"].example.values) & set(cubes["substitute"].example.values))
-    summaries = {name: summarize(ds.sel(example=shared), metrics=METRICS) for name, ds in cubes.items()}
-    text = table(summaries)
+    cubes = {name: ds.sel(example=shared) for name, ds in cubes.items()}
+    summaries = {name: summarize(ds, metrics=METRICS) for name, ds in cubes.items()}
+    text = table(summaries, cubes)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.txt").write_text(text + "\n")

@@ -15,8 +15,11 @@ layer x head), the K strongest cells beside a held-out estimate of each (docs/me
   interval is Student t over those record values, conditional on the two choices.
 - The in-sample value of rank i is the rank-i cell chosen on all records and estimated on
   them, with the summary's interval (what `summarize` and the strongest-heads list report).
-- "Strongest" is the direction a method's effects run: the largest AIE for restoration, the
-  most negative for ablation (whose effects are m(ablated) - m(clean)).
+- "Strongest" is the direction a method's effects run. Restoring moves a metric from the
+  corrupted run's value toward the clean run's: the direction of the mean total effect (up
+  for p, down for KL or rank). Ablating moves it away from the clean run's: the direction of
+  the mean effect over every cell (down for p, up for KL). Only cells with an in-sample effect
+  in that direction are listed, so a list can be shorter than K.
 - The held-out value estimates the effect of the cell a half-sized study would pick, so it is
   unbiased for that cell and tends to lie below the in-sample one; where the halves pick
   different cells at a rank, both are named.
@@ -39,12 +42,13 @@ KINDS = (("restored", "cells", "component"), ("restored_head", "heads", "head"),
 
 
 def strongest(ds, k: int = 5, metric: str = "prob", variant: str | None = None, filter: str | None = None,
-              seed: int = 0, segments: list[str] | None = None):
+              seed: int = 0, segments: list[str] | None = None, components: list[str] | None = None):
     """A Dataset over (kind, rank) of the `k` strongest cells of `ds` by `metric` (module
     docstring): `cell`, `aie` with `aie_low`/`aie_high` (in-sample), `held_out` with
     `held_out_low`/`held_out_high`, and the cells each half chose (`first_half`,
     `second_half`); the records are split by `seed`, cells are taken from `segments`
-    (default: every segment)."""
+    (default: every segment) and, given `components`, from those components alone (heads
+    left out: a peak of one curve is `segments=[s], components=[c]`)."""
     import xarray as xr
 
     if k < 1:
@@ -54,12 +58,15 @@ def strongest(ds, k: int = 5, metric: str = "prob", variant: str | None = None, 
     if len(set(records)) < 4:
         raise ConfigError(f"held-out estimates need at least 4 records (2 per half); this selection has {len(set(records))}")
     segments = segments or segments_of(chosen)
-    direction = -1.0 if chosen.attrs.get("operation") in ABLATIONS else 1.0
     halves = _halves(list(dict.fromkeys(records)), seed)
-    kinds, rows = [], []
-    for of, kind, x in KINDS:
+    kinds, rows, direction = [], [], None
+    if components:
+        chosen = chosen.sel(component=list(components))
+    for of, kind, x in KINDS if not components else KINDS[:1]:
         if holds(chosen, of):
-            per, labels = _cells(chosen, metric, of, x, segments)
+            per, te, labels = _cells(chosen, metric, of, x, segments)
+            if direction is None:  # one direction for every kind: the first kind's
+                direction = _direction(te, per, chosen.attrs.get("operation") in ABLATIONS)
             kinds.append(kind)
             rows.append(_labelled(rank_cells(record_means(per, records), k, halves, direction), labels, k))
     if not kinds:
@@ -77,18 +84,28 @@ def _halves(records: list[str], seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(order[:len(records) // 2]), np.sort(order[len(records) // 2:])
 
 
-def _cells(ds, metric: str, of: str, x: str, segments: list[str]) -> tuple[np.ndarray, list[str]]:
-    """(IE [example, cell], the cells' labels) of one restored variable, cells flattened."""
+def _direction(te: np.ndarray, per: np.ndarray, ablation: bool) -> float:
+    """+1 or -1: the sign of the mean total effect (restoration), or of the mean effect over
+    every cell (ablation, whose total effect is 0); +1 where that is 0 or undefined."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(per if ablation else te)
+    return -1.0 if mean < 0 else 1.0
+
+
+def _cells(ds, metric: str, of: str, x: str, segments: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(IE [example, cell], TE [example], the cells' labels) of one restored variable, cells
+    flattened."""
     layers = [int(v) for v in ds.layer.values]
     units = ([str(c) for c in ds.component.values] if x == "component" else [f"H{h}" for h in range(ds.sizes["head"])])
     sep = " " if x == "component" else ""
     if of == "restored_head_all_pos":
-        per = all_positions(ds, (metric,))[0][0]  # [example, layer, head]
+        per, te = (v[0] for v in all_positions(ds, (metric,)))  # [example, layer, head], [example]
         labels = [f"L{layer}{sep}{u}" for layer in layers for u in units]
     else:
-        per = segment_effects(ds, (metric,), segments, of=of)[0][0]  # [example, segment, layer, X]
+        per, te = (v[0] for v in segment_effects(ds, (metric,), segments, of=of))  # [example, segment, layer, X]
         labels = [f"{s} L{layer}{sep}{u}" for s in segments for layer in layers for u in units]
-    return per.reshape(per.shape[0], -1), labels
+    return per.reshape(per.shape[0], -1), te, labels
 
 
 def _top(means: np.ndarray, k: int, direction: float) -> np.ndarray:
@@ -101,8 +118,8 @@ def rank_cells(per: np.ndarray, k: int, halves, direction: float = 1.0) -> dict:
     all records) with its in-sample `aie`, `aie_low`, `aie_high`; `first` and `second`, the
     cells each half chose; `held_out` with `held_out_low`, `held_out_high` (module
     docstring). `halves`: two disjoint index arrays covering the records."""
-    k = min(k, per.shape[1])
     mean, low, high, _ = mean_ci(per, axis=0)
+    k = min(k, int(np.sum(direction * mean > 0)))  # a cell of no effect is no cell to report
     best = _top(mean, k, direction)
     first, second = halves
     with np.errstate(invalid="ignore"), warnings.catch_warnings():

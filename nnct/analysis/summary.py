@@ -133,6 +133,24 @@ def mean_ci(values: np.ndarray, axis: int = 0, records=None, ci: str = "t",
     return mean, np.where(undefined, np.nan, low), np.where(undefined, np.nan, high), n
 
 
+def paired_difference(a: np.ndarray, b: np.ndarray, records_a, records_b, ci: str = "t",
+                      seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, low, high, n) of b - a paired by record, over axis 0 of each (one entry per
+    example): each record's mean in `a` and in `b` (records in both only, NaN ignored), their
+    difference per record, and its mean and 95% interval over records (`ci`); n counts the
+    records whose difference is defined."""
+    records_a, records_b = np.asarray(records_a).astype(str), np.asarray(records_b).astype(str)
+    shared = [r for r in dict.fromkeys(records_a) if r in set(records_b)]
+    if not shared:
+        raise ConfigError("the two sets of examples share no record: nothing to pair")
+    keep_a, keep_b = np.isin(records_a, shared), np.isin(records_b, shared)
+    per_a = record_means(a[keep_a], records_a[keep_a])  # rows: `shared`, in a's order
+    per_b = record_means(b[keep_b], records_b[keep_b])
+    order_b = list(dict.fromkeys(records_b[keep_b]))
+    per_b = per_b[[order_b.index(r) for r in shared]]
+    return mean_ci(per_b - per_a, axis=0, ci=ci, seed=seed)
+
+
 def _check_ci(ci: str) -> None:
     if ci not in CI_METHODS:
         raise ConfigError(f"--ci {ci}: use {' or '.join(CI_METHODS)}")

@@ -159,3 +159,24 @@ def test_summarize_strongest_prints_and_stores_them(tmp_path):
     write(assemble(records()[:3], 4, ("hidden", "mlp"), ATTRS, N_HEADS), small)
     bad = CliRunner().invoke(main, ["summarize", str(small), "--strongest", "2"])
     assert bad.exit_code == 2 and "at least 4 records" in bad.output
+
+
+def test_a_metric_that_falls_toward_the_clean_run_ranks_by_its_most_negative_cells():
+    """Clean and corrupted values swapped (the total effect is negative, as for KL or rank), the
+    mlp at layer 2 lowered by 0.3 at every token: that cell is the strongest, listed as most
+    negative; restricted to hidden, only hidden cells of the one segment asked are ranked."""
+    rows = []
+    for r in records():
+        values = dict(r.values)
+        values["p_clean"], values["p_corrupt"] = np.minimum(r.values["p_corrupt"], 0.3), np.maximum(r.values["p_clean"], 0.6)
+        values["p_restored"] = values["p_restored"].copy()
+        values["p_restored"][:, 2, 1, 0] -= 0.3
+        rows.append(replace(r, values=values))
+    ds = assemble(rows, 4, ("hidden", "mlp"), ATTRS, N_HEADS)
+    found = strongest(ds, k=2)
+    assert found.attrs["direction"] == "most negative"
+    assert str(found.cell.sel(kind="cells").values[0]).endswith("L2 mlp")
+    assert (found.aie.sel(kind="cells").values < 0).all()
+    hidden = strongest(ds, k=3, segments=["last"], components=["hidden"])
+    assert list(hidden.kind.values) == ["cells"]
+    assert all(c.startswith("last L") and c.endswith(" hidden") for c in hidden.cell.values[0] if c)

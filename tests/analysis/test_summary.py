@@ -271,3 +271,27 @@ def test_left_out_examples_are_counted():
     assert (s.n + s.n_left_out == total).all()
     seg = "last"
     assert int(s.n_left_out.sel(metric="recovery", segment=seg)) == int(s.n_left_out.sel(metric="prob", segment=seg)) + 1
+
+
+def test_paired_differences_pair_by_record():
+    """b - a by record, by hand: records in another order in b, one record only in a (left
+    out), and a record with two examples in b (averaged first). Pairing removes what the two
+    share: the paired interval is far narrower than the intervals of the two means."""
+    from nnct.analysis.summary import mean_ci, paired_difference
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(0, 5, size=8)  # a large per-record level both share
+    a = base + rng.normal(0, 0.1, size=8)
+    rec_a = [f"r{i}" for i in range(8)]
+    order = [3, 1, 0, 2, 5, 4, 6, 6]  # r7 absent from b; r6 twice
+    b = base[order] + 1.0 + rng.normal(0, 0.1, size=8)
+    rec_b = [f"r{i}" for i in order]
+    mean, low, high, n = paired_difference(a, b, rec_a, rec_b)
+    diffs = [(b[6] + b[7]) / 2 - a[6] if i == 6 else b[order.index(i)] - a[i] for i in range(7)]
+    sd = np.std(diffs, ddof=1)
+    assert float(mean) == pytest.approx(np.mean(diffs)) and int(n) == 7
+    assert float(high) - float(low) == pytest.approx(2 * 2.447 * sd / np.sqrt(7), rel=1e-3)  # t(0.975, 6) = 2.447
+    _, low_a, high_a, _ = mean_ci(a)
+    assert (float(high) - float(low)) * 10 < float(high_a) - float(low_a)
+    with pytest.raises(ConfigError, match="share no record"):
+        paired_difference(a, b, rec_a, [f"x{i}" for i in order])
