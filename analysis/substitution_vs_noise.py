@@ -20,6 +20,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from nnct.analysis.strongest import strongest
 from nnct.analysis.summary import paired_difference, segment_effects, summarize
 from nnct.results.cube import open_cube
 
@@ -43,9 +44,10 @@ def table(summaries: dict, cubes: dict) -> str:
                      f" p_corrupt {float(s.p_corrupt):.3f}, ATE {te:.3f} [{float(s.ate_low.sel(metric='prob')):.3f},"
                      f" {float(s.ate_high.sel(metric='prob')):.3f}]; examples left out at these segments (metric undefined): {left}")
     for metric in METRICS:
-        lines.append(f"\nAIE ({metric}) by layer third; peak with its 95% CI and layer")
+        lines.append(f"\nAIE ({metric}) by layer third; peak with its 95% CI and layer; held out: the peak layer chosen on a"
+                     " random half of the records, estimated on the other half (both ways)")
         head = f"{'segment':14s}{'component':11s}{'corruption':12s}" + "".join(f"{t:>18s}" for t, _ in thirds(first.sizes["layer"]))
-        lines.append(head + f"{'peak':>9s}{'95% CI':>19s}{'layer':>7s}")
+        lines.append(head + f"{'peak':>9s}{'95% CI':>19s}{'layer':>7s}{'held out':>10s}")
         for seg in SEGMENTS:
             for comp in first.component.values:
                 for name, s in summaries.items():
@@ -53,8 +55,10 @@ def table(summaries: dict, cubes: dict) -> str:
                     best = int(c.best_layer)
                     peak = c.sel(layer=best)
                     bands = "".join(f"{float(np.nanmean(c.aie.values[idx])):18.3f}" for _, idx in thirds(s.sizes["layer"]))
+                    held = strongest(cubes[name], 1, metric, segments=[seg], components=[str(comp)]).held_out.values
                     lines.append(f"{seg:14s}{str(comp):11s}{name:12s}{bands}{float(peak.aie):9.3f}"
-                                 f"   [{float(peak.aie_low):6.3f}, {float(peak.aie_high):6.3f}]{best:7d}")
+                                 f"   [{float(peak.aie_low):6.3f}, {float(peak.aie_high):6.3f}]{best:7d}"
+                                 f"{float(held[0, 0]) if held.size else float('nan'):10.3f}")
     lines += paired(cubes, [str(c) for c in first.component.values])
     lines.append("\nMLP against attention (AIE summed over layers, recovery), at each segment")
     for seg in SEGMENTS:
