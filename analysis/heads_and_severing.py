@@ -41,17 +41,20 @@ def severed_table(ds, summary, metric: str) -> list[str]:
     s = summary.sel(metric=metric)
     a = s.attrs
     lines = [f"severed paths ({a['experiment']}, S={a['samples']}, {a['examples']} examples): AIE ({metric}) at {SEGMENT}"
-             f" by layer third; peak with its 95% CI",
+             f" by layer third; peak with its 95% CI; held out: the peak layer chosen on a random half of the records,"
+             f" estimated on the other half (both ways)",
              f"ATE {float(s.ate):.3f} [{float(s.ate_low):.3f}, {float(s.ate_high):.3f}], p_clean {float(s.p_clean):.3f},"
              f" p_corrupt {float(s.p_corrupt):.3f}"]
     parts = thirds(s.sizes["layer"])
-    lines.append(f"{'':34s}" + "".join(f"{t:>16s}" for t, _ in parts) + f"{'peak':>8s}{'95% CI':>18s}{'layer':>6s}")
+    lines.append(f"{'':34s}" + "".join(f"{t:>16s}" for t, _ in parts) + f"{'peak':>8s}{'95% CI':>18s}{'layer':>6s}{'held out':>10s}")
     for comp in SEVERED:
         c = s.sel(segment=SEGMENT, component=comp)
         best = int(c.best_layer)
         peak = c.sel(layer=best)
         bands = "".join(f"{float(np.nanmean(c.aie.values[idx])):16.3f}" for _, idx in parts)
-        lines.append(f"{comp:34s}{bands}{float(peak.aie):8.3f}  [{float(peak.aie_low):6.3f}, {float(peak.aie_high):6.3f}]{best:6d}")
+        held = float(strongest(ds, 1, metric, segments=[SEGMENT], components=[comp]).held_out[0, 0])
+        lines.append(f"{comp:34s}{bands}{float(peak.aie):8.3f}  [{float(peak.aie_low):6.3f}, {float(peak.aie_high):6.3f}]{best:6d}"
+                     f"{held:10.3f}")
     # What severing removes, per example then averaged: hidden - severed, mean over a third's layers.
     segments = [str(g) for g in s.segment.values]
     per_example, _ = segment_effects(ds, (metric,), segments)  # [1, example, segment, layer, component]
