@@ -1,8 +1,11 @@
 """Reading a path-patching file (`results.paths`): the strongest senders, and the figure.
 
 - `strongest`: the senders (heads and MLPs) whose path to the receivers changes the target's
-  probability most, averaged over the pairs, with a 95% t interval over pairs and the mean
-  change in the logit difference target - alt.
+  probability most (either sign), averaged over the pairs, with a 95% t interval over pairs
+  and the mean change in the logit difference target - alt; beside each, its held-out value
+  (`analysis.strongest`: the senders ranked on a random half of the pairs, each rank's sender
+  estimated on the other half, both ways), since the largest of 300 senders' means
+  overstates its sender. Each pair is its own unit of sampling.
 - `figure`: the mean effect per sender as a layer x head heatmap with the MLPs as an extra
   column, one panel for p(target) and one for the logit difference. The effect is the
   path-patched run minus the run it patches (the clean run when noising, so a sender whose
@@ -19,7 +22,7 @@ import numpy as np
 
 from ..results.paths import effect
 from .plot import save
-from .summary import mean_ci
+from .strongest import rank_cells, split
 
 LISTED = 4  # senders outlined and listed per panel
 
@@ -34,18 +37,21 @@ def _effects(ds) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             "logit diff": (diff(heads_l), diff(mlps_l))}
 
 
-def strongest(ds, n: int = 10) -> list[dict]:
-    """The n senders of largest |mean effect on p(target)|: name, mean, 95% CI, logit-diff mean."""
+def strongest(ds, n: int = 10, seed: int = 0) -> list[dict]:
+    """The n senders of largest |mean effect on p(target)|: name, mean, 95% CI, logit-diff
+    mean, and the held-out value and interval of that rank (halves of the pairs by `seed`)
+    with the senders the halves chose."""
     eff = _effects(ds)
     (hp, mp), (hl, ml) = eff["p(target)"], eff["logit diff"]
     L, H = hp.shape[1:]
     names = [f"L{layer}H{h}" for layer in range(L) for h in range(H)] + [f"MLP{layer}" for layer in range(L)]
     p = np.concatenate([hp.reshape(hp.shape[0], -1), mp], axis=1)
     logit = np.concatenate([hl.reshape(hl.shape[0], -1), ml], axis=1)
-    mean, low, high, _ = mean_ci(p)
-    order = np.argsort(-np.nan_to_num(np.abs(mean), nan=-1.0), kind="stable")[:n]
-    return [{"sender": names[i], "effect": float(mean[i]), "ci": (float(low[i]), float(high[i])),
-             "logit_diff": float(logit[:, i].mean())} for i in order if not np.isnan(mean[i])]
+    r = rank_cells(p, n, split(list(ds.example.values), seed), direction=0)
+    return [{"sender": names[i], "effect": float(r["aie"][k]), "ci": (float(r["aie_low"][k]), float(r["aie_high"][k])),
+             "logit_diff": float(logit[:, i].mean()), "held_out": float(r["held_out"][k]),
+             "held_out_ci": (float(r["held_out_low"][k]), float(r["held_out_high"][k])),
+             "halves": sorted({names[r["first"][k]], names[r["second"][k]]})} for k, i in enumerate(r["best"])]
 
 
 def table(ds, n: int = 10) -> str:
@@ -54,9 +60,11 @@ def table(ds, n: int = 10) -> str:
     p_clean, p_corrupt = (float(ds[f"p_{k}"].sel(answer="target").mean()) for k in ("clean", "corrupt"))
     lines = [f"{a.get('direction', '')} path patching to {a.get('receivers', '')}: {ds.sizes['example']} pairs,"
              f" p(target) clean {p_clean:.3f}, corrupt {p_corrupt:.3f}; effect = path - {a.get('base', 'clean')}",
-             f"{'sender':>8} {'effect p(target)':>17} {'95% CI':>20} {'logit diff':>11}"]
+             f"{'sender':>8} {'effect p(target)':>17} {'95% CI':>20} {'logit diff':>11} {'held out':>9} {'95% CI':>20}"
+             "  senders the halves chose"]
     for s in strongest(ds, n):
-        lines.append(f"{s['sender']:>8} {s['effect']:17.4f}   [{s['ci'][0]:7.4f}, {s['ci'][1]:7.4f}] {s['logit_diff']:11.3f}")
+        lines.append(f"{s['sender']:>8} {s['effect']:17.4f}   [{s['ci'][0]:7.4f}, {s['ci'][1]:7.4f}] {s['logit_diff']:11.3f}"
+                     f" {s['held_out']:9.4f}   [{s['held_out_ci'][0]:7.4f}, {s['held_out_ci'][1]:7.4f}]  {' | '.join(s['halves'])}")
     return "\n".join(lines)
 
 

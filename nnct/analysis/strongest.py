@@ -58,7 +58,7 @@ def strongest(ds, k: int = 5, metric: str = "prob", variant: str | None = None, 
     if len(set(records)) < 4:
         raise ConfigError(f"held-out estimates need at least 4 records (2 per half); this selection has {len(set(records))}")
     segments = segments or segments_of(chosen)
-    halves = _halves(list(dict.fromkeys(records)), seed)
+    halves = split(list(dict.fromkeys(records)), seed)
     kinds, rows, direction = [], [], None
     if components:
         chosen = chosen.sel(component=list(components))
@@ -78,8 +78,8 @@ def strongest(ds, k: int = 5, metric: str = "prob", variant: str | None = None, 
     return xr.Dataset(data, coords={"kind": kinds, "rank": np.arange(1, k + 1)}, attrs=attrs)
 
 
-def _halves(records: list[str], seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices into the distinct records: a seeded random half and the rest."""
+def split(records: list, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Indices into the distinct `records`: a seeded random half (R // 2) and the rest."""
     order = np.random.default_rng(seed).permutation(len(records))
     return np.sort(order[:len(records) // 2]), np.sort(order[len(records) // 2:])
 
@@ -108,18 +108,24 @@ def _cells(ds, metric: str, of: str, x: str, segments: list[str]) -> tuple[np.nd
     return per.reshape(per.shape[0], -1), te, labels
 
 
+def _strength(means: np.ndarray, direction: float) -> np.ndarray:
+    """How strong each mean is: along `direction` (+1 or -1), or its size (0); NaN weakest."""
+    return np.nan_to_num(np.abs(means) if direction == 0 else direction * means, nan=-np.inf)
+
+
 def _top(means: np.ndarray, k: int, direction: float) -> np.ndarray:
-    """The k cells of strongest mean in `direction` (NaN last), strongest first."""
-    return np.argsort(-np.nan_to_num(direction * means, nan=-np.inf), kind="stable")[:k]
+    """The k cells of strongest mean (`_strength`), strongest first."""
+    return np.argsort(-_strength(means, direction), kind="stable")[:k]
 
 
 def rank_cells(per: np.ndarray, k: int, halves, direction: float = 1.0) -> dict:
     """The k strongest cells of `per` [record, cell] (record means), by rank: `best` (chosen on
     all records) with its in-sample `aie`, `aie_low`, `aie_high`; `first` and `second`, the
     cells each half chose; `held_out` with `held_out_low`, `held_out_high` (module
-    docstring). `halves`: two disjoint index arrays covering the records."""
+    docstring), strongest along `direction` (+1, -1, or 0: by size, either sign). `halves`:
+    two disjoint index arrays covering the records (`split`)."""
     mean, low, high, _ = mean_ci(per, axis=0)
-    k = min(k, int(np.sum(direction * mean > 0)))  # a cell of no effect is no cell to report
+    k = min(k, int(np.sum(_strength(mean, direction) > 0)))  # a cell of no effect is no cell to report
     best = _top(mean, k, direction)
     first, second = halves
     with np.errstate(invalid="ignore"), warnings.catch_warnings():

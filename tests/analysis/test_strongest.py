@@ -180,3 +180,16 @@ def test_a_metric_that_falls_toward_the_clean_run_ranks_by_its_most_negative_cel
     hidden = strongest(ds, k=3, segments=["last"], components=["hidden"])
     assert list(hidden.kind.values) == ["cells"]
     assert all(c.startswith("last L") and c.endswith(" hidden") for c in hidden.cell.values[0] if c)
+
+
+def test_ranking_by_size_takes_either_sign():
+    """direction 0 (path patching's senders): a cell of -0.5 outranks one of +0.3, and a cell
+    of no effect (all 0) is not listed."""
+    rng = np.random.default_rng(2)
+    per = np.zeros((8, 4)) + rng.normal(0, 0.01, size=(8, 4))
+    per[:, 1] -= 0.5
+    per[:, 3] += 0.3
+    per[:, 0] = 0.0
+    r = rank_cells(per, 4, (np.arange(4), np.arange(4, 8)), direction=0)
+    assert list(r["best"][:2]) == [1, 3] and 0 not in r["best"]
+    assert r["held_out"][0] == pytest.approx(per[:, 1].mean())
