@@ -51,13 +51,14 @@ class Hparams:
     stop: float = 5e-2  # ROME stops once the loss is below this
 
 
-def keys(parts: Parts, prompts: list[list[int]], positions: list[int], layer: int) -> torch.Tensor:
+def keys(parts: Parts, prompts: list[list[int]], positions: list[int], layer: int, site: str = "down") -> torch.Tensor:
     """[prompt, d_ff] float64: the down projection's input at `positions[i]` of prompt i (one
-    trace per prompt: they differ in length)."""
+    trace per prompt: they differ in length); another site's value with `site` (MEMIT reads
+    the residual stream, `hidden`, the same way)."""
     out = []
     for ids, at in zip(prompts, positions):
         with torch.no_grad(), parts.nn.trace(torch.tensor([ids], device=parts.device)) as tracer:
-            key = SITES["down"].read(parts, layer)[0, at].save()
+            key = SITES[site].read(parts, layer)[0, at].save()
             tracer.stop()
         out.append(key.double().cpu())
     return torch.stack(out)
@@ -156,9 +157,11 @@ def _value_inputs(rows: list[list[int]], pad: int, lookups: list[int], target: l
 
 
 def value(parts: Parts, rewriting: list[list[int]], lookups: list[int], target: list[int], kl: list[list[int]],
-          kl_lookups: list[int], layer: int, hp: Hparams = Hparams(), pad: int = 0) -> tuple[torch.Tensor, torch.Tensor, dict]:
+          kl_lookups: list[int], layer: int, hp: Hparams = Hparams(), pad: int = 0,
+          site: str = "mlp") -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(v* [d_model], v0 [d_model], log) float64: ROME's value for `target` (the new object's
-    token ids) at `layer` (see the module's docstring). `rewriting`: prefix + prompt + target
+    token ids) at `layer` (see the module's docstring), written into the MLP's output, or into
+    another site's (`site`: MEMIT's target z is the layer's residual output, `hidden`). `rewriting`: prefix + prompt + target
     but its last token, one row each, the subject's last token at `lookups`; `kl`: the
     "{subject} is a" prompts, lookups at `kl_lookups`. The rows run as one right-padded batch."""
     n_rw = len(rewriting)
@@ -170,7 +173,7 @@ def value(parts: Parts, rewriting: list[list[int]], lookups: list[int], target: 
     with frozen(parts):
         for step in range(hp.steps):
             with torch.enable_grad(), parts.nn.trace(ids, attention_mask=mask):
-                out = SITES["mlp"].read(parts, layer)
+                out = SITES[site].read(parts, layer)
                 base = out[0, at[0]].detach().save()
                 out[row, at] += delta.to(out.dtype)
                 logp = parts.nn.output.logits.float().log_softmax(-1)
@@ -283,7 +286,8 @@ def apply_in_trace(parts: Parts, edits) -> None:
 @contextlib.contextmanager
 def edited_weights(adapter, edits):
     """The local model with every edit written into its down projections' weights
-    (W + outer(left, right), `rank_one.edited`), restored on exit."""
+    (W + outer(left, right), or W + left @ right.T for a batch edit's factors,
+    `rank_one.edited`), restored on exit."""
     kept = {}
     try:
         for layer, left, right in edits:

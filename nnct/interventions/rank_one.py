@@ -11,7 +11,9 @@ so that W' k* = v* exactly, and W' x = W x for every x with (C^-1 k*) . x = 0. A
 kept as two vectors, left = v* - W k* (d_model) and right = C^-1 k* / ((C^-1 k*)^T k*)
 (d_ff), with W' = W + outer(left, right); on a running model it is the intervention
 out += left * (key . right) on the down projection's output, which needs no weights (a
-model on a server can be edited this way).
+model on a server can be edited this way). `batch_update`'s MEMIT and AlphaEdit updates are
+the same two factors with N columns (W' = W + left @ right.T); `edited` and `edit_output`
+apply either.
 """
 
 from __future__ import annotations
@@ -36,10 +38,17 @@ def rank_one_from(weight_key: torch.Tensor, key: torch.Tensor, value: torch.Tens
     return v - wk, u / (u @ k)
 
 
+def _columns(factor: torch.Tensor) -> torch.Tensor:
+    """A factor as a matrix of columns: a vector (ROME's rank one) is one column, a
+    [d, r] factor (`batch_update`'s rank N) is itself."""
+    return factor.reshape(factor.shape[0], -1)
+
+
 def edited(weight: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-    """The edited weight, in `weight`'s dtype: W + outer(left, right), for a weight stored
-    [d_model, d_ff] (nn.Linear) or transposed [d_ff, d_model] (GPT-2's Conv1D)."""
-    update = torch.outer(left.to(weight.device, torch.float64), right.to(weight.device, torch.float64))
+    """The edited weight, in `weight`'s dtype: W + left @ right.T (outer(left, right) for
+    vectors), for a weight stored [d_model, d_ff] (nn.Linear) or transposed [d_ff, d_model]
+    (GPT-2's Conv1D)."""
+    update = _columns(left.to(weight.device, torch.float64)) @ _columns(right.to(weight.device, torch.float64)).T
     if weight.shape != update.shape:
         update = update.T
     return (weight.double() + update).to(weight.dtype)
@@ -47,6 +56,7 @@ def edited(weight: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> tor
 
 def edit_output(output, key, left: torch.Tensor, right: torch.Tensor):
     """The down projection's output `output` [.., d_model] as the edited weight would give it
-    from its input `key` [.., d_ff]: out + left * (key . right)."""
-    scale = key @ right.to(key.dtype)
-    return output + scale[..., None] * left.to(output.dtype)
+    from its input `key` [.., d_ff]: out + left * (key . right), or out + (key @ right) @ left.T
+    for factors of several columns."""
+    scale = key @ _columns(right).to(key.dtype)
+    return output + scale @ _columns(left).T.to(output.dtype)

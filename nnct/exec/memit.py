@@ -1,0 +1,108 @@
+"""MEMIT's and AlphaEdit's batch edits measured on a local model through nnsight (Meng et al.
+2023, Fang et al. 2025; docs/method.md, "Many edits at once").
+
+N facts are written over a range of layers R ending at L. Each fact's target z_i is a hidden
+state at layer L's residual output (the `hidden` site) at its last subject token: ROME's
+value optimisation (`rome.value`) with the delta added to the residual stream instead of the
+MLP's output, as MEMIT's compute_z does. Then, for each layer l of R in ascending order, with
+the updates of the layers before it already in the weights: the keys K_l (the down
+projection's input at the last subject token, averaged over the fact's prompts, as
+`rome.keys` reads them), the hidden states h_L at the bare prompts, and the residuals
+R_l = (z - h_L) / (|R| - index of l), so the first layer takes a share of what is left and
+the last layer all of it. A solver turns (K_l, R_l) into factors (`interventions.batch_update`):
+MEMIT's, with C_l and its weight, or AlphaEdit's, with C_l's null space and the keys of
+earlier batches (`preserved`), which the caller adds a batch's keys to once it is written.
+
+The model's weights are edited only inside `rome.edited_weights` blocks and come back after;
+the result is a list of (layer, left, right), one per layer of R, that `rome.edited_weights`
+and `rome.apply_in_trace` apply like ROME's edits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..interventions import batch_update
+from . import rome
+
+
+@dataclass(frozen=True)
+class Hparams:
+    """MEMIT's and AlphaEdit's GPT-2 XL settings (hparams/MEMIT/gpt2-xl.json,
+    hparams/AlphaEdit/gpt2-xl.json): the value optimisation is ROME's but for the clamp
+    (0.75 |z0|); lambda (mom2_update_weight) 20000; AlphaEdit's null-space threshold 2e-2
+    and its L2 weight 10."""
+
+    value: rome.Hparams = field(default_factory=lambda: rome.Hparams(clamp=0.75))
+    mom2_update_weight: float = 20000.0
+    nullspace_threshold: float = 2e-2
+    l2: float = 10.0
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One fact's token ids: its prompt alone first and then behind each context prefix, the
+    last subject token in each (`lookups`), the new object's tokens, and the KL prompt
+    "{subject} is a" with its last subject token."""
+
+    prompts: list[list[int]]
+    lookups: list[int]
+    target: list[int]
+    kl: list[int]
+    kl_lookup: int
+
+
+def target(parts, fact: Fact, layer: int, hp: rome.Hparams, pad: int = 0) -> tuple[torch.Tensor, dict]:
+    """(z [d_model] float64 on the CPU, the optimisation's log): the residual output of `layer`
+    at the fact's last subject token that makes the model say its new object."""
+    rewriting = [p + fact.target[:-1] for p in fact.prompts]
+    z, _, log = rome.value(parts, rewriting, fact.lookups, fact.target, [fact.kl], [fact.kl_lookup], layer, hp, pad=pad,
+                           site="hidden")
+    return z.cpu(), log
+
+
+def fact_keys(parts, facts: list[Fact], layer: int) -> torch.Tensor:
+    """[d_ff, N] float64: each fact's key at `layer`, averaged over its prompts."""
+    return torch.stack([rome.keys(parts, f.prompts, f.lookups, layer).mean(0) for f in facts], 1)
+
+
+def batch_edit(adapter, facts: list[Fact], layers: list[int], solve, zs: torch.Tensor, earlier=()) -> list[tuple]:
+    """[(layer, left, right)] for `layers` (ascending): the facts' targets `zs` [d_model, N]
+    (`target`, at layers[-1]) written by `solve(layer, keys, residuals)`, with the edits
+    `earlier` (of earlier batches) and the layers before each one already in the weights."""
+    parts, top, made = adapter.parts, layers[-1], []
+    for i, layer in enumerate(layers):
+        with rome.edited_weights(adapter, [*earlier, *made]):
+            keys = fact_keys(parts, facts, layer)
+            now = rome.keys(parts, [f.prompts[0] for f in facts], [f.lookups[0] for f in facts], top, site="hidden").T
+        left, right = solve(layer, keys, (zs - now) / (len(layers) - i))
+        made.append((layer, left, right))
+    return made
+
+
+def memit_solver(covs: dict[int, torch.Tensor], hp: Hparams):
+    """MEMIT's update at each layer: lambda C_l + K K^T."""
+    return lambda layer, keys, residuals: batch_update.memit(keys, residuals, covs[layer], hp.mom2_update_weight)
+
+
+def alphaedit_solver(covs: dict[int, torch.Tensor], preserved: dict[int, torch.Tensor], hp: Hparams):
+    """AlphaEdit's update at each layer: inside C_l's null space (computed here, once per
+    layer), keeping the keys K_p K_p^T in `preserved` (per layer; a missing layer has none)."""
+    projections = {layer: batch_update.null_space(c, hp.nullspace_threshold) for layer, c in covs.items()}
+
+    def solve(layer, keys, residuals):
+        kept = preserved.get(layer, torch.zeros_like(projections[layer]))
+        return batch_update.alphaedit(keys, residuals, projections[layer], kept, hp.l2)
+
+    return solve
+
+
+def preserve(adapter, facts: list[Fact], layers: list[int], edits, preserved: dict[int, torch.Tensor]) -> None:
+    """Add the facts' K K^T at each layer, measured with `edits` in the weights, to
+    `preserved`: what AlphaEdit keeps of a batch once it is written (its code does the same)."""
+    with rome.edited_weights(adapter, edits):
+        for layer in layers:
+            k = fact_keys(adapter.parts, facts, layer)
+            preserved[layer] = preserved.get(layer, 0) + k @ k.T
