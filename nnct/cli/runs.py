@@ -329,12 +329,24 @@ def answers(data, out, prompt_format, max_cf, max_examples, **options):
 @click.option("--seed", type=int, default=0, show_default=True, help="Of the context prefixes the model writes.")
 @click.option("--max-examples", "--max-datapoints", "max_examples", type=int, default=None, help="Only the first N records.")
 @click.option("--save", "save_dir", type=click.Path(file_okay=False),
-              help="Also save the model with every edit in its weights (each computed on the unedited model) here.")
+              help="Also save the model with every edit in its weights (each computed on the unedited model,"
+                   " but for --sequential batches) here.")
+@click.option("--method", type=click.Choice(["rome", "memit", "alphaedit"]), default="rome", show_default=True,
+              help="rome: one rank-one update per fact at --layer; memit, alphaedit: all facts at once over --layers"
+                   " (local models only).")
+@click.option("--layers", "layer_range", default=None,
+              help="memit/alphaedit: the layers A-B written [default: the 5 ending at --layer (or auto), from 0].")
+@click.option("--batch-size", "batch_size", type=int, default=None,
+              help="memit/alphaedit: facts per batch [default: all in one].")
+@click.option("--sequential", is_flag=True,
+              help="memit/alphaedit: each batch computed on the model as the earlier ones left it (else on the original).")
 @QUIET
-def edit(data, out, new_object, layer, from_cube, no_covariance, corpus_tokens, seed, max_examples, save_dir, quiet, **options):
+def edit(data, out, new_object, layer, from_cube, no_covariance, corpus_tokens, seed, max_examples, save_dir, method,
+         layer_range, batch_size, sequential, quiet, **options):
     """ROME: rewrite each record's fact (obj -> the new object) with a rank-one update of one
     layer's MLP, evaluate each edit (efficacy, paraphrase, specificity, fluency) and write
-    the edits (left/right vectors, layer, metrics) to OUT."""
+    the edits (left/right vectors, layer, metrics) to OUT. MEMIT and AlphaEdit (--method):
+    the facts in batches over a range of layers, evaluated with every batch applied."""
     from ..methods import edit as edit_lib
 
     if layer != "auto" and not layer.isdigit():
@@ -343,7 +355,8 @@ def edit(data, out, new_object, layer, from_cube, no_covariance, corpus_tokens, 
         fail(f"--out {out}: the edits file is NetCDF, name it *.nc")
     cfg = edit_lib.EditConfig(data=data, out=out, new_object=new_object, layer=None if layer == "auto" else int(layer),
                               from_cube=from_cube, covariance=not no_covariance, corpus_tokens=corpus_tokens, seed=seed,
-                              max_examples=max_examples, save=save_dir, **settings(options))
+                              max_examples=max_examples, save=save_dir, method=method, layers=layer_range,
+                              batch_size=batch_size, sequential=sequential, **settings(options))
     with guarded("nothing was written: run the same command again"):
         result = edit_lib.run(cfg, say=(lambda text: None) if quiet else click.echo, on_retry=Bar(True).retry)
     for problem in result.skipped:

@@ -180,7 +180,8 @@ def _adapter(model, tokenizer):
 def edit(model="smollm2-135m", data=None, *, out=None, tokenizer=None, **settings):
     """ROME edits of the records of `data` (a JSONL path), evaluated (`methods.edit`);
     settings are `EditConfig`'s field names (`layer`, `new_object`, `from_cube`, `covariance`,
-    `device`, `dtype`, ...). Returns the `EditRun` (edits, attrs, skipped records); `out=`
+    `method` ("rome", "memit", "alphaedit"), `layers` ("A-B" or (A, B)), `batch_size`,
+    `sequential`, `device`, `dtype`, ...). Returns the `EditRun` (edits, attrs, skipped records); `out=`
     also writes the edits file."""
     from .edit import EditConfig, run
 

@@ -18,12 +18,19 @@ record's passage up to its object and on its question), specificity (on other re
 the same relation, their own object still beats o*) and fluency (the weighted 2- and 3-gram
 entropy of a greedy continuation of the prompt). P of a multi-token object is the geometric
 mean of its tokens' teacher-forced probabilities (ROME compares mean token log-probs).
+
+`method` "memit" or "alphaedit" (`exec.memit`; local models only): the same facts (prompts,
+prefixes, new objects) written in batches of `batch_size` (None: one batch) over the layers
+`layers` (default: the 5 ending at the layer ROME would use, clipped at 0), each batch
+computed on the original model, or with `sequential` on the model as the earlier batches
+left it (AlphaEdit then keeps their keys). Every fact is evaluated with all batches applied.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
@@ -32,7 +39,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, RecordError
-from ..exec import decode, rome
+from ..exec import decode, memit, rome
 from ..inputs import corpus, spans
 from ..inputs.records import Record, load_records
 from ..interventions.rank_one import rank_one, rank_one_from
@@ -58,6 +65,54 @@ class EditConfig(Execution):
     max_examples: int | None = None
     save: str | None = None  # a directory: the model with every edit in its weights is saved there too
     hparams: rome.Hparams = field(default_factory=rome.Hparams)
+    method: str = "rome"  # rome | memit | alphaedit
+    layers: tuple[int, int] | str | None = None  # a batch method's range (first, last) or "A-B"; None: 5 ending at `layer`
+    batch_size: int | None = None  # a batch method's facts per batch; None: all in one
+    sequential: bool = False  # batches computed one after another on the model the earlier ones left
+    batch_hparams: memit.Hparams = field(default_factory=memit.Hparams)
+
+
+METHODS = ("rome", "memit", "alphaedit")
+SPAN = 5  # the default range of a batch method: this many layers ending at ROME's layer
+
+
+def parse_layers(value) -> tuple[int, int] | None:
+    """A layer range: "A-B" (or "A"), a (first, last) pair, or None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        first, _, last = value.partition("-")
+        if not (first.strip().isdigit() and (not last or last.strip().isdigit())):
+            raise ConfigError(f"--layers {value}: a range of layers A-B")
+        value = (int(first), int(last or first))
+    elif isinstance(value, int):
+        value = (value, value)
+    first, last = (int(v) for v in value)
+    if first > last:
+        raise ConfigError(f"--layers {first}-{last}: the first layer comes after the last")
+    return first, last
+
+
+def check_method(cfg: EditConfig) -> EditConfig:
+    """`cfg` with its layer range parsed; ConfigError for combinations no run could use."""
+    if cfg.method not in METHODS:
+        raise ConfigError(f"--method {cfg.method}: use {', '.join(METHODS)}")
+    cfg = replace(cfg, layers=parse_layers(cfg.layers))
+    if cfg.method == "rome":
+        for name, given in (("--layers", cfg.layers is not None), ("--batch-size", cfg.batch_size is not None),
+                            ("--sequential", cfg.sequential)):
+            if given:
+                raise ConfigError(f"{name} is for --method memit or alphaedit; ROME edits at one --layer, fact by fact")
+        return cfg
+    if cfg.remote is not None:
+        raise ConfigError(f"--method {cfg.method} runs locally for now: drop --remote")
+    if cfg.layers is not None and cfg.layer is not None:
+        raise ConfigError("--layer with --layers: the range's last layer is where the targets are found; give one")
+    if cfg.batch_size is not None and cfg.batch_size < 1:
+        raise ConfigError(f"--batch-size {cfg.batch_size}: need at least 1 fact per batch")
+    if cfg.method == "alphaedit" and not cfg.covariance:
+        raise ConfigError("--no-covariance with --method alphaedit: C = identity has no null space, nothing would change")
+    return cfg
 
 
 def _subject_last(tokenizer, text: str, subject: str, start: int = 0) -> tuple[list[int], int]:
@@ -240,18 +295,25 @@ def peak_layer(cube) -> int:
     return int(s.best_layer.sel(metric="prob", segment="subject_last", component="mlp"))
 
 
-def edit_record(where: Where, record: Record, new: str, layer: int, prefixes: list[str], cov: torch.Tensor | None,
-                hp: rome.Hparams) -> edits_file.Edit:
-    """One record's edit at `layer` (its metrics not yet measured)."""
-    adapter = where.adapter
-    tok = adapter.tokenizer
-    target = list(spans.answer_ids(tok, new))
+def _fact(tok, record: Record, new: str, prefixes: list[str]) -> memit.Fact:
+    """The record's token ids for an edit: its prompt behind each prefix ("" first), the
+    last subject token in each, the new object's tokens, the KL prompt "{s} is a"."""
     prompts, lookups = [], []
     for prefix in prefixes:
         ids, at = _subject_last(tok, prefix + record.prompt_wo_ctx, record.subj, len(prefix))
         prompts.append(ids)
         lookups.append(at)
     kl_ids, kl_at = _subject_last(tok, f"{record.subj} is a", record.subj)
+    return memit.Fact(prompts, lookups, list(spans.answer_ids(tok, new)), kl_ids, kl_at)
+
+
+def edit_record(where: Where, record: Record, new: str, layer: int, prefixes: list[str], cov: torch.Tensor | None,
+                hp: rome.Hparams) -> edits_file.Edit:
+    """One record's edit at `layer` (its metrics not yet measured)."""
+    adapter = where.adapter
+    tok = adapter.tokenizer
+    fact = _fact(tok, record, new, prefixes)
+    target, prompts, lookups, kl_ids, kl_at = fact.target, fact.prompts, fact.lookups, fact.kl, fact.kl_lookup
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     rewriting = [p + target[:-1] for p in prompts]
     if where.execute is None:
@@ -277,6 +339,7 @@ class EditRun:
     edits: list[edits_file.Edit]
     attrs: dict
     skipped: list[RecordError]
+    factors: list[edits_file.Factors] = field(default_factory=list)  # a batch method's updates
 
 
 def _located(cfg: EditConfig, adapter) -> int:
@@ -300,6 +363,7 @@ def _located(cfg: EditConfig, adapter) -> int:
 def run(cfg: EditConfig, adapter=None, say=lambda text: None, on_retry=None) -> EditRun:
     """Every record's edit, evaluated (see the module's docstring), on the skeleton
     (`pipeline`); written to `cfg.out` with its provenance."""
+    cfg = check_method(cfg)
     if cfg.save and pipeline.on_server(cfg):
         raise ConfigError("--save writes the edited weights: it needs the model here, not on a server")
     return pipeline.run(cfg, lambda session: _edit_all(cfg, session, say), outputs=(cfg.out,), adapter=adapter,
@@ -311,6 +375,8 @@ def _edit_all(cfg: EditConfig, session: pipeline.Session, say) -> EditRun:
     where = Where(adapter, None if session.channel is None else session.execute)
     loaded = load_records(cfg.data)
     records = loaded.items[: cfg.max_examples] if cfg.max_examples else loaded.items
+    if cfg.method != "rome":
+        return _edit_batches(cfg, session, where, loaded, records, say)
     layer = _located(cfg, adapter)
     say(f"editing at layer {layer}")
     prefixes = context_prefixes(where, cfg.seed)
@@ -333,27 +399,106 @@ def _edit_all(cfg: EditConfig, session: pipeline.Session, say) -> EditRun:
         made.append(edit)
     attrs = {**session.provenance(pipeline.settings_of(cfg, "out")), "model": cfg.model, "layer": layer,
              "covariance": f"{corpus.NAME}, {tokens} tokens" if cfg.covariance else "identity", "seed": cfg.seed,
-             "data": str(cfg.data), "new_object": cfg.new_object, "prefixes": len(prefixes)}
+             "data": str(cfg.data), "new_object": cfg.new_object, "prefixes": len(prefixes), "method": "rome"}
     if cfg.out and made:
         edits_file.write(made, cfg.out, attrs)
     if cfg.save and made:
-        save_edited(adapter, made, cfg.save)
+        save_edited(adapter, edits_file.updates(made), cfg.save)
     return EditRun(made, attrs, skipped)
+
+
+def _edit_batches(cfg: EditConfig, session: pipeline.Session, where: Where, loaded, records, say) -> EditRun:
+    """MEMIT's or AlphaEdit's edits of `records` (see the module's docstring), evaluated with
+    every batch in the weights at once."""
+    adapter = where.adapter
+    n_layers = adapter.parts.n_layers
+    if cfg.layers is None:
+        top = _located(cfg, adapter)
+        layers = list(range(max(0, top - SPAN + 1), top + 1))
+    else:
+        if cfg.layers[1] >= n_layers:
+            raise ConfigError(f"--layers {cfg.layers[0]}-{cfg.layers[1]}: the model has layers 0..{n_layers - 1}")
+        layers = list(range(cfg.layers[0], cfg.layers[1] + 1))
+    top, hp = layers[-1], cfg.batch_hparams
+    say(f"editing with {cfg.method} at layers {layers[0]}-{top}")
+    prefixes = context_prefixes(where, cfg.seed)
+    if cfg.covariance:
+        cov, tokens = covariances(adapter, layers, cfg.corpus_tokens)
+    else:
+        d_ff = adapter.layer_modules()[top].get_submodule(adapter.layout.mlp_down).weight.numel() // adapter.parts.d_model
+        cov, tokens = {layer: torch.eye(d_ff, dtype=torch.float64) for layer in layers}, 0
+    facts, skipped = [], list(loaded.problems)
+    for record in records:
+        try:
+            new = _new_object(record, cfg.new_object)
+            facts.append((record, new, _fact(adapter.tokenizer, record, new, prefixes)))
+        except (RecordError, ConfigError) as exc:
+            skipped.append(exc if isinstance(exc, RecordError) else RecordError(cfg.data, record.line, "subj", str(exc)))
+    if not facts:
+        return EditRun([], {}, skipped)
+    tok = adapter.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    size = cfg.batch_size or len(facts)
+    batches = [facts[i:i + size] for i in range(0, len(facts), size)]
+    preserved: dict[int, torch.Tensor] = {}
+    solve = (memit.memit_solver(cov, hp) if cfg.method == "memit" else memit.alphaedit_solver(cov, preserved, hp))
+    written, factors, logs = [], [], []  # written: every batch's (layer, left, right)
+    for b, batch in enumerate(batches):
+        earlier = list(written) if cfg.sequential else []
+        with rome.edited_weights(adapter, earlier):
+            found = [memit.target(adapter.parts, f, top, hp.value, pad=pad) for _, _, f in batch]
+        zs = torch.stack([z for z, _ in found], 1)
+        logs += [log for _, log in found]
+        made = memit.batch_edit(adapter, [f for _, _, f in batch], layers, solve, zs, earlier=earlier)
+        if cfg.sequential and cfg.method == "alphaedit":
+            memit.preserve(adapter, [f for _, _, f in batch], layers, [*earlier, *made], preserved)
+        made = [(layer, left.cpu().numpy(), right.cpu().numpy()) for layer, left, right in made]
+        written += made
+        factors += [edits_file.Factors(b, layer, left, right) for layer, left, right in made]
+        say(f"batch {b + 1}/{len(batches)}: {len(batch)} facts written")
+    hparams = {**asdict(hp), "covariance": cfg.covariance, "prefixes": len(prefixes)}
+    made_edits = []
+    befores = [_score(where, [r.prompt_wo_ctx], [new, r.obj])[0] for r, new, _ in facts]
+    with where.edited(written) as edited:
+        for i, (record, new, _) in enumerate(facts):
+            neighbours = [r for r in loaded.items if r.prop and r.prop == record.prop and r.id != record.id][:NEIGHBOURS]
+            edit = edits_file.Edit(record.id, record.subj, record.prompt_wo_ctx, record.obj, new, top, None, None,
+                                   hparams, {"v_steps": len(logs[i]["loss"]), "v_p_new": logs[i]["p_target"][-1]},
+                                   batch=i // size)
+            edit.metrics.update(evaluate(edited, record, new, neighbours))
+            edit.metrics.update(p_new_before=float(befores[i][0]), p_true_before=float(befores[i][1]))
+            say(f"{record.id}: {record.obj} -> {new}: p {befores[i][0]:.3f} -> {edit.metrics['p_new']:.3f},"
+                f" efficacy {edit.metrics['efficacy']:.0f}")
+            made_edits.append(edit)
+    attrs = {**session.provenance(pipeline.settings_of(cfg, "out")), "model": cfg.model, "layer": top,
+             "layers": f"{layers[0]}-{top}", "method": cfg.method, "batches": len(batches),
+             "sequential": int(cfg.sequential), "batch_hparams": json.dumps(asdict(hp), sort_keys=True),
+             "covariance": f"{corpus.NAME}, {tokens} tokens" if cfg.covariance else "identity", "seed": cfg.seed,
+             "data": str(cfg.data), "new_object": cfg.new_object, "prefixes": len(prefixes)}
+    if cfg.out:
+        edits_file.write(made_edits, cfg.out, attrs, factors)
+    if cfg.save:
+        save_edited(adapter, written, cfg.save)
+    return EditRun(made_edits, attrs, skipped, factors)
 
 
 def table(result: EditRun) -> str:
     """The edits' metrics, averaged (efficacy etc. as shares of edits)."""
     names = ("efficacy", "efficacy_magnitude", "paraphrase", "specificity", "fluency")
-    lines = [f"{len(result.edits)} edits at layer {result.attrs['layer']} (C: {result.attrs['covariance']})"]
+    method = result.attrs.get("method", "rome")
+    where = (f"at layer {result.attrs['layer']}" if method == "rome" else
+             f"by {method} at layers {result.attrs['layers']} in {result.attrs['batches']} batch(es)")
+    lines = [f"{len(result.edits)} edits {where} (C: {result.attrs['covariance']})"]
     for name in names:
         values = np.array([e.metrics.get(name, np.nan) for e in result.edits], dtype=float)
         lines.append(f"  {name:20s}{np.nanmean(values) if np.isfinite(values).any() else float('nan'):8.3f}")
     return "\n".join(lines)
 
 
-def save_edited(adapter, made: list[edits_file.Edit], directory) -> None:
-    """The model with every edit in its weights, saved as a transformers directory (with its
-    tokenizer); the model in memory is left unedited."""
-    with rome.edited_weights(adapter, [(e.layer, e.left, e.right) for e in made]):
+def save_edited(adapter, updates: list[tuple], directory) -> None:
+    """The model with every update ((layer, left, right) each: `edits_file.updates`) in its
+    weights, saved as a transformers directory (with its tokenizer); the model in memory is
+    left unedited."""
+    with rome.edited_weights(adapter, updates):
         adapter.hf.save_pretrained(directory)
     adapter.tokenizer.save_pretrained(directory)

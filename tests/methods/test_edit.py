@@ -90,7 +90,7 @@ def test_edit_from_python(tiny_model_dir, data_file):
     result = nnct.edit(str(tiny_model_dir), data_file, layer=2, covariance=False, max_examples=1)
     assert [e.record_id for e in result.edits] == ["r1"] and result.attrs["layer"] == 2
     with pytest.raises(ConfigError, match="unknown setting"):
-        nnct.edit(str(tiny_model_dir), data_file, layers=2)
+        nnct.edit(str(tiny_model_dir), data_file, layer_range=2)
 
 
 def test_an_edit_found_through_requests_equals_the_one_found_here(tmp_path, tiny_model_dir, data_file):

@@ -1,0 +1,123 @@
+"""`nnct edit --method memit|alphaedit` on the tiny llama: the stored factors, applied by hand
+to the original weights with plain torch and transformers, give the probabilities the file
+reports and change only the range's down projections; a ROME file written before the batch
+methods still reads; AlphaEdit and sequential batches run; bad combinations are refused."""
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from click.testing import CliRunner
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from nnct.cli import main
+from nnct.results import edits
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """Covariances go to a cache of the test's own, not the user's."""
+    monkeypatch.setenv("NNCT_CACHE", str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_memit_factors_applied_by_hand_give_the_reported_probabilities(tmp_path, tiny_model_dir, data_file):
+    out = tmp_path / "memit.nc"
+    done = invoke("edit", "--model", tiny_model_dir, "--data", data_file, "--method", "memit", "--layers", "1-2",
+                  "--corpus-tokens", 300, "--out", out, "--save", tmp_path / "edited", "-q")
+    assert done.exit_code == 0, done.output
+    assert "by memit at layers 1-2 in 1 batch" in done.output
+    made, attrs = edits.read(out)
+    factors = edits.read_factors(out)
+    assert attrs["method"] == "memit" and attrs["layers"] == "1-2" and "mom2_update_weight" in attrs["batch_hparams"]
+    assert [e.record_id for e in made] == ["r1", "r2", "r3"] and {e.batch for e in made} == {0}
+    assert [(f.batch, f.layer, f.left.shape[1]) for f in factors] == [(0, 1, 3), (0, 2, 3)]
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, torch_dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for f in factors:
+            w = model.model.layers[f.layer].mlp.down_proj.weight
+            w.copy_((w.double() + torch.from_numpy(f.left) @ torch.from_numpy(f.right).T).float())
+        for e in made:
+            ids = tok(e.prompt)["input_ids"]
+            new = tok(" " + e.target_new, add_special_tokens=False)["input_ids"]
+            logp = model(torch.tensor([ids + new])).logits[0].double().log_softmax(-1)
+            by_hand = float(torch.stack([logp[len(ids) - 1 + j, t] for j, t in enumerate(new)]).mean().exp())
+            assert e.metrics["p_new"] == pytest.approx(by_hand, abs=1e-4), e.record_id
+    # --save: the same weights; only layers 1 and 2's down projections differ from the original
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "edited", torch_dtype=torch.float32).state_dict()
+    changed = {k for k, v in saved.items() if not torch.equal(v, original[k])}
+    assert changed == {f"model.layers.{i}.mlp.down_proj.weight" for i in (1, 2)}
+    for k in changed:
+        torch.testing.assert_close(saved[k], model.state_dict()[k], rtol=1e-5, atol=1e-6)
+    assert len(edits.read_updates(out)) == 2
+
+
+def test_a_rome_file_from_before_still_reads(tmp_path, tiny_model_dir, data_file):
+    """A ROME file without the `method` attr (as files were written before it): method rome,
+    per-edit vectors, no factors; its updates are the edits' vectors."""
+    out, old = tmp_path / "rome.nc", tmp_path / "old.nc"
+    done = invoke("edit", "--model", tiny_model_dir, "--data", data_file, "--layer", 1, "--no-covariance",
+                  "--max-examples", 1, "--out", out, "-q")
+    assert done.exit_code == 0, done.output
+    with xr.open_dataset(out, engine="netcdf4") as ds:
+        ds = ds.load()
+    assert ds.attrs.pop("method") == "rome"
+    ds.to_netcdf(old, engine="netcdf4")
+    made, attrs = edits.read(old)
+    assert attrs["method"] == "rome" and made[0].batch is None and made[0].left.shape == (ds.sizes["d_model"],)
+    assert edits.read_factors(old) == []
+    [(layer, left, right)] = edits.read_updates(old)
+    assert layer == 1 and np.array_equal(left, made[0].left) and np.array_equal(right, made[0].right)
+
+
+def test_alphaedit_and_sequential_batches_run(tmp_path, tiny_model_dir, data_file):
+    out = tmp_path / "alpha.nc"
+    done = invoke("edit", "--model", tiny_model_dir, "--data", data_file, "--method", "alphaedit", "--layer", 2,
+                  "--corpus-tokens", 300, "--max-examples", 2, "--out", out, "-q")
+    assert done.exit_code == 0, done.output
+    made, attrs = edits.read(out)
+    assert attrs["method"] == "alphaedit" and attrs["layers"] == "0-2"  # the 5 ending at 2, clipped at 0
+    assert [f.layer for f in edits.read_factors(out)] == [0, 1, 2] and all(np.isfinite(e.metrics["p_new"]) for e in made)
+
+    seq = tmp_path / "seq.nc"
+    done = invoke("edit", "--model", tiny_model_dir, "--data", data_file, "--method", "alphaedit", "--layers", "1-2",
+                  "--batch-size", 1, "--sequential", "--corpus-tokens", 300, "--out", seq, "-q")
+    assert done.exit_code == 0, done.output
+    made, attrs = edits.read(seq)
+    factors = edits.read_factors(seq)
+    assert attrs["batches"] == 3 and attrs["sequential"] == 1 and [e.batch for e in made] == [0, 1, 2]
+    assert [(f.batch, f.layer, f.left.shape[1]) for f in factors] == [(b, layer, 1) for b in range(3) for layer in (1, 2)]
+
+
+def test_memit_sequential_from_python(tiny_model_dir, data_file):
+    import nnct
+
+    result = nnct.edit(str(tiny_model_dir), data_file, method="memit", layers=(1, 2), batch_size=2, sequential=True,
+                       covariance=False)
+    assert [e.batch for e in result.edits] == [0, 0, 1] and result.attrs["layers"] == "1-2"
+    assert [(f.batch, f.left.shape[1]) for f in result.factors] == [(0, 2), (0, 2), (1, 1), (1, 1)]
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["--layers", "1-2"], "--layers"),
+    (["--sequential"], "--sequential"),
+    (["--batch-size", 2], "--batch-size"),
+    (["--method", "memit", "--layers", "2-1"], "--layers"),
+    (["--method", "memit", "--layers", "x"], "--layers"),
+    (["--method", "memit", "--batch-size", 0], "--batch-size"),
+    (["--method", "memit", "--layers", "1-2", "--layer", 2], "--layer"),
+    (["--method", "memit", "--remote", "local"], "--remote"),
+    (["--method", "alphaedit", "--no-covariance"], "--no-covariance"),
+    (["--method", "memit", "--layers", "2-9"], "layers 0..3"),
+])
+def test_bad_combinations(tmp_path, tiny_model_dir, data_file, extra, named):
+    done = invoke("edit", "--model", tiny_model_dir, "--data", data_file, "--out", tmp_path / "e.nc", *extra)
+    assert done.exit_code == 2 and named in done.output, done.output
+    assert not (tmp_path / "e.nc").exists()
