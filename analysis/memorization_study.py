@@ -8,7 +8,8 @@ verify JSON where they exist, and prints:
 - the score distribution per text;
 - the best windows, with their prefix and what the model wrote;
 - the pairs;
-- each circuit's size and faithfulness beside its random circuits;
+- each circuit's size after pruning (and its top-n count before), its faithfulness beside its
+  random circuits, and MIB's CPR and CMD;
 - which nodes the minimal circuit's strongest edges leave from and go to.
 """
 
@@ -22,7 +23,6 @@ import click
 import numpy as np
 
 from nnct.results import circuit as circuit_file
-from nnct.results.circuit import top_edges
 
 
 def short(text: str, n: int = 70) -> str:
@@ -69,21 +69,30 @@ def main(folder):
     for path in sorted(folder.glob("circuit-*.nc")):
         ds = circuit_file.read(path)
         a = ds.attrs
-        n = int(a["minimal_edges"])
+        n, size = circuit_file.minimal_selected(a), int(a["minimal_edges"])
         print(f"\n{path.name}: {a['n_pairs']} pairs, M clean {a['m_clean']:.2f}, corrupt {a['m_corrupt']:.2f};"
-              f" minimal circuit {n} of {a['total_edges']} edges ({100 * n / a['total_edges']:.2f}%),"
-              f" faithfulness {a['faithfulness']:.3f}")
+              f" minimal circuit {size} of {a['total_edges']} edges ({100 * size / a['total_edges']:.2f}%) after pruning"
+              f" the top {n}, faithfulness {a['faithfulness']:.3f}")
+        if "cpr" in a:
+            print(f"  MIB: CPR {a['cpr']:.3f}, CMD {a['cmd']:.3f}; F by share of edges selected (edges after pruning): "
+                  + ", ".join(f"{100 * x:g}% ({k}): {f:.2f}" for x, k, f in zip(
+                      ds.mib_fractions.values, ds.mib_edges.values, ds.mib_faithfulness.values)))
         verify = folder / path.name.replace("circuit-", "verify-").replace(".nc", ".json")
         if verify.exists():
             r = json.loads(verify.read_text())
             ci = r["random_faithfulness_ci"]
             rand = (f"; {r['random_circuits']} random circuits of that size: mean {r['random_faithfulness_mean']:.3f},"
                     f" 95% [{ci[0]:.3f}, {ci[1]:.3f}]") if ci else ""
+            pruned = (f" (after pruning: mean {np.mean(r['random_edges_pruned']):.0f} edges)"
+                      if r.get("random_edges_pruned") else "")
             print(f"  verified on {r['n_pairs']} pairs ({Path(r['pairs']).name}): {r['edges']} edges"
-                  f" F = {r['faithfulness']:.3f}{rand}")
-            print("  F by size: " + ", ".join(f"{c['edges']}: {c['faithfulness']:.2f}" for c in r["curve"]))
+                  f" (top {r.get('edges_selected', r['edges'])}) F = {r['faithfulness']:.3f}{rand}{pruned}")
+            if "cpr" in r:
+                print(f"  MIB there: CPR {r['cpr']:.3f}, CMD {r['cmd']:.3f}")
+            print("  F by size (top n: edges after pruning): " + ", ".join(
+                f"{c.get('edges_selected', c['edges'])}: {c['edges']} {c['faithfulness']:.2f}" for c in r["curve"]))
         if n:
-            keep = top_edges(ds.score.values, n)
+            keep = circuit_file.circuit(circuit_file.graph_of(ds), ds.score.values, n)
             for dim, axis in (("source", 1), ("destination", 0)):
                 counts = keep.sum(axis=axis)
                 top = np.argsort(-counts)[:8]

@@ -288,20 +288,21 @@ KIND_COLOURS = {"q": "#1f77b4", "k": "#2ca02c", "v": "#9467bd", "mlp": "#ff7f0e"
 
 
 def circuit_figure(ds, n_edges: int | None = None):
-    """A circuit file's top-n circuit as a graph: layers bottom to top (the embedding below,
+    """A circuit file's circuit of n edges (its top n, pruned: `results.circuit.circuit`; n the
+    minimal circuit's unless given) as a graph: layers bottom to top (the embedding below,
     the logits above), heads left to right with each layer's MLP beside them. An edge goes
     from its source to the head (a key or value goes to its group's heads' middle) or MLP it
     feeds. Its width follows |score|, its colour the destination's input (query, key,
     value, MLP, logits), and its style the score's sign (dashed: negative)."""
     from matplotlib.figure import Figure
 
-    from ..results.circuit import top_edges
+    from ..results import circuit as circuit_file
 
-    n = int(n_edges or ds.attrs.get("minimal_edges") or 0)
+    n = int(n_edges or circuit_file.minimal_selected(ds.attrs))
     if n < 1:
         raise ConfigError("the circuit file found no faithful circuit: give --edges N")
     score = ds.score.values
-    keep = top_edges(score, n)
+    keep = circuit_file.circuit(circuit_file.graph_of(ds), score, n)
     H, L, K = int(ds.attrs["n_heads"]), int(ds.attrs["n_layers"]), int(ds.attrs["n_kv_heads"])
 
     def place(kind, layer, head):
@@ -341,7 +342,8 @@ def circuit_figure(ds, n_edges: int | None = None):
         ax.plot([], [], color=colour, label={"q": "query", "k": "key", "v": "value"}.get(kind, kind))
     ax.legend(loc="upper right", fontsize=7, framealpha=0.8)
     ax.set_title(f"{ds.attrs.get('model', '')}: the top {n} of {int(ds.attrs.get('total_edges', 0))} edges"
-                 f" (EAP-IG, {ds.attrs.get('n_pairs', '?')} pairs)", fontsize=9)
+                 f" (EAP-IG, {ds.attrs.get('n_pairs', '?')} pairs)\n{int(keep.sum())} after pruning"
+                 f" ({n - int(keep.sum())} pruned: on no path from the embedding to the logits)", fontsize=9)
     fig.tight_layout()
     return fig
 

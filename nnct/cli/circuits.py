@@ -89,7 +89,8 @@ def circuit():
 @QUIET
 def find(pairs, ig_steps, target, max_pairs, out, readout, quiet, **options):
     """Score every edge by EAP and EAP-IG over the pairs, then find the smallest top-n
-    circuit whose faithfulness reaches the target."""
+    circuit whose faithfulness reaches the target (pruned to the edges on a path from the
+    embedding to the logits), and MIB's CPR and CMD over its circuit sizes."""
     from ..methods import circuit as lib
 
     if Path(out).suffix != ".nc":
@@ -101,24 +102,29 @@ def find(pairs, ig_steps, target, max_pairs, out, readout, quiet, **options):
     _skipped(found.skipped)
     a = found.dataset.attrs
     size = (f"minimal circuit {a['minimal_edges']} of {a['total_edges']} edges"
-            f" ({100 * a['minimal_edges'] / a['total_edges']:.1f}%), faithfulness {a['faithfulness']:.3f}"
-            if a["minimal_edges"] else f"no circuit reached faithfulness {target}")
-    click.echo(f"wrote {out}: {a['n_pairs']} pairs, M clean {a['m_clean']:.3f}, corrupt {a['m_corrupt']:.3f}; {size}")
+            f" ({100 * a['minimal_edges'] / a['total_edges']:.1f}%; top {a['minimal_edges_selected']} before pruning),"
+            f" faithfulness {a['faithfulness']:.3f}"
+            if a["minimal_edges_selected"] else f"no circuit reached faithfulness {target}")
+    click.echo(f"wrote {out}: {a['n_pairs']} pairs, M clean {a['m_clean']:.3f}, corrupt {a['m_corrupt']:.3f}; {size};"
+               f" MIB CPR {a['cpr']:.3f}, CMD {a['cmd']:.3f}")
 
 
 @circuit.command("verify")
 @click.argument("circuit_path", metavar="CIRCUIT", type=click.Path(exists=True, dir_okay=False))
 @execution(model=None, model_help=STORED_MODEL, batch=False)
 @click.option("--pairs", required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--edges", "n_edges", type=click.IntRange(min=1), default=None, help="Circuit size [default: the file's minimal one].")
-@click.option("--random", "n_random", type=click.IntRange(min=0), default=20, show_default=True, help="Random circuits of that size.")
+@click.option("--edges", "n_edges", type=click.IntRange(min=1), default=None,
+              help="The circuit's top N edges, before pruning [default: the file's minimal circuit].")
+@click.option("--random", "n_random", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Random circuits of the circuit's size after pruning.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-pairs", type=click.IntRange(min=1), default=None)
 @click.option("--json", "json_out", required=True, type=click.Path(dir_okay=False))
 @click.option("--readout", default=None, help="M [default: the circuit file's readout].")
 def verify(circuit_path, pairs, n_edges, n_random, seed, max_pairs, json_out, readout, **options):
-    """Faithfulness of CIRCUIT's top edges on these pairs, beside random circuits of the same
-    size and over a grid of sizes (the model is the circuit file's unless --model says)."""
+    """Faithfulness of CIRCUIT's top edges (pruned) on these pairs, beside random circuits of
+    the same size, over a grid of sizes, and MIB's CPR and CMD (the model is the circuit
+    file's unless --model says)."""
     from ..methods import circuit as lib
 
     cfg = lib.VerifyConfig(circuit=circuit_path, pairs=pairs, json_out=json_out, edges=n_edges, random=n_random, seed=seed,
@@ -128,5 +134,6 @@ def verify(circuit_path, pairs, n_edges, n_random, seed, max_pairs, json_out, re
     _skipped(result["skipped"])
     ci = result["random_faithfulness_ci"]
     rand = f"; random circuits {result['random_faithfulness_mean']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
-    click.echo(f"wrote {json_out}: {result['edges']} of {result['total_edges']} edges, faithfulness"
-               f" {result['faithfulness']:.3f}{rand}")
+    click.echo(f"wrote {json_out}: {result['edges']} of {result['total_edges']} edges (top {result['edges_selected']}"
+               f" before pruning), faithfulness {result['faithfulness']:.3f}{rand}; MIB CPR {result['cpr']:.3f},"
+               f" CMD {result['cmd']:.3f}")

@@ -108,7 +108,8 @@ def summarize(cube_path, metric, variant, filter_, out, csv_out, bands, stronges
 @click.option("--compare", "compare_with", type=click.Path(exists=True, dir_okay=False),
               help="With an AtP cube: an exact cube of the same examples, drawn beside it (compare.png).")
 @click.option("--edges", type=click.IntRange(min=1), default=None,
-              help="With a circuit file: the circuit's size [default: its minimal faithful one].")
+              help="With a circuit file: the circuit's top N edges, drawn after pruning [default: its minimal faithful"
+                   " one].")
 @CI
 @SEED
 def plot(cube_path, out, examples, segments, metric, variant, filter_, compare_with, edges, ci, seed):

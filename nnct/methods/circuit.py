@@ -12,17 +12,31 @@ pairs before the unusable ones are dropped, so fewer may be used.
 **find.**
 - Each pair gets one forward pass and one backward pass over 1 + m rows (`exec.edges`).
   The EAP and EAP-IG scores are averaged over the pairs.
-- The circuit of n edges is the n edges of largest |EAP-IG score| (`results.circuit.top_edges`).
+- The circuit of n edges is the n edges of largest |EAP-IG score| (`results.circuit.top_edges`),
+  less those that lie on no path from the embedding to the logits within them (EAP-IG's
+  prune, `model.graph.Graph.prune`). Its size is counted after pruning; n is "selected".
 - Its faithfulness is F = (mean M(circuit) - mean M(corrupt)) / (mean M(clean) - mean M(corrupt)),
   means over the pairs. M(circuit) is the clean prompt with every other edge patched exactly
-  to its corrupted value.
+  to its corrupted value. Pruning leaves F as it is: an edge from a node the embedding does
+  not reach carries the corrupted value anyway, and an edge into a destination that does not
+  reach the logits changes no logit.
 - The minimal circuit is the smallest n with F >= target, found by binary search over n as
   memorization_circuits does (F need not grow with n, so this is the smallest size the search
   visits).
+- MIB's CPR and CMD (`results.circuit.mib_scores`): F of the circuits of int(f * all edges)
+  edges selected, for f in `results.circuit.MIB_FRACTIONS`, and the areas under it and
+  between it and 1. Every point is evaluated, also the whole graph (F = 1 up to rounding) and
+  a grid point of 0 edges (the empty circuit, F = 0). MIB ranks CPR's edges by signed score
+  and CMD's by |score|; nnct ranks both by |score|, so one curve gives both.
 
-**verify** evaluates a circuit file's circuit at N edges on some pairs, beside circuits of N
-edges drawn uniformly from all edges (their mean F and the 2.5th-97.5th percentile interval),
-and F over a grid of edge counts.
+**verify** evaluates a circuit file's circuit on some pairs: its top N edges (`--edges N`, a
+count before pruning; by default the file's minimal circuit), pruned. Beside it: random
+circuits, F over a grid of edge counts, and MIB's CPR and CMD over MIB's grid.
+- A random circuit draws as many edges as the circuit has after pruning, uniformly from all
+  edges, and is pruned in turn (its F does not change; its size after pruning is reported).
+  Their mean F and 2.5th-97.5th percentile interval are reported.
+- A circuit file written before pruning has no `minimal_edges_selected`: its
+  `minimal_edges` is taken as the count selected.
 """
 
 from __future__ import annotations
@@ -135,8 +149,8 @@ class VerifyConfig(Execution):
     pairs: str
     json_out: str | None = None
     model: str | None = None  # None: the circuit file's model
-    edges: int | None = None  # the circuit's size; None: the file's minimal one
-    random: int = 20  # random circuits of that size
+    edges: int | None = None  # the circuit's top-n count (before pruning); None: the file's minimal one
+    random: int = 20  # random circuits of the circuit's size after pruning
     seed: int = 0
     max_pairs: int | None = None
     readout: object = None  # None: the circuit file's
@@ -173,31 +187,60 @@ def _find(cfg: FindConfig, session: pipeline.Session, say, readout) -> Found:
     metrics = np.array([np.asarray(r[2]) for r in results])
     nodes = [r[3] for r in results] if session.channel is None else None  # a server keeps none
     evaluator = Evaluator(g, access, tokenized, metrics, session.execute, nodes, readout)
-    search, best = _search(evaluator, np.where(g.edges, score, np.nan), cfg.target, say)
+    sizes = Sizes(evaluator, np.where(g.edges, score, np.nan))
+    search, best = _search(sizes, cfg.target, say)
+    mib = _mib(sizes, say)
+    cpr, cmd = circuit_file.mib_scores(circuit_file.MIB_FRACTIONS, [f for _, _, f in mib])
+    pruned, f = sizes(best) if best else (0, float("nan"))
     attrs = {**session.provenance(pipeline.settings_of(cfg, "out", "readout")), "ig_steps": cfg.ig_steps, "pairs": str(cfg.pairs),
              "n_pairs": len(tokenized), "m_clean": evaluator.m_clean, "m_corrupt": evaluator.m_corrupt,
-             "metric": readout.name, "total_edges": int(g.edges.sum()), "target": cfg.target, "minimal_edges": best,
-             "faithfulness": dict(search).get(best, float("nan"))}
-    found = Found(circuit_file.to_dataset(g, score, score_eap, search, attrs), skipped)
+             "metric": readout.name, "total_edges": sizes.total, "target": cfg.target, "minimal_edges_selected": best,
+             "minimal_edges": pruned, "faithfulness": f, "cpr": cpr, "cmd": cmd}
+    found = Found(circuit_file.to_dataset(g, score, score_eap, search, mib, attrs), skipped)
     if cfg.out:
         circuit_file.write(found.dataset, cfg.out)
     return found
 
 
-def _search(evaluator: Evaluator, score: np.ndarray, target: float, say) -> tuple[list[tuple[int, float]], int]:
+class Sizes:
+    """The circuits of one score by their top-n count n: each made (`results.circuit.circuit`:
+    top n, then pruned) and evaluated once; a call gives (edges after pruning, F)."""
+
+    def __init__(self, evaluator: Evaluator, score: np.ndarray):
+        self.ev, self.score, self.done = evaluator, score, {}
+        self.total = int(evaluator.g.edges.sum())
+
+    def __call__(self, n: int) -> tuple[int, float]:
+        if n not in self.done:
+            keep = circuit_file.circuit(self.ev.g, self.score, n)
+            self.done[n] = (int(keep.sum()), self.ev.faithfulness(keep))
+        return self.done[n]
+
+
+def _search(sizes: Sizes, target: float, say) -> tuple[list[tuple[int, int, float]], int]:
     """The binary search over n for the smallest top-n circuit with F >= target: every
-    (n, F) it visits, and that n (0: none reached it)."""
-    search, best, lo, hi = [], 0, 1, int(evaluator.g.edges.sum())
+    (n, edges after pruning, F) it visits, and that n (0: none reached it)."""
+    search, best, lo, hi = [], 0, 1, sizes.total
     while lo <= hi:
         n = (lo + hi) // 2
-        f = evaluator.faithfulness(circuit_file.top_edges(score, n))
-        search.append((n, f))
-        say(f"{n} edges: faithfulness {f:.3f}")
+        pruned, f = sizes(n)
+        search.append((n, pruned, f))
+        say(f"{n} edges ({pruned} after pruning): faithfulness {f:.3f}")
         if f >= target:
             best, hi = n, n - 1
         else:
             lo = n + 1
     return search, best
+
+
+def _mib(sizes: Sizes, say) -> list[tuple[int, int, float]]:
+    """(n, edges after pruning, F) at each of MIB's sizes (`results.circuit.MIB_FRACTIONS`)."""
+    out = []
+    for fraction, n in zip(circuit_file.MIB_FRACTIONS, circuit_file.mib_counts(sizes.total)):
+        pruned, f = sizes(n)
+        out.append((n, pruned, f))
+        say(f"MIB {100 * fraction:g}%: {n} edges ({pruned} after pruning): faithfulness {f:.3f}")
+    return out
 
 
 def curve_counts(total: int, n: int, points: int = 12) -> list[int]:
@@ -224,37 +267,45 @@ def _verify(cfg: VerifyConfig, ds, session: pipeline.Session, say, readout) -> d
         raise ConfigError("the circuit file's graph is not this model's (layers, heads or key/value heads differ)")
     score = ds.score.values
     total = int(g.edges.sum())
-    n = int(cfg.edges if cfg.edges is not None else ds.attrs.get("minimal_edges", 0))
+    n = int(cfg.edges if cfg.edges is not None else circuit_file.minimal_selected(ds.attrs))
     if not 1 <= n <= total:
-        raise ConfigError(f"--edges {n}: a circuit has 1 to {total} edges (the file found no faithful size: give --edges)")
+        raise ConfigError(f"--edges {n}: a circuit selects 1 to {total} edges (the file found no faithful size: give --edges)")
     tokenized, skipped = token_pairs(session.adapter, cfg.pairs, cfg.max_pairs)
     if not tokenized:
         raise DataError(f"{cfg.pairs}: no usable pair")
-    ev = Evaluator.made(g, access, tokenized, session, readout)
-    curve = [{"edges": k, "faithfulness": ev.faithfulness(circuit_file.top_edges(score, k))} for k in curve_counts(total, n)]
-    f = next(c["faithfulness"] for c in curve if c["edges"] == n)
-    randoms = _random_circuits(ev, n, cfg.random, cfg.seed)
-    say(f"{n} edges: faithfulness {f:.3f}; {cfg.random} random circuits: mean"
-        f" {np.mean(randoms) if randoms else float('nan'):.3f}")
+    sizes = Sizes(Evaluator.made(g, access, tokenized, session, readout), score)
+    ev = sizes.ev
+    curve = [{"edges_selected": k, "edges": sizes(k)[0], "faithfulness": sizes(k)[1]} for k in curve_counts(total, n)]
+    pruned, f = sizes(n)
+    randoms, random_pruned = _random_circuits(ev, pruned, cfg.random, cfg.seed)
+    mib = _mib(sizes, lambda text: None)
+    cpr, cmd = circuit_file.mib_scores(circuit_file.MIB_FRACTIONS, [x for _, _, x in mib])
+    say(f"{n} edges selected, {pruned} after pruning: faithfulness {f:.3f}; {cfg.random} random circuits: mean"
+        f" {np.mean(randoms) if randoms else float('nan'):.3f}; MIB CPR {cpr:.3f}, CMD {cmd:.3f}")
     result = {**session.provenance(pipeline.settings_of(cfg, "json_out", "readout")), "metric": readout.name,
             "pairs": str(cfg.pairs), "n_pairs": len(tokenized),
-            "skipped": [str(p) for p in skipped], "edges": n, "total_edges": total, "faithfulness": f,
+            "skipped": [str(p) for p in skipped], "edges": pruned, "edges_selected": n, "total_edges": total, "faithfulness": f,
             "m_clean": ev.m_clean, "m_corrupt": ev.m_corrupt, "random_circuits": cfg.random, "random_seed": cfg.seed,
             "random_faithfulness_mean": float(np.mean(randoms)) if randoms else None,
             "random_faithfulness_ci": [float(np.percentile(randoms, 2.5)), float(np.percentile(randoms, 97.5))] if randoms else None,
-            "random_faithfulness": randoms, "curve": curve}
+            "random_faithfulness": randoms, "random_edges_pruned": random_pruned, "curve": curve, "cpr": cpr, "cmd": cmd,
+            "mib_curve": [{"fraction": x, "edges_selected": k, "edges": p, "faithfulness": y}
+                          for x, (k, p, y) in zip(circuit_file.MIB_FRACTIONS, mib)]}
     if cfg.json_out:
         files.write_json(cfg.json_out, result)
     return result
 
 
-def _random_circuits(ev: Evaluator, n: int, count: int, seed: int) -> list[float]:
-    """F of `count` circuits of n edges drawn uniformly from every edge of the graph."""
+def _random_circuits(ev: Evaluator, n: int, count: int, seed: int) -> tuple[list[float], list[int]]:
+    """F of `count` circuits of n edges drawn uniformly from every edge of the graph, each
+    pruned, and their sizes after pruning."""
     rng = np.random.default_rng(seed)
     existing = np.flatnonzero(ev.g.edges.ravel())
-    out = []
+    out, sizes = [], []
     for _ in range(count):
         keep = np.zeros(ev.g.edges.size, dtype=bool)
         keep[rng.choice(existing, size=n, replace=False)] = True
-        out.append(ev.faithfulness(keep.reshape(ev.g.edges.shape)))
-    return out
+        keep = ev.g.prune(keep.reshape(ev.g.edges.shape))
+        out.append(ev.faithfulness(keep))
+        sizes.append(int(keep.sum()))
+    return out, sizes

@@ -138,6 +138,42 @@ class Graph:
             out[:self.upstream(v), v] = True
         return out
 
+    def feeds(self) -> np.ndarray:
+        """[dest, node] bool: the node each destination is an input of. A query feeds its head,
+        a key or value every head of its group, an MLP input its MLP; the logits none."""
+        out = np.zeros((self.n_dests, self.n_nodes), dtype=bool)
+        group = self.n_heads // self.n_kv
+        for d, (_, kind, layer, head) in enumerate(self.dests):
+            if kind == "q":
+                out[d, self.node(layer, head)] = True
+            elif kind in ("k", "v"):
+                out[d, [self.node(layer, h) for h in range(head * group, (head + 1) * group)]] = True
+            elif kind == "mlp":
+                out[d, self.node(layer, None)] = True
+        return out
+
+    def prune(self, keep: np.ndarray) -> np.ndarray:
+        """The edges of `keep` ([node, dest] bool) that lie on a path from the embedding to the
+        logits through edges of `keep`; the rest are dropped (EAP-IG's `Graph.prune`).
+
+        An edge u -> v stays when u is reached from the embedding and v reaches the logits.
+        A node is reached when a kept edge from a reached node enters one of its inputs (the
+        embedding is); a destination reaches the logits when a node it feeds sends a kept edge
+        to a destination that does (the logits do). One sweep forward, one backward: every
+        edge into a node's inputs leaves an earlier node."""
+        keep = np.asarray(keep, dtype=bool) & self.edges
+        feeds = self.feeds()
+        reached = np.zeros(self.n_nodes, dtype=bool)
+        reached[0] = True
+        for u in range(1, self.n_nodes):
+            reached[u] = keep[reached][:, feeds[:, u]].any()
+        live = np.zeros(self.n_dests, dtype=bool)
+        live[-1] = True
+        for u in range(self.n_nodes - 1, -1, -1):
+            if keep[u, live].any():
+                live |= feeds[:, u]
+        return keep & reached[:, None] & live[None, :]
+
 
 def graph_of(adapter) -> tuple[Graph, "Access"]:
     """The graph of a loaded model (an `Adapter`) and its `Access`; UnsupportedModel for a

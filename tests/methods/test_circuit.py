@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from conftest import WORDS, make_hf_model, make_tokenizer, write_jsonl
 from nnct.cli import main
+from nnct.model.graph import Graph
 from nnct.results import circuit as circuit_file
 from nnct.results.cube import open_cube
 
@@ -62,12 +63,30 @@ def test_find_writes_scores_and_the_minimal_circuit(found):
     # embedding and 5 nodes per earlier layer, its MLP also its own 4 heads; the logits all 21.
     by_hand = sum(8 * (1 + 5 * layer) + (1 + 5 * layer + 4) for layer in range(4)) + 21
     assert ds.attrs["total_edges"] == by_hand == int(np.isfinite(ds.score.values).sum())
-    assert ds.sizes == {"source": 21, "destination": 37, "step": len(ds.search_edges)}
+    assert ds.sizes == {"source": 21, "destination": 37, "step": len(ds.search_edges), "mib_point": 10}
     assert ds.attrs["n_pairs"] == 3 and ds.attrs["ig_steps"] == 3
-    n, f = ds.attrs["minimal_edges"], ds.attrs["faithfulness"]
+    n, f = ds.attrs["minimal_edges_selected"], ds.attrs["faithfulness"]
     assert 1 <= n <= by_hand and f >= 0.85
     search = dict(zip(ds.search_edges.values.tolist(), ds.search_faithfulness.values.tolist()))
     assert all(v < 0.85 for k, v in search.items() if k < n) and all(v >= 0.85 for k, v in search.items() if k >= n)
+    # sizes after pruning: the top-n edges less those off every path from the embedding to the logits
+    g = Graph(4, 4, 2)
+    pruned = dict(zip(ds.search_edges.values.tolist(), ds.search_edges_pruned.values.tolist()))
+    assert pruned == {k: int(g.prune(circuit_file.top_edges(ds.score.values, k)).sum()) for k in pruned}
+    assert ds.attrs["minimal_edges"] == pruned[n] <= n
+    assert any(pruned[k] < k for k in pruned)  # the search's circuits lost edges to pruning
+    # MIB's grid: int(fraction * 343) edges selected; 0 edges is the empty circuit, 343 the whole graph
+    assert ds.mib_edges_selected.values.tolist() == [0, 0, 1, 3, 6, 17, 34, 68, 171, 343]
+    assert (ds.mib_edges.values <= ds.mib_edges_selected.values).all() and ds.mib_edges.values[-1] == 343
+    mib_f = ds.mib_faithfulness.values
+    assert mib_f[0] == pytest.approx(0.0, abs=1e-5) and mib_f[-1] == pytest.approx(1.0, abs=1e-5)
+    x = ds.mib_fractions.values
+    assert x.tolist() == [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
+    assert ds.attrs["cpr"] == pytest.approx(sum((x[i + 1] - x[i]) * (mib_f[i] + mib_f[i + 1]) / 2 for i in range(9)))
+    assert ds.attrs["cmd"] == pytest.approx(sum((x[i + 1] - x[i]) * (abs(1 - mib_f[i]) + abs(1 - mib_f[i + 1])) / 2
+                                                for i in range(9)))
+    assert f"CPR {ds.attrs['cpr']:.3f}, CMD {ds.attrs['cmd']:.3f}" in result.stdout
+    assert f"minimal circuit {pruned[n]} of 343 edges" in result.stdout and f"top {n} before pruning" in result.stdout
 
 
 def test_verify_whole_graph_and_random_circuits(found, tmp_path):
@@ -85,13 +104,38 @@ def test_verify_whole_graph_and_random_circuits(found, tmp_path):
     result = invoke("circuit", "verify", out, "--pairs", pairs, "--random", 3, "--json", small)
     assert result.exit_code == 0, result.output
     r = json.loads(small.read_text())
-    assert r["edges"] == ds.attrs["minimal_edges"] and r["faithfulness"] == pytest.approx(ds.attrs["faithfulness"], abs=1e-5)
+    assert r["edges_selected"] == ds.attrs["minimal_edges_selected"] and r["edges"] == ds.attrs["minimal_edges"]
+    assert r["faithfulness"] == pytest.approx(ds.attrs["faithfulness"], abs=1e-5)
     assert len(r["random_faithfulness"]) == 3 and r["random_faithfulness_ci"][0] <= r["random_faithfulness_mean"]
-    counts = [c["edges"] for c in r["curve"]]
-    assert counts[0] == 1 and counts[-1] == total and r["edges"] in counts
+    assert len(r["random_edges_pruned"]) == 3 and max(r["random_edges_pruned"]) <= r["edges"]
+    counts = [c["edges_selected"] for c in r["curve"]]
+    assert counts[0] == 1 and counts[-1] == total and r["edges_selected"] in counts
+    assert all(c["edges"] <= c["edges_selected"] for c in r["curve"])
     assert r["curve"][-1]["faithfulness"] == pytest.approx(1.0, abs=1e-5)
     assert {"edges", "total_edges", "faithfulness", "random_faithfulness_mean", "random_faithfulness_ci", "m_clean",
             "m_corrupt"} <= set(r)
+    # on the pairs it was found on, verify's MIB grid is find's
+    assert [p["edges_selected"] for p in r["mib_curve"]] == ds.mib_edges_selected.values.tolist()
+    assert [p["edges"] for p in r["mib_curve"]] == ds.mib_edges.values.tolist()
+    np.testing.assert_allclose([p["faithfulness"] for p in r["mib_curve"]], ds.mib_faithfulness.values, atol=1e-5)
+    assert r["cpr"] == pytest.approx(ds.attrs["cpr"], abs=1e-5) and r["cmd"] == pytest.approx(ds.attrs["cmd"], abs=1e-5)
+    assert f"MIB CPR {r['cpr']:.3f}, CMD {r['cmd']:.3f}" in result.stdout
+
+
+def test_verify_reads_a_circuit_file_written_before_pruning(found, tmp_path):
+    """Such a file has `minimal_edges` (the top-n count then) and no `minimal_edges_selected`."""
+    _, out, pairs, _ = found
+    ds = circuit_file.read(out)
+    n = ds.attrs["minimal_edges_selected"]
+    old = ds.drop_vars(["search_edges_pruned", "mib_fractions", "mib_edges_selected", "mib_edges", "mib_faithfulness"])
+    for key in ("minimal_edges_selected", "cpr", "cmd"):
+        del old.attrs[key]
+    old.attrs["minimal_edges"] = n
+    circuit_file.write(old, tmp_path / "old.nc")
+    result = invoke("circuit", "verify", tmp_path / "old.nc", "--pairs", pairs, "--random", 0, "--json", tmp_path / "v.json")
+    assert result.exit_code == 0, result.output
+    r = json.loads((tmp_path / "v.json").read_text())
+    assert r["edges_selected"] == n and r["edges"] == ds.attrs["minimal_edges"]
 
 
 def test_plot_draws_the_circuit(found, tmp_path):
@@ -99,6 +143,14 @@ def test_plot_draws_the_circuit(found, tmp_path):
     result = invoke("plot", out, "-o", tmp_path / "fig", "--edges", 12)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "fig").iterdir()) == ["circuit.pdf", "circuit.png", "circuit.svg"]
+    from nnct.analysis.plot import circuit_figure
+
+    ds = circuit_file.read(out)
+    kept = int(Graph(4, 4, 2).prune(circuit_file.top_edges(ds.score.values, 12)).sum())
+    ax = circuit_figure(ds, 12).axes[0]
+    assert "the top 12 of 343 edges" in ax.get_title() and f"{kept} after pruning ({12 - kept} pruned:" in ax.get_title()
+    drawn = [line for line in ax.get_lines() if len(line.get_xdata())]  # the legend's lines are empty
+    assert len(drawn) == kept
 
 
 def test_memorization_pairs_feed_patch(model_dir, tmp_path):
