@@ -155,3 +155,19 @@ class Reference:
         p_corrupt = sum(self.measure(ids, answers, span=span, noise=noise[s], replace=replace)[0]
                         for s in range(noise.shape[0])) / noise.shape[0]
         return p_clean, p_corrupt
+
+
+def captured(model, module, ids, pre: bool = False) -> torch.Tensor:
+    """[token, dim] float64 of the first row: `module`'s output (or, `pre`, its first input)
+    in one plain forward of `model` over `ids`, read by a hook."""
+    got = []
+    if pre:
+        handle = module.register_forward_pre_hook(lambda m, args: got.append(args[0][0].detach().double()))
+    else:
+        handle = module.register_forward_hook(lambda m, args, out: got.append(_first(out)[0].detach().double()))
+    try:
+        with torch.no_grad():
+            model(torch.tensor([ids]))
+    finally:
+        handle.remove()
+    return got[0]

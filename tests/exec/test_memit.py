@@ -7,6 +7,7 @@ import torch
 
 from conftest import make_adapter
 from nnct.exec import memit, rome
+from reference import captured
 
 LAYERS = [1, 2]
 FACTS = [memit.Fact([[1, 5, 6, 7, 8]], [4], [9], [5, 6, 20, 21], 1),
@@ -18,15 +19,7 @@ HP = memit.Hparams(value=rome.Hparams(steps=40, clamp=1000.0, weight_decay=0.0),
 
 def _hidden(adapter, ids, at, layer):
     """[d_model] float64: the residual output of `layer` at position `at`, by a plain hook."""
-    got = []
-    handle = adapter.layer_modules()[layer].register_forward_hook(
-        lambda m, args, out: got.append((out[0] if isinstance(out, tuple) else out)[0, at].detach().double()))
-    try:
-        with torch.no_grad():
-            adapter.hf(torch.tensor([ids]))
-    finally:
-        handle.remove()
-    return got[0]
+    return captured(adapter.hf, adapter.layer_modules()[layer], ids)[at]
 
 
 def _cov(parts):

@@ -10,21 +10,14 @@ from conftest import FAMILIES, make_adapter
 from nnct.exec import rome
 from nnct.interventions.rank_one import edited, rank_one
 from nnct.results import edits
+from reference import captured
 
 LAYER = 1
 
 
 def _hooked_keys(adapter, ids):
     """[token, d_ff]: the down projection's input, by a plain pre-hook."""
-    down = adapter.layer_modules()[LAYER].get_submodule(adapter.layout.mlp_down)
-    got = []
-    handle = down.register_forward_pre_hook(lambda m, args: got.append(args[0][0].detach().double()))
-    try:
-        with torch.no_grad():
-            adapter.hf(torch.tensor([ids]))
-    finally:
-        handle.remove()
-    return got[0]
+    return captured(adapter.hf, adapter.layer_modules()[LAYER].get_submodule(adapter.layout.mlp_down), ids, pre=True)
 
 
 def test_keys_and_second_moment_against_hooks():
