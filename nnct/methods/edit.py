@@ -307,6 +307,11 @@ def _fact(tok, record: Record, new: str, prefixes: list[str]) -> memit.Fact:
     return memit.Fact(prompts, lookups, list(spans.answer_ids(tok, new)), kl_ids, kl_at)
 
 
+def _pad(tok) -> int:
+    """The id rows of unequal length are padded with (the tokenizer's pad, else its end of text)."""
+    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+
 def edit_record(where: Where, record: Record, new: str, layer: int, prefixes: list[str], cov: torch.Tensor | None,
                 hp: rome.Hparams) -> edits_file.Edit:
     """One record's edit at `layer` (its metrics not yet measured)."""
@@ -314,7 +319,7 @@ def edit_record(where: Where, record: Record, new: str, layer: int, prefixes: li
     tok = adapter.tokenizer
     fact = _fact(tok, record, new, prefixes)
     target, prompts, lookups, kl_ids, kl_at = fact.target, fact.prompts, fact.lookups, fact.kl, fact.kl_lookup
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = _pad(tok)
     rewriting = [p + target[:-1] for p in prompts]
     if where.execute is None:
         v, _, log = rome.value(adapter.parts, rewriting, lookups, target, [kl_ids], [kl_at], layer, hp, pad=pad)
@@ -370,6 +375,28 @@ def run(cfg: EditConfig, adapter=None, say=lambda text: None, on_retry=None) -> 
                         on_retry=on_retry)
 
 
+def _skipped(cfg: EditConfig, record: Record, exc: Exception) -> RecordError:
+    """A record that cannot be edited, as the error that reports it (file, line, field)."""
+    return exc if isinstance(exc, RecordError) else RecordError(cfg.data, record.line, "subj", str(exc))
+
+
+def _evaluated(edited: Where, edit: edits_file.Edit, record: Record, loaded, before, say) -> None:
+    """`edit`'s metrics measured on the model as `edited` has it, beside p(new) and p(true)
+    before any edit (`before`); specificity reads up to NEIGHBOURS other facts of the relation."""
+    neighbours = [r for r in loaded.items if r.prop and r.prop == record.prop and r.id != record.id][:NEIGHBOURS]
+    edit.metrics.update(evaluate(edited, record, edit.target_new, neighbours))
+    edit.metrics.update(p_new_before=float(before[0]), p_true_before=float(before[1]))
+    say(f"{record.id}: {record.obj} -> {edit.target_new}: p {before[0]:.3f} -> {edit.metrics['p_new']:.3f},"
+        f" efficacy {edit.metrics['efficacy']:.0f}")
+
+
+def _attrs(cfg: EditConfig, session: pipeline.Session, layer: int, tokens: int, prefixes: list[str]) -> dict:
+    """The edits file's attrs every method writes (provenance, data, C, prefixes)."""
+    return {**session.provenance(pipeline.settings_of(cfg, "out")), "model": cfg.model, "layer": layer,
+            "covariance": f"{corpus.NAME}, {tokens} tokens" if cfg.covariance else "identity", "seed": cfg.seed,
+            "data": str(cfg.data), "new_object": cfg.new_object, "prefixes": len(prefixes)}
+
+
 def _edit_all(cfg: EditConfig, session: pipeline.Session, say) -> EditRun:
     adapter = session.adapter
     where = Where(adapter, None if session.channel is None else session.execute)
@@ -387,19 +414,13 @@ def _edit_all(cfg: EditConfig, session: pipeline.Session, say) -> EditRun:
             new = _new_object(record, cfg.new_object)
             edit = edit_record(where, record, new, layer, prefixes, cov[layer], cfg.hparams)
         except (RecordError, ConfigError) as exc:
-            skipped.append(exc if isinstance(exc, RecordError) else RecordError(cfg.data, record.line, "subj", str(exc)))
+            skipped.append(_skipped(cfg, record, exc))
             continue
-        neighbours = [r for r in loaded.items if r.prop and r.prop == record.prop and r.id != record.id][:NEIGHBOURS]
         before = _score(where, [record.prompt_wo_ctx], [new, record.obj])[0]
         with where.edited([(edit.layer, edit.left, edit.right)]) as edited:
-            edit.metrics.update(evaluate(edited, record, new, neighbours))
-        edit.metrics.update(p_new_before=float(before[0]), p_true_before=float(before[1]))
-        say(f"{record.id}: {record.obj} -> {new}: p {before[0]:.3f} -> {edit.metrics['p_new']:.3f},"
-            f" efficacy {edit.metrics['efficacy']:.0f}")
+            _evaluated(edited, edit, record, loaded, before, say)
         made.append(edit)
-    attrs = {**session.provenance(pipeline.settings_of(cfg, "out")), "model": cfg.model, "layer": layer,
-             "covariance": f"{corpus.NAME}, {tokens} tokens" if cfg.covariance else "identity", "seed": cfg.seed,
-             "data": str(cfg.data), "new_object": cfg.new_object, "prefixes": len(prefixes), "method": "rome"}
+    attrs = {**_attrs(cfg, session, layer, tokens, prefixes), "method": "rome"}
     if cfg.out and made:
         edits_file.write(made, cfg.out, attrs)
     if cfg.save and made:
@@ -411,14 +432,7 @@ def _edit_batches(cfg: EditConfig, session: pipeline.Session, where: Where, load
     """MEMIT's or AlphaEdit's edits of `records` (see the module's docstring), evaluated with
     every batch in the weights at once."""
     adapter = where.adapter
-    n_layers = adapter.parts.n_layers
-    if cfg.layers is None:
-        top = _located(cfg, adapter)
-        layers = list(range(max(0, top - SPAN + 1), top + 1))
-    else:
-        if cfg.layers[1] >= n_layers:
-            raise ConfigError(f"--layers {cfg.layers[0]}-{cfg.layers[1]}: the model has layers 0..{n_layers - 1}")
-        layers = list(range(cfg.layers[0], cfg.layers[1] + 1))
+    layers = _batch_layers(cfg, adapter)
     top, hp = layers[-1], cfg.batch_hparams
     say(f"editing with {cfg.method} at layers {layers[0]}-{top}")
     prefixes = context_prefixes(where, cfg.seed)
@@ -433,53 +447,67 @@ def _edit_batches(cfg: EditConfig, session: pipeline.Session, where: Where, load
             new = _new_object(record, cfg.new_object)
             facts.append((record, new, _fact(adapter.tokenizer, record, new, prefixes)))
         except (RecordError, ConfigError) as exc:
-            skipped.append(exc if isinstance(exc, RecordError) else RecordError(cfg.data, record.line, "subj", str(exc)))
+            skipped.append(_skipped(cfg, record, exc))
     if not facts:
         return EditRun([], {}, skipped)
-    tok = adapter.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     size = cfg.batch_size or len(facts)
+    written, factors, logs = _write_batches(cfg, adapter, [f for _, _, f in facts], layers, cov, size, say)
+    hparams = {**asdict(hp), "covariance": cfg.covariance, "prefixes": len(prefixes)}
+    befores = [_score(where, [r.prompt_wo_ctx], [new, r.obj])[0] for r, new, _ in facts]
+    made = []
+    with where.edited(written) as edited:
+        for i, (record, new, _) in enumerate(facts):
+            edit = edits_file.Edit(record.id, record.subj, record.prompt_wo_ctx, record.obj, new, top, None, None,
+                                   hparams, {"v_steps": len(logs[i]["loss"]), "v_p_new": logs[i]["p_target"][-1]},
+                                   batch=i // size)
+            _evaluated(edited, edit, record, loaded, befores[i], say)
+            made.append(edit)
+    attrs = {**_attrs(cfg, session, top, tokens, prefixes), "layers": f"{layers[0]}-{top}", "method": cfg.method,
+             "batches": -(-len(facts) // size), "sequential": int(cfg.sequential),
+             "batch_hparams": json.dumps(asdict(hp), sort_keys=True)}
+    if cfg.out:
+        edits_file.write(made, cfg.out, attrs, factors)
+    if cfg.save:
+        save_edited(adapter, written, cfg.save)
+    return EditRun(made, attrs, skipped, factors)
+
+
+def _batch_layers(cfg: EditConfig, adapter) -> list[int]:
+    """The layers a batch method writes: `--layers A-B`, or the SPAN layers ending at the one
+    ROME would edit (clipped at 0)."""
+    n_layers = adapter.parts.n_layers
+    if cfg.layers is None:
+        top = _located(cfg, adapter)
+        return list(range(max(0, top - SPAN + 1), top + 1))
+    if cfg.layers[1] >= n_layers:
+        raise ConfigError(f"--layers {cfg.layers[0]}-{cfg.layers[1]}: the model has layers 0..{n_layers - 1}")
+    return list(range(cfg.layers[0], cfg.layers[1] + 1))
+
+
+def _write_batches(cfg: EditConfig, adapter, facts: list[memit.Fact], layers: list[int], cov: dict, size: int, say):
+    """(every batch's (layer, left, right) in numpy, their `Factors`, each fact's target
+    optimisation log): the facts in batches of `size`, each computed on the original model, or
+    with `--sequential` on the model as the earlier batches left it (AlphaEdit then preserving
+    the earlier batches' keys)."""
+    hp, top = cfg.batch_hparams, layers[-1]
+    pad = _pad(adapter.tokenizer)
     batches = [facts[i:i + size] for i in range(0, len(facts), size)]
     preserved: dict[int, torch.Tensor] = {}
-    solve = (memit.memit_solver(cov, hp) if cfg.method == "memit" else memit.alphaedit_solver(cov, preserved, hp))
-    written, factors, logs = [], [], []  # written: every batch's (layer, left, right)
+    solve = memit.memit_solver(cov, hp) if cfg.method == "memit" else memit.alphaedit_solver(cov, preserved, hp)
+    written, factors, logs = [], [], []
     for b, batch in enumerate(batches):
         earlier = list(written) if cfg.sequential else []
         with rome.edited_weights(adapter, earlier):
-            found = [memit.target(adapter.parts, f, top, hp.value, pad=pad) for _, _, f in batch]
-        zs = torch.stack([z for z, _ in found], 1)
+            found = [memit.target(adapter.parts, f, top, hp.value, pad=pad) for f in batch]
         logs += [log for _, log in found]
-        made = memit.batch_edit(adapter, [f for _, _, f in batch], layers, solve, zs, earlier=earlier)
+        made = memit.batch_edit(adapter, batch, layers, solve, torch.stack([z for z, _ in found], 1), earlier=earlier)
         if cfg.sequential and cfg.method == "alphaedit":
-            memit.preserve(adapter, [f for _, _, f in batch], layers, [*earlier, *made], preserved)
+            memit.preserve(adapter, batch, layers, [*earlier, *made], preserved)
         made = [(layer, left.cpu().numpy(), right.cpu().numpy()) for layer, left, right in made]
         written += made
         factors += [edits_file.Factors(b, layer, left, right) for layer, left, right in made]
         say(f"batch {b + 1}/{len(batches)}: {len(batch)} facts written")
-    hparams = {**asdict(hp), "covariance": cfg.covariance, "prefixes": len(prefixes)}
-    made_edits = []
-    befores = [_score(where, [r.prompt_wo_ctx], [new, r.obj])[0] for r, new, _ in facts]
-    with where.edited(written) as edited:
-        for i, (record, new, _) in enumerate(facts):
-            neighbours = [r for r in loaded.items if r.prop and r.prop == record.prop and r.id != record.id][:NEIGHBOURS]
-            edit = edits_file.Edit(record.id, record.subj, record.prompt_wo_ctx, record.obj, new, top, None, None,
-                                   hparams, {"v_steps": len(logs[i]["loss"]), "v_p_new": logs[i]["p_target"][-1]},
-                                   batch=i // size)
-            edit.metrics.update(evaluate(edited, record, new, neighbours))
-            edit.metrics.update(p_new_before=float(befores[i][0]), p_true_before=float(befores[i][1]))
-            say(f"{record.id}: {record.obj} -> {new}: p {befores[i][0]:.3f} -> {edit.metrics['p_new']:.3f},"
-                f" efficacy {edit.metrics['efficacy']:.0f}")
-            made_edits.append(edit)
-    attrs = {**session.provenance(pipeline.settings_of(cfg, "out")), "model": cfg.model, "layer": top,
-             "layers": f"{layers[0]}-{top}", "method": cfg.method, "batches": len(batches),
-             "sequential": int(cfg.sequential), "batch_hparams": json.dumps(asdict(hp), sort_keys=True),
-             "covariance": f"{corpus.NAME}, {tokens} tokens" if cfg.covariance else "identity", "seed": cfg.seed,
-             "data": str(cfg.data), "new_object": cfg.new_object, "prefixes": len(prefixes)}
-    if cfg.out:
-        edits_file.write(made_edits, cfg.out, attrs, factors)
-    if cfg.save:
-        save_edited(adapter, written, cfg.save)
-    return EditRun(made_edits, attrs, skipped, factors)
+    return written, factors, logs
 
 
 def table(result: EditRun) -> str:

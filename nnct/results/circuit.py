@@ -63,8 +63,6 @@ def to_dataset(graph, score: np.ndarray, score_eap: np.ndarray, search: list[tup
                                                   "n_kv_heads": graph.n_kv, **attrs})
 
 
-
-
 def is_circuit_file(path: str | Path) -> bool:
     """Whether `path` is a circuit file (read from its attributes alone; False for anything else)."""
     return has_format(path, FORMAT)
