@@ -64,8 +64,10 @@ def target(parts, fact: Fact, layer: int, hp: rome.Hparams, pad: int = 0) -> tup
 
 
 def fact_keys(parts, facts: list[Fact], layer: int) -> torch.Tensor:
-    """[d_ff, N] float64: each fact's key at `layer`, averaged over its prompts."""
-    return torch.stack([rome.keys(parts, f.prompts, f.lookups, layer).mean(0) for f in facts], 1)
+    """[d_ff, N] float64: each fact's key at `layer`, averaged over its prompts (every fact's
+    prompts read in the same batches)."""
+    every = rome.keys(parts, [p for f in facts for p in f.prompts], [at for f in facts for at in f.lookups], layer)
+    return torch.stack([k.mean(0) for k in every.split([len(f.prompts) for f in facts])], 1)
 
 
 def batch_edit(adapter, facts: list[Fact], layers: list[int], solve, zs: torch.Tensor, earlier=()) -> list[tuple]:

@@ -51,17 +51,24 @@ class Hparams:
     stop: float = 5e-2  # ROME stops once the loss is below this
 
 
-def keys(parts: Parts, prompts: list[list[int]], positions: list[int], layer: int, site: str = "down") -> torch.Tensor:
-    """[prompt, d_ff] float64: the down projection's input at `positions[i]` of prompt i (one
-    trace per prompt: they differ in length); another site's value with `site` (MEMIT reads
-    the residual stream, `hidden`, the same way)."""
+KEY_ROWS = 32  # prompts read in one forward by `keys`
+
+
+def keys(parts: Parts, prompts: list[list[int]], positions: list[int], layer: int, site: str = "down",
+         pad: int = 0) -> torch.Tensor:
+    """[prompt, d_ff] float64: the down projection's input at `positions[i]` of prompt i, the
+    prompts right-padded (with `pad`, masked) in batches of KEY_ROWS (a position never sees the
+    pads after it); another site's value with `site` (MEMIT reads the residual stream,
+    `hidden`, the same way)."""
     out = []
-    for ids, at in zip(prompts, positions):
-        with torch.no_grad(), parts.nn.trace(torch.tensor([ids], device=parts.device)) as tracer:
-            key = SITES[site].read(parts, layer)[0, at].save()
+    for lo in range(0, len(prompts), KEY_ROWS):
+        ids, mask = _padded(prompts[lo:lo + KEY_ROWS], pad, parts.device)
+        at = torch.tensor(positions[lo:lo + KEY_ROWS], device=parts.device)
+        with torch.no_grad(), parts.nn.trace(ids, attention_mask=mask) as tracer:
+            key = SITES[site].read(parts, layer)[torch.arange(len(at), device=parts.device), at].save()
             tracer.stop()
         out.append(key.double().cpu())
-    return torch.stack(out)
+    return torch.cat(out)
 
 
 def keys_on_server(parts: Parts, prompts: list[list[int]], positions: list[int], layer: int, backend):
@@ -156,6 +163,52 @@ def _value_inputs(rows: list[list[int]], pad: int, lookups: list[int], target: l
             torch.arange(len(rows), device=device), kl_next)
 
 
+def _prefix_cache(parts: Parts, rows: list[list[int]], starts: list[int]):
+    """(keys and values per layer, mask [row, P]): those of each row's tokens before `starts[row]`,
+    left-padded to P = max(starts) with zeros (masked out, and zeros rather than whatever a
+    padded forward would leave there, which may be NaN), one plain forward per length; no
+    cache when every row starts at its first token."""
+    from transformers import DynamicCache
+
+    module = compat.torch_module(parts.nn)
+    keyword = compat.cache_keyword(module.forward)
+    width = max(starts)
+    if width == 0:
+        return [], torch.zeros(len(rows), 0, dtype=torch.long, device=parts.device)
+    per_row = [None] * len(rows)
+    for start in sorted(set(starts) - {0}):
+        which = [i for i, s in enumerate(starts) if s == start]
+        with torch.no_grad():
+            made = module(torch.tensor([rows[i][:start] for i in which], device=parts.device), use_cache=True,
+                          logits_to_keep=1, **{keyword: DynamicCache()})
+        for j, i in enumerate(which):
+            per_row[i] = [(k[j:j + 1], v[j:j + 1]) for k, v in compat.cache_layers(compat.output_cache(made, keyword))]
+    shape = next(kv for kv in per_row if kv is not None)
+    out = []
+    for layer, (k0, v0) in enumerate(shape):
+        keys, values = [], []
+        for kv, start in zip(per_row, starts):
+            k = torch.zeros(1, k0.shape[1], width, k0.shape[3], dtype=k0.dtype, device=k0.device)
+            v = torch.zeros(1, v0.shape[1], width, v0.shape[3], dtype=v0.dtype, device=v0.device)
+            if kv is not None:
+                k[:, :, width - start:], v[:, :, width - start:] = kv[layer]
+            keys.append(k)
+            values.append(v)
+        out.append((torch.cat(keys), torch.cat(values)))
+    mask = torch.tensor([[0] * (width - s) + [1] * s for s in starts], device=parts.device)
+    return out, mask
+
+
+def _cache(kv: list[tuple]):
+    """A fresh transformers cache holding `kv` (a forward appends to its cache, never to `kv`)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    for layer, (keys, values) in enumerate(kv):
+        cache.update(keys, values, layer)
+    return cache
+
+
 def value(parts: Parts, rewriting: list[list[int]], lookups: list[int], target: list[int], kl: list[list[int]],
           kl_lookups: list[int], layer: int, hp: Hparams = Hparams(), pad: int = 0,
           site: str = "mlp") -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -163,19 +216,29 @@ def value(parts: Parts, rewriting: list[list[int]], lookups: list[int], target: 
     token ids) at `layer` (see the module's docstring), written into the MLP's output, or into
     another site's (`site`: MEMIT's target z is the layer's residual output, `hidden`). `rewriting`: prefix + prompt + target
     but its last token, one row each, the subject's last token at `lookups`; `kl`: the
-    "{subject} is a" prompts, lookups at `kl_lookups`. The rows run as one right-padded batch."""
-    n_rw = len(rewriting)
-    ids, mask, at, pred, want, row, kl_next = _value_inputs(rewriting + kl, pad, lookups + kl_lookups, target, n_rw,
-                                                            parts.device)
+    "{subject} is a" prompts, lookups at `kl_lookups`.
+
+    Nothing before a row's lookup token depends on delta, so those positions run once
+    (`_prefix_cache`) and each step runs only the rest of every row, from its lookup token
+    on, over their keys and values (the rows right-padded, at their own positions): the same
+    loss for a fraction of the tokens."""
+    n_rw, rows, starts = len(rewriting), rewriting + kl, lookups + kl_lookups
+    kv, before = _prefix_cache(parts, rows, starts)
+    ids, mask, _, pred, want, row, kl_next = _value_inputs([r[s:] for r, s in zip(rows, starts)], pad, [0] * len(rows),
+                                                           target, n_rw, parts.device)
+    positions = torch.tensor(starts, device=parts.device)[:, None] + torch.arange(ids.shape[1], device=parts.device)
+    kwargs = {"attention_mask": torch.cat([before, mask], 1), "position_ids": positions}
     delta = torch.zeros(parts.d_model, device=parts.device, dtype=torch.float32, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=hp.lr)
     v0, kl_init, log = None, None, {"loss": [], "nll": [], "kl": [], "p_target": []}
     with frozen(parts):
         for step in range(hp.steps):
-            with torch.enable_grad(), parts.nn.trace(ids, attention_mask=mask):
+            if kv:
+                kwargs.update({"use_cache": True, compat.TRACE_CACHE_KEYWORD: _cache(kv)})
+            with torch.enable_grad(), compat.old_cache_keyword(), parts.nn.trace(ids, **kwargs):
                 out = SITES[site].read(parts, layer)
-                base = out[0, at[0]].detach().save()
-                out[row, at] += delta.to(out.dtype)
+                base = out[0, 0].detach().save()
+                out[row, 0] += delta.to(out.dtype)
                 logp = parts.nn.output.logits.float().log_softmax(-1)
                 nll = -logp[torch.arange(n_rw, device=parts.device)[:, None], pred, want[None, :]].mean(1)
                 kl_logp = logp[row[n_rw:], kl_next].save()

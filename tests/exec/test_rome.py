@@ -108,3 +108,80 @@ def test_an_edit_runs_in_a_serialised_session():
     with torch.no_grad(), rome.edited_weights(adapter, edit):
         want = adapter.hf(ids).logits
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def _reference_value(adapter, rows, lookups, target, kl_rows, kl_lookups, layer, hp, site):
+    """ROME's value optimisation written from docs/method.md with plain forward hooks: every
+    row its own whole forward (no padding, no cache); delta added at each row's lookup token
+    to the MLP's output (`mlp`) or the layer's (`hidden`); the same Adam, clamp and stop."""
+    block = adapter.hf.get_submodule(adapter.layout.layers)[layer]
+    module = block if site == "hidden" else getattr(block, adapter.layout.mlp)
+    delta = torch.zeros(adapter.parts.d_model, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=hp.lr)
+    v0, kl_init, losses = None, None, []
+
+    def run(ids, at):
+        got = {}
+
+        def hook(mod, inp, out):
+            h = out[0] if isinstance(out, tuple) else out
+            got["base"] = h[0, at].detach().double()
+            h = h.clone()
+            h[0, at] = h[0, at] + delta
+            return (h, *out[1:]) if isinstance(out, tuple) else h
+
+        handle = module.register_forward_hook(hook)
+        try:
+            logp = adapter.hf(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+        finally:
+            handle.remove()
+        return logp, got["base"]
+
+    for p in adapter.hf.parameters():
+        p.requires_grad_(False)
+    try:
+        for step in range(hp.steps):
+            nll, base = [], None
+            for ids, at in zip(rows, lookups):
+                logp, b = run(ids, at)
+                base = b if base is None else base
+                nll.append(-torch.stack([logp[len(ids) - len(target) + j, t] for j, t in enumerate(target)]).mean())
+            kl_logp = torch.stack([run(ids, at)[0][-1] for ids, at in zip(kl_rows, kl_lookups)])
+            if v0 is None:
+                v0, kl_init = base, kl_logp.detach()
+            kl = torch.nn.functional.kl_div(kl_logp, kl_init, log_target=True, reduction="batchmean")
+            loss = torch.stack(nll).mean() + hp.kl_factor * kl + hp.weight_decay * delta.norm() / v0.float().norm() ** 2
+            losses.append(loss.item())
+            if loss.item() < hp.stop or step == hp.steps - 1:
+                break
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                if delta.norm() > hp.clamp * v0.norm():
+                    delta.mul_(float(hp.clamp * v0.norm() / delta.norm()))
+    finally:
+        for p in adapter.hf.parameters():
+            p.requires_grad_(True)
+    return v0 + delta.detach().double(), v0, losses
+
+
+@pytest.mark.parametrize("family, site", [("llama", "mlp"), ("llama", "hidden"), ("gpt2", "mlp"), ("gemma2", "hidden"),
+                                          ("gpt_neox", "mlp")])
+def test_value_equals_whole_rows_by_hooks(family, site):
+    """`value` runs each step over the rows after their lookup token only, on a cache of what
+    comes before: v*, v0 and every step's loss equal a plain-hook optimisation over whole rows,
+    with prefixes of several lengths (none, too), a two-token target and two KL prompts."""
+    torch.manual_seed(0)
+    adapter = make_adapter(family)
+    prompt, target = [5, 6, 7, 8], [9, 10]
+    prefixes = [[], [11, 12], [13, 14, 15, 16, 17]]
+    rows = [pre + prompt + target[:-1] for pre in prefixes]
+    lookups = [len(pre) + 1 for pre in prefixes]
+    kl_rows, kl_lookups = [[5, 6, 20], [30, 5, 6, 20, 21]], [1, 2]
+    hp = rome.Hparams(steps=6, clamp=1000.0, lr=0.1)
+    v, v0, log = rome.value(adapter.parts, rows, lookups, target, kl_rows, kl_lookups, LAYER, hp, site=site)
+    want_v, want_v0, losses = _reference_value(adapter, rows, lookups, target, kl_rows, kl_lookups, LAYER, hp, site)
+    torch.testing.assert_close(v0, want_v0, rtol=1e-5, atol=1e-6)
+    assert log["loss"] == pytest.approx(losses, rel=1e-4, abs=1e-5)
+    torch.testing.assert_close(v, want_v, rtol=1e-4, atol=1e-5)

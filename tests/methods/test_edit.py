@@ -107,7 +107,8 @@ def test_an_edit_found_through_requests_equals_the_one_found_here(tmp_path, tiny
     (a, _), (b, attrs_b) = edits.read(here), edits.read(there)
     assert attrs_b["backend"] == "nnsight remote=local" and len(a) == len(b) == 2
     for x, y in zip(a, b):
-        np.testing.assert_allclose(y.left, x.left, rtol=1e-5, atol=1e-7)
-        np.testing.assert_allclose(y.right, x.right, rtol=1e-5, atol=1e-7)
+        # here each step runs the rows after their lookup over a cache, there whole rows: float32 rounding apart
+        np.testing.assert_allclose(y.left, x.left, rtol=1e-5, atol=1e-5 * np.abs(x.left).max())
+        np.testing.assert_allclose(y.right, x.right, rtol=1e-5, atol=1e-5 * np.abs(x.right).max())
         for name in ("p_new", "p_true", "efficacy", "paraphrase", "fluency", "p_new_before"):
             assert y.metrics[name] == pytest.approx(x.metrics[name], rel=1e-4, abs=1e-9), name
