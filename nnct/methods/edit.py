@@ -24,6 +24,14 @@ prefixes, new objects) written in batches of `batch_size` (None: one batch) over
 `layers` (default: the 5 ending at the layer ROME would use, clipped at 0), each batch
 computed on the original model, or with `sequential` on the model as the earlier batches
 left it (AlphaEdit then keeps their keys). Every fact is evaluated with all batches applied.
+ROME with `sequential`: each edit computed on the model as the earlier ones left it, all of
+them evaluated together in the same way.
+
+Edits evaluated together are scored on neighbours that no edit rewrote, and beside them
+the run reads retention: of up to RETAINED other facts (`retain`'s records, else the data's
+records not edited) whose object's first token the model predicted before any edit, the
+share it still predicts with every edit in the weights (attrs `retention_known`,
+`retention_kept`; `analysis.editing` pools every metric with its interval).
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ from .pipeline import Execution
 
 PREFIXES = ((5, 10), (10, 10))  # ROME's context_template_length_params: (tokens, how many)
 NEIGHBOURS = 10  # other facts of the relation a specificity score reads
+RETAINED = 200  # at most this many other facts are read for retention
 FLUENCY_TOKENS = 40
 
 
@@ -68,7 +77,8 @@ class EditConfig(Execution):
     method: str = "rome"  # rome | memit | alphaedit
     layers: tuple[int, int] | str | None = None  # a batch method's range (first, last) or "A-B"; None: 5 ending at `layer`
     batch_size: int | None = None  # a batch method's facts per batch; None: all in one
-    sequential: bool = False  # batches computed one after another on the model the earlier ones left
+    sequential: bool = False  # batches (ROME: edits) computed one after another on the model the earlier ones left
+    retain: str | None = None  # JSONL of facts whose retention is read; None: the data's records not edited
     batch_hparams: memit.Hparams = field(default_factory=memit.Hparams)
 
 
@@ -99,10 +109,11 @@ def check_method(cfg: EditConfig) -> EditConfig:
         raise ConfigError(f"--method {cfg.method}: use {', '.join(METHODS)}")
     cfg = replace(cfg, layers=parse_layers(cfg.layers))
     if cfg.method == "rome":
-        for name, given in (("--layers", cfg.layers is not None), ("--batch-size", cfg.batch_size is not None),
-                            ("--sequential", cfg.sequential)):
+        for name, given in (("--layers", cfg.layers is not None), ("--batch-size", cfg.batch_size is not None)):
             if given:
                 raise ConfigError(f"{name} is for --method memit or alphaedit; ROME edits at one --layer, fact by fact")
+        if cfg.sequential and cfg.remote is not None:
+            raise ConfigError("--sequential ROME edits write each edit into the weights: it runs locally for now, drop --remote")
         return cfg
     if cfg.remote is not None:
         raise ConfigError(f"--method {cfg.method} runs locally for now: drop --remote")
@@ -380,14 +391,47 @@ def _skipped(cfg: EditConfig, record: Record, exc: Exception) -> RecordError:
     return exc if isinstance(exc, RecordError) else RecordError(cfg.data, record.line, "subj", str(exc))
 
 
-def _evaluated(edited: Where, edit: edits_file.Edit, record: Record, loaded, before, say) -> None:
+def _evaluated(edited: Where, edit: edits_file.Edit, record: Record, loaded, before, say, rewritten=frozenset()) -> None:
     """`edit`'s metrics measured on the model as `edited` has it, beside p(new) and p(true)
-    before any edit (`before`); specificity reads up to NEIGHBOURS other facts of the relation."""
-    neighbours = [r for r in loaded.items if r.prop and r.prop == record.prop and r.id != record.id][:NEIGHBOURS]
+    before any edit (`before`); specificity reads up to NEIGHBOURS other facts of the
+    relation that no edit in the weights rewrote (the record's ids in `rewritten`)."""
+    neighbours = [r for r in loaded.items if r.prop and r.prop == record.prop and r.id != record.id
+                  and r.id not in rewritten][:NEIGHBOURS]
     edit.metrics.update(evaluate(edited, record, edit.target_new, neighbours))
     edit.metrics.update(p_new_before=float(before[0]), p_true_before=float(before[1]))
     say(f"{record.id}: {record.obj} -> {edit.target_new}: p {before[0]:.3f} -> {edit.metrics['p_new']:.3f},"
         f" efficacy {edit.metrics['efficacy']:.0f}")
+
+
+def _top_is_object(where: Where, records: list[Record]) -> list[bool]:
+    """Per record: is the model's top next token after its prompt its object's first token
+    (ROME's "known")?"""
+    tok = where.adapter.tokenizer
+    out = []
+    for record in records:
+        ids = torch.tensor([list(spans.tokenize(tok, record.prompt_wo_ctx).ids)], device=where.device)
+        out.append(int(where.next_logits(ids)[0].argmax()) == spans.answer_ids(tok, record.obj)[0])
+    return out
+
+
+def _evaluate_together(cfg: EditConfig, where: Where, loaded, rows: list[tuple], updates: list[tuple], say,
+                       skipped: list) -> dict:
+    """Each edit of `rows` ((record, new object, Edit) each) evaluated with every update in the
+    weights at once; then retention: of up to RETAINED facts no edit rewrote (`cfg.retain`'s,
+    whose bad records join `skipped`, else the data's) that the model knew before, how many it
+    still knows. Returns retention's attrs."""
+    rewritten = frozenset(record.id for record, _, _ in rows)
+    befores = [_score(where, [record.prompt_wo_ctx], [new, record.obj])[0] for record, new, _ in rows]
+    source = load_records(cfg.retain) if cfg.retain else loaded
+    if cfg.retain:
+        skipped += source.problems
+    others = [r for r in source.items if r.id not in rewritten][:RETAINED]
+    known = [r for r, k in zip(others, _top_is_object(where, others)) if k]
+    with where.edited(updates) as edited:
+        for (record, _, edit), before in zip(rows, befores):
+            _evaluated(edited, edit, record, loaded, before, say, rewritten)
+        kept = sum(_top_is_object(edited, known))
+    return {"retention_known": len(known), "retention_kept": int(kept), "retained_from": str(cfg.retain or cfg.data)}
 
 
 def _attrs(cfg: EditConfig, session: pipeline.Session, layer: int, tokens: int, prefixes: list[str]) -> dict:
@@ -408,19 +452,24 @@ def _edit_all(cfg: EditConfig, session: pipeline.Session, say) -> EditRun:
     say(f"editing at layer {layer}")
     prefixes = context_prefixes(where, cfg.seed)
     cov, tokens = covariances(adapter, [layer], cfg.corpus_tokens, where.execute) if cfg.covariance else ({layer: None}, 0)
-    made, skipped = [], list(loaded.problems)
+    made, rows, skipped = [], [], list(loaded.problems)
     for record in records:
         try:
             new = _new_object(record, cfg.new_object)
-            edit = edit_record(where, record, new, layer, prefixes, cov[layer], cfg.hparams)
+            with rome.edited_weights(adapter, edits_file.updates(made) if cfg.sequential else []):
+                edit = edit_record(where, record, new, layer, prefixes, cov[layer], cfg.hparams)
         except (RecordError, ConfigError) as exc:
             skipped.append(_skipped(cfg, record, exc))
             continue
-        before = _score(where, [record.prompt_wo_ctx], [new, record.obj])[0]
-        with where.edited([(edit.layer, edit.left, edit.right)]) as edited:
-            _evaluated(edited, edit, record, loaded, before, say)
+        if not cfg.sequential:
+            before = _score(where, [record.prompt_wo_ctx], [new, record.obj])[0]
+            with where.edited([(edit.layer, edit.left, edit.right)]) as edited:
+                _evaluated(edited, edit, record, loaded, before, say)
         made.append(edit)
-    attrs = {**_attrs(cfg, session, layer, tokens, prefixes), "method": "rome"}
+        rows.append((record, new, edit))
+    attrs = {**_attrs(cfg, session, layer, tokens, prefixes), "method": "rome", "sequential": int(cfg.sequential)}
+    if cfg.sequential and made:
+        attrs.update(_evaluate_together(cfg, where, loaded, rows, edits_file.updates(made), say, skipped))
     if cfg.out and made:
         edits_file.write(made, cfg.out, attrs)
     if cfg.save and made:
@@ -453,18 +502,14 @@ def _edit_batches(cfg: EditConfig, session: pipeline.Session, where: Where, load
     size = cfg.batch_size or len(facts)
     written, factors, logs = _write_batches(cfg, adapter, [f for _, _, f in facts], layers, cov, size, say)
     hparams = {**asdict(hp), "covariance": cfg.covariance, "prefixes": len(prefixes)}
-    befores = [_score(where, [r.prompt_wo_ctx], [new, r.obj])[0] for r, new, _ in facts]
-    made = []
-    with where.edited(written) as edited:
-        for i, (record, new, _) in enumerate(facts):
-            edit = edits_file.Edit(record.id, record.subj, record.prompt_wo_ctx, record.obj, new, top, None, None,
-                                   hparams, {"v_steps": len(logs[i]["loss"]), "v_p_new": logs[i]["p_target"][-1]},
-                                   batch=i // size)
-            _evaluated(edited, edit, record, loaded, befores[i], say)
-            made.append(edit)
+    made = [edits_file.Edit(record.id, record.subj, record.prompt_wo_ctx, record.obj, new, top, None, None, hparams,
+                            {"v_steps": len(log["loss"]), "v_p_new": log["p_target"][-1]}, batch=i // size)
+            for i, ((record, new, _), log) in enumerate(zip(facts, logs))]
+    retention = _evaluate_together(cfg, where, loaded, [(r, new, e) for (r, new, _), e in zip(facts, made)], written, say,
+                                   skipped)
     attrs = {**_attrs(cfg, session, top, tokens, prefixes), "layers": f"{layers[0]}-{top}", "method": cfg.method,
              "batches": -(-len(facts) // size), "sequential": int(cfg.sequential),
-             "batch_hparams": json.dumps(asdict(hp), sort_keys=True)}
+             "batch_hparams": json.dumps(asdict(hp), sort_keys=True), **retention}
     if cfg.out:
         edits_file.write(made, cfg.out, attrs, factors)
     if cfg.save:
@@ -508,19 +553,6 @@ def _write_batches(cfg: EditConfig, adapter, facts: list[memit.Fact], layers: li
         factors += [edits_file.Factors(b, layer, left, right) for layer, left, right in made]
         say(f"batch {b + 1}/{len(batches)}: {len(batch)} facts written")
     return written, factors, logs
-
-
-def table(result: EditRun) -> str:
-    """The edits' metrics, averaged (efficacy etc. as shares of edits)."""
-    names = ("efficacy", "efficacy_magnitude", "paraphrase", "specificity", "fluency")
-    method = result.attrs.get("method", "rome")
-    where = (f"at layer {result.attrs['layer']}" if method == "rome" else
-             f"by {method} at layers {result.attrs['layers']} in {result.attrs['batches']} batch(es)")
-    lines = [f"{len(result.edits)} edits {where} (C: {result.attrs['covariance']})"]
-    for name in names:
-        values = np.array([e.metrics.get(name, np.nan) for e in result.edits], dtype=float)
-        lines.append(f"  {name:20s}{np.nanmean(values) if np.isfinite(values).any() else float('nan'):8.3f}")
-    return "\n".join(lines)
 
 
 def save_edited(adapter, updates: list[tuple], directory) -> None:

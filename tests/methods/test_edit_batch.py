@@ -107,7 +107,7 @@ def test_memit_sequential_from_python(tiny_model_dir, data_file):
 
 @pytest.mark.parametrize("extra, named", [
     (["--layers", "1-2"], "--layers"),
-    (["--sequential"], "--sequential"),
+    (["--sequential", "--remote", "local"], "--sequential"),
     (["--batch-size", 2], "--batch-size"),
     (["--method", "memit", "--layers", "2-1"], "--layers"),
     (["--method", "memit", "--layers", "x"], "--layers"),
@@ -121,3 +121,94 @@ def test_bad_combinations(tmp_path, tiny_model_dir, data_file, extra, named):
     done = invoke("edit", "--model", tiny_model_dir, "--data", data_file, "--out", tmp_path / "e.nc", *extra)
     assert done.exit_code == 2 and named in done.output, done.output
     assert not (tmp_path / "e.nc").exists()
+
+
+def _by_hand(model, tok, factors):
+    """The tiny llama with `factors` ((layer, left, right) each) added to its down projections."""
+    with torch.no_grad():
+        for layer, left, right in factors:
+            w = model.model.layers[layer].mlp.down_proj.weight
+            w.copy_((w.double() + torch.as_tensor(left).reshape(w.shape[0], -1)
+                     @ torch.as_tensor(right).reshape(w.shape[1], -1).T).float())
+    return model
+
+
+def _p(model, tok, prompt, answer):
+    ids, new = tok(prompt)["input_ids"], tok(" " + answer, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logp = model(torch.tensor([ids + new])).logits[0].double().log_softmax(-1)
+    return float(torch.stack([logp[len(ids) - 1 + j, t] for j, t in enumerate(new)]).mean().exp())
+
+
+def test_edits_together_score_unedited_neighbours_and_retention(tmp_path, tiny_model_dir):
+    """A batch of two facts of one relation: specificity reads only the third (the other
+    edited fact is no neighbour), and equals a comparison made by hand on the weights with
+    the factors added; retention counts, by hand, the retained prompts whose top token is
+    still the one the model predicted before (their objects are set to it, so all are known)."""
+    import json
+
+    from nnct.analysis import editing
+    from tests.conftest import RECORDS
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, torch_dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    facts = [{**r, "prop": "P1", "obj_cf": ["Amazon"]} for r in RECORDS]
+    data = tmp_path / "facts.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in facts))
+    prompts = ["the weather today is", "my favourite colour is", "the capital of France is", "one two three"]
+    def top(p):
+        with torch.no_grad():
+            return int(model(torch.tensor([tok(p)["input_ids"]])).logits[0, -1].argmax())
+
+    # an object whose first token (spelt " " + object) is the prompt's top token
+    keep = [(p, tok.decode(top(p)).strip()) for p in prompts]
+    keep = [(p, t) for p, t in keep if t and tok(" " + t, add_special_tokens=False)["input_ids"][0] == top(p)]
+    assert keep
+    retain = tmp_path / "retain.jsonl"
+    retain.write_text("".join(json.dumps({"id": f"k{i}", "subj": p.split()[1], "obj": t, "obj_cf": ["x"], "prompt_wo_ctx": p}) + "\n"
+                              for i, (p, t) in enumerate(keep)))
+    out = tmp_path / "memit.nc"
+    done = invoke("edit", "--model", tiny_model_dir, "--data", data, "--method", "memit", "--layers", "1-2",
+                  "--no-covariance", "--max-examples", 2, "--retain", retain, "--out", out, "-q")
+    assert done.exit_code == 0, done.output
+    made, attrs = edits.read(out)
+    _by_hand(model, tok, edits.read_updates(out))
+    third = facts[2]
+    for e in made:
+        by_hand = float(_p(model, tok, third["prompt_wo_ctx"], third["obj"]) > _p(model, tok, third["prompt_wo_ctx"], e.target_new))
+        assert e.metrics["specificity"] == by_hand
+    kept = sum(top(p) == tok(" " + t, add_special_tokens=False)["input_ids"][0] for p, t in keep)
+    assert (attrs["retention_known"], attrs["retention_kept"]) == (len(keep), kept)
+    assert editing.pooled(made, attrs)["retention"][0] == pytest.approx(kept / len(keep))
+    assert "retention" in editing.table(made, attrs)
+
+
+def test_sequential_rome_edits_each_on_the_model_the_earlier_left(tmp_path, tiny_model_dir, data_file):
+    """ROME --sequential: the first edit is the independent run's, the second is not (it was
+    computed with the first in the weights); every edit's p_new is measured with all edits
+    in the weights, as applying them by hand gives it."""
+    alone, seq = tmp_path / "alone.nc", tmp_path / "seq.nc"
+    for out, extra in ((alone, []), (seq, ["--sequential"])):
+        done = invoke("edit", "--model", tiny_model_dir, "--data", data_file, "--layer", 1, "--no-covariance",
+                      "--max-examples", 2, "--out", out, "-q", *extra)
+        assert done.exit_code == 0, done.output
+    a, _ = edits.read(alone)
+    s, attrs = edits.read(seq)
+    assert attrs["sequential"] == 1 and "retention_known" in attrs
+    np.testing.assert_allclose(s[0].left, a[0].left, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(s[1].left, a[1].left, rtol=1e-4, atol=1e-6)  # its key, read before the edited layer, is not
+    model = _by_hand(AutoModelForCausalLM.from_pretrained(tiny_model_dir, torch_dtype=torch.float32),
+                     None, edits.read_updates(seq))
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    for e in s:
+        assert e.metrics["p_new"] == pytest.approx(_p(model, tok, e.prompt, e.target_new), abs=1e-4)
+
+
+def test_wilson_interval_of_twenty_of_twenty():
+    """Wilson's 95% interval for 20/20 is [0.839, 1] (a textbook case); 0 of 10: [0, 0.278]."""
+    from nnct.analysis.editing import wilson
+
+    share, low, high = wilson(20, 20)
+    assert share == 1 and low == pytest.approx(0.8389, abs=1e-4) and high == pytest.approx(1.0)
+    share, low, high = wilson(0, 10)
+    assert share == 0 and low == pytest.approx(0.0, abs=1e-12) and high == pytest.approx(0.2775, abs=1e-4)
