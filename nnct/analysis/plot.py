@@ -263,16 +263,17 @@ def save(fig, base: Path) -> list[Path]:
 
 def draw(ds, summary, outdir: str | Path, examples: int = 6, segments: list[str] | None = None, metric: str = "prob") -> list[Path]:
     """Write into `outdir`, each as PNG and PDF, what the cube holds: for components of whole
-    sites the example heatmaps (the first `examples` of `ds`), the average heatmap and the AIE
+    sites the example heatmaps (the first `examples` of `ds`; none when `ds` is None), the average heatmap and the AIE
     lines, and the severed-path figure when severed components are in; for heads, the heads
     figure. Returns the paths written."""
     outdir = Path(outdir)
     paths = []
     if "aie" in summary:
-        chosen = ds.isel(example=slice(0, examples))
-        scale = scales(chosen, metric)
-        for ex in chosen.example.values:
-            paths += save(example_figure(ds, str(ex), metric, scale), outdir / "examples" / str(ex).replace("/", "_"))
+        if ds is not None:  # None: a summary file alone, whose examples are not at hand
+            chosen = ds.isel(example=slice(0, examples))
+            scale = scales(chosen, metric)
+            for ex in chosen.example.values:
+                paths += save(example_figure(ds, str(ex), metric, scale), outdir / "examples" / str(ex).replace("/", "_"))
         paths += save(average_figure(summary, metric), outdir / "average")
         lines = segments or [g for g in LINE_SEGMENTS if g in set(summary.segment.values)]
         paths += save(lines_figure(summary, lines, metric), outdir / "aie_lines")

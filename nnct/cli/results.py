@@ -1,4 +1,4 @@
-"""The commands that read cubes: `info`, `merge`, `summarize`, `plot`."""
+"""The commands that read cubes: `info`, `merge`, `summarize`, `plot`, `view`."""
 
 from __future__ import annotations
 
@@ -122,7 +122,8 @@ def plot(cube_path, out, examples, segments, metric, variant, filter_, compare_w
     from ..results import circuit as circuit_file
     from ..results import files
 
-    if circuit_file.is_circuit_file(cube_path):
+    kind = _kind(cube_path)
+    if kind == "circuit":
         try:
             with files.locked(out):
                 paths = plot_lib.save_circuit(plot_lib.circuit_figure(circuit_file.read(cube_path), edges), Path(out) / "circuit")
@@ -130,15 +131,24 @@ def plot(cube_path, out, examples, segments, metric, variant, filter_, compare_w
             fail(f"{cube_path}: {exc}")
         click.echo(f"wrote {len(paths)} files into {out}")
         return
-    from ..results import paths as path_file
-
-    if path_file.is_path_file(cube_path):  # `nnct patch --path`: the sender x receiver heatmap
+    if kind == "paths":  # `nnct patch --path`: the sender x receiver heatmap
         from ..analysis import paths as path_view
+        from ..results import paths as path_file
 
         with files.locked(out):
             written = path_view.draw(path_file.read(cube_path), out)
         click.echo(f"wrote {len(written)} files into {out}")
         return
+    if kind == "summary":  # a summary alone: its averages, lines and heads (no example heatmaps)
+        try:
+            with files.locked(out):
+                paths = plot_lib.draw(None, files.read_netcdf(cube_path), out, 0, segments.split(",") if segments else None, metric)
+        except NnctError as exc:
+            fail(f"{cube_path}: {exc}")
+        click.echo(f"wrote {len(paths)} files into {out}")
+        return
+    if kind != "cube":
+        fail(f"{cube_path}: nnct plot draws cubes, summaries, circuit and path files, not {kind} files: see nnct view")
     ds = open_cube(cube_path, chunks={"example": 256})
     try:
         with files.locked(out):
@@ -152,3 +162,34 @@ def plot(cube_path, out, examples, segments, metric, variant, filter_, compare_w
     except NnctError as exc:
         fail(f"{cube_path}: {exc}")
     click.echo(f"wrote {len(paths)} files into {out}")
+
+
+def _kind(path) -> str:
+    """Which kind of nnct output `path` is (`results.kinds`), or a one-line failure."""
+    from ..results.kinds import kind_of
+
+    try:
+        return kind_of(path)
+    except NnctError as exc:
+        fail(str(exc))
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.argument("second", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "-o", "out", required=True, type=click.Path(dir_okay=False), help="The page (FILE.html).")
+def view(path, second, out):
+    """One self-contained interactive HTML page (plotly, no network) of a cube, a summary, a
+    circuit file, an edits file or a path-patching file; with SECOND, two cubes side by side
+    with their difference, a circuit file with its `nnct circuit verify` JSON (the
+    random-circuit band), or two edits files joined."""
+    from ..analysis import view as view_lib
+    from ..results import files
+
+    _kind(path)
+    try:
+        with files.locked(out):
+            written = view_lib.write(path, out, second)
+    except NnctError as exc:
+        fail(f"{path}: {exc}")
+    click.echo(f"wrote {written} ({written.stat().st_size / 1e6:.1f} MB)")
