@@ -341,12 +341,13 @@ def answers(data, out, prompt_format, max_cf, max_examples, **options):
 @click.option("--sequential", is_flag=True,
               help="Each batch (rome: each edit) computed on the model as the earlier ones left it (else on the original);"
                    " rome's edits are then evaluated together, as the batch methods' are.")
-@click.option("--retain", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="JSONL records whose retention is read when edits are evaluated together (the share of those the model"
-                   " knew that it still knows) [default: the records of --data not edited].")
+@click.option("--unedited", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="JSONL records of facts not to edit: specificity's neighbours (same relation), and when edits are"
+                   " evaluated together retention's facts (the share of those the model knew that it still knows)"
+                   " [default: the records of --data not edited].")
 @QUIET
 def edit(data, out, new_object, layer, from_cube, no_covariance, corpus_tokens, seed, max_examples, save_dir, method,
-         layer_range, batch_size, sequential, retain, quiet, **options):
+         layer_range, batch_size, sequential, unedited, quiet, **options):
     """ROME: rewrite each record's fact (obj -> the new object) with a rank-one update of one
     layer's MLP, evaluate each edit (efficacy, paraphrase, specificity, fluency) and write
     the edits (left/right vectors, layer, metrics) to OUT. MEMIT and AlphaEdit (--method):
@@ -361,7 +362,7 @@ def edit(data, out, new_object, layer, from_cube, no_covariance, corpus_tokens, 
     cfg = edit_lib.EditConfig(data=data, out=out, new_object=new_object, layer=None if layer == "auto" else int(layer),
                               from_cube=from_cube, covariance=not no_covariance, corpus_tokens=corpus_tokens, seed=seed,
                               max_examples=max_examples, save=save_dir, method=method, layers=layer_range,
-                              batch_size=batch_size, sequential=sequential, retain=retain, **settings(options))
+                              batch_size=batch_size, sequential=sequential, unedited=unedited, **settings(options))
     with guarded("nothing was written: run the same command again"):
         result = edit_lib.run(cfg, say=(lambda text: None) if quiet else click.echo, on_retry=Bar(True).retry)
     for problem in result.skipped:

@@ -27,11 +27,12 @@ left it (AlphaEdit then keeps their keys). Every fact is evaluated with all batc
 ROME with `sequential`: each edit computed on the model as the earlier ones left it, all of
 them evaluated together in the same way.
 
-Edits evaluated together are scored on neighbours that no edit rewrote, and beside them
-the run reads retention: of up to RETAINED other facts (`retain`'s records, else the data's
-records not edited) whose object's first token the model predicted before any edit, the
-share it still predicts with every edit in the weights (attrs `retention_known`,
-`retention_kept`; `analysis.editing` pools every metric with its interval).
+Specificity's neighbours and retention's facts come from the records of `unedited` (a
+file of facts the run does not edit), else from the data's. Edits evaluated together are
+scored on neighbours that no edit rewrote, and beside them the run reads retention: of up to
+RETAINED of those facts that no edit rewrote and whose object's first token the model
+predicted before any edit, the share it still predicts with every edit in the weights (attrs
+`retention_known`, `retention_kept`; `analysis.editing` pools every metric with its interval).
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class EditConfig(Execution):
     layers: tuple[int, int] | str | None = None  # a batch method's range (first, last) or "A-B"; None: 5 ending at `layer`
     batch_size: int | None = None  # a batch method's facts per batch; None: all in one
     sequential: bool = False  # batches (ROME: edits) computed one after another on the model the earlier ones left
-    retain: str | None = None  # JSONL of facts whose retention is read; None: the data's records not edited
+    unedited: str | None = None  # JSONL of facts not edited: specificity's neighbours, retention's facts; None: the data's
     batch_hparams: memit.Hparams = field(default_factory=memit.Hparams)
 
 
@@ -391,11 +392,12 @@ def _skipped(cfg: EditConfig, record: Record, exc: Exception) -> RecordError:
     return exc if isinstance(exc, RecordError) else RecordError(cfg.data, record.line, "subj", str(exc))
 
 
-def _evaluated(edited: Where, edit: edits_file.Edit, record: Record, loaded, before, say, rewritten=frozenset()) -> None:
+def _evaluated(edited: Where, edit: edits_file.Edit, record: Record, others: list[Record], before, say,
+               rewritten=frozenset()) -> None:
     """`edit`'s metrics measured on the model as `edited` has it, beside p(new) and p(true)
-    before any edit (`before`); specificity reads up to NEIGHBOURS other facts of the
+    before any edit (`before`); specificity reads up to NEIGHBOURS facts of `others` of the
     relation that no edit in the weights rewrote (the record's ids in `rewritten`)."""
-    neighbours = [r for r in loaded.items if r.prop and r.prop == record.prop and r.id != record.id
+    neighbours = [r for r in others if r.prop and r.prop == record.prop and r.id != record.id
                   and r.id not in rewritten][:NEIGHBOURS]
     edit.metrics.update(evaluate(edited, record, edit.target_new, neighbours))
     edit.metrics.update(p_new_before=float(before[0]), p_true_before=float(before[1]))
@@ -414,24 +416,30 @@ def _top_is_object(where: Where, records: list[Record]) -> list[bool]:
     return out
 
 
-def _evaluate_together(cfg: EditConfig, where: Where, loaded, rows: list[tuple], updates: list[tuple], say,
-                       skipped: list) -> dict:
+def _evaluate_together(cfg: EditConfig, where: Where, others: list[Record], rows: list[tuple], updates: list[tuple],
+                       say) -> dict:
     """Each edit of `rows` ((record, new object, Edit) each) evaluated with every update in the
-    weights at once; then retention: of up to RETAINED facts no edit rewrote (`cfg.retain`'s,
-    whose bad records join `skipped`, else the data's) that the model knew before, how many it
-    still knows. Returns retention's attrs."""
+    weights at once; then retention: of up to RETAINED facts of `others` no edit rewrote that
+    the model knew before, how many it still knows. Returns retention's attrs."""
     rewritten = frozenset(record.id for record, _, _ in rows)
     befores = [_score(where, [record.prompt_wo_ctx], [new, record.obj])[0] for record, new, _ in rows]
-    source = load_records(cfg.retain) if cfg.retain else loaded
-    if cfg.retain:
-        skipped += source.problems
-    others = [r for r in source.items if r.id not in rewritten][:RETAINED]
-    known = [r for r, k in zip(others, _top_is_object(where, others)) if k]
+    kept_for = [r for r in others if r.id not in rewritten][:RETAINED]
+    known = [r for r, k in zip(kept_for, _top_is_object(where, kept_for)) if k]
     with where.edited(updates) as edited:
         for (record, _, edit), before in zip(rows, befores):
-            _evaluated(edited, edit, record, loaded, before, say, rewritten)
+            _evaluated(edited, edit, record, others, before, say, rewritten)
         kept = sum(_top_is_object(edited, known))
-    return {"retention_known": len(known), "retention_kept": int(kept), "retained_from": str(cfg.retain or cfg.data)}
+    return {"retention_known": len(known), "retention_kept": int(kept), "unedited_from": str(cfg.unedited or cfg.data)}
+
+
+def _others(cfg: EditConfig, loaded, skipped: list) -> list[Record]:
+    """The facts specificity and retention read: `cfg.unedited`'s records (its bad ones join
+    `skipped`), else the data's."""
+    if not cfg.unedited:
+        return loaded.items
+    found = load_records(cfg.unedited)
+    skipped += found.problems
+    return found.items
 
 
 def _attrs(cfg: EditConfig, session: pipeline.Session, layer: int, tokens: int, prefixes: list[str]) -> dict:
@@ -446,13 +454,15 @@ def _edit_all(cfg: EditConfig, session: pipeline.Session, say) -> EditRun:
     where = Where(adapter, None if session.channel is None else session.execute)
     loaded = load_records(cfg.data)
     records = loaded.items[: cfg.max_examples] if cfg.max_examples else loaded.items
+    skipped = list(loaded.problems)
+    others = _others(cfg, loaded, skipped)
     if cfg.method != "rome":
-        return _edit_batches(cfg, session, where, loaded, records, say)
+        return _edit_batches(cfg, session, where, others, records, skipped, say)
     layer = _located(cfg, adapter)
     say(f"editing at layer {layer}")
     prefixes = context_prefixes(where, cfg.seed)
     cov, tokens = covariances(adapter, [layer], cfg.corpus_tokens, where.execute) if cfg.covariance else ({layer: None}, 0)
-    made, rows, skipped = [], [], list(loaded.problems)
+    made, rows = [], []
     for record in records:
         try:
             new = _new_object(record, cfg.new_object)
@@ -464,12 +474,12 @@ def _edit_all(cfg: EditConfig, session: pipeline.Session, say) -> EditRun:
         if not cfg.sequential:
             before = _score(where, [record.prompt_wo_ctx], [new, record.obj])[0]
             with where.edited([(edit.layer, edit.left, edit.right)]) as edited:
-                _evaluated(edited, edit, record, loaded, before, say)
+                _evaluated(edited, edit, record, others, before, say)
         made.append(edit)
         rows.append((record, new, edit))
     attrs = {**_attrs(cfg, session, layer, tokens, prefixes), "method": "rome", "sequential": int(cfg.sequential)}
     if cfg.sequential and made:
-        attrs.update(_evaluate_together(cfg, where, loaded, rows, edits_file.updates(made), say, skipped))
+        attrs.update(_evaluate_together(cfg, where, others, rows, edits_file.updates(made), say))
     if cfg.out and made:
         edits_file.write(made, cfg.out, attrs)
     if cfg.save and made:
@@ -477,9 +487,10 @@ def _edit_all(cfg: EditConfig, session: pipeline.Session, say) -> EditRun:
     return EditRun(made, attrs, skipped)
 
 
-def _edit_batches(cfg: EditConfig, session: pipeline.Session, where: Where, loaded, records, say) -> EditRun:
+def _edit_batches(cfg: EditConfig, session: pipeline.Session, where: Where, others: list[Record], records,
+                  skipped: list, say) -> EditRun:
     """MEMIT's or AlphaEdit's edits of `records` (see the module's docstring), evaluated with
-    every batch in the weights at once."""
+    every batch in the weights at once (on `others`' facts for specificity and retention)."""
     adapter = where.adapter
     layers = _batch_layers(cfg, adapter)
     top, hp = layers[-1], cfg.batch_hparams
@@ -490,7 +501,7 @@ def _edit_batches(cfg: EditConfig, session: pipeline.Session, where: Where, load
     else:
         d_ff = adapter.layer_modules()[top].get_submodule(adapter.layout.mlp_down).weight.numel() // adapter.parts.d_model
         cov, tokens = {layer: torch.eye(d_ff, dtype=torch.float64) for layer in layers}, 0
-    facts, skipped = [], list(loaded.problems)
+    facts = []
     for record in records:
         try:
             new = _new_object(record, cfg.new_object)
@@ -505,8 +516,7 @@ def _edit_batches(cfg: EditConfig, session: pipeline.Session, where: Where, load
     made = [edits_file.Edit(record.id, record.subj, record.prompt_wo_ctx, record.obj, new, top, None, None, hparams,
                             {"v_steps": len(log["loss"]), "v_p_new": log["p_target"][-1]}, batch=i // size)
             for i, ((record, new, _), log) in enumerate(zip(facts, logs))]
-    retention = _evaluate_together(cfg, where, loaded, [(r, new, e) for (r, new, _), e in zip(facts, made)], written, say,
-                                   skipped)
+    retention = _evaluate_together(cfg, where, others, [(r, new, e) for (r, new, _), e in zip(facts, made)], written, say)
     attrs = {**_attrs(cfg, session, top, tokens, prefixes), "layers": f"{layers[0]}-{top}", "method": cfg.method,
              "batches": -(-len(facts) // size), "sequential": int(cfg.sequential),
              "batch_hparams": json.dumps(asdict(hp), sort_keys=True), **retention}

@@ -141,10 +141,11 @@ def _p(model, tok, prompt, answer):
 
 
 def test_edits_together_score_unedited_neighbours_and_retention(tmp_path, tiny_model_dir):
-    """A batch of two facts of one relation: specificity reads only the third (the other
-    edited fact is no neighbour), and equals a comparison made by hand on the weights with
-    the factors added; retention counts, by hand, the retained prompts whose top token is
-    still the one the model predicted before (their objects are set to it, so all are known)."""
+    """A batch of two facts of one relation, with --unedited holding all three facts and a
+    few probes: specificity reads only the third (an edited fact is no neighbour) and equals
+    a comparison made by hand on the weights with the factors added; retention counts, by
+    hand, the unedited facts whose object's first token was the top token before and still
+    is (the probes' objects are set to their top token, so they are known)."""
     import json
 
     from nnct.analysis import editing
@@ -155,21 +156,25 @@ def test_edits_together_score_unedited_neighbours_and_retention(tmp_path, tiny_m
     facts = [{**r, "prop": "P1", "obj_cf": ["Amazon"]} for r in RECORDS]
     data = tmp_path / "facts.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in facts))
-    prompts = ["the weather today is", "my favourite colour is", "the capital of France is", "one two three"]
+
     def top(p):
         with torch.no_grad():
             return int(model(torch.tensor([tok(p)["input_ids"]])).logits[0, -1].argmax())
 
-    # an object whose first token (spelt " " + object) is the prompt's top token
-    keep = [(p, tok.decode(top(p)).strip()) for p in prompts]
-    keep = [(p, t) for p, t in keep if t and tok(" " + t, add_special_tokens=False)["input_ids"][0] == top(p)]
-    assert keep
-    retain = tmp_path / "retain.jsonl"
-    retain.write_text("".join(json.dumps({"id": f"k{i}", "subj": p.split()[1], "obj": t, "obj_cf": ["x"], "prompt_wo_ctx": p}) + "\n"
-                              for i, (p, t) in enumerate(keep)))
+    def first(obj):
+        return tok(" " + obj, add_special_tokens=False)["input_ids"][0]
+
+    probes = [{"id": f"k{i}", "subj": p.split()[1], "obj": tok.decode(top(p)).strip(), "obj_cf": ["x"], "prompt_wo_ctx": p}
+              for i, p in enumerate(["the weather today is", "my favourite colour is", "the capital of France is"])]
+    probes = [r for r in probes if r["obj"] and first(r["obj"]) == top(r["prompt_wo_ctx"])]
+    assert probes
+    unedited = tmp_path / "unedited.jsonl"
+    unedited.write_text("".join(json.dumps(r) + "\n" for r in facts + probes))
+    read = [facts[2], *probes]  # what retention reads: the unedited file less the edited facts
+    known = [r for r in read if top(r["prompt_wo_ctx"]) == first(r["obj"])]
     out = tmp_path / "memit.nc"
     done = invoke("edit", "--model", tiny_model_dir, "--data", data, "--method", "memit", "--layers", "1-2",
-                  "--no-covariance", "--max-examples", 2, "--retain", retain, "--out", out, "-q")
+                  "--no-covariance", "--max-examples", 2, "--unedited", unedited, "--out", out, "-q")
     assert done.exit_code == 0, done.output
     made, attrs = edits.read(out)
     _by_hand(model, tok, edits.read_updates(out))
@@ -177,9 +182,9 @@ def test_edits_together_score_unedited_neighbours_and_retention(tmp_path, tiny_m
     for e in made:
         by_hand = float(_p(model, tok, third["prompt_wo_ctx"], third["obj"]) > _p(model, tok, third["prompt_wo_ctx"], e.target_new))
         assert e.metrics["specificity"] == by_hand
-    kept = sum(top(p) == tok(" " + t, add_special_tokens=False)["input_ids"][0] for p, t in keep)
-    assert (attrs["retention_known"], attrs["retention_kept"]) == (len(keep), kept)
-    assert editing.pooled(made, attrs)["retention"][0] == pytest.approx(kept / len(keep))
+    kept = sum(top(r["prompt_wo_ctx"]) == first(r["obj"]) for r in known)
+    assert (attrs["retention_known"], attrs["retention_kept"]) == (len(known), kept)
+    assert editing.pooled(made, attrs)["retention"][0] == pytest.approx(kept / len(known))
     assert "retention" in editing.table(made, attrs)
 
 
