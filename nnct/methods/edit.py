@@ -19,8 +19,10 @@ the same relation, their own object still beats o*) and fluency (the weighted 2-
 entropy of a greedy continuation of the prompt). P of a multi-token object is the geometric
 mean of its tokens' teacher-forced probabilities (ROME compares mean token log-probs).
 
-`method` "memit" or "alphaedit" (`exec.memit`; local models only): the same facts (prompts,
-prefixes, new objects) written in batches of `batch_size` (None: one batch) over the layers
+`method` "memit" or "alphaedit" (`exec.memit`; local models only): the same facts and new
+objects, behind MEMIT's context prefixes (its code's: one text of 10 tokens in all from each
+of "The", "Therefore", "Because", "I", "You"), written in batches of `batch_size` (None: one
+batch) over the layers
 `layers` (default: the 5 ending at the layer ROME would use, clipped at 0), each batch
 computed on the original model, or with `sequential` on the model as the earlier batches
 left it (AlphaEdit then keeps their keys). Every fact is evaluated with all batches applied.
@@ -56,7 +58,9 @@ from ..results import edits as edits_file
 from . import pipeline
 from .pipeline import Execution
 
-PREFIXES = ((5, 10), (10, 10))  # ROME's context_template_length_params: (tokens, how many)
+PREFIXES = ((5, 10), (10, 10))  # ROME's context_template_length_params: (tokens, how many), from the BOS token
+# MEMIT's and AlphaEdit's (get_context_templates): one text of this many tokens from each word
+BATCH_PREFIX_WORDS, BATCH_PREFIX_TOKENS = ("The", "Therefore", "Because", "I", "You"), 10
 NEIGHBOURS = 10  # other facts of the relation a specificity score reads
 RETAINED = 200  # at most this many other facts are read for retention
 FLUENCY_TOKENS = 40
@@ -180,21 +184,33 @@ class Where:
             yield replace(self, edits=tuple(edits))
 
 
-def context_prefixes(where: Where, seed: int) -> list[str]:
-    """ROME's context prefixes: "" and the model's own short texts from its BOS token."""
+def _sampled(where: Where, ids: torch.Tensor, n: int, generator) -> list[list[int]]:
+    """`ids` [row, token] followed by n tokens each, sampled from the top 5."""
+    for _ in range(n):
+        top = where.next_logits(ids).topk(5, dim=-1)
+        pick = torch.multinomial(top.values.softmax(-1).cpu(), 1, generator=generator).to(ids.device)
+        ids = torch.cat([ids, top.indices.gather(1, pick)], dim=1)
+    return ids.tolist()
+
+
+def context_prefixes(where: Where, seed: int, batch: bool = False) -> list[str]:
+    """Context prefixes: "" and the model's own short texts, each followed by ". ". ROME's:
+    10 of 5 tokens and 10 of 10 from the BOS token; MEMIT's and AlphaEdit's (`batch`): one of
+    BATCH_PREFIX_TOKENS tokens in all from each of BATCH_PREFIX_WORDS."""
     tok = where.adapter.tokenizer
-    start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-    out = [""]
     generator = torch.Generator(device="cpu").manual_seed(seed)  # drawn on the CPU: the same texts on any device
-    for length, count in PREFIXES:
-        ids = torch.tensor([[start]] * count, device=where.device)
-        for _ in range(length):
-            logits = where.next_logits(ids)
-            top = logits.topk(5, dim=-1)
-            pick = torch.multinomial(top.values.softmax(-1).cpu(), 1, generator=generator).to(ids.device)
-            ids = torch.cat([ids, top.indices.gather(1, pick)], dim=1)
-        out += [tok.decode(row[1:], skip_special_tokens=True).strip() + ". " for row in ids.tolist()]
-    return out
+    texts = []
+    if batch:
+        for word in BATCH_PREFIX_WORDS:
+            ids = tok(word, add_special_tokens=False)["input_ids"]
+            rows = _sampled(where, torch.tensor([ids], device=where.device), BATCH_PREFIX_TOKENS - len(ids), generator)
+            texts += [tok.decode(rows[0], skip_special_tokens=True)]
+    else:
+        start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        for length, count in PREFIXES:
+            rows = _sampled(where, torch.tensor([[start]] * count, device=where.device), length, generator)
+            texts += [tok.decode(row[1:], skip_special_tokens=True) for row in rows]
+    return [""] + [text.strip() + ". " for text in texts]
 
 
 def covariances(adapter, layers: list[int], tokens: int, execute=None) -> tuple[dict[int, torch.Tensor], int]:
@@ -495,7 +511,7 @@ def _edit_batches(cfg: EditConfig, session: pipeline.Session, where: Where, othe
     layers = _batch_layers(cfg, adapter)
     top, hp = layers[-1], cfg.batch_hparams
     say(f"editing with {cfg.method} at layers {layers[0]}-{top}")
-    prefixes = context_prefixes(where, cfg.seed)
+    prefixes = context_prefixes(where, cfg.seed, batch=True)
     if cfg.covariance:
         cov, tokens = covariances(adapter, layers, cfg.corpus_tokens)
     else:

@@ -217,3 +217,19 @@ def test_wilson_interval_of_twenty_of_twenty():
     assert share == 1 and low == pytest.approx(0.8389, abs=1e-4) and high == pytest.approx(1.0)
     share, low, high = wilson(0, 10)
     assert share == 0 and low == pytest.approx(0.0, abs=1e-12) and high == pytest.approx(0.2775, abs=1e-4)
+
+
+@pytest.mark.embedded
+def test_batch_methods_use_memits_context_prefixes():
+    """MEMIT's and AlphaEdit's prefixes (memit_main.get_context_templates) on the embedded
+    model: the bare prompt, then one text from each of "The", "Therefore", "Because", "I",
+    "You", each followed by ". "; ROME's stay 20 from the BOS token."""
+    from nnct.methods.edit import Where, context_prefixes
+    from nnct.model import load
+
+    where = Where(load())
+    memit = context_prefixes(where, 0, batch=True)
+    assert len(memit) == 6 and memit[0] == ""
+    for prefix, word in zip(memit[1:], ("The", "Therefore", "Because", "I", "You")):
+        assert prefix.startswith(word) and prefix.endswith(". ")
+    assert len(context_prefixes(where, 0)) == 21
