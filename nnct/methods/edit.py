@@ -41,8 +41,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import math
+import os
+import random
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 
@@ -84,6 +87,7 @@ class EditConfig(Execution):
     batch_size: int | None = None  # a batch method's facts per batch; None: all in one
     sequential: bool = False  # batches (ROME: edits) computed one after another on the model the earlier ones left
     unedited: str | None = None  # JSONL of facts not edited: specificity's neighbours, retention's facts; None: the data's
+    evaluate: int | None = None  # edits evaluated together: only this many, drawn with `seed` (all stay in the weights)
     batch_hparams: memit.Hparams = field(default_factory=memit.Hparams)
 
 
@@ -113,6 +117,8 @@ def check_method(cfg: EditConfig) -> EditConfig:
     if cfg.method not in METHODS:
         raise ConfigError(f"--method {cfg.method}: use {', '.join(METHODS)}")
     cfg = replace(cfg, layers=parse_layers(cfg.layers))
+    if cfg.evaluate is not None and cfg.evaluate < 1:
+        raise ConfigError(f"--evaluate {cfg.evaluate}: evaluate at least 1 edit")
     if cfg.method == "rome":
         for name, given in (("--layers", cfg.layers is not None), ("--batch-size", cfg.batch_size is not None)):
             if given:
@@ -435,9 +441,13 @@ def _top_is_object(where: Where, records: list[Record]) -> list[bool]:
 def _evaluate_together(cfg: EditConfig, where: Where, others: list[Record], rows: list[tuple], updates: list[tuple],
                        say) -> dict:
     """Each edit of `rows` ((record, new object, Edit) each) evaluated with every update in the
-    weights at once; then retention: of up to RETAINED facts of `others` no edit rewrote that
-    the model knew before, how many it still knows. Returns retention's attrs."""
+    weights at once (only `cfg.evaluate` of them, drawn with the run's seed, when it says so:
+    the others' metrics stay NaN); then retention: of up to RETAINED facts of `others` no
+    edit rewrote that the model knew before, how many it still knows. Returns retention's
+    attrs."""
     rewritten = frozenset(record.id for record, _, _ in rows)
+    if cfg.evaluate is not None and cfg.evaluate < len(rows):
+        rows = [rows[i] for i in sorted(random.Random(cfg.seed).sample(range(len(rows)), cfg.evaluate))]
     befores = [_score(where, [record.prompt_wo_ctx], [new, record.obj])[0] for record, new, _ in rows]
     kept_for = [r for r in others if r.id not in rewritten][:RETAINED]
     known = [r for r, k in zip(kept_for, _top_is_object(where, kept_for)) if k]
@@ -555,6 +565,28 @@ def _batch_layers(cfg: EditConfig, adapter) -> list[int]:
     return list(range(cfg.layers[0], cfg.layers[1] + 1))
 
 
+def _target(adapter, fact: memit.Fact, top: int, hp: rome.Hparams, pad: int, cached: bool) -> tuple:
+    """`memit.target` of `fact`; one found on the unedited weights (`cached`) is kept in the nnct
+    cache under the weights' digest, dtype and everything it was found from, and read from
+    there again (a run of the other batch method, or of more facts, finds it once)."""
+    from ..model.embedded import cache_root
+
+    if not cached:
+        return memit.target(adapter.parts, fact, top, hp, pad=pad)
+    key = hashlib.sha256(json.dumps([asdict(fact), top, asdict(hp), pad]).encode()).hexdigest()
+    model = f"{adapter.name.replace('/', '_')}-{adapter.revision}"
+    path = cache_root() / "targets" / model / f"{adapter.device}-{adapter.dtype}" / f"{key}.pt"
+    if path.is_file():
+        kept = torch.load(path)
+        return kept["z"], kept["log"]
+    z, log = memit.target(adapter.parts, fact, top, hp, pad=pad)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save({"z": z, "log": log}, tmp)
+    tmp.replace(path)  # whole or absent: runs side by side may find the same target
+    return z, log
+
+
 def _write_batches(cfg: EditConfig, adapter, facts: list[memit.Fact], layers: list[int], cov: dict, size: int, say):
     """(every batch's (layer, left, right) in numpy, their `Factors`, each fact's target
     optimisation log): the facts in batches of `size`, each computed on the original model, or
@@ -569,7 +601,7 @@ def _write_batches(cfg: EditConfig, adapter, facts: list[memit.Fact], layers: li
     for b, batch in enumerate(batches):
         earlier = list(written) if cfg.sequential else []
         with rome.edited_weights(adapter, earlier):
-            found = [memit.target(adapter.parts, f, top, hp.value, pad=pad) for f in batch]
+            found = [_target(adapter, f, top, hp.value, pad, cached=not earlier) for f in batch]
         logs += [log for _, log in found]
         made = memit.batch_edit(adapter, batch, layers, solve, torch.stack([z for z, _ in found], 1), earlier=earlier)
         if cfg.sequential and cfg.method == "alphaedit":

@@ -115,6 +115,7 @@ def test_memit_sequential_from_python(tiny_model_dir, data_file):
     (["--method", "memit", "--layers", "1-2", "--layer", 2], "--layer"),
     (["--method", "memit", "--remote", "local"], "--remote"),
     (["--method", "alphaedit", "--no-covariance"], "--no-covariance"),
+    (["--method", "memit", "--evaluate", 0], "--evaluate"),
     (["--method", "memit", "--layers", "2-9"], "layers 0..3"),
 ])
 def test_bad_combinations(tmp_path, tiny_model_dir, data_file, extra, named):
@@ -233,3 +234,22 @@ def test_batch_methods_use_memits_context_prefixes():
     for prefix, word in zip(memit[1:], ("The", "Therefore", "Because", "I", "You")):
         assert prefix.startswith(word) and prefix.endswith(". ")
     assert len(context_prefixes(where, 0)) == 21
+
+
+def test_targets_found_on_the_unedited_weights_are_cached_and_evaluation_sampled(tmp_path, tiny_model_dir, data_file):
+    """A second batch run (AlphaEdit after MEMIT, same layers) reads the targets the first
+    found on the unedited weights from the cache (so its targets' logs are the first's); with
+    --evaluate 1 only one of the three edits has metrics."""
+    from nnct.model.embedded import cache_root
+
+    runs = {}
+    for name, extra in (("memit", ["--method", "memit"]), ("alpha", ["--method", "alphaedit", "--evaluate", 1])):
+        out = tmp_path / f"{name}.nc"
+        done = invoke("edit", "--model", tiny_model_dir, "--data", data_file, *extra, "--layers", "1-2",
+                      "--corpus-tokens", 300, "--out", out, "-q")
+        assert done.exit_code == 0, done.output
+        runs[name] = edits.read(out)[0]
+    assert len(list((cache_root() / "targets").rglob("*.pt"))) == 3
+    assert [e.metrics["v_p_new"] for e in runs["alpha"]] == [e.metrics["v_p_new"] for e in runs["memit"]]
+    evaluated = [e for e in runs["alpha"] if np.isfinite(e.metrics.get("p_new", np.nan))]
+    assert len(evaluated) == 1 and len(runs["alpha"]) == 3
