@@ -345,12 +345,15 @@ def answers(data, out, prompt_format, max_cf, max_examples, **options):
               help="JSONL records of facts not to edit: specificity's neighbours (same relation), and when edits are"
                    " evaluated together retention's facts (the share of those the model knew that it still knows)"
                    " [default: the records of --data not edited].")
+@click.option("--update-weight", "update_weight", type=float, default=None,
+              help="memit/alphaedit: lambda, the weight of C against the new keys [default: 15000 for Llama-like models"
+                   " (AlphaEdit's Llama3-8B), else 20000 (GPT-2 XL's)].")
 @click.option("--evaluate", "evaluate", type=int, default=None,
               help="Edits evaluated together (batch methods, rome --sequential): only N of them, drawn with --seed; every"
                    " edit stays in the weights [default: all].")
 @QUIET
 def edit(data, out, new_object, layer, from_cube, no_covariance, corpus_tokens, seed, max_examples, save_dir, method,
-         layer_range, batch_size, sequential, unedited, evaluate, quiet, **options):
+         layer_range, batch_size, sequential, unedited, update_weight, evaluate, quiet, **options):
     """ROME: rewrite each record's fact (obj -> the new object) with a rank-one update of one
     layer's MLP, evaluate each edit (efficacy, paraphrase, specificity, fluency) and write
     the edits (left/right vectors, layer, metrics) to OUT. MEMIT and AlphaEdit (--method):
@@ -365,7 +368,8 @@ def edit(data, out, new_object, layer, from_cube, no_covariance, corpus_tokens, 
     cfg = edit_lib.EditConfig(data=data, out=out, new_object=new_object, layer=None if layer == "auto" else int(layer),
                               from_cube=from_cube, covariance=not no_covariance, corpus_tokens=corpus_tokens, seed=seed,
                               max_examples=max_examples, save=save_dir, method=method, layers=layer_range,
-                              batch_size=batch_size, sequential=sequential, unedited=unedited, evaluate=evaluate, **settings(options))
+                              batch_size=batch_size, sequential=sequential, unedited=unedited, evaluate=evaluate,
+                              update_weight=update_weight, **settings(options))
     with guarded("nothing was written: run the same command again"):
         result = edit_lib.run(cfg, say=(lambda text: None) if quiet else click.echo, on_retry=Bar(True).retry)
     for problem in result.skipped:

@@ -88,7 +88,8 @@ class EditConfig(Execution):
     sequential: bool = False  # batches (ROME: edits) computed one after another on the model the earlier ones left
     unedited: str | None = None  # JSONL of facts not edited: specificity's neighbours, retention's facts; None: the data's
     evaluate: int | None = None  # edits evaluated together: only this many, drawn with `seed` (all stay in the weights)
-    batch_hparams: memit.Hparams = field(default_factory=memit.Hparams)
+    batch_hparams: memit.Hparams | None = None  # None: `memit.hparams_for` the model's family
+    update_weight: float | None = None  # MEMIT's lambda (mom2_update_weight), if not the family's
 
 
 METHODS = ("rome", "memit", "alphaedit")
@@ -519,7 +520,11 @@ def _edit_batches(cfg: EditConfig, session: pipeline.Session, where: Where, othe
     every batch in the weights at once (on `others`' facts for specificity and retention)."""
     adapter = where.adapter
     layers = _batch_layers(cfg, adapter)
-    top, hp = layers[-1], cfg.batch_hparams
+    hp = cfg.batch_hparams or memit.hparams_for(adapter.model_type)
+    if cfg.update_weight is not None:
+        hp = replace(hp, mom2_update_weight=cfg.update_weight)
+    cfg = replace(cfg, batch_hparams=hp)
+    top = layers[-1]
     say(f"editing with {cfg.method} at layers {layers[0]}-{top}")
     prefixes = context_prefixes(where, cfg.seed, batch=True)
     if cfg.covariance:
