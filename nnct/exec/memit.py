@@ -6,8 +6,9 @@ state at layer L's residual output (the `hidden` site) at its last subject token
 value optimisation (`rome.value`) with the delta added to the residual stream instead of the
 MLP's output, as MEMIT's compute_z does. Then, for each layer l of R in ascending order, with
 the updates of the layers before it already in the weights: the keys K_l (the down
-projection's input at the last subject token, averaged over the fact's prompts, as
-`rome.keys` reads them), the hidden states h_L at the bare prompts, and the residuals
+projection's input at the last subject token, as `rome.keys` reads it: the mean of the bare
+prompt's key and of the prefixed prompts' mean, as MEMIT's compute_ks averages within each
+kind of context template first), the hidden states h_L at the bare prompts, and the residuals
 R_l = (z - h_L) / (|R| - index of l), so the first layer takes a share of what is left and
 the last layer all of it. A solver turns (K_l, R_l) into factors (`interventions.batch_update`):
 MEMIT's, with C_l and its weight, or AlphaEdit's, with C_l's null space and the keys of
@@ -76,10 +77,12 @@ def target(parts, fact: Fact, layer: int, hp: rome.Hparams, pad: int = 0) -> tup
 
 
 def fact_keys(parts, facts: list[Fact], layer: int) -> torch.Tensor:
-    """[d_ff, N] float64: each fact's key at `layer`, averaged over its prompts (every fact's
-    prompts read in the same batches)."""
+    """[d_ff, N] float64: each fact's key at `layer`: the mean of its bare prompt's key and
+    of the mean of its prefixed prompts' keys, as MEMIT's `compute_ks` averages within each
+    kind of context template first (every fact's prompts read in the same batches)."""
     every = rome.keys(parts, [p for f in facts for p in f.prompts], [at for f in facts for at in f.lookups], layer)
-    return torch.stack([k.mean(0) for k in every.split([len(f.prompts) for f in facts])], 1)
+    return torch.stack([(k[0] + k[1:].mean(0)) / 2 if len(k) > 1 else k[0]
+                        for k in every.split([len(f.prompts) for f in facts])], 1)
 
 
 def batch_edit(adapter, facts: list[Fact], layers: list[int], solve, zs: torch.Tensor, earlier=()) -> list[tuple]:

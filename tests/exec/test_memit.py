@@ -72,3 +72,15 @@ def test_alphaedit_spares_the_preserved_subspace():
         assert (after[i] - zs[:, i]).norm() < (unedited[i] - zs[:, i]).norm()
     memit.preserve(adapter, FACTS, LAYERS, made, preserved)
     assert set(preserved) == set(LAYERS) and preserved[1].shape == (parts.d_ff, parts.d_ff)
+
+
+def test_a_facts_key_weighs_its_bare_prompt_as_much_as_all_its_prefixed_ones():
+    """MEMIT's compute_ks: the mean over each kind of context template first, so the key is
+    (k(bare) + mean of k(prefixed)) / 2; keys read by a plain pre-hook on the down projection."""
+    adapter = make_adapter("llama")
+    fact = memit.Fact([[1, 5, 6, 7], [3, 4, 1, 5, 6, 7], [9, 1, 5, 6, 7]], [2, 4, 3], [9], [5, 6, 20], 1)
+    down = adapter.layer_modules()[1].get_submodule(adapter.layout.mlp_down)
+    k = [captured(adapter.hf, down, ids, pre=True)[at] for ids, at in zip(fact.prompts, fact.lookups)]
+    got = memit.fact_keys(adapter.parts, [fact, FACTS[0]], 1)
+    torch.testing.assert_close(got[:, 0], (k[0] + (k[1] + k[2]) / 2) / 2, rtol=1e-6, atol=1e-7)
+    assert got.shape == (adapter.parts.d_ff, 2)
