@@ -20,6 +20,16 @@ forward per batch of the schedule (`plan`):
   (`metrics`: probabilities and logits) leave the trace.
 Cells before the first changed token need no forward: their values are the base run's.
 
+Several examples run as one group (`trace_group`) when they share a `group_key`: the same
+prompt length, first changed token, noised positions, corrupted rows and answer lengths, so
+the same cells, schedule and passes. Each forward then runs every example of the group, each
+in a block of rows of its own (clean runs: row e; corrupted runs: rows e*S..e*S+S-1; a
+batch's: its cells' rows for example e after those for e-1), each block reading its own
+example's base and source rows and answer tokens, and each example's share of the batch's
+rows is the group's share of what one example would take. A forward's time is mostly its
+Python and nnsight cost, not its arithmetic, when a model is small or the device is fast: a
+group of G examples takes the passes of one. One example alone is a group of one.
+
 The engine does not know what made the corrupted input: noise and a counterfactual prompt
 are both a `RunInput`. An answer of several tokens (teacher-forced probability) is read in a
 pass of its own (clean, corrupted and restored runs with the answer's earlier tokens
@@ -41,6 +51,7 @@ import numpy as np
 import torch
 
 from .. import compat
+from ..errors import ConfigError
 from ..interventions import readouts as readouts_lib
 from ..interventions.components import COMPONENTS, grid, variables
 from ..interventions.corruption import RunInput
@@ -135,7 +146,7 @@ def auto_batch_rows(model: Adapter | Parts, n_tokens: int, samples: int, budget:
 
 def passes(answers: Answers) -> int:
     """Passes over the plan an example takes (for progress counts): `Engine._passes`'."""
-    return len(Engine._passes(answers))
+    return len(Engine._passes([answers]))
 
 
 @dataclass
@@ -151,16 +162,28 @@ class Run:
 
 @dataclass(frozen=True)
 class _Read:
-    """What one pass reads: the answers' first tokens at the last prompt position, and
-    `follow`, the tokens of one answer after its first, at the positions after it; the
-    extra readouts' inputs (`spellings`; `reference`: the clean run's log-probabilities,
-    set once the clean run has them)."""
+    """What one pass reads, per example of the group (`first` and `follow` hold one entry
+    each, in order; an example's rows are a contiguous block of a forward's rows): the
+    answers' first tokens at the last prompt position, and `follow`, the tokens of one
+    answer after its first, at the positions after it; the extra readouts' inputs
+    (`spellings`; `reference`: the clean run's log-probabilities, set once the clean run has
+    them; readouts are read in groups of one)."""
 
-    first: tuple[int, int]
-    follow: tuple[int, ...] = ()
+    first: tuple[tuple[int, int], ...]
+    follow: tuple[tuple[int, ...], ...] = ((),)
     answer: int = 0  # which answer `follow` continues (0 target, 1 alt)
     spellings: tuple = ((), ())
     reference: torch.Tensor | None = None
+
+
+def _stacked(inputs: list[RunInput]) -> RunInput:
+    """A group's corrupted inputs as one: each example's rows (its ids repeated to as many)
+    after those of the one before. They share their positions (`Engine.group_key`)."""
+    if len(inputs) == 1:
+        return inputs[0]
+    first = inputs[0]
+    values = None if first.values is None else torch.cat([i.values for i in inputs])
+    return RunInput(torch.cat([i.ids.expand(i.rows, -1) for i in inputs]), first.positions, values, first.replace)
 
 
 class Engine:
@@ -182,7 +205,12 @@ class Engine:
         a, writes, extra = self.parts, writes or {}, self.settings.readouts
         x = ids.to(a.device).expand(rows, -1)
         saved: dict[str, list] = {c: [] for c in save}
-        kwargs = _trace_kwargs(1 + len(read.follow), keep_cache, cache)
+        # each example's tokens to read, repeated over its block of rows
+        per = rows // len(read.first)
+        first = torch.tensor(read.first, device=a.device).repeat_interleave(per, dim=0)
+        n_follow = len(read.follow[0])
+        follow_at = torch.tensor(read.follow, device=a.device).repeat_interleave(per, dim=0)[..., None] if n_follow else None
+        kwargs = _trace_kwargs(1 + n_follow, keep_cache, cache)
         sites = in_forward_order({name for _, name in writes} | set(saved))
         kept = top = follow = measured = logprobs = None  # only values saved in the trace come out of it
         with torch.no_grad(), compat.old_cache_keyword(), a.nn.trace(x, **kwargs):
@@ -206,17 +234,16 @@ class Engine:
             # The model's own logits, not the unembedding's output: Gemma 2/3 soft-cap after it.
             output = a.nn.output
             at = output.logits[:, 0].float()
-            logits = at[:, list(read.first)].save()
-            probs = at.softmax(-1)[:, list(read.first)].save()
+            logits = at.gather(-1, first).save()
+            probs = at.softmax(-1).gather(-1, first).save()
             if extra:
-                given = readouts_lib.Given(read.first, read.spellings, read.reference)
+                given = readouts_lib.Given(read.first[0], read.spellings, read.reference)
                 measured = readouts_lib.compute(extra, at, given).save()
             if keep_logprobs:
                 logprobs = at[0].log_softmax(-1).save()
-            if read.follow:
+            if n_follow:
                 rest = output.logits[:, 1:].float().log_softmax(-1)
-                follow = rest.gather(-1, torch.tensor(read.follow, device=rest.device)[None, :, None].expand(rows, -1, 1))
-                follow = follow.sum(dim=(1, 2)).save()
+                follow = rest.gather(-1, follow_at).sum(dim=(1, 2)).save()
             if top1:
                 top = at.argmax(-1).save()
             if keep_cache:
@@ -235,22 +262,27 @@ class Engine:
         """Values per row: the answers' and the extra readouts'."""
         return N_VALUES + readouts_lib.columns(self.settings.readouts)
 
-    def _batch_inputs(self, batch: Batch, samples: int, base_input: RunInput, base: Run, source: Run, n_tokens: int,
-                      means: dict | None = None) -> dict:
-        """The keyword arguments of `_forward` for one batch of the schedule (`n_tokens`: the
-        prompt's, where an all-positions cell stops; `means`: mean ablation's reference
-        values, site -> [layer, position or 1, d])."""
+    def _batch_inputs(self, batch: Batch, samples: int, group: int, base_input: RunInput, base: Run, source: Run,
+                      n_tokens: int, means: dict | None = None) -> dict:
+        """The keyword arguments of `_forward` for one batch of the schedule, run for each of
+        the `group` examples in a block of rows of its own (`n_tokens`: the prompt's, where an
+        all-positions cell stops; `means`: mean ablation's reference values, site -> [layer,
+        position or 1, d])."""
         a, s = self.parts, self.settings
-        rows, start, first_layer = len(batch.cells) * samples, batch.start, batch.first_layer
-        sample = torch.arange(rows, device=a.device) % samples  # row j*S + s is cell j's sample s
-        zeros = torch.zeros(rows, dtype=torch.long, device=a.device)
-        base_row, source_row = (zeros, sample) if s.reverse else (sample, zeros)
+        per, start, first_layer = len(batch.cells) * samples, batch.start, batch.first_layer
+        rows = group * per
+        row = torch.arange(rows, device=a.device)
+        # row e*per + j*S + s is example e's cell j, sample s: its clean row is e, its corrupted one e*S + s
+        example, corrupted = row // per, row // per * samples + row % samples
+        base_row, source_row = (example, corrupted) if s.reverse else (corrupted, example)
+        blocks = torch.arange(group, device=a.device)[:, None] * per
         op = operation(s.operation)
 
         writes = {}
         for (layer, name), p in patches(batch.cells, samples, s.window, a.n_layers, n_tokens).items():
-            rows_at, tokens = torch.tensor(p.rows, device=a.device), torch.tensor(p.tokens, device=a.device)
-            frozen = torch.tensor(p.frozen, device=a.device)
+            rows_at = (torch.tensor(p.rows, device=a.device)[None, :] + blocks).flatten()
+            tokens = torch.tensor(p.tokens, device=a.device).repeat(group)
+            frozen = torch.tensor(p.frozen, device=a.device).repeat(group)
             values = None
             if not frozen.all():
                 given = source.states[name][source_row[rows_at], layer, tokens]
@@ -264,7 +296,7 @@ class Engine:
                 values = kept if values is None else torch.where(frozen[:, None], kept, values)
             heads = None
             if p.heads is not None:
-                heads = torch.tensor(p.heads, device=a.device)
+                heads = torch.tensor(p.heads, device=a.device).repeat(group)
                 values = SITES[name].slice(values, heads, a.d_head)
             writes[(layer, name)] = (rows_at, tokens - start, values, heads, False)
         # Residual-stream writes just before the first layer run go into the skipped stream instead.
@@ -309,28 +341,56 @@ class Engine:
     def clean(self, ids, answers: Answers) -> tuple[np.ndarray, int]:
         """P(answers) and the most probable token after the untouched prompt: one forward per pass."""
         p, top = None, 0
-        for k, (extra, read) in enumerate(self._passes(answers)):
-            run = self._forward(torch.tensor([list(ids) + extra]), 1, read, top1=k == 0)
+        for k, (extra, read) in enumerate(self._passes([answers])):
+            run = self._forward(torch.tensor([list(ids) + extra[0]]), 1, read, top1=k == 0)
             p, top = self._combine(p, run.values, read), (int(run.top1[0]) if k == 0 else top)
         return p[0, P].numpy(), top
 
     @staticmethod
-    def _passes(answers: Answers, spellings=((), ())) -> list[tuple[list[int], _Read]]:
-        """(tokens appended to the prompt, what is read) per pass: one pass when both answers
-        are one token, else one per answer of several tokens (its earlier tokens appended)."""
-        first = (answers[0][0], answers[1][0])
-        long = [k for k, a in enumerate(answers) if len(a) > 1]
-        return ([(list(answers[k][:-1]), _Read(first, tuple(answers[k][1:]), k, spellings)) for k in long]
-                or [([], _Read(first, spellings=spellings))])
+    def _passes(group: list[Answers], spellings=((), ())) -> list[tuple[list[list[int]], _Read]]:
+        """(tokens appended to each example's prompt, what is read) per pass: one pass when
+        both answers are one token, else one per answer of several tokens (its earlier tokens
+        appended). A group's answers have the same lengths (`group_key`): the same passes."""
+        first = tuple((answers[0][0], answers[1][0]) for answers in group)
+        long = [k for k, a in enumerate(group[0]) if len(a) > 1]
+        return ([([list(answers[k][:-1]) for answers in group],
+                  _Read(first, tuple(tuple(answers[k][1:]) for answers in group), k, spellings)) for k in long]
+                or [([[] for _ in group], _Read(first, spellings=spellings))])
 
     @staticmethod
     def _combine(summed, values: torch.Tensor, read: _Read) -> torch.Tensor:
         """The pass's values folded into those of earlier passes: an answer read to its end
         has p = p(first token) x exp(log p of the rest)."""
         out = values.clone() if summed is None else summed
-        if read.follow:
+        if read.follow[0]:
             out[..., read.answer] = out[..., read.answer] * torch.exp(values[..., FOLLOW])
         return out
+
+    def group_key(self, ids, corrupt: RunInput, answers: Answers) -> tuple | None:
+        """What examples must share to run as one group: their prompt's and corrupted input's
+        shapes, first changed token, noised positions and answers' lengths, and so their cells,
+        schedule and passes. None for an example that runs alone: an estimate (attribution
+        patching runs its own passes) or extra readouts (read per example)."""
+        s = self.settings
+        if s.estimate != "exact" or s.readouts:
+            return None
+        return (len(ids), len(answers[0]), len(answers[1]), corrupt.rows, tuple(corrupt.ids.shape),
+                corrupt.changed(list(ids)), tuple(corrupt.positions), corrupt.replace, corrupt.values is None)
+
+    def group_size(self, key: tuple) -> int:
+        """The most examples of `key` one group may hold: one cell of each must fit in the rows
+        (and, on a CPU, the rows x positions) that one forward may take."""
+        n_all = key[0] + max(key[1], key[2]) - 1  # with an answer's earlier tokens appended
+        samples = 1 if self.settings.operation in ABLATIONS else key[3]
+        rows, token_rows = self._rows(n_all, samples)
+        most = rows // samples if token_rows is None else min(rows // samples, token_rows // (samples * n_all))
+        return max(1, most)
+
+    def _rows(self, n_all: int, samples: int) -> tuple[int, int | None]:
+        """The rows one forward may take, and on a CPU its rows x positions (`CPU_TOKEN_ROWS`)."""
+        s, a = self.settings, self.parts
+        rows = s.batch_rows or auto_batch_rows(a, n_all, samples, s.batch_budget)
+        return rows, (CPU_TOKEN_ROWS if s.batch_rows is None and a.device == "cpu" else None)
 
     def trace(self, ids, corrupt: RunInput, answers: Answers, spellings=((), ()),
               on_batch: Callable[[int], None] | None = None) -> Measures:
@@ -342,7 +402,7 @@ class Engine:
         `corrupt` is not read."""
         s = self.settings
         if s.estimate == "exact":
-            return self._exact(ids, corrupt, answers, on_batch, spellings=spellings)
+            return self._exact([(ids, corrupt, answers)], on_batch, spellings=spellings)[0]
         measures = attribute(self.parts, s.components, s.window, s.reverse, ids, corrupt, answers, s.estimate,
                              s.readouts, spellings)
         if s.verify or s.verify_sample:
@@ -353,20 +413,43 @@ class Engine:
             rng = np.random.default_rng([s.seed % (1 << 64), *[int(i) for i in ids]])  # numpy takes no negative seed
             chosen = screened(target, cells(len(ids), a.n_layers, s.components, a.n_heads, first_changed), s.components,
                               s.verify, s.verify_sample, rng, first_changed)
-            measures.restored.update(self._exact(ids, corrupt, answers, None, chosen, spellings).restored)
+            measures.restored.update(self._exact([(ids, corrupt, answers)], None, chosen, spellings)[0].restored)
         return measures
 
-    def _exact(self, ids, corrupt: RunInput, answers: Answers, on_batch, only: list[Cell] | None = None,
-               spellings=((), ())) -> Measures:
-        """Every cell (or those of `only`) patched: the measures of `trace`."""
-        summed, top1 = None, 0
-        for k, (extra, read) in enumerate(self._passes(answers, spellings)):
-            more = torch.tensor([extra], dtype=torch.long, device=corrupt.ids.device).expand(corrupt.ids.shape[0], -1)
-            pass_input = RunInput(torch.cat([corrupt.ids, more], dim=1), corrupt.positions, corrupt.values, corrupt.replace)
-            got, top = self._pass(list(ids) + extra, len(ids), pass_input, read, on_batch, top1=k == 0, only=only)
+    def trace_group(self, jobs: list[tuple], on_batch: Callable[[int], None] | None = None) -> list[Measures]:
+        """The measures of several examples, each job `trace`'s (ids, corrupted input, answers,
+        spellings), that share a `group_key`: every forward runs all of them, each in its own
+        block of rows, and each example's measures equal its own `trace`'s
+        (docs/many-examples.md). `on_batch` counts the cells of all of them."""
+        if len(jobs) == 1:
+            return [self.trace(*jobs[0], on_batch=on_batch)]
+        keys = {self.group_key(*job[:3]) for job in jobs}
+        if None in keys or len(keys) > 1:
+            raise ConfigError("the examples of a group must share one group_key")
+        return self._exact([job[:3] for job in jobs], on_batch)
+
+    def _exact(self, jobs: list[tuple], on_batch, only: list[Cell] | None = None, spellings=((), ())) -> list[Measures]:
+        """Every cell (or those of `only`) patched, for each job (ids, corrupted input,
+        answers) of a group: the measures of `trace`, one per job."""
+        summed, top1 = None, []
+        for k, (extra, read) in enumerate(self._passes([answers for _, _, answers in jobs], spellings)):
+            group_ids, inputs = [], []
+            for (ids, corrupt, _), more in zip(jobs, extra):
+                group_ids.append(list(ids) + more)
+                more = torch.tensor([more], dtype=torch.long, device=corrupt.ids.device).expand(corrupt.ids.shape[0], -1)
+                inputs.append(RunInput(torch.cat([corrupt.ids, more], dim=1), corrupt.positions, corrupt.values, corrupt.replace))
+            got, top = self._pass(group_ids, len(jobs[0][0]), inputs, read, on_batch, top1=k == 0, only=only)
             top1 = top if k == 0 else top1
             summed = {name: self._combine(None if summed is None else summed[name], v, read) for name, v in got.items()}
         clean, corrupted = summed.pop("clean"), summed.pop("corrupt")
+        S = corrupted.shape[0] // len(jobs)  # the corrupted rows of each example
+        return [self._measures(len(ids), clean[e : e + 1], corrupted[e * S : (e + 1) * S], top1[e],
+                               {name: v[..., e * S : (e + 1) * S, :] for name, v in summed.items()})
+                for e, (ids, _, _) in enumerate(jobs)]
+
+    def _measures(self, n_tokens: int, clean: torch.Tensor, corrupted: torch.Tensor, top1: int, summed: dict) -> Measures:
+        """One example's measures from its rows' values: the clean run's [1, V], the corrupted
+        run's [S, V] and each cube variable's restored cells [cells..., S, V]."""
         extra = self.settings.readouts
         restored = {}
         for variable, values in summed.items():
@@ -377,60 +460,64 @@ class Engine:
         runs = {**readouts_lib.named(extra, "clean", clean[0, EXTRA].numpy()),
                 **readouts_lib.named(extra, "corrupt", corrupted[:, EXTRA].mean(dim=0).numpy())}
         if self.settings.operation == "mean":  # which mean the cells took: the cube says (docs/method.md)
-            runs[MEAN_BY_POSITION] = np.array(int(self.means_by_position(len(ids))), dtype=np.int8)
+            runs[MEAN_BY_POSITION] = np.array(int(self.means_by_position(n_tokens)), dtype=np.int8)
         return Measures(clean[0, P].numpy(), corrupted[:, P].mean(dim=0).numpy(), clean[0, LOGIT].numpy(),
                         corrupted[:, LOGIT].mean(dim=0).numpy(), top1, restored, runs)
 
-    def _pass(self, ids: list[int], n_tokens: int, corrupt: RunInput, read: _Read, on_batch, top1: bool,
-              only: list[Cell] | None = None):
-        """One pass over the plan: the values of the clean run ("clean": [1, V]), the corrupted
-        run ("corrupt": [S, V]) and the restored cells of the first `n_tokens` positions (per
-        cube variable: [cells..., S, V]; with `only`, those cells, the others NaN), and the
-        clean run's top token."""
+    def _pass(self, group_ids: list[list[int]], n_tokens: int, corrupts: list[RunInput], read: _Read, on_batch,
+              top1: bool, only: list[Cell] | None = None):
+        """One pass over the plan for a group of G examples (their ids and corrupted inputs):
+        the values of the clean runs ("clean": [G, V]), the corrupted runs ("corrupt": [G*S,
+        V]) and the restored cells of the first `n_tokens` positions (per cube variable:
+        [cells..., G*S, V]; with `only`, those cells, the others NaN), example e's rows
+        e*S to (e+1)*S, and the clean runs' top tokens."""
         a, s = self.parts, self.settings
         ablating = s.operation in ABLATIONS
         reverse = s.reverse or ablating  # an ablation writes into the clean run
-        S, n_all = (1 if ablating else corrupt.rows), len(ids)
-        clean_input = RunInput(torch.tensor([ids], dtype=torch.long, device="cpu"))  # data, as corruption makes it
+        G, corrupt = len(group_ids), _stacked(corrupts)
+        S, n_all = (1 if ablating else corrupts[0].rows), len(group_ids[0])
+        clean_input = RunInput(torch.tensor(group_ids, dtype=torch.long, device="cpu"))  # data, as corruption makes it
         comps = [COMPONENTS[c] for c in s.components]
         # the base run keeps its stream, and the values a severed path freezes
         base_save = ("hidden", *{c.sever for c in comps if c.sever})
         source_save = tuple({c.site for c in comps})
         clean_save = tuple({*base_save, *source_save}) if ablating else base_save if reverse else source_save
-        clean = self._forward(clean_input.ids, 1, read, save=clean_save, keep_cache=reverse, top1=top1,
+        clean = self._forward(clean_input.ids, G, read, save=clean_save, keep_cache=reverse, top1=top1,
                               keep_logprobs=bool(s.readouts))
         read = replace(read, reference=clean.logprobs)
         if ablating:  # the clean run is base and source: an operation makes the values
             corrupted, first_changed = clean, 0
         else:
-            corrupted = self._forward(corrupt.ids, S, read, edit=self._edit(corrupt), save=source_save if reverse else base_save,
-                                      keep_cache=not reverse)
-            first_changed = corrupt.changed(ids)
+            corrupted = self._forward(corrupt.ids, G * S, read, edit=self._edit(corrupt),
+                                      save=source_save if reverse else base_save, keep_cache=not reverse)
+            first_changed = corrupts[0].changed(group_ids[0])
         base, source = (clean, corrupted) if reverse else (corrupted, clean)
         base_input = clean_input if reverse else corrupt
-        base_values = base.values.expand(S, -1) if reverse else base.values
+        base_values = base.values.repeat_interleave(S, dim=0) if reverse else base.values
         means = self._reference_means(source_save, n_tokens) if s.operation == "mean" else None
 
-        restored = {v: torch.full((*grid(v, s.components, n_tokens, a.n_layers, a.n_heads), S, self.width), float("nan"),
-                                  device="cpu", dtype=torch.float64) for v in variables(s.components)}
-        rows = s.batch_rows or auto_batch_rows(a, n_all, S, s.batch_budget)
-        token_rows = CPU_TOKEN_ROWS if s.batch_rows is None and a.device == "cpu" else None
+        restored = {v: torch.full((*grid(v, s.components, n_tokens, a.n_layers, a.n_heads), G * S, self.width),
+                                  float("nan"), device="cpu", dtype=torch.float64) for v in variables(s.components)}
+        rows, token_rows = self._rows(n_all, S)
+        # each example's share of a forward: the group's batches take as many rows as one example's would
+        rows, token_rows = max(S, rows // G), (None if token_rows is None else token_rows // G)
         todo = cells(n_tokens, a.n_layers, s.components, a.n_heads, first_changed) if only is None else only
         plan = schedule(todo, S, rows, s.window, a.n_layers, first_changed, n_all, token_rows)
         for cell in plan.unchanged:
             variable, at = slot(cell, s.components)
             restored[variable][at] = base_values
         if on_batch and plan.unchanged:
-            on_batch(len(plan.unchanged))
+            on_batch(len(plan.unchanged) * G)
         for batch in plan.batches:
-            inputs = self._batch_inputs(batch, S, base_input, base, source, n_tokens, means)
-            run = self._forward(rows=len(batch.cells) * S, read=read, **inputs)
-            for cell, value in zip(batch.cells, run.values.view(len(batch.cells), S, self.width)):
+            inputs = self._batch_inputs(batch, S, G, base_input, base, source, n_tokens, means)
+            run = self._forward(rows=G * len(batch.cells) * S, read=read, **inputs)
+            values = run.values.view(G, len(batch.cells), S, self.width)
+            for j, cell in enumerate(batch.cells):
                 variable, at = slot(cell, s.components)
-                restored[variable][at] = value
+                restored[variable][at] = values[:, j].reshape(G * S, self.width)
             if on_batch:
-                on_batch(len(batch.cells))
-        return {"clean": clean.values, "corrupt": corrupted.values, **restored}, (int(clean.top1[0]) if top1 else 0)
+                on_batch(len(batch.cells) * G)
+        return {"clean": clean.values, "corrupt": corrupted.values, **restored}, (clean.top1.tolist() if top1 else [0] * G)
 
     def _reference_means(self, sites: tuple[str, ...], n_tokens: int) -> dict:
         """Mean ablation's values: site -> [layer, position, d], each site's mean over the
@@ -442,7 +529,7 @@ class Engine:
         key = (sites, n_tokens if by_position else None)
         if key in self._means:
             return self._means[key]
-        read = _Read((0, 0))
+        read = _Read(((0, 0),))
         summed, count = {}, 0
         for ids in s.reference:
             run = self._forward(torch.tensor([list(ids)], dtype=torch.long), 1, read, save=sites)

@@ -463,15 +463,44 @@ class _Run:
             store.put(k, _row(self.chosen[k], measures, adapter.tokenizer))
 
         if self.requests is None:
-            for k in todo:
-                self.progress.example(self.ids[k])
-                keep(k, engine.trace(*self._job(k), on_batch=self.progress.cells))
-                if cfg.estimate != "exact":  # one pass for every cell
-                    self.progress.cells(self.n_cells[k])
+            for group in self._groups(engine):
+                self._trace_group(engine, group, [k for k in group if not done[k]], keep)
             self.state["placed"] = {"device": adapter.device, "dtype": adapter.dtype}
         else:
             self._remote(engine, todo, keep)
         return done
+
+    def _groups(self, engine) -> list[list[int]]:
+        """The examples each forward runs together: consecutive examples of one `group_key`,
+        at most `group_size` of them. Made over every example, done or not, so that a resumed
+        run groups them as the first did, and so computes the same bits."""
+        groups, last = [], None
+        for k in range(len(self.chosen)):
+            key = engine.group_key(*self._job(k)[:3])
+            if key is not None and key == last and len(groups[-1]) < engine.group_size(key):
+                groups[-1].append(k)
+            else:
+                groups.append([k])
+            last = key
+        return groups
+
+    def _trace_group(self, engine, group: list[int], fresh: list[int], keep) -> None:
+        """The examples of a group that are not done yet (`fresh`): the whole group runs (its
+        bits are the group's), only theirs are kept and counted."""
+        if not fresh:
+            return
+        for k in fresh:
+            self.progress.example(self.ids[k])
+
+        def cells(n: int) -> None:  # n counts every example of the group alike
+            self.progress.cells(n * len(fresh) // len(group))
+
+        measures = engine.trace_group([self._job(k) for k in group], on_batch=cells)
+        for k, m in zip(group, measures):
+            if k in fresh:
+                keep(k, m)
+                if self.cfg.estimate != "exact":  # one pass for every cell
+                    self.progress.cells(self.n_cells[k])
 
     def _reference(self) -> tuple:
         """Mean ablation's reference prompts, tokenised as the examples are (a bad line is
