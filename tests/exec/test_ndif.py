@@ -195,6 +195,37 @@ def test_an_edit_evaluated_on_the_server(server):
     assert answer == [edit.target_true.strip(), edit.target_new.strip()]
 
 
+def test_a_memit_batch_evaluated_on_the_server(server):
+    """The committed MEMIT batch (20 held-out facts over 5 layers, rank-20 factors per layer)
+    applied as interventions (`rome.apply_in_trace`, out += (key @ right) @ left.T) to the
+    model the server hosts: its logits on two edited prompts equal the local model's with the
+    factors written into its weights."""
+    import nnsight
+    import torch
+
+    from nnct.exec import remote, rome
+    from nnct.model import load
+    from nnct.results import edits as edits_file
+
+    path = ROOT / "analysis" / "results" / "editing" / "memit-heldout20.nc"
+    made, attrs = edits_file.read(path)
+    updates = edits_file.read_updates(path)
+    assert attrs["method"] == "memit" and len({layer for layer, _, _ in updates}) == 5
+    here = load()
+    there = load(weights=False)
+    target = remote.Server(HOST, server.key)
+    for edit in made[:2]:
+        ids = here.tokenizer(edit.prompt, return_tensors="pt").input_ids
+        with torch.no_grad(), rome.edited_weights(here, updates):
+            want = here.hf(ids).logits[0, -1]
+        with there.parts.nn.session(backend=remote.backend(target, there)):
+            with there.parts.nn.trace(ids):
+                rome.apply_in_trace(there.parts, updates)
+                logits = there.parts.nn.output.logits[0, -1].save()
+            got = nnsight.save(logits)
+        torch.testing.assert_close(got.float(), want, rtol=1e-4, atol=1e-4)
+
+
 def test_circuit_scores_remotely(server, tmp_path):
     """`nnct circuit find --remote`: the gradients, the score products and every patched
     forward of the search run on the server; the scores equal the local run's (1e-4)."""
