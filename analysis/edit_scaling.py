@@ -1,0 +1,131 @@
+"""Many edits at once: ROME one edit after another, MEMIT and AlphaEdit in one batch and in
+sequential batches of 10, at 1, 10, 100, 300 and all 948 edits (MEMIT's Figure 5 and
+AlphaEdit's tables on one small model).
+
+    python analysis/edit_scaling.py --sizes 1,10,100,300,948 -o analysis/results/editing/scaling
+
+The facts edited are the first N of experiments/data/edit_scaling.jsonl: the 117 facts the
+embedded model knows that are not in experiments/data/known_smollm2.jsonl, then the other
+831 of ROME's known facts (GPT-2 XL's; this model does not know them); each new object is
+the record's first counterfactual. known_smollm2.jsonl's 60 facts are never edited: they
+are specificity's neighbours and retention's facts (`nnct edit --unedited`). Every arm at
+every size is one `nnct edit` process (`--evaluate 100`: at most 100 of the edits evaluated,
+all of them in the weights), its wall time and peak resident memory read by wait4; its
+pooled metrics (`nnct.analysis.editing`) with their 95% intervals are one row of
+`scaling.csv`. A row already there is not run again, so an interrupted study resumes; the
+edits files stay in `--runs`. Then `scaling.txt` and `scaling.png` (metrics against the
+number of edits, one line per arm, with the intervals).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from nnct.analysis.editing import pooled  # noqa: E402
+from nnct.results import edits as edits_file  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "experiments" / "data" / "edit_scaling.jsonl"
+UNEDITED = ROOT / "experiments" / "data" / "known_smollm2.jsonl"
+ARMS = {  # name: nnct edit's options
+    "rome-sequential": ["--method", "rome", "--layer", "4", "--sequential"],
+    "memit": ["--method", "memit", "--layers", "0-4"],
+    "alphaedit": ["--method", "alphaedit", "--layers", "0-4"],
+    "memit-seq10": ["--method", "memit", "--layers", "0-4", "--batch-size", "10", "--sequential"],
+    "alphaedit-seq10": ["--method", "alphaedit", "--layers", "0-4", "--batch-size", "10", "--sequential"],
+}
+METRICS = ("efficacy", "efficacy_magnitude", "paraphrase", "specificity", "fluency", "retention")
+FIELDS = ["arm", "edits", "seconds", "peak_mib"] + [f"{m}{s}" for m in METRICS for s in ("", "_low", "_high", "_n")]
+
+
+def run_arm(arm: str, n: int, runs: Path, evaluate: int) -> dict:
+    """One `nnct edit` process of `arm` over the first n facts: its row (time, peak memory,
+    pooled metrics)."""
+    out = runs / f"{arm}-{n}.nc"
+    command = [sys.executable, "-m", "nnct.cli", "edit", "--data", str(DATA), "--unedited", str(UNEDITED),
+               "--max-examples", str(n), "--evaluate", str(evaluate), "--out", str(out), "-q", *ARMS[arm]]
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise click.ClickException(f"{arm} at {n} edits failed:\n{output[-3000:]}")
+    made, attrs = edits_file.read(out)
+    row = {"arm": arm, "edits": len(made), "seconds": round(seconds, 1), "peak_mib": round(usage.ru_maxrss / 1024, 1)}
+    for name, (mean, low, high, count) in pooled(made, attrs).items():
+        row.update({name: mean, f"{name}_low": low, f"{name}_high": high, f"{name}_n": count})
+    return row
+
+
+def figure(rows: list[dict], path: Path) -> None:
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7), constrained_layout=True)
+    for ax, metric in zip(axes.flat, METRICS):
+        for arm in ARMS:
+            mine = sorted((r for r in rows if r["arm"] == arm), key=lambda r: int(r["edits"]))
+            if not mine:
+                continue
+            x = [int(r["edits"]) for r in mine]
+            y = [float(r[metric]) for r in mine]
+            err = [[y_ - float(r[f"{metric}_low"]) for y_, r in zip(y, mine)],
+                   [float(r[f"{metric}_high"]) - y_ for y_, r in zip(y, mine)]]
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=arm)
+        ax.set_xscale("log")
+        ax.set_xlabel("edits")
+        ax.set_title(metric)
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle("SmolLM2-135M: edits at once against their number (95% intervals; at most 100 edits evaluated)")
+    fig.savefig(path.with_suffix(".png"), dpi=120)
+    fig.savefig(path.with_suffix(".pdf"))
+
+
+def table(rows: list[dict]) -> str:
+    lines = [f"{'arm':18s}{'edits':>6s}{'seconds':>9s}{'MiB':>7s}" + "".join(f"{m[:12]:>22s}" for m in METRICS)]
+    for r in sorted(rows, key=lambda r: (int(r["edits"]), list(ARMS).index(r["arm"]))):
+        cells = "".join(f"{float(r[m]):8.3f} [{float(r[m + '_low']):5.2f},{float(r[m + '_high']):5.2f}]" for m in METRICS)
+        lines.append(f"{r['arm']:18s}{int(r['edits']):6d}{float(r['seconds']):9.0f}{float(r['peak_mib']):7.0f}{cells}")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.option("--sizes", default="1,10,100,300,948", show_default=True, help="Numbers of edits, in the order run.")
+@click.option("--arms", default=",".join(ARMS), show_default=True)
+@click.option("--evaluate", default=100, show_default=True, help="Edits evaluated per run (all stay in the weights).")
+@click.option("--runs", default="runs/edit-scaling", show_default=True, type=click.Path(file_okay=False),
+              help="Where the edits files go.")
+@click.option("-o", "out", required=True, type=click.Path(file_okay=False), help="scaling.csv, .txt, .png go here.")
+def main(sizes, arms, evaluate, runs, out):
+    out, runs = Path(out), Path(runs)
+    out.mkdir(parents=True, exist_ok=True)
+    runs.mkdir(parents=True, exist_ok=True)
+    path = out / "scaling.csv"
+    rows = list(csv.DictReader(path.open())) if path.is_file() else []
+    done = {(r["arm"], int(r["edits"])) for r in rows}
+    for n in (int(s) for s in sizes.split(",")):
+        for arm in arms.split(","):
+            if (arm, n) in done:
+                continue
+            rows.append(run_arm(arm, n, runs, evaluate))
+            with path.open("w", newline="") as f:  # after every run: an interrupted study keeps what finished
+                writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(rows)
+            click.echo(f"{arm} at {n}: {rows[-1]['seconds']} s, efficacy {float(rows[-1]['efficacy']):.3f}", err=True)
+    (out / "scaling.txt").write_text(table(rows) + "\n")
+    figure(rows, out / "scaling")
+    click.echo(table(rows))
+
+
+if __name__ == "__main__":
+    main()
