@@ -223,20 +223,28 @@ def test_wilson_interval_of_twenty_of_twenty():
     assert share == 0 and low == pytest.approx(0.0, abs=1e-12) and high == pytest.approx(0.2775, abs=1e-4)
 
 
-@pytest.mark.embedded
-def test_batch_methods_use_memits_context_prefixes():
-    """MEMIT's and AlphaEdit's prefixes (memit_main.get_context_templates) on the embedded
-    model: the bare prompt, then one text from each of "The", "Therefore", "Because", "I",
-    "You", each followed by ". "; ROME's stay 20 from the BOS token."""
-    from nnct.methods.edit import Where, context_prefixes
-    from nnct.model import load
+def test_batch_methods_use_memits_context_prefixes(monkeypatch):
+    """MEMIT's and AlphaEdit's prefixes (memit_main.get_context_templates): the bare prompt,
+    then one text sampled from each of "The", "Therefore", "Because", "I", "You" (their own
+    tokens, 10 tokens in all), each followed by ". "; ROME's stay 20, from the BOS token."""
+    from conftest import make_adapter
+    from nnct.methods import edit as edit_lib
 
-    where = Where(load())
-    memit = context_prefixes(where, 0, batch=True)
-    assert len(memit) == 6 and memit[0] == ""
-    for prefix, word in zip(memit[1:], ("The", "Therefore", "Because", "I", "You")):
-        assert prefix.startswith(word) and prefix.endswith(". ")
-    assert len(context_prefixes(where, 0)) == 21
+    where = edit_lib.Where(make_adapter("llama"))
+    tok = where.adapter.tokenizer
+    seen = []
+    sampled = edit_lib._sampled
+
+    def recording(where, ids, n, generator):
+        seen.append((ids.tolist(), n))
+        return sampled(where, ids, n, generator)
+
+    monkeypatch.setattr(edit_lib, "_sampled", recording)
+    memit = edit_lib.context_prefixes(where, 0, batch=True)
+    assert len(memit) == 6 and memit[0] == "" and all(p.endswith(". ") for p in memit[1:])
+    words = [tok(w, add_special_tokens=False)["input_ids"] for w in ("The", "Therefore", "Because", "I", "You")]
+    assert seen == [([w], 10 - len(w)) for w in words]
+    assert len(edit_lib.context_prefixes(where, 0)) == 21
 
 
 def test_targets_found_on_the_unedited_weights_are_cached_and_evaluation_sampled(tmp_path, tiny_model_dir, data_file):
