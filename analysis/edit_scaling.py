@@ -31,6 +31,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 
 from nnct.analysis.editing import pooled  # noqa: E402
 from nnct.results import edits as edits_file  # noqa: E402
@@ -78,8 +79,9 @@ def figure(rows: list[dict], path: Path) -> None:
                 continue
             x = [int(r["edits"]) for r in mine]
             y = [float(r[metric]) for r in mine]
-            err = [[y_ - float(r[f"{metric}_low"]) for y_, r in zip(y, mine)],
-                   [float(r[f"{metric}_high"]) - y_ for y_, r in zip(y, mine)]]
+            # no bar where the interval is undefined (one edit); Wilson's upper end can fall a rounding below 1
+            err = np.nan_to_num(np.clip([[y_ - float(r[f"{metric}_low"]) for y_, r in zip(y, mine)],
+                                         [float(r[f"{metric}_high"]) - y_ for y_, r in zip(y, mine)]], 0, None))
             ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=arm)
         ax.set_xscale("log")
         ax.set_xlabel("edits")
