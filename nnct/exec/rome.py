@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import compat
-from ..interventions.rank_one import edit_output, edited
+from ..interventions.rank_one import columns, edit_output, edited
 from ..model.parts import Parts, first, resolve
 from ..model.sites import SITES
 
@@ -351,13 +351,17 @@ def edited_weights(adapter, edits):
     """The local model with every edit written into its down projections' weights
     (W + outer(left, right), or W + left @ right.T for a batch edit's factors,
     `rank_one.edited`), restored on exit."""
-    kept = {}
+    kept, by_layer = {}, {}
+    for layer, left, right in edits:  # a layer's terms as one factor pair: one update (and rounding) per weight
+        by_layer.setdefault(int(layer), ([], []))
+        by_layer[int(layer)][0].append(columns(torch.as_tensor(left)).double())
+        by_layer[int(layer)][1].append(columns(torch.as_tensor(right)).double())
     try:
-        for layer, left, right in edits:
-            down = adapter.layer_modules()[int(layer)].get_submodule(adapter.layout.mlp_down)
-            kept.setdefault(id(down), (down, down.weight.data.clone()))
-            down.weight.data = edited(down.weight.data, torch.as_tensor(left, device=down.weight.device),
-                                      torch.as_tensor(right, device=down.weight.device))
+        for layer, (lefts, rights) in by_layer.items():
+            down = adapter.layer_modules()[layer].get_submodule(adapter.layout.mlp_down)
+            kept[layer] = (down, down.weight.data.clone())
+            device = down.weight.device
+            down.weight.data = edited(down.weight.data, torch.cat(lefts, 1).to(device), torch.cat(rights, 1).to(device))
         yield adapter
     finally:
         for down, weight in kept.values():

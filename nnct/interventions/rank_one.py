@@ -38,7 +38,7 @@ def rank_one_from(weight_key: torch.Tensor, key: torch.Tensor, value: torch.Tens
     return v - wk, u / (u @ k)
 
 
-def _columns(factor: torch.Tensor) -> torch.Tensor:
+def columns(factor: torch.Tensor) -> torch.Tensor:
     """A factor as a matrix of columns: a vector (ROME's rank one) is one column, a
     [d, r] factor (`batch_update`'s rank N) is itself."""
     return factor.reshape(factor.shape[0], -1)
@@ -48,7 +48,7 @@ def edited(weight: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> tor
     """The edited weight, in `weight`'s dtype: W + left @ right.T (outer(left, right) for
     vectors), for a weight stored [d_model, d_ff] (nn.Linear) or transposed [d_ff, d_model]
     (GPT-2's Conv1D)."""
-    update = _columns(left.to(weight.device, torch.float64)) @ _columns(right.to(weight.device, torch.float64)).T
+    update = columns(left.to(weight.device, torch.float64)) @ columns(right.to(weight.device, torch.float64)).T
     if weight.shape != update.shape:
         update = update.T
     return (weight.double() + update).to(weight.dtype)
@@ -58,5 +58,5 @@ def edit_output(output, key, left: torch.Tensor, right: torch.Tensor):
     """The down projection's output `output` [.., d_model] as the edited weight would give it
     from its input `key` [.., d_ff]: out + left * (key . right), or out + (key @ right) @ left.T
     for factors of several columns."""
-    scale = key @ _columns(right).to(key.dtype)
-    return output + scale @ _columns(left).T.to(output.dtype)
+    scale = key @ columns(right).to(key.dtype)
+    return output + scale @ columns(left).T.to(output.dtype)
