@@ -353,15 +353,14 @@ def edited_weights(adapter, edits):
     `rank_one.edited`), restored on exit."""
     kept, by_layer = {}, {}
     for layer, left, right in edits:  # a layer's terms as one factor pair: one update (and rounding) per weight
-        by_layer.setdefault(int(layer), ([], []))
-        by_layer[int(layer)][0].append(columns(torch.as_tensor(left)).double())
-        by_layer[int(layer)][1].append(columns(torch.as_tensor(right)).double())
+        down = adapter.layer_modules()[int(layer)].get_submodule(adapter.layout.mlp_down)
+        lefts, rights = by_layer.setdefault(int(layer), (down, [], []))[1:]
+        lefts.append(columns(torch.as_tensor(left, device=down.weight.device)).double())
+        rights.append(columns(torch.as_tensor(right, device=down.weight.device)).double())
     try:
-        for layer, (lefts, rights) in by_layer.items():
-            down = adapter.layer_modules()[layer].get_submodule(adapter.layout.mlp_down)
+        for layer, (down, lefts, rights) in by_layer.items():
             kept[layer] = (down, down.weight.data.clone())
-            device = down.weight.device
-            down.weight.data = edited(down.weight.data, torch.cat(lefts, 1).to(device), torch.cat(rights, 1).to(device))
+            down.weight.data = edited(down.weight.data, torch.cat(lefts, 1), torch.cat(rights, 1))
         yield adapter
     finally:
         for down, weight in kept.values():
