@@ -20,6 +20,13 @@ to the clean run's distribution). All gradients come from one backward pass: the
 are stacked once per number and each copy contributes one number to the sum that is
 differentiated (rows of a batch do not interact, so each row's gradient is its own number's).
 
+Several examples that share their prompts' length, corrupted rows and positions
+(`Engine.group_key`) are estimated at once (`attribute_group`; `attribute` is a group of
+one): the clean runs are the rows of one trace, each example's corrupted rows a block of
+another, and each gradient pass stacks all the examples' base rows once per number; each row
+reads its own example's answers and readout inputs (`readouts.per_example`), so each
+example's estimates are those it has alone (tests/exec/test_engine_groups_more.py).
+
 AtP* (Kramar et al. 2024) adds GradDrop against cancellation: a cell whose direct effect
 and an indirect one through some later layer cancel to first order has a gradient near zero
 although either path alone matters. With estimate "atp*" the gradient is taken L times,
@@ -91,16 +98,18 @@ def check(components, several_tokens: bool) -> None:
 
 
 def _values(a: Parts, ids: torch.Tensor, rows: int, sites, answers, edit=None, grad=False, drop=None, extra=(),
-            given=None):
+            given=None, kept_logprobs: int = 1):
     """One trace over `rows` rows: the sites' values ({site: [row, layer, token, d]}), the
-    numbers of each row [row, n] (NUMBERS, then the `extra` readouts' columns, read with
-    `given`), its top token [row] and row 0's log-probabilities [vocab]; with `grad`, also
-    the gradients of the numbers over `rows` = n x base rows, row block k carrying number k
-    ({site: [n, base row, layer, token, d]}). With `drop` (a layer; GradDrop), no gradient
-    flows through what that layer adds to the residual stream (`CONTRIBUTIONS`): their
-    gradients are set to zero, so its own sites' gradients are zero."""
+    numbers of each row [row, n] (NUMBERS of the answers' first tokens `answers` [row, 2],
+    then the `extra` readouts' columns, read with `given`), its top token [row] and the first
+    `kept_logprobs` rows' log-probabilities [row, vocab]; with `grad`, also the gradients of
+    the numbers over `rows` = n x base rows, row block k carrying number k ({site: [n, base
+    row, layer, token, d]}). With `drop` (a layer; GradDrop), no gradient flows through what
+    that layer adds to the residual stream (`CONTRIBUTIONS`): their gradients are set to
+    zero, so its own sites' gradients are zero."""
     n = len(NUMBERS) + readouts_lib.columns(extra)
     x = ids.to(a.device).expand(rows, -1)
+    answers = answers.to(a.device)
     saved: dict[str, list] = {s.name: [] for s in sites}
     grads: dict[tuple[str, int], object] = {}
     context = torch.enable_grad() if grad else torch.no_grad()
@@ -121,12 +130,11 @@ def _values(a: Parts, ids: torch.Tensor, rows: int, sites, answers, edit=None, g
                 read.append((site.name, layer, value, site.name in dropped))
         logits = a.nn.output.logits[:, -1].float()
         probs = logits.softmax(-1)
-        target, alt = answers
-        every = torch.stack([probs[:, target], probs[:, alt], logits[:, target], logits[:, alt]], dim=1)
+        every = torch.cat([probs.gather(-1, answers), logits.gather(-1, answers)], dim=1)
         if extra:
             every = torch.cat([every, readouts_lib.compute(extra, logits, given)], dim=1)
         numbers = every.detach().save()
-        logprobs = logits[0].log_softmax(-1).detach().save()
+        logprobs = logits[:kept_logprobs].log_softmax(-1).detach().save()
         top = logits.argmax(-1).save()
         if grad:
             base = rows // n
@@ -191,50 +199,92 @@ def attribute(model: Adapter | Parts, components: tuple[str, ...], window: int, 
     holds the estimates under their cube names (`names`, `readout_name` for each of the
     `extra` readouts), [cells..., answer]. `estimate` "atp*" adds GradDrop: the gradient is
     the mean of the model's L gradients with one layer's residual contribution dropped each
-    (`_values`), one backward pass each."""
+    (`_values`), one backward pass each. A group of one (`attribute_group`)."""
+    return attribute_group(model, components, window, reverse, [(ids, corrupt, answers, spellings)], estimate, extra)[0]
+
+
+def _stacked(jobs: list[tuple]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The group's corrupted ids [1 or G*S, position] (one row for a single example's noise:
+    the trace expands it) and noise [G*S, noised position, d] or None, example e's rows
+    e*S..e*S+S-1 (the examples share their positions and rows: `Engine.group_key`)."""
+    inputs = [job[1] for job in jobs]
+    if len(inputs) == 1:
+        return inputs[0].ids, inputs[0].values
+    ids = torch.cat([i.ids.expand(i.rows, -1) for i in inputs])
+    return ids, None if inputs[0].values is None else torch.cat([i.values for i in inputs])
+
+
+def attribute_group(model: Adapter | Parts, components: tuple[str, ...], window: int, reverse: bool, jobs: list[tuple],
+                    estimate: str = "atp", extra=()) -> list[Measures]:
+    """`attribute` of G examples at once, each job (ids, corrupted input, answers,
+    spellings), sharing their prompts' length, corrupted rows S and corrupted positions
+    (`Engine.group_key`): the clean runs are rows 0..G-1 of one trace, the corrupted runs
+    rows e*S..e*S+S-1 of another, and a gradient pass stacks the base runs' G (or G*S) rows
+    once per number. Rows do not interact, so the backward of the summed numbers gives each
+    row its own number's gradient, and each example's estimates are those it has alone."""
     if estimate not in ESTIMATES:
         raise ConfigError(f"estimate {estimate!r}: attribution patching is one of {', '.join(ESTIMATES)}")
-    check(components, any(len(a) > 1 for a in answers))
+    check(components, any(len(a) > 1 for job in jobs for a in job[2]))
     readouts_lib.check_gradient(extra)
     n = len(NUMBERS) + readouts_lib.columns(extra)
     a = parts = model.parts if isinstance(model, Adapter) else model
     sites = in_forward_order({COMPONENTS[c].site for c in components})
-    S, n_tokens = corrupt.rows, len(ids)
-    first = (answers[0][0], answers[1][0])
-    clean_ids = torch.tensor([list(ids)], dtype=torch.long, device=a.device)
-    edit = None
-    if corrupt.values is not None:
-        edit = (list(corrupt.positions), corrupt.values.to(a.device, a.torch_dtype), corrupt.replace)
+    G, S, n_tokens, corrupt = len(jobs), jobs[0][1].rows, len(jobs[0][0]), jobs[0][1]
+    first = [(job[2][0][0], job[2][1][0]) for job in jobs]
+    spellings = [job[3] for job in jobs]
+    tokens = torch.tensor(first, dtype=torch.long, device=a.device)  # [G, 2]: each example's answers' first tokens
+    clean_ids = torch.tensor([list(job[0]) for job in jobs], dtype=torch.long, device=a.device)
+    corrupt_ids, noise = _stacked(jobs)
+    edit = None if noise is None else (list(corrupt.positions), noise.to(a.device, a.torch_dtype), corrupt.replace)
     drops = list(range(a.n_layers)) if estimate == "atp*" else [None]
     trainable = [p for p in compat.torch_module(parts.nn).parameters() if p.requires_grad]
     _set_grad(trainable, False)
-    given = readouts_lib.Given(first, spellings)
+    given = readouts_lib.per_example(first, spellings, device=a.device)
     try:
         if reverse:  # the gradient at the clean run, the corrupted values as the source
             if extra:  # the corrupted run's readouts (`kl`) need the clean run's distribution
-                given = readouts_lib.Given(first, spellings, _values(parts, clean_ids, 1, (), first)[3])
-            source, corrupted, _, _, _ = _values(parts, corrupt.ids, S, sites, first, edit, extra=extra, given=given)
-            base, clean, top, g = _mean_gradient(parts, clean_ids, n, sites, first, None, drops, extra, given)
-            delta = {k: source[k] - base[k][:1] for k in source}  # [S, layer, token, d]
+                reference = _values(parts, clean_ids, G, (), tokens, kept_logprobs=G)[3]
+                given = readouts_lib.per_example(first, spellings, reference, a.device)
+            source, corrupted, _, _, _ = _values(parts, corrupt_ids, G * S, sites, tokens.repeat_interleave(S, dim=0),
+                                                 edit, extra=extra, given=given)
+            # the gradient pass: number k's block holds the G clean rows
+            stacked = readouts_lib.per_example(first * n, spellings * n, None if not extra else reference.repeat(n, 1),
+                                               a.device)
+            base, clean, top, g = _mean_gradient(parts, clean_ids.repeat(n, 1), n * G, sites, tokens.repeat(n, 1),
+                                                 None, drops, extra, stacked)
+            base = {k: v[:G].repeat_interleave(S, dim=0) for k, v in base.items()}  # each example's, per corrupted row
+            g = {k: v[:, :, None] for k, v in g.items()}  # [number, G, 1, layer, token, d]
+            clean, top = clean[:G], top[:G]
         else:
-            source, clean, top, reference, _ = _values(parts, clean_ids, 1, sites, first, extra=extra, given=given)
-            given = readouts_lib.Given(first, spellings, reference)
+            source, clean, top, reference, _ = _values(parts, clean_ids, G, sites, tokens, extra=extra, given=given,
+                                                       kept_logprobs=G)
+            source = {k: v.repeat_interleave(S, dim=0) for k, v in source.items()}  # each example's, per corrupted row
+            # the gradient pass: number k's block holds the G*S corrupted rows
+            stacked = readouts_lib.per_example(first * n, spellings * n, reference.repeat(n, 1), a.device)
             stacked_edit = None if edit is None else (edit[0], edit[1].repeat(n, 1, 1), edit[2])
-            stacked_ids = corrupt.ids.repeat(n, 1) if corrupt.ids.shape[0] > 1 else corrupt.ids
-            base, corrupted, _, g = _mean_gradient(parts, stacked_ids, n * S, sites, first, stacked_edit, drops, extra, given)
-            delta = {k: source[k] - base[k][:S] for k in source}
-            corrupted = corrupted[:S]
+            stacked_ids = corrupt_ids.repeat(n, 1) if corrupt_ids.shape[0] > 1 else corrupt_ids
+            base, corrupted, _, g = _mean_gradient(parts, stacked_ids, n * G * S, sites,
+                                                   tokens.repeat_interleave(S, dim=0).repeat(n, 1), stacked_edit, drops,
+                                                   extra, stacked)
+            base = {k: v[:G * S] for k, v in base.items()}
+            g = {k: v.unflatten(1, (G, S)) for k, v in g.items()}  # [number, G, S, layer, token, d]
+            corrupted = corrupted[:G * S]
     finally:
         _set_grad(trainable, True)
-    # contributions [number, sample, layer, token(, head)]: the change dotted with the gradient
-    contrib = {}
-    for site in sites:
-        product = delta[site.name][None].double() * g[site.name]
-        if site.heads:
-            product = product.unflatten(-1, (a.n_heads, a.d_head))
-        contrib[site.name] = product.sum(-1).mean(dim=1).cpu()  # [number, layer, token(, head)]
-    out = _cell_sums(contrib, a, components, window, n_tokens, corrupt.changed(list(ids)), n)
-    return _measures(out, extra, reverse, clean.cpu(), corrupted.cpu(), int(top[0]))
+    out = []
+    for e, (ids, corrupt_e, *_) in enumerate(jobs):
+        rows = slice(e * S, (e + 1) * S)
+        # contributions [number, sample, layer, token(, head)]: the change dotted with the gradient
+        contrib = {}
+        for site in sites:
+            delta = source[site.name][rows] - base[site.name][rows]  # [S, layer, token, d]
+            product = delta[None].double() * g[site.name][:, e]
+            if site.heads:
+                product = product.unflatten(-1, (a.n_heads, a.d_head))
+            contrib[site.name] = product.sum(-1).mean(dim=1).cpu()  # [number, layer, token(, head)]
+        cube = _cell_sums(contrib, a, components, window, n_tokens, corrupt_e.changed(list(ids)), n)
+        out.append(_measures(cube, extra, reverse, clean[e:e + 1].cpu(), corrupted[rows].cpu(), int(top[e])))
+    return out
 
 
 def _measures(out: dict, extra, reverse: bool, clean, corrupted, top: int) -> Measures:

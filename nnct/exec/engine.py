@@ -21,14 +21,20 @@ forward per batch of the schedule (`plan`):
 Cells before the first changed token need no forward: their values are the base run's.
 
 Several examples run as one group (`trace_group`) when they share a `group_key`: the same
-prompt length, first changed token, noised positions, corrupted rows and answer lengths, so
-the same cells, schedule and passes. Each forward then runs every example of the group, each
-in a block of rows of its own (clean runs: row e; corrupted runs: rows e*S..e*S+S-1; a
-batch's: its cells' rows for example e after those for e-1), each block reading its own
-example's base and source rows and answer tokens, and each example's share of the batch's
-rows is the group's share of what one example would take. A forward's time is mostly its
-Python and nnsight cost, not its arithmetic, when a model is small or the device is fast: a
-group of G examples takes the passes of one. One example alone is a group of one.
+prompt length, first changed token, noised positions, corrupted rows and answer lengths (and
+the settings' estimate), so the same cells, schedule and passes. Each forward then runs
+every example of the group, each in a block of rows of its own (clean runs: row e;
+corrupted runs: rows e*S..e*S+S-1; a batch's: its cells' rows for example e after those for
+e-1), each block reading its own example's base and source rows and answer tokens, and each
+example's share of the batch's rows is the group's share of what one example would take.
+The extra readouts group too: each block reads its own example's answers, spellings and
+clean run's log-probabilities (`readouts.per_example`). So does attribution patching
+(`estimate` "atp", "atp*"): its clean, corrupted and gradient passes stack the group's rows
+(`attribution.attribute_group`), and each example's exact screen (`verify`) is then patched
+on its own, its cells being its own. A forward's time is mostly its Python and nnsight cost,
+not its arithmetic, when a model is small or the device is fast: a group of G examples takes
+few more passes than one (`costs`: the plan weighs passes against arithmetic). One example
+alone is a group of one.
 
 The engine does not know what made the corrupted input: noise and a counterfactual prompt
 are both a `RunInput`. An answer of several tokens (teacher-forced probability) is read in a
@@ -60,7 +66,7 @@ from ..interventions.plan import Batch, Cell, cells, patches, schedule, screened
 from ..model.loading import REMOTE
 from ..model.parts import Adapter, Parts
 from ..model.sites import SITES, in_forward_order
-from .attribution import attribute, names
+from .attribution import NUMBERS, attribute_group, names
 from .measures import MEAN_BY_POSITION, Measures
 
 Answers = tuple[tuple[int, ...], tuple[int, ...]]  # (target tokens, alt tokens)
@@ -87,6 +93,7 @@ class Settings:
     readouts: tuple = ()  # the extra readouts (`readouts.extra`), each stored per run and cell
     operation: str = "copy"  # what a cell writes (`interventions.operations`); zero, mean: ablation
     reference: tuple = ()  # mean ablation: the reference prompts' token ids
+    pass_positions: tuple | None = None  # the cost model's (`costs.pass_positions`); None: FLOPs alone
 
 
 def _trace_kwargs(kept_logits: int, keep_cache: bool, cache) -> dict:
@@ -157,7 +164,7 @@ class Run:
     states: dict[str, torch.Tensor]  # site -> [row, layer, token, d_model]
     cache: object = None  # the model's key/value cache of every position
     top1: torch.Tensor | None = None  # [row], the most probable next token
-    logprobs: torch.Tensor | None = None  # [vocab]: row 0's log-probabilities (the reference of `kl`)
+    logprobs: torch.Tensor | None = None  # [row, vocab]: the log-probabilities (the clean runs': `kl`'s reference)
 
 
 @dataclass(frozen=True)
@@ -166,13 +173,13 @@ class _Read:
     each, in order; an example's rows are a contiguous block of a forward's rows): the
     answers' first tokens at the last prompt position, and `follow`, the tokens of one
     answer after its first, at the positions after it; the extra readouts' inputs
-    (`spellings`; `reference`: the clean run's log-probabilities, set once the clean run has
-    them; readouts are read in groups of one)."""
+    (`spellings`, each example's pair, None for none; `reference`: the clean runs'
+    log-probabilities [example, vocab], set once the clean runs have them)."""
 
     first: tuple[tuple[int, int], ...]
     follow: tuple[tuple[int, ...], ...] = ((),)
     answer: int = 0  # which answer `follow` continues (0 target, 1 alt)
-    spellings: tuple = ((), ())
+    spellings: tuple | None = None
     reference: torch.Tensor | None = None
 
 
@@ -192,6 +199,7 @@ class Engine:
         self.parts = model.parts if isinstance(model, Adapter) else model
         self.settings = settings
         self._means: dict = {}  # mean ablation's reference values, by (sites, prompt length or None)
+        self.forwards = 0  # forward passes run (`nnct bench` reports them)
 
     def _forward(self, ids: torch.Tensor, rows: int, read: _Read, *, edit=None, writes=None, save=(), keep_cache=False,
                  first_layer=0, cache=None, skip_value=None, top1=False, keep_logprobs=False) -> Run:
@@ -202,6 +210,7 @@ class Engine:
         `first_layer` are skipped and output `skip_value`; `cache` holds the positions
         before these.
         """
+        self.forwards += 1
         a, writes, extra = self.parts, writes or {}, self.settings.readouts
         x = ids.to(a.device).expand(rows, -1)
         saved: dict[str, list] = {c: [] for c in save}
@@ -211,6 +220,8 @@ class Engine:
         n_follow = len(read.follow[0])
         follow_at = torch.tensor(read.follow, device=a.device).repeat_interleave(per, dim=0)[..., None] if n_follow else None
         kwargs = _trace_kwargs(1 + n_follow, keep_cache, cache)
+        # each example's readout inputs, read by its own block of rows
+        given = readouts_lib.per_example(read.first, read.spellings, read.reference, a.device) if extra else None
         sites = in_forward_order({name for _, name in writes} | set(saved))
         kept = top = follow = measured = logprobs = None  # only values saved in the trace come out of it
         with torch.no_grad(), compat.old_cache_keyword(), a.nn.trace(x, **kwargs):
@@ -237,10 +248,9 @@ class Engine:
             logits = at.gather(-1, first).save()
             probs = at.softmax(-1).gather(-1, first).save()
             if extra:
-                given = readouts_lib.Given(read.first[0], read.spellings, read.reference)
                 measured = readouts_lib.compute(extra, at, given).save()
             if keep_logprobs:
-                logprobs = at[0].log_softmax(-1).save()
+                logprobs = at.log_softmax(-1).save()
             if n_follow:
                 rest = output.logits[:, 1:].float().log_softmax(-1)
                 follow = rest.gather(-1, follow_at).sum(dim=(1, 2)).save()
@@ -347,10 +357,11 @@ class Engine:
         return p[0, P].numpy(), top
 
     @staticmethod
-    def _passes(group: list[Answers], spellings=((), ())) -> list[tuple[list[list[int]], _Read]]:
+    def _passes(group: list[Answers], spellings=None) -> list[tuple[list[list[int]], _Read]]:
         """(tokens appended to each example's prompt, what is read) per pass: one pass when
         both answers are one token, else one per answer of several tokens (its earlier tokens
-        appended). A group's answers have the same lengths (`group_key`): the same passes."""
+        appended). A group's answers have the same lengths (`group_key`): the same passes.
+        `spellings`: each example's (`prob_any`), None for none."""
         first = tuple((answers[0][0], answers[1][0]) for answers in group)
         long = [k for k, a in enumerate(group[0]) if len(a) > 1]
         return ([([list(answers[k][:-1]) for answers in group],
@@ -366,22 +377,25 @@ class Engine:
             out[..., read.answer] = out[..., read.answer] * torch.exp(values[..., FOLLOW])
         return out
 
-    def group_key(self, ids, corrupt: RunInput, answers: Answers) -> tuple | None:
+    def group_key(self, ids, corrupt: RunInput, answers: Answers) -> tuple:
         """What examples must share to run as one group: their prompt's and corrupted input's
         shapes, first changed token, noised positions and answers' lengths, and so their cells,
-        schedule and passes. None for an example that runs alone: an estimate (attribution
-        patching runs its own passes) or extra readouts (read per example)."""
-        s = self.settings
-        if s.estimate != "exact" or s.readouts:
-            return None
+        schedule and passes (with an estimate, attribution patching's stacked runs: the same
+        rows, positions and changed positions), and the estimate. Extra readouts group too:
+        each example reads its own answers, spellings and clean reference."""
         return (len(ids), len(answers[0]), len(answers[1]), corrupt.rows, tuple(corrupt.ids.shape),
-                corrupt.changed(list(ids)), tuple(corrupt.positions), corrupt.replace, corrupt.values is None)
+                corrupt.changed(list(ids)), tuple(corrupt.positions), corrupt.replace, corrupt.values is None,
+                self.settings.estimate)
 
     def group_size(self, key: tuple) -> int:
         """The most examples of `key` one group may hold: one cell of each must fit in the rows
-        (and, on a CPU, the rows x positions) that one forward may take."""
+        (and, on a CPU, the rows x positions) that one forward may take; with an estimate,
+        each example's rows stacked once per number (`attribution`)."""
+        s = self.settings
         n_all = key[0] + max(key[1], key[2]) - 1  # with an answer's earlier tokens appended
-        samples = 1 if self.settings.operation in ABLATIONS else key[3]
+        samples = 1 if s.operation in ABLATIONS else key[3]
+        if s.estimate != "exact":
+            samples = key[3] * (len(NUMBERS) + readouts_lib.columns(s.readouts))
         rows, token_rows = self._rows(n_all, samples)
         most = rows // samples if token_rows is None else min(rows // samples, token_rows // (samples * n_all))
         return max(1, most)
@@ -400,41 +414,47 @@ class Engine:
         p_restored, the rest NaN). `spellings`: each answer's spellings' first tokens, for
         the `prob_any` readout. With an ablating operation the clean run is the base and
         `corrupt` is not read."""
-        s = self.settings
-        if s.estimate == "exact":
-            return self._exact([(ids, corrupt, answers)], on_batch, spellings=spellings)[0]
-        measures = attribute(self.parts, s.components, s.window, s.reverse, ids, corrupt, answers, s.estimate,
-                             s.readouts, spellings)
-        if s.verify or s.verify_sample:
-            a = self.parts
-            p_name = {v: names(v)[0] for v in variables(s.components)}
-            target = {v: measures.restored[p_name[v]][..., 0] for v in p_name}
-            first_changed = corrupt.changed(list(ids))
-            rng = np.random.default_rng([s.seed % (1 << 64), *[int(i) for i in ids]])  # numpy takes no negative seed
-            chosen = screened(target, cells(len(ids), a.n_layers, s.components, a.n_heads, first_changed), s.components,
-                              s.verify, s.verify_sample, rng, first_changed)
-            measures.restored.update(self._exact([(ids, corrupt, answers)], None, chosen, spellings)[0].restored)
-        return measures
+        return self._group([(ids, corrupt, answers, spellings)], on_batch)[0]
 
     def trace_group(self, jobs: list[tuple], on_batch: Callable[[int], None] | None = None) -> list[Measures]:
         """The measures of several examples, each job `trace`'s (ids, corrupted input, answers,
         spellings), that share a `group_key`: every forward runs all of them, each in its own
         block of rows, and each example's measures equal its own `trace`'s
         (docs/many-examples.md). `on_batch` counts the cells of all of them."""
-        if len(jobs) == 1:
-            return [self.trace(*jobs[0], on_batch=on_batch)]
-        keys = {self.group_key(*job[:3]) for job in jobs}
-        if None in keys or len(keys) > 1:
+        if len({self.group_key(*job[:3]) for job in jobs}) > 1:
             raise ConfigError("the examples of a group must share one group_key")
-        return self._exact([job[:3] for job in jobs], on_batch)
+        return self._group(jobs, on_batch)
 
-    def _exact(self, jobs: list[tuple], on_batch, only: list[Cell] | None = None, spellings=((), ())) -> list[Measures]:
+    def _group(self, jobs: list[tuple], on_batch) -> list[Measures]:
+        """`trace_group` of jobs known to share a key: exact patching, or the estimates of
+        attribution patching (one stacked run for the group), each example's screen then
+        patched exactly on its own (its cells are its own)."""
+        s = self.settings
+        jobs = [(*job[:3], job[3] if len(job) > 3 else ((), ())) for job in jobs]
+        if s.estimate == "exact":
+            return self._exact(jobs, on_batch)
+        group = attribute_group(self.parts, s.components, s.window, s.reverse, jobs, s.estimate, s.readouts)
+        if s.verify or s.verify_sample:
+            a = self.parts
+            p_name = {v: names(v)[0] for v in variables(s.components)}
+            for job, measures in zip(jobs, group):
+                ids, corrupt = job[:2]
+                target = {v: measures.restored[p_name[v]][..., 0] for v in p_name}
+                first_changed = corrupt.changed(list(ids))
+                rng = np.random.default_rng([s.seed % (1 << 64), *[int(i) for i in ids]])  # numpy takes no negative seed
+                chosen = screened(target, cells(len(ids), a.n_layers, s.components, a.n_heads, first_changed),
+                                  s.components, s.verify, s.verify_sample, rng, first_changed)
+                measures.restored.update(self._exact([job], None, chosen)[0].restored)
+        return group
+
+    def _exact(self, jobs: list[tuple], on_batch, only: list[Cell] | None = None) -> list[Measures]:
         """Every cell (or those of `only`) patched, for each job (ids, corrupted input,
-        answers) of a group: the measures of `trace`, one per job."""
+        answers, spellings) of a group: the measures of `trace`, one per job."""
         summed, top1 = None, []
-        for k, (extra, read) in enumerate(self._passes([answers for _, _, answers in jobs], spellings)):
+        spellings = [job[3] for job in jobs] if self.settings.readouts else None
+        for k, (extra, read) in enumerate(self._passes([job[2] for job in jobs], spellings)):
             group_ids, inputs = [], []
-            for (ids, corrupt, _), more in zip(jobs, extra):
+            for (ids, corrupt, *_), more in zip(jobs, extra):
                 group_ids.append(list(ids) + more)
                 more = torch.tensor([more], dtype=torch.long, device=corrupt.ids.device).expand(corrupt.ids.shape[0], -1)
                 inputs.append(RunInput(torch.cat([corrupt.ids, more], dim=1), corrupt.positions, corrupt.values, corrupt.replace))
@@ -443,9 +463,9 @@ class Engine:
             summed = {name: self._combine(None if summed is None else summed[name], v, read) for name, v in got.items()}
         clean, corrupted = summed.pop("clean"), summed.pop("corrupt")
         S = corrupted.shape[0] // len(jobs)  # the corrupted rows of each example
-        return [self._measures(len(ids), clean[e : e + 1], corrupted[e * S : (e + 1) * S], top1[e],
+        return [self._measures(len(job[0]), clean[e : e + 1], corrupted[e * S : (e + 1) * S], top1[e],
                                {name: v[..., e * S : (e + 1) * S, :] for name, v in summed.items()})
-                for e, (ids, _, _) in enumerate(jobs)]
+                for e, job in enumerate(jobs)]
 
     def _measures(self, n_tokens: int, clean: torch.Tensor, corrupted: torch.Tensor, top1: int, summed: dict) -> Measures:
         """One example's measures from its rows' values: the clean run's [1, V], the corrupted
@@ -502,7 +522,9 @@ class Engine:
         # each example's share of a forward: the group's batches take as many rows as one example's would
         rows, token_rows = max(S, rows // G), (None if token_rows is None else token_rows // G)
         todo = cells(n_tokens, a.n_layers, s.components, a.n_heads, first_changed) if only is None else only
-        plan = schedule(todo, S, rows, s.window, a.n_layers, first_changed, n_all, token_rows)
+        # a pass's own cost is shared by the group's examples
+        slack = None if s.pass_positions is None else tuple(p / G for p in s.pass_positions)
+        plan = schedule(todo, S, rows, s.window, a.n_layers, first_changed, n_all, token_rows, pass_positions=slack)
         for cell in plan.unchanged:
             variable, at = slot(cell, s.components)
             restored[variable][at] = base_values

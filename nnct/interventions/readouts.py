@@ -12,7 +12,9 @@ rows, and `--metric <name>` reads them back as effects.
 `logit_diff` is made from the stored logits; the others are **extra** readouts, each an
 entry of `READOUTS`. In Python a readout may also be a callable `logits -> values[row]`
 (`Custom`); it runs where the trace runs, so a run sent to a server takes named readouts
-only (`check_remote`).
+only (`check_remote`). A group of examples run in one forward, each in a block of rows of its
+own, reads each block against its own example's answers, spellings and reference
+(`per_example`).
 
 Adding a readout is one `Readout` entry: a name, whether it has an answer axis, a function
 `(logits, given) -> [row, answer or 1]` (plain torch on the trace's tensors, defined at
@@ -32,34 +34,79 @@ class Given:
     """What a readout may use besides the logits: the answers' first tokens (target, alt),
     each answer's spellings' first tokens (for `prob_any`; padded with -1), and the clean
     run's log-probabilities over the vocabulary at the last position (for `kl`; None in the
-    clean run itself, which is its own reference)."""
+    clean run itself, which is its own reference).
+
+    For one example these are plain tuples and a tensor [vocab]. For G examples whose rows
+    are G equal contiguous blocks (`per_example`: the engine's groups, attribution
+    patching's stacked runs), they are tensors of one entry per example: answers [G, 2],
+    spellings [G, 2, k] (padded with -1) and reference [G, vocab]; each row reads its own
+    block's."""
 
     answers: tuple[int, int]
     spellings: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
-    reference: object = None  # a tensor [vocab]
+    reference: object = None  # a tensor [vocab], or [G, vocab]: one per example
+
+
+def per_example(answers, spellings=None, reference=None, device=None) -> Given:
+    """A `Given` of G examples, each read in its own block of rows (G equal contiguous
+    blocks): `answers` their first tokens ((target, alt) each), `spellings` each example's
+    pair of spellings' first tokens (None: none; an answer without spellings counts its own
+    token, as `prob_any` does for one example), `reference` [G, vocab] or None."""
+    import torch
+
+    spelled = []
+    for e, pair in enumerate(answers):
+        given = spellings[e] if spellings else ((), ())
+        spelled.append([[t for t in (given[k] or (pair[k],)) if t >= 0] for k in range(2)])
+    width = max(len(s) for both in spelled for s in both)
+    padded = [[s + [-1] * (width - len(s)) for s in both] for both in spelled]
+    return Given(torch.tensor([list(pair) for pair in answers], dtype=torch.long, device=device),
+                 torch.tensor(padded, dtype=torch.long, device=device), reference)
+
+
+def _per_row(values, rows: int):
+    """A per-example tensor [G, ...] repeated over each example's block of `rows` // G rows."""
+    return values.repeat_interleave(rows // values.shape[0], dim=0)
+
+
+def _tokens(logits, given: Given):
+    """[row, 2]: each row's answers' first tokens (target, alt)."""
+    import torch
+
+    if isinstance(given.answers, torch.Tensor):
+        return _per_row(given.answers.to(logits.device), logits.shape[0])
+    return torch.tensor(list(given.answers), device=logits.device).expand(logits.shape[0], 2)
 
 
 def _prob(logits, given: Given):
-    return logits.softmax(-1)[:, list(given.answers)]
+    return logits.softmax(-1).gather(-1, _tokens(logits, given))
 
 
 def _logit(logits, given: Given):
-    return logits[:, list(given.answers)]
+    return logits.gather(-1, _tokens(logits, given))
 
 
 def _logprob(logits, given: Given):
-    return logits.log_softmax(-1)[:, list(given.answers)]
+    return logits.log_softmax(-1).gather(-1, _tokens(logits, given))
 
 
 def _rank(logits, given: Given):
     # 0 = the most probable token; ties count in the answer's favour
-    own = logits[:, list(given.answers)]
+    own = logits.gather(-1, _tokens(logits, given))
     return (logits[:, None, :] > own[:, :, None]).sum(-1).to(logits.dtype)
 
 
 def _kl(logits, given: Given):
     logp = logits.log_softmax(-1)
-    ref = logp if given.reference is None else given.reference.to(logp.device)[None, :]
+    if given.reference is None:
+        ref = logp
+    else:
+        ref = given.reference.to(logp.device)
+        if ref.dim() == 2:  # each example's own, against its block of rows
+            blocks = logp.reshape(ref.shape[0], -1, logp.shape[-1])
+            ref = ref[:, None, :]
+            return (ref.exp() * (ref - blocks)).sum(-1).reshape(-1, 1)
+        ref = ref[None, :]
     return (ref.exp() * (ref - logp)).sum(-1, keepdim=True)
 
 
@@ -67,6 +114,10 @@ def _prob_any(logits, given: Given):
     import torch  # here: commands that only read cubes start without torch
 
     probs = logits.softmax(-1)
+    if isinstance(given.spellings, torch.Tensor):  # per example, padded with -1: [G, 2, k]
+        spelled = _per_row(given.spellings.to(logits.device), logits.shape[0])
+        found = probs.gather(-1, spelled.clamp(min=0).flatten(1)).reshape(spelled.shape)
+        return torch.where(spelled >= 0, found, torch.zeros_like(found)).sum(-1)
     sums = []
     for k in range(2):
         tokens = [t for t in (given.spellings[k] or (given.answers[k],)) if t >= 0]
@@ -75,7 +126,8 @@ def _prob_any(logits, given: Given):
 
 
 def _logit_diff(logits, given: Given):
-    return (logits[:, given.answers[0]] - logits[:, given.answers[1]])[:, None]
+    own = logits.gather(-1, _tokens(logits, given))
+    return (own[:, 0] - own[:, 1])[:, None]
 
 
 @dataclass(frozen=True)
