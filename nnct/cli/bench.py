@@ -29,9 +29,12 @@ from .options import execution, settings
 @click.option("--method", type=click.Choice(["exact", "atp", "atp*"]), default="exact", show_default=True,
               help="exact: nnct's engine against one forward per cell; atp (atp*: with GradDrop): attribution patching"
                    " against nnct's engine, with the agreement of its estimates.")
+@click.option("--examples", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Also trace this many examples of the bench's prompt at once (noise: as many noise draws; prompt: the"
+                   " pair that many times), beside one alone (--method exact).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the measurements as JSON.")
-def bench(data, tokens, corruption, operation, reference, components, samples, window, plain_cells, passage, method, json_out,
-          **options):
+def bench(data, tokens, corruption, operation, reference, components, samples, window, plain_cells, passage, method, examples,
+          json_out, **options):
     """Time nnct's engine against one forward per cell on one prompt, side by side (--method
     atp or atp*: attribution patching against the engine)."""
     from ..interventions.components import components as parse_components
@@ -50,7 +53,7 @@ def bench(data, tokens, corruption, operation, reference, components, samples, w
         else:
             result = bench_lib.run(session.adapter, data, tokens, parse_components(components), samples, window,
                                    cfg.batch_rows, plain_cells, passage=passage, corruption=corruption, op=operation,
-                                   reference=reference)
+                                   reference=reference, examples=examples)
         if json_out:
             files.write_json(json_out, result)
         return result

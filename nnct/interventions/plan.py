@@ -129,17 +129,20 @@ class Schedule:
 # A batch runs all its rows from its first cell's token: a row of a later cell recomputes
 # positions it did not need. A batch stops growing before that waste passes this share of
 # what its cells need (measured on the embedded model, 26 tokens: with one corrupted row,
-# unbounded batches computed 1.75x the exact floor; 0.15 keeps every case near 1.1x).
+# unbounded batches computed 1.75x the exact floor; 0.15 keeps every case near 1.1x), or,
+# where a pass costs more than that waste would (the cost model, `exec.costs`), before it
+# passes what one more pass would cost.
 MAX_WASTE = 0.15
-
-
 def schedule(all_cells: list[Cell], samples: int, batch_rows: int, window: int, n_layers: int, first_changed: int,
-             n_tokens: int, token_rows: int | None = None, max_waste: float = MAX_WASTE) -> Schedule:
+             n_tokens: int, token_rows: int | None = None, max_waste: float = MAX_WASTE,
+             pass_positions: tuple[float, ...] | None = None) -> Schedule:
     """Batches of at most `batch_rows` rows (at least one cell) sharing a first layer, each
     of cells adjacent in token order, so that running a batch from its smallest token wastes
-    little: a batch grows while the positions it runs (rows x (n_tokens - start)) stay within
-    1 + `max_waste` of those its cells need, and, with `token_rows`, while they stay within
-    that many rows x positions (batches that start late, and so run few positions, take more
+    little: a batch grows while the positions it runs (rows x (n_tokens - start)) exceed
+    those its cells need by at most `max_waste` of them, or, with `pass_positions` (per first
+    layer: the rows x positions whose arithmetic takes as long as one pass's own cost), by at
+    most that many, whichever is more; and, with `token_rows`, while they stay within that
+    many rows x positions (batches that start late, and so run few positions, take more
     cells). (Tiles spanning two or three first layers were measured too: slower.)"""
     most = max(1, batch_rows // samples)
     unchanged = [c for c in all_cells if c.token < first_changed]
@@ -150,13 +153,14 @@ def schedule(all_cells: list[Cell], samples: int, batch_rows: int, window: int, 
     out = []
     for layer, group in sorted(groups.items()):
         group.sort(key=lambda c: (c.token, c.layer, c.component, -1 if c.head is None else c.head))
+        slack = 0.0 if pass_positions is None else pass_positions[layer]
         i = 0
         while i < len(group):
             start, needed, n = group[i].token, 0, 0
             while i + n < len(group) and n < most:
                 run = (n + 1) * samples * (n_tokens - start)
                 need = needed + samples * (n_tokens - group[i + n].token)
-                if n and (run > (1 + max_waste) * need or (token_rows is not None and run > token_rows)):
+                if n and (run > max((1 + max_waste) * need, need + slack) or (token_rows is not None and run > token_rows)):
                     break
                 needed, n = need, n + 1
             out.append(Batch(group[i : i + n], start=start, first_layer=layer))

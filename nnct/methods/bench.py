@@ -36,13 +36,14 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import DataError
+from ..exec import costs
 from ..exec.engine import CPU_TOKEN_ROWS, Engine, Settings, auto_batch_rows, embedding_std, memory_budget
 from ..inputs import spans
 from ..inputs.pairs import substitute
@@ -52,6 +53,7 @@ from ..interventions.corruption import RunInput, clean_input, draw, noise_input,
 from ..interventions.operations import ABLATIONS, Values, operation
 from ..interventions.components import COMPONENTS, whole
 from ..interventions.plan import Cell, cells, first_layer, schedule, slot, written_layers
+from ..model.flops import Shape
 from ..model.parts import Adapter
 from ..model.sites import SITES
 from ..results.cube import TITLES
@@ -190,30 +192,6 @@ class _PlainLoop:
 
 # -- counting -------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Shape:
-    d: int
-    d_q: int
-    d_kv: int
-    d_ff: int
-    mlp_mats: int  # 3 for gated MLPs (Llama family), 2 otherwise
-    vocab: int
-    n_layers: int
-
-    @classmethod
-    def of(cls, a: Adapter) -> "Shape":
-        gated = hasattr(a.hf.get_submodule(a.layout.layers)[0].get_submodule(a.layout.mlp), "gate_proj")
-        return cls(a.d_model, a.d_q, a.d_kv, a.d_ff, 3 if gated else 2, a.vocab, a.n_layers)
-
-    def forward(self, rows: int, n_tokens: int, start: int = 0, first: int = 0, logits_at: int = 1) -> float:
-        """FLOPs of `rows` rows over positions [start, n_tokens) and layers [first, L)."""
-        per_pos = 2 * self.d * (2 * self.d_q + 2 * self.d_kv) + 2 * self.mlp_mats * self.d * self.d_ff
-        positions = n_tokens - start
-        keys = sum(p + 1 for p in range(start, n_tokens))  # causal attention reads p+1 keys at p
-        layer = positions * per_pos + 4 * self.d_q * keys
-        return float(rows) * ((self.n_layers - first) * layer + logits_at * 2 * self.d * self.vocab)
-
-
 def floor_flops(shape: Shape, n_tokens: int, samples: int, todo: list[Cell], window: int, first_corrupted: int,
                 ablating: bool = False) -> float:
     """The exact trace's floor (module docstring); `ablating`: no corrupted run (samples 1,
@@ -226,14 +204,21 @@ def floor_flops(shape: Shape, n_tokens: int, samples: int, todo: list[Cell], win
 
 
 def engine_flops(shape: Shape, n_tokens: int, samples: int, todo: list[Cell], window: int, first_corrupted: int, rows: int,
-                 token_rows: int | None = None, ablating: bool = False) -> float:
+                 token_rows: int | None = None, ablating: bool = False, pass_positions=None) -> float:
     """What the engine's plan computes: the clean run, the corrupted one (none when
     `ablating`), and every batch."""
-    plan = schedule(todo, samples, rows, window, shape.n_layers, first_corrupted, n_tokens, token_rows)
+    return engine_plan(shape, n_tokens, samples, todo, window, first_corrupted, rows, token_rows, ablating, pass_positions)[0]
+
+
+def engine_plan(shape: Shape, n_tokens: int, samples: int, todo: list[Cell], window: int, first_corrupted: int, rows: int,
+                token_rows: int | None = None, ablating: bool = False, pass_positions=None) -> tuple[float, int]:
+    """(the FLOPs of the engine's plan, as `engine_flops`, and its forward passes)."""
+    plan = schedule(todo, samples, rows, window, shape.n_layers, first_corrupted, n_tokens, token_rows,
+                    pass_positions=pass_positions)
     total = shape.forward(1, n_tokens) + (0.0 if ablating else shape.forward(samples, n_tokens))
     for b in plan.batches:
         total += shape.forward(len(b.cells) * samples, n_tokens, start=b.start, first=b.first_layer)
-    return total
+    return total, (1 if ablating else 2) + len(plan.batches)
 
 
 def matmul_gflops(seconds: float = 1.0, n: int = 1024, device: str = "cpu", dtype: str = "float32") -> float:
@@ -415,7 +400,7 @@ def _labels(op: str, refs, corruption: str, cached: bool) -> tuple[str, str]:
 
 
 def _flops(shape, T: int, samples: int, todo, window: int, first_changed: int, rows: int, token_rows, cached: bool,
-           ablating: bool, refs) -> tuple[float, float, float]:
+           ablating: bool, refs, pass_positions=None) -> tuple[float, float, float]:
     """(the plain loop's, nnct's, the floor's) FLOPs for the bench's cells, mean ablation's
     reference forwards included (all logits in the plain loop, 1 in nnct, none in the floor)."""
     per_cell_rows = samples if cached else samples + 1
@@ -424,17 +409,20 @@ def _flops(shape, T: int, samples: int, todo, window: int, first_changed: int, r
     def means_flops(logits):  # the reference's forwards, with logits at `logits` positions (None: all)
         return sum(shape.forward(1, len(ids), logits_at=len(ids) if logits is None else logits) for ids in refs)
     f_plain = len(todo) * shape.forward(per_cell_rows, T, logits_at=T) + clean_cache + means_flops(None)
-    f_nnct = engine_flops(shape, T, samples, todo, window, first_changed, rows, token_rows, ablating) + means_flops(1)
+    f_nnct = engine_flops(shape, T, samples, todo, window, first_changed, rows, token_rows, ablating,
+                          pass_positions) + means_flops(1)
     f_floor = floor_flops(shape, T, samples, todo, window, first_changed, ablating) + means_flops(0)
     return f_plain, f_nnct, f_floor
 
 
 def run(adapter: Adapter, data: str, n_tokens: int = 25, components=("hidden", "mlp", "attn"), samples: int = 10, window: int = 10,
         batch_rows: int | None = None, plain_cells: int = 30, seed: int = 0, passage: str = "first",
-        corruption: str = "noise", op: str = "copy", reference: int = 8) -> dict:
+        corruption: str = "noise", op: str = "copy", reference: int = 8, examples: int = 1) -> dict:
     """nnct's engine against the plain loop on the bench's prompt (`op` zero or mean: an
     ablation of the clean prompt, mean over the prompts of `reference` records), measured
-    side by side: `table`'s numbers."""
+    side by side, with the cost model's numbers (`exec.costs`) and the passes of the example;
+    with `examples` > 1, nnct also traces that many examples of the bench's key at once
+    (`many`): `table`'s numbers."""
     ablating = op in ABLATIONS
     tokens, answers, corrupt, span, samples = _bench_input(adapter, data, n_tokens, passage, corruption, samples, seed,
                                                            ablating)
@@ -464,7 +452,10 @@ def run(adapter: Adapter, data: str, n_tokens: int = 25, components=("hidden", "
         t0 = time.perf_counter()
         results.update(plain(sampled[:half]))
         t_plain_total += time.perf_counter() - t0
-    settings = Settings(tuple(components), window, batch_rows=batch_rows, batch_budget=budget, operation=op, reference=refs)
+    cost = costs.cost(adapter)
+    slack = costs.pass_positions(adapter, cost)
+    settings = Settings(tuple(components), window, batch_rows=batch_rows, batch_budget=budget, operation=op, reference=refs,
+                        pass_positions=slack)
     result, t_nnct, mem_nnct = _nnct(adapter, settings, tokens.ids, corrupt, answers)
     t0 = time.perf_counter()
     results.update(plain(sampled[half:]))
@@ -474,8 +465,12 @@ def run(adapter: Adapter, data: str, n_tokens: int = 25, components=("hidden", "
 
     diff = _max_diff(result, results, tuple(components))
     t_plain = t_plain_cell * len(todo) + t_means
-    f_plain, f_nnct, f_floor = _flops(Shape.of(adapter), T, samples, todo, window, first_changed, rows, token_rows, cached, ablating, refs)
+    shape = Shape.of(adapter)
+    f_plain, f_nnct, f_floor = _flops(shape, T, samples, todo, window, first_changed, rows, token_rows, cached, ablating, refs,
+                                      slack)
+    n_passes = engine_plan(shape, T, samples, todo, window, first_changed, rows, token_rows, ablating, slack)[1]
     kind, plain_name = _labels(op, refs, corruption, cached)
+    grouped = many(adapter, settings, tokens.ids, corrupt, answers, examples, seed) if examples > 1 else None
     return {
         "model": adapter.name, "tokens": T, "span": [min(span), max(span) + 1], "passage": passage,
         "corruption": kind, "operation": op, "plain": plain_name, "components": ",".join(components),
@@ -487,7 +482,45 @@ def run(adapter: Adapter, data: str, n_tokens: int = 25, components=("hidden", "
         "nnct": {"seconds": t_nnct, "cells_per_s": len(todo) / t_nnct, "gflop": f_nnct / 1e9,
                  "gflops": f_nnct / t_nnct / 1e9, "peak_mib": mem_nnct.bytes / 2**20},
         "floor_gflop": f_floor / 1e9, "speedup": t_plain / t_nnct, "max_abs_diff": diff,
+        "cost": {"pass_s": cost.pass_s, "gflops": cost.gflops, "passes": n_passes,
+                 "predicted_s": cost.seconds(n_passes, f_nnct + sum(shape.forward(1, len(i)) for i in refs))},
+        "many": grouped,
     }
+
+
+def many(adapter: Adapter, settings: Settings, ids, corrupt: RunInput, answers, n: int, seed: int = 0) -> dict:
+    """nnct's engine on `n` examples of the bench's group key at once, in groups of
+    `Engine.group_size`: the bench's prompt with `n` noise draws (seeds `seed`.. of the same
+    level), or its prompt pair `n` times (n pairs of one length: the same passes as n
+    different pairs). Their seconds and passes beside one example's, and the largest
+    |difference| of p between each example and that example traced alone."""
+    engine = Engine(adapter, settings)
+    noised = corrupt.values is not None
+    level = float(corrupt.values.std()) if noised else 0.0
+
+    def example(k: int) -> RunInput:
+        if not noised:
+            return corrupt
+        values = draw(seed + k, corrupt.rows, len(corrupt.positions), adapter.d_model, level).to(corrupt.values.dtype)
+        return RunInput(corrupt.ids, corrupt.positions, values, corrupt.replace)
+
+    both = ((answers[0],), (answers[1],))
+    jobs = [(ids, example(k), both) for k in range(n)]
+    size = engine.group_size(engine.group_key(*jobs[0]))
+    with PeakMemory(adapter.device) as memory:
+        t0 = time.perf_counter()
+        got = [m for i in range(0, n, size) for m in engine.trace_group(jobs[i : i + size])]
+        synchronize(adapter.device)
+        seconds = time.perf_counter() - t0
+    passes, engine.forwards = engine.forwards, 0
+    t0 = time.perf_counter()
+    alone = engine.trace(*jobs[-1])
+    synchronize(adapter.device)
+    t_one = time.perf_counter() - t0
+    diff = max(float(np.nanmax(np.abs(got[-1].restored[k] - alone.restored[k]))) for k in alone.restored if k.startswith("p_"))
+    return {"examples": n, "kind": "noise draws" if noised else "the pair, repeated", "group_size": size,
+            "seconds": seconds, "per_example_s": seconds / n, "passes": passes, "peak_mib": memory.bytes / 2**20,
+            "one_seconds": t_one, "one_passes": engine.forwards, "ratio": seconds / t_one, "max_abs_diff": diff}
 
 
 def table(r: dict) -> str:
@@ -503,6 +536,16 @@ def table(r: dict) -> str:
                      f"{100 * m['gflops'] / r['matmul_gflops']:.0f}%", f"{m['peak_mib']:.0f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [head] + ["  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths))) for row in rows]
+    if "cost" in r:
+        c = r["cost"]
+        lines.append(f"cost model (measured, cached): a pass's own cost {1000 * c['pass_s']:.1f} ms, rate {c['gflops']:.1f} GFLOP/s"
+                     f" | nnct: {c['passes']} passes for the example, predicted {c['predicted_s']:.1f} s")
+    if r.get("many"):
+        m = r["many"]
+        lines.append(f"{m['examples']} examples ({m['kind']}) at once, groups of {m['group_size']}: {m['seconds']:.1f} s,"
+                     f" {m['per_example_s']:.2f} s per example, {m['passes']} passes | one example alone:"
+                     f" {m['one_seconds']:.2f} s, {m['one_passes']} passes | {m['examples']} take {m['ratio']:.2f}x one |"
+                     f" max |difference| {m['max_abs_diff']:.2e}")
     floor = "trace" if r.get("operation", "copy") == "copy" else "ablation"
     lines.append(f"speedup {r['speedup']:.1f}x | max |difference| {r['max_abs_diff']:.2e} | "
                  f"exact-{floor} floor {r['floor_gflop']:.0f} GFLOP: nnct computes {r['nnct']['gflop'] / r['floor_gflop']:.2f}x the floor, "

@@ -416,7 +416,9 @@ class _Run:
 
     def _fix_once(self, every: list) -> None:
         """The noise level (over the whole data set, not the shard: every shard of a run uses
-        the same) and the batch budget, fixed when the run begins and kept on resume."""
+        the same), the batch budget and a local model's pass cost (`exec.costs`), fixed when
+        the run begins and kept on resume."""
+        from ..exec import costs
         from ..exec.engine import embedding_std, memory_budget
 
         cfg, adapter = self.cfg, self.session.adapter
@@ -429,7 +431,9 @@ class _Run:
                 if spec.multiplier is not None:
                     std = self.session.execute(functools.partial(embedding_std, adapter.parts, span_ids))
                 level = spec.level(std)
-            self.state.update(noise_level=level, examples=self.ids, batch_budget=memory_budget(adapter.device))
+            cost = None if self.session.channel else asdict(costs.cost(adapter))  # a server's passes: not measured here
+            self.state.update(noise_level=level, examples=self.ids, batch_budget=memory_budget(adapter.device),
+                              pass_cost=cost)
             self.save()
         self.level = float(self.state["noise_level"])
         if self.requests:
@@ -448,12 +452,15 @@ class _Run:
 
     def _trace(self, store: _Store) -> list[bool]:
         """Every unfinished example, here or on the server; which were done before."""
+        from ..exec import costs
         from ..exec.engine import Engine, Settings, passes
 
         cfg, adapter, comps = self.cfg, self.session.adapter, parse_components(self.cfg.components)
+        cost = self.state.get("pass_cost")  # absent from runs begun before nnct 0.9: FLOPs alone, as then
         engine = Engine(adapter, Settings(comps, cfg.window, cfg.reverse, cfg.batch_rows, self.state["batch_budget"],
                                           cfg.estimate, cfg.verify_top, _verify_sample(cfg), cfg.seed, cfg.readouts,
-                                          cfg.operation, self._reference()))
+                                          cfg.operation, self._reference(),
+                                          costs.pass_positions(adapter, costs.Cost(**cost)) if cost else None))
         self.n_cells = [count(comps, len(c.ids), adapter.n_layers, adapter.n_heads) * passes(c.answers) for c in self.chosen]
         done = store.done()
         self.progress.start(len(self.chosen), sum(self.n_cells), sum(done), sum(n for n, d in zip(self.n_cells, done) if d))

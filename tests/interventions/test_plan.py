@@ -139,3 +139,27 @@ def test_schedule_bounds_the_positions_a_batch_recomputes():
     for b in plan.batches:
         run, need = len(b.cells) * (10 - b.start), sum(10 - c.token for c in b.cells)
         assert len(b.cells) == 1 or run <= 1.25 * need
+
+
+def test_schedule_spends_a_pass_s_worth_of_positions_to_save_a_pass():
+    """The cost model's slack: with none the plan is FLOPs' alone; a batch may recompute up to
+    `pass_positions` rows x positions it did not need, and with unlimited slack only the rows
+    bound a batch."""
+    all_cells = cells(10, 1, ("hidden",))  # first layer 1 (of 1: none runs) for every cell
+    plain = schedule(all_cells, samples=2, batch_rows=100, window=1, n_layers=2, first_changed=0, n_tokens=10)
+    assert plain == schedule(all_cells, samples=2, batch_rows=100, window=1, n_layers=2, first_changed=0, n_tokens=10,
+                             pass_positions=(0.0, 0.0, 0.0))
+    # tokens 0..9, 2 rows each: a batch from token 0 needs 2*(10+9+...) and runs 2*10 per cell; waste
+    # of k cells from token 0 is 2*(0+1+...+(k-1)) = k(k-1); 0.15 x need bounds it near k = 3
+    assert len(plain.batches[0].cells) == 3
+    # slack of 12 rows x positions: k(k-1) <= max(0.15 need, 12) -> k = 4 (waste 12), not 5 (20)
+    slack = schedule(all_cells, samples=2, batch_rows=100, window=1, n_layers=2, first_changed=0, n_tokens=10,
+                     pass_positions=(0.0, 12.0, 0.0))
+    assert len(slack.batches[0].cells) == 4
+    unlimited = schedule(all_cells, samples=2, batch_rows=8, window=1, n_layers=2, first_changed=0, n_tokens=10,
+                         pass_positions=(0.0, float("inf"), 0.0))
+    assert [len(b.cells) for b in unlimited.batches] == [4, 4, 2]  # 8 rows: 4 cells of 2 samples
+    for plan in (plain, slack, unlimited):
+        traced = [c for b in plan.batches for c in b.cells]
+        assert sorted(traced, key=str) == sorted(all_cells, key=str)
+        assert all(b.start == min(c.token for c in b.cells) for b in plan.batches)

@@ -157,3 +157,21 @@ def test_atp_bench_on_the_tiny_model(data_file):
     for a in r["agreement"].values():
         assert a["cells"] > 0 and -1 <= a["pearson"] <= 1 and 0 <= a["recall_10"] <= 1
     assert "speedup" in atp_table(r) and "recall@10" in atp_table(r) and "AtP*" in atp_table(r)
+
+
+def test_bench_reports_the_cost_model_and_many_examples(data_file):
+    """`nnct bench --examples 3`: the cost model's numbers and the example's passes, and three
+    noise draws of one key in fewer passes than one at a time (a group shares each forward's
+    rows, so it may need more batches than one example, never as many as three)."""
+    from nnct.methods.bench import run
+
+    adapter = make_adapter("llama")
+    r = run(adapter, str(data_file), n_tokens=8, components=("hidden", "mlp"), samples=2, window=3, plain_cells=4,
+            examples=3)
+    c, m = r["cost"], r["many"]
+    assert c["pass_s"] >= 0 and c["gflops"] > 0 and c["passes"] > 2
+    assert c["predicted_s"] == pytest.approx(c["passes"] * c["pass_s"] + r["nnct"]["gflop"] / c["gflops"])
+    assert m["group_size"] >= 3 and m["one_passes"] == c["passes"] <= m["passes"] < 3 * c["passes"]
+    assert m["max_abs_diff"] <= TOL and m["kind"] == "noise draws"
+    text = table(r)
+    assert "cost model" in text and "3 examples" in text
