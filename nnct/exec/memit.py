@@ -4,7 +4,8 @@
 N facts are written over a range of layers R ending at L. Each fact's target z_i is a hidden
 state at layer L's residual output (the `hidden` site) at its last subject token: ROME's
 value optimisation (`rome.value`) with the delta added to the residual stream instead of the
-MLP's output, as MEMIT's compute_z does. Then, for each layer l of R in ascending order, with
+MLP's output, as MEMIT's compute_z does (`targets` optimises several facts' in the same
+passes, each as if alone: `rome.values`). Then, for each layer l of R in ascending order, with
 the updates of the layers before it already in the weights: the keys K_l (the down
 projection's input at the last subject token, as `rome.keys` reads it: the mean of the bare
 prompt's key and of the prefixed prompts' mean, as MEMIT's compute_ks averages within each
@@ -43,14 +44,21 @@ class Hparams:
 
 
 LLAMA_FAMILY = ("llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3_text")
+# lambda chosen for a model on its own development facts (docs/method.md): the embedded model's
+# maximises MEMIT's score (the harmonic mean of efficacy, paraphrase and specificity) there
+UPDATE_WEIGHT_BY_MODEL = {"smollm2-135m": 5000.0}
 
 
-def hparams_for(model_type: str) -> Hparams:
-    """The settings for a model family: GPT-2 XL's, but lambda 15000 for Llama-like models
-    (AlphaEdit's Llama3-8B and EasyEdit's Llama setting). That file's value settings (lr 0.1,
-    25 steps) are not taken: on 20 development facts of the embedded model (none of them
-    the held-out ones) they wrote targets the model reached with p 0.39 on average, and
-    MEMIT's efficacy was 0.70, against 0.95 with GPT-2 XL's (docs/method.md)."""
+def hparams_for(model_type: str, name: str = "") -> Hparams:
+    """The settings for a model: lambda chosen for it on its development facts where one was
+    (`UPDATE_WEIGHT_BY_MODEL`, by nnct's model name), else its family's: GPT-2 XL's, but
+    lambda 15000 for Llama-like models (AlphaEdit's Llama3-8B and EasyEdit's Llama setting).
+    That file's value settings (lr 0.1, 25 steps) are not taken: on 20 development facts of
+    the embedded model (none of them the held-out ones) they wrote targets the model reached
+    with p 0.39 on average, and MEMIT's efficacy was 0.70, against 0.95 with GPT-2 XL's
+    (docs/method.md)."""
+    if name in UPDATE_WEIGHT_BY_MODEL:
+        return Hparams(mom2_update_weight=UPDATE_WEIGHT_BY_MODEL[name])
     return Hparams(mom2_update_weight=15000.0) if model_type in LLAMA_FAMILY else Hparams()
 
 
@@ -70,10 +78,27 @@ class Fact:
 def target(parts, fact: Fact, layer: int, hp: rome.Hparams, pad: int = 0) -> tuple[torch.Tensor, dict]:
     """(z [d_model] float64 on the CPU, the optimisation's log): the residual output of `layer`
     at the fact's last subject token that makes the model say its new object."""
-    rewriting = [p + fact.target[:-1] for p in fact.prompts]
-    z, _, log = rome.value(parts, rewriting, fact.lookups, fact.target, [fact.kl], [fact.kl_lookup], layer, hp, pad=pad,
-                           site="hidden")
-    return z.cpu(), log
+    return targets(parts, [fact], layer, hp, pad=pad)[0]
+
+
+TARGET_BATCH = 8  # facts whose targets `targets` optimises together (analysis/bench_memit.py)
+
+
+def targets(parts, facts: list[Fact], layer: int, hp: rome.Hparams, pad: int = 0,
+            batch: int = TARGET_BATCH) -> list[tuple[torch.Tensor, dict]]:
+    """`target` of every fact, `batch` facts at a time optimised together in the same forward
+    passes (`rome.values`: each as if alone), the facts taken in order of how many tokens
+    each step runs of their rows (those from the lookup on: less padding in a batch)."""
+    tokens = [max(len(p) + len(f.target) - 1 - at for p, at in zip(f.prompts, f.lookups)) for f in facts]
+    order = sorted(range(len(facts)), key=tokens.__getitem__)
+    out = [None] * len(facts)
+    for lo in range(0, len(facts), batch):
+        which = order[lo:lo + batch]
+        group = [rome.Value([p + f.target[:-1] for p in f.prompts], f.lookups, f.target, [f.kl], [f.kl_lookup])
+                 for f in (facts[i] for i in which)]
+        for i, (z, _, log) in zip(which, rome.values(parts, group, layer, hp, pad=pad, site="hidden")):
+            out[i] = (z.cpu(), log)
+    return out
 
 
 def fact_keys(parts, facts: list[Fact], layer: int) -> torch.Tensor:

@@ -216,38 +216,101 @@ def value(parts: Parts, rewriting: list[list[int]], lookups: list[int], target: 
     token ids) at `layer` (see the module's docstring), written into the MLP's output, or into
     another site's (`site`: MEMIT's target z is the layer's residual output, `hidden`). `rewriting`: prefix + prompt + target
     but its last token, one row each, the subject's last token at `lookups`; `kl`: the
-    "{subject} is a" prompts, lookups at `kl_lookups`.
+    "{subject} is a" prompts, lookups at `kl_lookups`. `values` with one fact."""
+    return values(parts, [Value(rewriting, lookups, target, kl, kl_lookups)], layer, hp, pad=pad, site=site)[0]
+
+
+@dataclass(frozen=True)
+class Value:
+    """One value optimisation's rows (`value`'s arguments of the same names)."""
+
+    rewriting: list[list[int]]
+    lookups: list[int]
+    target: list[int]
+    kl: list[list[int]]
+    kl_lookups: list[int]
+
+
+def values(parts: Parts, facts: list[Value], layer: int, hp: Hparams = Hparams(), pad: int = 0,
+           site: str = "mlp") -> list[tuple[torch.Tensor, torch.Tensor, dict]]:
+    """`value` of every fact, optimised together: each step one forward and one backward over
+    every fact's rows still optimising, each fact with its own delta (added at its own rows'
+    lookup tokens), its own Adam, v0, KL reference, clamp, early stop and log. The loss
+    differentiated is the sum of the facts' losses, and rows never meet in a forward, so each
+    delta gets its own loss's gradient: the same optimisation as each fact's alone. A fact
+    that stops leaves the batch (its optimiser never steps again).
 
     Nothing before a row's lookup token depends on delta, so those positions run once
     (`_prefix_cache`) and each step runs only the rest of every row, from its lookup token
-    on, over their keys and values (the rows right-padded, at their own positions): the same
-    loss for a fraction of the tokens."""
-    n_rw, rows, starts = len(rewriting), rewriting + kl, lookups + kl_lookups
+    on, over their keys and values (the rows right-padded, at their own positions), and the
+    unembedding runs only at the positions the loss reads: the same loss for a fraction of
+    the tokens."""
+    device = parts.device
+    # every fact's rewriting rows, then every fact's KL rows: (fact, row, lookup) each
+    rw = [(f, r, s) for f, v in enumerate(facts) for r, s in zip(v.rewriting, v.lookups)]
+    kl = [(f, r, s) for f, v in enumerate(facts) for r, s in zip(v.kl, v.kl_lookups)]
+    rows, starts, owner = [r for _, r, _ in rw + kl], [s for _, _, s in rw + kl], [f for f, _, _ in rw + kl]
     kv, before = _prefix_cache(parts, rows, starts)
-    ids, mask, _, pred, want, row, kl_next = _value_inputs([r[s:] for r, s in zip(rows, starts)], pad, [0] * len(rows),
-                                                           target, n_rw, parts.device)
-    positions = torch.tensor(starts, device=parts.device)[:, None] + torch.arange(ids.shape[1], device=parts.device)
-    kwargs = {"attention_mask": torch.cat([before, mask], 1), "position_ids": positions}
-    delta = torch.zeros(parts.d_model, device=parts.device, dtype=torch.float32, requires_grad=True)
-    opt = torch.optim.Adam([delta], lr=hp.lr)
-    v0, kl_init, log = None, None, {"loss": [], "nll": [], "kl": [], "p_target": []}
+    ids, mask = _padded([r[s:] for r, s in zip(rows, starts)], pad, device)
+    positions = torch.tensor(starts, device=device)[:, None] + torch.arange(ids.shape[1], device=device)
+    # where each rewriting row predicts its fact's target (at its end, from the positions before), padded and masked
+    n_t = max(len(v.target) for v in facts)
+    targets = [facts[f].target for f, _, _ in rw]
+    pred = torch.tensor([[len(r) - s - len(t) + min(j, len(t) - 1) for j in range(n_t)] for (_, r, s), t in zip(rw, targets)],
+                        device=device)
+    want = torch.tensor([t + [t[-1]] * (n_t - len(t)) for t in targets], device=device)
+    counted = torch.tensor([[float(j < len(t)) for j in range(n_t)] for t in targets], device=device)
+    kl_next = torch.tensor([len(r) - s - 1 for _, r, s in kl], device=device)
+    firsts = [next(i for i, (g, _, _) in enumerate(rw) if g == f) for f in range(len(facts))]
+    deltas = [torch.zeros(parts.d_model, device=device, dtype=torch.float32, requires_grad=True) for _ in facts]
+    opts = [torch.optim.Adam([d], lr=hp.lr) for d in deltas]
+    logs = [{"loss": [], "nll": [], "kl": [], "p_target": []} for _ in facts]
+    v0s, kl_inits, active = None, None, list(range(len(facts)))
+    head = resolve(parts.nn, parts.layout.unembed)
     with frozen(parts):
         for step in range(hp.steps):
-            if kv:
-                kwargs.update({"use_cache": True, compat.TRACE_CACHE_KEYWORD: _cache(kv)})
-            with torch.enable_grad(), compat.old_cache_keyword(), parts.nn.trace(ids, **kwargs):
+            keep = [i for i, f in enumerate(owner) if f in active]
+            n_rw = sum(i < len(rw) for i in keep)
+            at = torch.tensor(keep, device=device)
+            width, p = int(mask[at].sum(1).max()), max(starts[i] for i in keep)
+            kwargs = {"attention_mask": torch.cat([before[at, before.shape[1] - p:], mask[at, :width]], 1),
+                      "position_ids": positions[at, :width]}
+            if p:
+                kept = [(k[at][:, :, k.shape[2] - p:], v[at][:, :, v.shape[2] - p:]) for k, v in kv]
+                kwargs.update({"use_cache": True, compat.TRACE_CACHE_KEYWORD: _cache(kept)})
+            shift = torch.stack(deltas)[torch.tensor([owner[i] for i in keep], device=device)]
+            row = torch.arange(len(keep), device=device)
+            rw_at, kl_at = at[:n_rw], at[n_rw:] - len(rw)
+            with torch.enable_grad(), compat.old_cache_keyword(), parts.nn.trace(ids[at, :width], **kwargs):
                 out = SITES[site].read(parts, layer)
-                base = out[0, 0].detach().save()
-                out[row, 0] += delta.to(out.dtype)
-                logp = parts.nn.output.logits.float().log_softmax(-1)
-                nll = -logp[torch.arange(n_rw, device=parts.device)[:, None], pred, want[None, :]].mean(1)
-                kl_logp = logp[row[n_rw:], kl_next].save()
-                nll = nll.save()
-            if v0 is None:
-                v0, kl_init = base.double(), kl_logp.detach()
-            if _adam_step(opt, delta, {"nll": nll, "kl_logp": kl_logp}, v0, kl_init, hp, log, last=step == hp.steps - 1):
+                base = out[:, 0].detach().save()
+                out[row, 0] += shift.to(out.dtype)
+                # the unembedding (and what follows it) only at the positions the loss reads
+                hidden = head.input
+                head.input = torch.cat([hidden[row[:n_rw, None], pred[rw_at]].reshape(-1, hidden.shape[-1]),
+                                        hidden[row[n_rw:], kl_next[kl_at]]])[:, None]
+                logp = parts.nn.output.logits[:, 0].float().log_softmax(-1)
+                picked = logp[:n_rw * n_t].reshape(n_rw, n_t, -1).gather(-1, want[rw_at, :, None])[..., 0]
+                nll = (-(picked * counted[rw_at]).sum(1) / counted[rw_at].sum(1)).save()
+                kl_logp = logp[n_rw * n_t:].save()
+            per_rw = [sum(owner[i] == f for i in keep[:n_rw]) for f in active]
+            per_kl = [sum(owner[i] == f for i in keep[n_rw:]) for f in active]
+            nlls, kl_logps = nll.split(per_rw), kl_logp.split(per_kl)
+            if v0s is None:
+                v0s, kl_inits = [base[i].double() for i in firsts], [x.detach() for x in kl_logps]
+            going = []
+            for f, f_nll, f_kl in zip(active, nlls, kl_logps):
+                opts[f].zero_grad()
+                loss = _loss(deltas[f], f_nll, f_kl, v0s[f], kl_inits[f], hp, logs[f])[0]
+                if not (loss.item() < hp.stop or step == hp.steps - 1):
+                    going.append((f, loss))
+            if not going:
                 break
-    return v0 + delta.detach().double(), v0, log
+            torch.stack([loss for _, loss in going]).sum().backward()
+            for f, _ in going:
+                _step(opts[f], deltas[f], v0s[f], hp)
+            active = [f for f, _ in going]
+    return [(v0 + d.detach().double(), v0, log) for v0, d, log in zip(v0s, deltas, logs)]
 
 
 def value_by_requests(parts: Parts, rewriting: list[list[int]], lookups: list[int], target: list[int], kl: list[list[int]],
@@ -273,32 +336,40 @@ def value_by_requests(parts: Parts, rewriting: list[list[int]], lookups: list[in
 
 
 def _adam_step(opt, delta: torch.Tensor, got: dict, v0, kl_init, hp: Hparams, log: dict, last: bool) -> bool:
-    """The loss of one step from the model's part of it (`got`: nll, kl_logp, and from a
-    server the gradient of their terms with respect to delta, `grad`), logged; then, unless
-    it is small enough or this is the last step, Adam's step on delta and the clamp. True:
-    stop. Here the whole loss is differentiated; from a server only the decay term is, and
-    the server's gradient added."""
+    """`value_by_requests`' step: the loss from the server's part of it (`got`: nll, kl_logp and
+    the gradient of their terms with respect to delta, `grad`), logged; then, unless it is
+    small enough or this is the last step, Adam's step on delta (the decay term differentiated
+    here, the server's gradient added) and the clamp. True: stop."""
     opt.zero_grad()
+    loss, decay = _loss(delta, got["nll"], got["kl_logp"], v0, kl_init, hp, log)
+    if loss.item() < hp.stop or last:
+        return True
+    decay.backward()
+    delta.grad += got["grad"]
+    _step(opt, delta, v0, hp)
+    return False
+
+
+def _loss(delta: torch.Tensor, nll: torch.Tensor, kl_logp: torch.Tensor, v0, kl_init, hp: Hparams, log: dict):
+    """(loss, its decay term) of one fact's step: the mean of its rewriting rows' NLL, plus
+    kl_factor times KL over its KL rows (batchmean) against their log-probabilities at step 0
+    (`kl_init`), plus the decay term; logged in `log`."""
     # KL(unedited || edited), docs/method.md's direction (ROME's code passes them the other way round)
-    kl_loss = torch.nn.functional.kl_div(got["kl_logp"], kl_init, log_target=True, reduction="batchmean")
+    kl_loss = torch.nn.functional.kl_div(kl_logp, kl_init, log_target=True, reduction="batchmean")
     decay = hp.weight_decay * delta.norm() / v0.float().norm() ** 2
-    nll = got["nll"]
     loss = nll.mean() + hp.kl_factor * kl_loss + decay
     for k, x in (("loss", loss), ("nll", nll.mean()), ("kl", kl_loss), ("p_target", torch.exp(-nll).mean())):
         log[k].append(x.item())
-    if loss.item() < hp.stop or last:
-        return True
-    if "grad" in got:
-        decay.backward()
-        delta.grad += got["grad"]
-    else:
-        loss.backward()
+    return loss, decay
+
+
+def _step(opt, delta: torch.Tensor, v0, hp: Hparams) -> None:
+    """Adam's step on delta (its gradient in delta.grad), then delta clamped to clamp * |v0|."""
     opt.step()
     limit = hp.clamp * v0.norm()
     with torch.no_grad():
         if delta.norm() > limit:
             delta.mul_(float(limit / delta.norm()))
-    return False
 
 
 def _value_step(parts: Parts, rows: list[list[int]], pad: int, lookups: list[int], target: list[int], n_rw: int, layer: int,

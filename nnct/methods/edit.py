@@ -520,7 +520,7 @@ def _edit_batches(cfg: EditConfig, session: pipeline.Session, where: Where, othe
     every batch in the weights at once (on `others`' facts for specificity and retention)."""
     adapter = where.adapter
     layers = _batch_layers(cfg, adapter)
-    hp = cfg.batch_hparams or memit.hparams_for(adapter.model_type)
+    hp = cfg.batch_hparams or memit.hparams_for(adapter.model_type, adapter.name)
     if cfg.update_weight is not None:
         hp = replace(hp, mom2_update_weight=cfg.update_weight)
     cfg = replace(cfg, batch_hparams=hp)
@@ -570,26 +570,32 @@ def _batch_layers(cfg: EditConfig, adapter) -> list[int]:
     return list(range(cfg.layers[0], cfg.layers[1] + 1))
 
 
-def _target(adapter, fact: memit.Fact, top: int, hp: rome.Hparams, pad: int, cached: bool) -> tuple:
-    """`memit.target` of `fact`; one found on the unedited weights (`cached`) is kept in the nnct
-    cache under the weights' digest, dtype and everything it was found from, and read from
-    there again (a run of the other batch method, or of more facts, finds it once)."""
+def _targets(adapter, facts: list[memit.Fact], top: int, hp: rome.Hparams, pad: int, cached: bool) -> list[tuple]:
+    """`memit.targets` of `facts` (those to find optimised together, `memit.TARGET_BATCH` at a
+    time); one found on the unedited weights (`cached`) is kept in the nnct cache, each fact's
+    under the weights' digest, dtype and everything it was found from, and read from there
+    again (a run of the other batch method, or of more facts, finds it once)."""
     from ..model.embedded import cache_root
 
     if not cached:
-        return memit.target(adapter.parts, fact, top, hp, pad=pad)
-    key = hashlib.sha256(json.dumps([asdict(fact), top, asdict(hp), pad]).encode()).hexdigest()
+        return memit.targets(adapter.parts, facts, top, hp, pad=pad)
     model = f"{adapter.name.replace('/', '_')}-{adapter.revision}"
-    path = cache_root() / "targets" / model / f"{adapter.device}-{adapter.dtype}" / f"{key}.pt"
-    if path.is_file():
-        kept = torch.load(path)
-        return kept["z"], kept["log"]
-    z, log = memit.target(adapter.parts, fact, top, hp, pad=pad)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save({"z": z, "log": log}, tmp)
-    tmp.replace(path)  # whole or absent: runs side by side may find the same target
-    return z, log
+    where = cache_root() / "targets" / model / f"{adapter.device}-{adapter.dtype}"
+    paths = [where / f"{hashlib.sha256(json.dumps([asdict(f), top, asdict(hp), pad]).encode()).hexdigest()}.pt"
+             for f in facts]
+    found = [None] * len(facts)
+    for i, path in enumerate(paths):
+        if path.is_file():
+            kept = torch.load(path)
+            found[i] = (kept["z"], kept["log"])
+    missing = [i for i, got in enumerate(found) if got is None]
+    for i, (z, log) in zip(missing, memit.targets(adapter.parts, [facts[i] for i in missing], top, hp, pad=pad)):
+        found[i] = (z, log)
+        paths[i].parent.mkdir(parents=True, exist_ok=True)
+        tmp = paths[i].with_suffix(f".{os.getpid()}.tmp")
+        torch.save({"z": z, "log": log}, tmp)
+        tmp.replace(paths[i])  # whole or absent: runs side by side may find the same target
+    return found
 
 
 def _write_batches(cfg: EditConfig, adapter, facts: list[memit.Fact], layers: list[int], cov: dict, size: int, say):
@@ -606,7 +612,7 @@ def _write_batches(cfg: EditConfig, adapter, facts: list[memit.Fact], layers: li
     for b, batch in enumerate(batches):
         earlier = list(written) if cfg.sequential else []
         with rome.edited_weights(adapter, earlier):
-            found = [_target(adapter, f, top, hp.value, pad, cached=not earlier) for f in batch]
+            found = _targets(adapter, batch, top, hp.value, pad, cached=not earlier)
         logs += [log for _, log in found]
         made = memit.batch_edit(adapter, batch, layers, solve, torch.stack([z for z, _ in found], 1), earlier=earlier)
         if cfg.sequential and cfg.method == "alphaedit":
