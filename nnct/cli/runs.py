@@ -346,8 +346,9 @@ def answers(data, out, prompt_format, max_cf, max_examples, **options):
                    " evaluated together retention's facts (the share of those the model knew that it still knows)"
                    " [default: the records of --data not edited].")
 @click.option("--update-weight", "update_weight", type=float, default=None,
-              help="memit/alphaedit: lambda, the weight of C against the new keys [default: 15000 for Llama-like models"
-                   " (AlphaEdit's Llama3-8B), else 20000 (GPT-2 XL's)].")
+              help="memit/alphaedit: lambda, the weight of C against the new keys [default: 5000 for the embedded model"
+                   " (chosen on its development facts), 15000 for other Llama-like models (AlphaEdit's Llama3-8B), else"
+                   " 20000 (GPT-2 XL's)].")
 @click.option("--evaluate", "evaluate", type=int, default=None,
               help="Edits evaluated together (batch methods, rome --sequential): only N of them, drawn with --seed; every"
                    " edit stays in the weights [default: all].")

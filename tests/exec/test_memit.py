@@ -84,3 +84,9 @@ def test_a_facts_key_weighs_its_bare_prompt_as_much_as_all_its_prefixed_ones():
     got = memit.fact_keys(adapter.parts, [fact, FACTS[0]], 1)
     torch.testing.assert_close(got[:, 0], (k[0] + (k[1] + k[2]) / 2) / 2, rtol=1e-6, atol=1e-7)
     assert got.shape == (adapter.parts.d_ff, 2)
+
+
+def test_lambda_by_model_then_family():
+    assert memit.hparams_for("llama", "smollm2-135m").mom2_update_weight == 5000  # chosen on its development facts
+    assert memit.hparams_for("llama", "other").mom2_update_weight == 15000  # AlphaEdit's Llama3-8B
+    assert memit.hparams_for("gpt2").mom2_update_weight == 20000  # GPT-2 XL's
