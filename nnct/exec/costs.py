@@ -16,13 +16,15 @@ its arithmetic dominates, within the memory a batch may take). The rate is the s
 between them, the own cost what the small pass takes beyond its FLOPs. They are measured
 once per model (the weights' digest), device, dtype and thread count and cached in nnct's
 cache (`costs/`); a model without a digest (built in memory) is measured once per process.
+Each is the shortest of several passes, and `nnct bench` measures again (and keeps what it
+measured): a cost measured while other jobs loaded the machine can be replaced that way. A
+wrong cost makes other batches, never other numbers.
 A run stores the cost it planned with, so that a resumed run makes the same batches.
 """
 
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from dataclasses import asdict, dataclass
 
@@ -53,9 +55,10 @@ class Cost:
 
 
 def _pass_seconds(adapter: Adapter, rows: int, n_tokens: int, repeats: int) -> float:
-    """The median time of `repeats` passes of `rows` rows of `n_tokens` tokens (after one
+    """The shortest time of `repeats` passes of `rows` rows of `n_tokens` tokens (after one
     unmeasured pass), each writing the residual stream at every layer and reading the last
-    position's logits."""
+    position's logits: the least disturbed by whatever else runs (on a loaded CPU, a pass of
+    two threads can stall for seconds)."""
     a, site = adapter.parts, SITES["hidden"]
     ids = torch.randint(0, max(1, a.vocab), (rows, n_tokens), generator=torch.Generator(a.device).manual_seed(0),
                         device=a.device)
@@ -70,7 +73,7 @@ def _pass_seconds(adapter: Adapter, rows: int, n_tokens: int, repeats: int) -> f
             logits = a.nn.output.logits[:, -1].save()
         logits.cpu()  # waits for a GPU's queue
         times.append(time.perf_counter() - t0)
-    return statistics.median(times[1:])
+    return min(times[1:])
 
 
 def measure(adapter: Adapter) -> Cost:
@@ -91,18 +94,19 @@ def measure(adapter: Adapter) -> Cost:
     return Cost(pass_s=max(0.0, small - f_small / rate), gflops=rate / 1e9)
 
 
-def cost(adapter: Adapter) -> Cost:
-    """The model's cost on its device: from nnct's cache, else measured and kept there."""
+def cost(adapter: Adapter, fresh: bool = False) -> Cost:
+    """The model's cost on its device: from nnct's cache, else (or with `fresh`: `nnct
+    bench` measures again) measured and kept there."""
     key = f"{adapter.device}-{adapter.dtype}-{torch.get_num_threads()}threads"
     if not adapter.revision:
-        found = _MEASURED.get((id(adapter.hf), key))
+        found = None if fresh else _MEASURED.get((id(adapter.hf), key))
         if found is None:
             found = _MEASURED[(id(adapter.hf), key)] = measure(adapter)
         return found
     from ..model.embedded import cache_root
 
     path = cache_root() / "costs" / f"{adapter.name.replace('/', '_')}-{adapter.revision}" / f"{key}.json"
-    if path.is_file():
+    if path.is_file() and not fresh:
         return Cost(**json.loads(path.read_text()))
     found = measure(adapter)
     path.parent.mkdir(parents=True, exist_ok=True)
