@@ -5,6 +5,7 @@
 dir=$1; shift
 export OMP_NUM_THREADS=1
 python=$(cd "$(dirname "$0")/../.." && pwd)/.venv/bin/python
+cd "$dir"  # not the repository: `python -c` puts the working directory's nnct before PYTHONPATH's
 for rep in 1 2; do
   for code in "$@"; do
     for n in 1 20; do
