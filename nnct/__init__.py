@@ -28,7 +28,7 @@ Heavy imports (torch, transformers, nnsight) happen inside the modules that need
 `import nnct` and `nnct --help` stay fast.
 """
 
-__version__ = "0.8.0"
+__version__ = "0.9.0"
 __all__ = ["trace", "patch", "attribute", "ablate", "edit", "memorization_scores", "circuit", "steer", "__version__"]
 
 
