@@ -50,3 +50,21 @@ def prepared(adapter, samples=3, scale=3.0, seed=0, replace=False) -> Example:
 
 def pair(adapter, corrupt_ids=CORRUPT_IDS) -> Example:
     return Example(IDS, prompt_input(corrupt_ids), top_two(adapter))
+
+
+# Prompt pairs of a run in words of the tiny vocabulary: p3 is shorter than the others, so a
+# run of them groups p1-p2, runs p3 alone, and groups the rest.
+MIXED_PAIRS = [
+    {"id": "p1", "clean": "the Eiffel Tower is in the city of", "corrupt": "the Vinson Massif is in the city of",
+     "target": "Paris", "alt": "Rome"},
+    {"id": "p2", "clean": "the Beats Music is in the city of", "corrupt": "the Vinson Massif is in the city of",
+     "target": "Rome", "alt": "Paris"},
+    {"id": "p3", "clean": "Beats Music is owned by", "corrupt": "Beats Music was owned by", "target": "Apple", "alt": "Amazon"},
+    {"id": "p4", "clean": "the Eiffel Tower is in the capital of", "corrupt": "the Apple Music is in the capital of",
+     "target": "France", "alt": "Italy"},
+    {"id": "p5", "clean": "the Vinson Massif is in the continent of", "corrupt": "the Eiffel Tower is in the continent of",
+     "target": "Antarctica", "alt": "Europe"},
+    {"id": "p6", "clean": "the Apple Music is in the city of", "corrupt": "the Beats Music is in the city of",
+     "target": "Paris", "alt": "Asia"},
+]
+

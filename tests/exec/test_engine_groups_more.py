@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import SMALL, make_adapter, write_jsonl
+from examples import MIXED_PAIRS
 from test_engine_groups import CLEAN, CLOSE, jobs
 from nnct.exec.engine import Engine, Settings
 from nnct.interventions import readouts
@@ -111,27 +112,13 @@ def test_attribution_patching_groups_without_readouts_and_counts_stacked_rows():
     assert with_kl.group_size(key) == 1  # 3 x 5
 
 
-# A run's prompts of several lengths: p3 is shorter than the others, between two groups.
-PAIRS = [
-    {"id": "p1", "clean": "the Eiffel Tower is in the city of", "corrupt": "the Vinson Massif is in the city of",
-     "target": "Paris", "alt": "Rome"},
-    {"id": "p2", "clean": "the Beats Music is in the city of", "corrupt": "the Vinson Massif is in the city of",
-     "target": "Rome", "alt": "Paris"},
-    {"id": "p3", "clean": "Beats Music is owned by", "corrupt": "Beats Music was owned by", "target": "Apple", "alt": "Amazon"},
-    {"id": "p4", "clean": "the Eiffel Tower is in the capital of", "corrupt": "the Apple Music is in the capital of",
-     "target": "France", "alt": "Italy"},
-    {"id": "p5", "clean": "the Vinson Massif is in the continent of", "corrupt": "the Eiffel Tower is in the continent of",
-     "target": "Antarctica", "alt": "Europe"},
-]
-
-
 @pytest.mark.parametrize("settings", [dict(readout="logprob,rank,kl,prob_any"),
                                       dict(estimate="atp*", readout="kl,prob_any", verify_top=2, verify_sample=1)],
                          ids=["readouts", "atp*"])
 def test_a_run_of_several_lengths_writes_the_cube_of_one_at_a_time(tiny_model_dir, tmp_path, monkeypatch, settings):
     from nnct.methods.run import RunConfig, execute
 
-    data = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
+    data = write_jsonl(tmp_path / "pairs.jsonl", MIXED_PAIRS[:5])
     sizes, real = [], Engine.trace_group
 
     def spy(self, group, on_batch=None):

@@ -8,23 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import SMALL, write_jsonl
+from examples import MIXED_PAIRS as PAIRS
 from nnct.exec.engine import Engine
 from nnct.methods.run import Progress, RunConfig, _Store, execute
-
-PAIRS = [
-    {"id": "p1", "clean": "the Eiffel Tower is in the city of", "corrupt": "the Vinson Massif is in the city of",
-     "target": "Paris", "alt": "Rome"},
-    {"id": "p2", "clean": "the Beats Music is in the city of", "corrupt": "the Vinson Massif is in the city of",
-     "target": "Rome", "alt": "Paris"},
-    {"id": "p3", "clean": "Beats Music is owned by", "corrupt": "Beats Music was owned by", "target": "Apple", "alt": "Amazon"},
-    {"id": "p4", "clean": "the Eiffel Tower is in the capital of", "corrupt": "the Apple Music is in the capital of",
-     "target": "France", "alt": "Italy"},
-    {"id": "p5", "clean": "the Vinson Massif is in the continent of", "corrupt": "the Eiffel Tower is in the continent of",
-     "target": "Antarctica", "alt": "Europe"},
-    {"id": "p6", "clean": "the Apple Music is in the city of", "corrupt": "the Beats Music is in the city of",
-     "target": "Paris", "alt": "Asia"},
-]
-
 
 class Counting(Progress):
     def start(self, total_examples, total_cells, done_examples, done_cells):
