@@ -151,7 +151,7 @@ def frozen(parts: Parts):
 
 
 def _value_inputs(rows: list[list[int]], pad: int, lookups: list[int], target: list[int], n_rw: int, device):
-    """The tensors of `value`'s batch on `device`: right-padded ids and their mask, the
+    """The tensors of a server step's batch (`_value_step`, whole rows) on `device`: right-padded ids and their mask, the
     lookup positions, where each rewriting row predicts the target's tokens (at its end, from
     the positions before them) and which, each row's index, and the position after each KL
     prompt's last token (P(. | "{s} is a"))."""
