@@ -13,13 +13,15 @@ every size is one `nnct edit` process (`--evaluate 100`: at most 100 of the edit
 all of them in the weights), its wall time and peak resident memory read by wait4; its
 pooled metrics (`nnct.analysis.editing`) with their 95% intervals are one row of
 `scaling.csv`. A row already there is not run again, so an interrupted study resumes; the
-edits files stay in `--runs`. Then `scaling.txt` and `scaling.png` (metrics against the
+edits files stay in `--runs`. Studies of other arms may run side by side (one thread each):
+each adds its row to the file under a lock. Then `scaling.txt` and `scaling.png` (metrics against the
 number of edits, one line per arm, with the intervals).
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
 import os
 import subprocess
 import sys
@@ -70,6 +72,24 @@ def run_arm(arm: str, n: int, runs: Path, evaluate: int) -> dict:
     return row
 
 
+def read(path: Path) -> list[dict]:
+    return list(csv.DictReader(path.open())) if path.is_file() else []
+
+
+def add(path: Path, row: dict) -> None:
+    """`row` added to the csv at `path`, under a lock on it: studies of other arms side by
+    side each keep the rows the others wrote."""
+    with path.open("a+", newline="") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        rows = list(csv.DictReader(f)) + [row]
+        f.seek(0)
+        f.truncate()
+        writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def figure(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(2, 3, figsize=(13, 7), constrained_layout=True)
     for ax, metric in zip(axes.flat, METRICS):
@@ -112,18 +132,14 @@ def main(sizes, arms, evaluate, runs, out):
     out.mkdir(parents=True, exist_ok=True)
     runs.mkdir(parents=True, exist_ok=True)
     path = out / "scaling.csv"
-    rows = list(csv.DictReader(path.open())) if path.is_file() else []
-    done = {(r["arm"], int(r["edits"])) for r in rows}
     for n in (int(s) for s in sizes.split(",")):
         for arm in arms.split(","):
-            if (arm, n) in done:
+            if (arm, n) in {(r["arm"], int(r["edits"])) for r in read(path)}:
                 continue
-            rows.append(run_arm(arm, n, runs, evaluate))
-            with path.open("w", newline="") as f:  # after every run: an interrupted study keeps what finished
-                writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
-                writer.writeheader()
-                writer.writerows(rows)
-            click.echo(f"{arm} at {n}: {rows[-1]['seconds']} s, efficacy {float(rows[-1]['efficacy']):.3f}", err=True)
+            row = run_arm(arm, n, runs, evaluate)
+            add(path, row)  # after every run: an interrupted study keeps what finished
+            click.echo(f"{arm} at {n}: {row['seconds']} s, efficacy {float(row['efficacy']):.3f}", err=True)
+    rows = read(path)
     (out / "scaling.txt").write_text(table(rows) + "\n")
     figure(rows, out / "scaling")
     click.echo(table(rows))
