@@ -12,8 +12,9 @@ are specificity's neighbours and retention's facts (`nnct edit --unedited`). Eve
 every size is one `nnct edit` process (`--evaluate 100`: at most 100 of the edits evaluated,
 all of them in the weights), its wall time and peak resident memory read by wait4; its
 pooled metrics (`nnct.analysis.editing`) with their 95% intervals are one row of
-`scaling.csv`. A row already there is not run again, so an interrupted study resumes; the
-edits files stay in `--runs`. Studies of other arms may run side by side (one thread each):
+`scaling.csv`. A row already there is not run again, and a run stopped midway completes from
+the edits or batches it had finished (`nnct edit --resume`), so an interrupted study resumes;
+the edits files stay in `--runs`. Studies of other arms may run side by side (one thread each):
 each adds its row to the file under a lock. Then `scaling.txt` and `scaling.png` (metrics against the
 number of edits, one line per arm, with the intervals).
 """
@@ -57,7 +58,7 @@ def run_arm(arm: str, n: int, runs: Path, evaluate: int) -> dict:
     pooled metrics)."""
     out = runs / f"{arm}-{n}.nc"
     command = [sys.executable, "-m", "nnct.cli", "edit", "--data", str(DATA), "--unedited", str(UNEDITED),
-               "--max-examples", str(n), "--evaluate", str(evaluate), "--out", str(out), "-q", *ARMS[arm]]
+               "--max-examples", str(n), "--evaluate", str(evaluate), "--out", str(out), "--resume", "-q", *ARMS[arm]]
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = process.stdout.read()

@@ -273,7 +273,7 @@ def _path(pairs, items, out, output_dir, chosen: dict, quiet: bool, options: dic
         fail("give --out FILE.nc or --output-dir DIR: where the path-patching file goes")
     cfg = lib.PathConfig(pairs=pairs, out=out, max_pairs=options.pop("max_examples"), **chosen,
                          **settings(options))
-    with guarded("nothing was written: run the same command again"):
+    with guarded(f"finished edits are kept in {out}.partial: add --resume to complete the run"):
         found = lib.run(cfg, items=items, say=_say(quiet), on_retry=Bar(True).retry)
     _skipped(found.skipped)
     click.echo(view.table(found.dataset))
@@ -352,9 +352,10 @@ def answers(data, out, prompt_format, max_cf, max_examples, **options):
 @click.option("--evaluate", "evaluate", type=int, default=None,
               help="Edits evaluated together (batch methods, rome --sequential): only N of them, drawn with --seed; every"
                    " edit stays in the weights [default: all].")
+@RESUME
 @QUIET
 def edit(data, out, new_object, layer, from_cube, no_covariance, corpus_tokens, seed, max_examples, save_dir, method,
-         layer_range, batch_size, sequential, unedited, update_weight, evaluate, quiet, **options):
+         layer_range, batch_size, sequential, unedited, update_weight, evaluate, resume, quiet, **options):
     """ROME: rewrite each record's fact (obj -> the new object) with a rank-one update of one
     layer's MLP, evaluate each edit (efficacy, paraphrase, specificity, fluency) and write
     the edits (left/right vectors, layer, metrics) to OUT. MEMIT and AlphaEdit (--method):
@@ -370,8 +371,8 @@ def edit(data, out, new_object, layer, from_cube, no_covariance, corpus_tokens, 
                               from_cube=from_cube, covariance=not no_covariance, corpus_tokens=corpus_tokens, seed=seed,
                               max_examples=max_examples, save=save_dir, method=method, layers=layer_range,
                               batch_size=batch_size, sequential=sequential, unedited=unedited, evaluate=evaluate,
-                              update_weight=update_weight, **settings(options))
-    with guarded("nothing was written: run the same command again"):
+                              update_weight=update_weight, resume=resume, **settings(options))
+    with guarded(f"finished edits are kept in {out}.partial: add --resume to complete the run"):
         result = edit_lib.run(cfg, say=(lambda text: None) if quiet else click.echo, on_retry=Bar(True).retry)
     for problem in result.skipped:
         click.echo(f"skipped {problem}", err=True)

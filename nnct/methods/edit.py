@@ -29,6 +29,13 @@ left it (AlphaEdit then keeps their keys). Every fact is evaluated with all batc
 ROME with `sequential`: each edit computed on the model as the earlier ones left it, all of
 them evaluated together in the same way.
 
+A run with `out` keeps what it finished in `<out>.partial/` (`results.partial`) as it goes:
+each ROME edit (evaluated, unless edits are evaluated together) and each batch (its edits
+and factors) in a file of its own, written whole, beside the layer, layers and prefixes the
+run fixed once. Killed at any moment, it completes with `resume` (the same settings, data
+and weights) from the first unit it had not finished; the evaluation of edits together runs
+after the last unit, so it runs again in full.
+
 Specificity's neighbours and retention's facts come from the records of `unedited` (a
 file of facts the run does not edit), else from the data's. Edits evaluated together are
 scored on neighbours that no edit rewrote, and beside them the run reads retention: of up to
@@ -48,16 +55,19 @@ import os
 import random
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..errors import ConfigError, RecordError
+from .. import __version__
+from ..errors import ConfigError, RecordError, ResumeMismatch
 from ..exec import decode, memit, rome
 from ..inputs import corpus, spans
 from ..inputs.records import Record, load_records
 from ..interventions.rank_one import rank_one, rank_one_from
 from ..results import edits as edits_file
+from ..results.partial import Partial
 from . import pipeline
 from .pipeline import Execution
 
@@ -90,6 +100,7 @@ class EditConfig(Execution):
     evaluate: int | None = None  # edits evaluated together: only this many, drawn with `seed` (all stay in the weights)
     batch_hparams: memit.Hparams | None = None  # None: `memit.hparams_for` the model's family
     update_weight: float | None = None  # MEMIT's lambda (mom2_update_weight), if not the family's
+    resume: bool = False  # complete the unfinished run of the same settings at `out`
 
 
 METHODS = ("rome", "memit", "alphaedit")
@@ -469,9 +480,52 @@ def _others(cfg: EditConfig, loaded, skipped: list) -> list[Record]:
     return found.items
 
 
-def _attrs(cfg: EditConfig, session: pipeline.Session, layer: int, tokens: int, prefixes: list[str]) -> dict:
+class _Kept:
+    """A run's finished units on disk (see the module's docstring): none without `cfg.out`."""
+
+    def __init__(self, cfg: EditConfig, adapter, records: list[Record]):
+        self.partial = None
+        if not cfg.out:
+            return
+        unedited = str(Path(cfg.unedited).resolve()) if cfg.unedited else None
+        settings = {**pipeline.settings_of(cfg, "out", "resume", "save"), "data": str(Path(cfg.data).resolve()),
+                    "unedited": unedited, "model_revision": adapter.revision, "device": adapter.device,
+                    "nnct_version": __version__}
+        self.partial = Partial.open(cfg.out, json.loads(json.dumps(settings)), cfg.resume)
+        ids = [r.id for r in records]
+        if self.partial.state.setdefault("records", ids) != ids:
+            raise ResumeMismatch(f"{self.partial.dir}: the stored run edited other records than this data set gives now")
+        self.partial.save()
+
+    def fixed(self, name: str, make):
+        """What the run fixes once (a layer, the prefixes): made now, or as it was made."""
+        if self.partial is None:
+            return make()
+        if name not in self.partial.state:
+            self.partial.state[name] = make()
+            self.partial.save()
+        return self.partial.state[name]
+
+    def get(self, k: int) -> tuple[list[edits_file.Edit], list[edits_file.Factors]] | None:
+        """Unit k's (edits, factors), if it was finished."""
+        path = self.partial.unit(k, ".nc") if self.partial else None
+        return (edits_file.read(path)[0], edits_file.read_factors(path)) if path and path.is_file() else None
+
+    def keep(self, k: int, edits: list[edits_file.Edit], factors: list[edits_file.Factors] = ()) -> None:
+        if self.partial:
+            edits_file.write(edits, self.partial.unit(k, ".nc"), {}, factors)
+
+    def finish(self) -> None:
+        """The output is written: the partial directory goes."""
+        if self.partial:
+            self.partial.remove()
+
+
+def _attrs(cfg: EditConfig, session: pipeline.Session, kept: _Kept, layer: int, tokens: int,
+           prefixes: list[str]) -> dict:
     """The edits file's attrs every method writes (provenance, data, C, prefixes)."""
-    return {**session.provenance(pipeline.settings_of(cfg, "out")), "model": cfg.model, "layer": layer,
+    when = kept.partial.created if kept.partial else None
+    return {**session.provenance(pipeline.settings_of(cfg, "out", "resume"), when), "model": cfg.model, "layer": layer,
             "covariance": f"{corpus.NAME}, {tokens} tokens" if cfg.covariance else "identity", "seed": cfg.seed,
             "data": str(cfg.data), "new_object": cfg.new_object, "prefixes": len(prefixes)}
 
@@ -483,28 +537,44 @@ def _edit_all(cfg: EditConfig, session: pipeline.Session, say) -> EditRun:
     records = loaded.items[: cfg.max_examples] if cfg.max_examples else loaded.items
     skipped = list(loaded.problems)
     others = _others(cfg, loaded, skipped)
-    if cfg.method != "rome":
-        return _edit_batches(cfg, session, where, others, records, skipped, say)
-    layer = _located(cfg, adapter)
+    kept = _Kept(cfg, adapter, records)
+    run = _edit_rome if cfg.method == "rome" else _edit_batches
+    result = run(cfg, session, where, others, records, skipped, kept, say)
+    kept.finish()
+    return result
+
+
+def _edit_rome(cfg: EditConfig, session: pipeline.Session, where: Where, others: list[Record], records,
+               skipped: list, kept: _Kept, say) -> EditRun:
+    """ROME's edit of each record, evaluated alone, or with `sequential` each on the model the
+    earlier ones left and all of them evaluated together."""
+    adapter = where.adapter
+    layer = kept.fixed("layer", lambda: _located(cfg, adapter))
     say(f"editing at layer {layer}")
-    prefixes = context_prefixes(where, cfg.seed)
+    prefixes = kept.fixed("prefixes", lambda: context_prefixes(where, cfg.seed))
     cov, tokens = covariances(adapter, [layer], cfg.corpus_tokens, where.execute) if cfg.covariance else ({layer: None}, 0)
     made, rows = [], []
-    for record in records:
+    for k, record in enumerate(records):
         try:
             new = _new_object(record, cfg.new_object)
-            with rome.edited_weights(adapter, edits_file.updates(made) if cfg.sequential else []):
-                edit = edit_record(where, record, new, layer, prefixes, cov[layer], cfg.hparams)
+            done = kept.get(k)
+            if done is None:
+                with rome.edited_weights(adapter, edits_file.updates(made) if cfg.sequential else []):
+                    edit = edit_record(where, record, new, layer, prefixes, cov[layer], cfg.hparams)
         except (RecordError, ConfigError) as exc:
             skipped.append(_skipped(cfg, record, exc))
             continue
-        if not cfg.sequential:
-            before = _score(where, [record.prompt_wo_ctx], [new, record.obj])[0]
-            with where.edited([(edit.layer, edit.left, edit.right)]) as edited:
-                _evaluated(edited, edit, record, others, before, say)
+        if done is not None:
+            edit = done[0][0]
+        else:
+            if not cfg.sequential:
+                before = _score(where, [record.prompt_wo_ctx], [new, record.obj])[0]
+                with where.edited([(edit.layer, edit.left, edit.right)]) as edited:
+                    _evaluated(edited, edit, record, others, before, say)
+            kept.keep(k, [edit])
         made.append(edit)
         rows.append((record, new, edit))
-    attrs = {**_attrs(cfg, session, layer, tokens, prefixes), "method": "rome", "sequential": int(cfg.sequential)}
+    attrs = {**_attrs(cfg, session, kept, layer, tokens, prefixes), "method": "rome", "sequential": int(cfg.sequential)}
     if cfg.sequential and made:
         attrs.update(_evaluate_together(cfg, where, others, rows, edits_file.updates(made), say))
     if cfg.out and made:
@@ -515,18 +585,18 @@ def _edit_all(cfg: EditConfig, session: pipeline.Session, say) -> EditRun:
 
 
 def _edit_batches(cfg: EditConfig, session: pipeline.Session, where: Where, others: list[Record], records,
-                  skipped: list, say) -> EditRun:
+                  skipped: list, kept: _Kept, say) -> EditRun:
     """MEMIT's or AlphaEdit's edits of `records` (see the module's docstring), evaluated with
     every batch in the weights at once (on `others`' facts for specificity and retention)."""
     adapter = where.adapter
-    layers = _batch_layers(cfg, adapter)
+    layers = kept.fixed("layers", lambda: _batch_layers(cfg, adapter))
     hp = cfg.batch_hparams or memit.hparams_for(adapter.model_type, adapter.name)
     if cfg.update_weight is not None:
         hp = replace(hp, mom2_update_weight=cfg.update_weight)
     cfg = replace(cfg, batch_hparams=hp)
     top = layers[-1]
     say(f"editing with {cfg.method} at layers {layers[0]}-{top}")
-    prefixes = context_prefixes(where, cfg.seed, batch=True)
+    prefixes = kept.fixed("prefixes", lambda: context_prefixes(where, cfg.seed, batch=True))
     if cfg.covariance:
         cov, tokens = covariances(adapter, layers, cfg.corpus_tokens)
     else:
@@ -542,13 +612,10 @@ def _edit_batches(cfg: EditConfig, session: pipeline.Session, where: Where, othe
     if not facts:
         return EditRun([], {}, skipped)
     size = cfg.batch_size or len(facts)
-    written, factors, logs = _write_batches(cfg, adapter, [f for _, _, f in facts], layers, cov, size, say)
     hparams = {**asdict(hp), "covariance": cfg.covariance, "prefixes": len(prefixes)}
-    made = [edits_file.Edit(record.id, record.subj, record.prompt_wo_ctx, record.obj, new, top, None, None, hparams,
-                            {"v_steps": len(log["loss"]), "v_p_new": log["p_target"][-1]}, batch=i // size)
-            for i, ((record, new, _), log) in enumerate(zip(facts, logs))]
+    written, factors, made = _write_batches(cfg, adapter, facts, layers, cov, size, hparams, kept, say)
     retention = _evaluate_together(cfg, where, others, [(r, new, e) for (r, new, _), e in zip(facts, made)], written, say)
-    attrs = {**_attrs(cfg, session, top, tokens, prefixes), "layers": f"{layers[0]}-{top}", "method": cfg.method,
+    attrs = {**_attrs(cfg, session, kept, top, tokens, prefixes), "layers": f"{layers[0]}-{top}", "method": cfg.method,
              "batches": -(-len(facts) // size), "sequential": int(cfg.sequential),
              "batch_hparams": json.dumps(asdict(hp), sort_keys=True), **retention}
     if cfg.out:
@@ -598,30 +665,41 @@ def _targets(adapter, facts: list[memit.Fact], top: int, hp: rome.Hparams, pad: 
     return found
 
 
-def _write_batches(cfg: EditConfig, adapter, facts: list[memit.Fact], layers: list[int], cov: dict, size: int, say):
-    """(every batch's (layer, left, right) in numpy, their `Factors`, each fact's target
-    optimisation log): the facts in batches of `size`, each computed on the original model, or
-    with `--sequential` on the model as the earlier batches left it (AlphaEdit then preserving
-    the earlier batches' keys)."""
+def _write_batches(cfg: EditConfig, adapter, facts: list[tuple], layers: list[int], cov: dict, size: int,
+                   hparams: dict, kept: _Kept, say):
+    """(every batch's (layer, left, right) in numpy, their `Factors`, an `Edit` per fact):
+    `facts` ((record, new object, `memit.Fact`) each) in batches of `size`, each computed on
+    the original model, or with `--sequential` on the model as the earlier batches left it
+    (AlphaEdit then preserving the earlier batches' keys); a batch finished before is read
+    from `kept`."""
     hp, top = cfg.batch_hparams, layers[-1]
     pad = _pad(adapter.tokenizer)
     batches = [facts[i:i + size] for i in range(0, len(facts), size)]
     preserved: dict[int, torch.Tensor] = {}
     solve = memit.memit_solver(cov, hp) if cfg.method == "memit" else memit.alphaedit_solver(cov, preserved, hp)
-    written, factors, logs = [], [], []
+    written, factors, made = [], [], []
     for b, batch in enumerate(batches):
         earlier = list(written) if cfg.sequential else []
-        with rome.edited_weights(adapter, earlier):
-            found = _targets(adapter, batch, top, hp.value, pad, cached=not earlier)
-        logs += [log for _, log in found]
-        made = memit.batch_edit(adapter, batch, layers, solve, torch.stack([z for z, _ in found], 1), earlier=earlier)
+        done = kept.get(b)
+        if done is None:
+            with rome.edited_weights(adapter, earlier):
+                found = _targets(adapter, [f for _, _, f in batch], top, hp.value, pad, cached=not earlier)
+            update = memit.batch_edit(adapter, [f for _, _, f in batch], layers, solve,
+                                      torch.stack([z for z, _ in found], 1), earlier=earlier)
+            done = ([edits_file.Edit(record.id, record.subj, record.prompt_wo_ctx, record.obj, new, top, None, None,
+                                     hparams, {"v_steps": len(log["loss"]), "v_p_new": log["p_target"][-1]}, batch=b)
+                     for (record, new, _), (_, log) in zip(batch, found)],
+                    [edits_file.Factors(b, layer, left.cpu().numpy(), right.cpu().numpy())
+                     for layer, left, right in update])
+            kept.keep(b, *done)
+        update = [(f.layer, f.left, f.right) for f in done[1]]
         if cfg.sequential and cfg.method == "alphaedit":
-            memit.preserve(adapter, batch, layers, [*earlier, *made], preserved)
-        made = [(layer, left.cpu().numpy(), right.cpu().numpy()) for layer, left, right in made]
-        written += made
-        factors += [edits_file.Factors(b, layer, left, right) for layer, left, right in made]
+            memit.preserve(adapter, [f for _, _, f in batch], layers, [*earlier, *update], preserved)
+        written += update
+        made += done[0]
+        factors += done[1]
         say(f"batch {b + 1}/{len(batches)}: {len(batch)} facts written")
-    return written, factors, logs
+    return written, factors, made
 
 
 def save_edited(adapter, updates: list[tuple], directory) -> None:

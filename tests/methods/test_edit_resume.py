@@ -1,0 +1,92 @@
+"""`nnct edit` killed midway completes with --resume, as if it had never stopped: sequential
+ROME (each edit on the model the earlier ones left) and sequential AlphaEdit (whose later
+batches keep the earlier batches' keys, rebuilt on resume) give the same factors and
+metrics as one uninterrupted run, and recompute only the units that were not finished."""
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import nnct.methods.edit as edit_lib
+from nnct.cli import main
+from nnct.results import edits
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("NNCT_CACHE", str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def counting(monkeypatch, name, stop_at=None):
+    """Count the calls of edit_lib.`name`; the call numbered `stop_at` is a Ctrl-C instead."""
+    real, calls = getattr(edit_lib, name), []
+
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == stop_at:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(edit_lib, name, wrapped)
+    return calls
+
+
+def assert_same_run(a, b):
+    (made_a, attrs_a), (made_b, attrs_b) = edits.read(a), edits.read(b)
+    assert [e.record_id for e in made_a] == [e.record_id for e in made_b]
+    for x, y in zip(made_a, made_b):
+        assert x.metrics.keys() == y.metrics.keys()
+        for k in x.metrics:
+            np.testing.assert_allclose(y.metrics[k], x.metrics[k], rtol=1e-9, atol=1e-12, err_msg=k)
+        if x.left is not None:
+            np.testing.assert_allclose(y.left, x.left, rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(y.right, x.right, rtol=1e-9, atol=1e-12)
+    fa, fb = edits.read_factors(a), edits.read_factors(b)
+    assert [(f.batch, f.layer) for f in fa] == [(f.batch, f.layer) for f in fb]
+    for x, y in zip(fa, fb):
+        np.testing.assert_allclose(y.left, x.left, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(y.right, x.right, rtol=1e-9, atol=1e-12)
+    for k in ("retention_known", "retention_kept"):
+        assert attrs_a.get(k) == attrs_b.get(k)
+
+
+CASES = {
+    "rome": (["--layer", 1, "--no-covariance", "--sequential"], "edit_record"),
+    "alphaedit": (["--method", "alphaedit", "--layers", "1-2", "--corpus-tokens", 300, "--batch-size", 1,
+                   "--sequential"], "_targets"),
+}
+
+
+@pytest.mark.parametrize("method", list(CASES))
+def test_an_interrupted_sequential_run_resumes_to_the_uninterrupted_one(tmp_path, tiny_model_dir, data_file,
+                                                                       monkeypatch, method):
+    options, unit = CASES[method]
+    common = ["edit", "--model", tiny_model_dir, "--data", data_file, *options, "-q"]
+    whole = invoke(*common, "--out", tmp_path / "whole.nc")
+    assert whole.exit_code == 0, whole.output
+
+    out, real = tmp_path / "cut.nc", getattr(edit_lib, unit)
+    calls = counting(monkeypatch, unit, stop_at=3)  # the third record's unit: two are finished
+    cut = invoke(*common, "--out", out)
+    assert cut.exit_code == 130, cut.output
+    assert f"{out}.partial" in cut.stderr and "--resume" in cut.stderr
+    assert not out.exists() and len(list((tmp_path / "cut.nc.partial").glob("0*.nc"))) == 2
+
+    again = invoke(*common, "--out", out)  # without --resume: the unfinished run is in the way
+    assert again.exit_code == 2 and "--resume" in again.stderr
+    other = invoke(*common, "--out", out, "--resume", "--seed", 1)
+    assert other.exit_code == 2 and "seed" in other.stderr
+
+    monkeypatch.setattr(edit_lib, unit, real)
+    calls = counting(monkeypatch, unit)
+    resumed = invoke(*common, "--out", out, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert len(calls) == 1  # only the unfinished third
+    assert not (tmp_path / "cut.nc.partial").exists()
+    assert_same_run(tmp_path / "whole.nc", out)
