@@ -85,19 +85,22 @@ TARGET_BATCH = 8  # facts whose targets `targets` optimises together (analysis/b
 
 
 def targets(parts, facts: list[Fact], layer: int, hp: rome.Hparams, pad: int = 0,
-            batch: int = TARGET_BATCH) -> list[tuple[torch.Tensor, dict]]:
-    """`target` of every fact, `batch` facts at a time optimised together in the same forward
+            batch: int | None = None, found=None) -> list[tuple[torch.Tensor, dict]]:
+    """`target` of every fact, `batch` (TARGET_BATCH) facts at a time optimised together in the same forward
     passes (`rome.values`: each as if alone), the facts taken in order of how many tokens
-    each step runs of their rows (those from the lookup on: less padding in a batch)."""
+    each step runs of their rows (those from the lookup on: less padding in a batch);
+    `found(i, (z, log))` is called as each fact's is done (a long run keeps them as it goes)."""
     tokens = [max(len(p) + len(f.target) - 1 - at for p, at in zip(f.prompts, f.lookups)) for f in facts]
     order = sorted(range(len(facts)), key=tokens.__getitem__)
-    out = [None] * len(facts)
+    out, batch = [None] * len(facts), batch or TARGET_BATCH
     for lo in range(0, len(facts), batch):
         which = order[lo:lo + batch]
         group = [rome.Value([p + f.target[:-1] for p in f.prompts], f.lookups, f.target, [f.kl], [f.kl_lookup])
                  for f in (facts[i] for i in which)]
         for i, (z, _, log) in zip(which, rome.values(parts, group, layer, hp, pad=pad, site="hidden")):
             out[i] = (z.cpu(), log)
+            if found is not None:
+                found(i, out[i])
     return out
 
 

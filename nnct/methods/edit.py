@@ -639,9 +639,10 @@ def _batch_layers(cfg: EditConfig, adapter) -> list[int]:
 
 def _targets(adapter, facts: list[memit.Fact], top: int, hp: rome.Hparams, pad: int, cached: bool) -> list[tuple]:
     """`memit.targets` of `facts` (those to find optimised together, `memit.TARGET_BATCH` at a
-    time); one found on the unedited weights (`cached`) is kept in the nnct cache, each fact's
-    under the weights' digest, dtype and everything it was found from, and read from there
-    again (a run of the other batch method, or of more facts, finds it once)."""
+    time); one found on the unedited weights (`cached`) is kept in the nnct cache as soon as
+    it is found, each fact's under the weights' digest, dtype and everything it was found
+    from, and read from there again (a run of the other batch method, or of more facts, or
+    one stopped midway and run again, finds it once)."""
     from ..model.embedded import cache_root
 
     if not cached:
@@ -656,13 +657,21 @@ def _targets(adapter, facts: list[memit.Fact], top: int, hp: rome.Hparams, pad: 
             kept = torch.load(path)
             found[i] = (kept["z"], kept["log"])
     missing = [i for i, got in enumerate(found) if got is None]
-    for i, (z, log) in zip(missing, memit.targets(adapter.parts, [facts[i] for i in missing], top, hp, pad=pad)):
-        found[i] = (z, log)
-        paths[i].parent.mkdir(parents=True, exist_ok=True)
-        tmp = paths[i].with_suffix(f".{os.getpid()}.tmp")
-        torch.save({"z": z, "log": log}, tmp)
-        tmp.replace(paths[i])  # whole or absent: runs side by side may find the same target
+    if missing:
+        where.mkdir(parents=True, exist_ok=True)
+        got = memit.targets(adapter.parts, [facts[i] for i in missing], top, hp, pad=pad,
+                            found=lambda j, target: _cache_target(paths[missing[j]], target))
+        for i, target in zip(missing, got):
+            found[i] = target
     return found
+
+
+def _cache_target(path, target: tuple) -> None:
+    """(z, log) into the cache file `path`, whole or absent: runs side by side may find the
+    same target."""
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save({"z": target[0], "log": target[1]}, tmp)
+    tmp.replace(path)
 
 
 def _write_batches(cfg: EditConfig, adapter, facts: list[tuple], layers: list[int], cov: dict, size: int,

@@ -90,3 +90,35 @@ def test_an_interrupted_sequential_run_resumes_to_the_uninterrupted_one(tmp_path
     assert len(calls) == 1  # only the unfinished third
     assert not (tmp_path / "cut.nc.partial").exists()
     assert_same_run(tmp_path / "whole.nc", out)
+
+
+def test_a_batch_stopped_while_finding_its_targets_keeps_those_found(tmp_path, tiny_model_dir, data_file,
+                                                                      monkeypatch):
+    """One batch is one unit: what a run stopped inside it keeps is the targets already found
+    (in the nnct cache, as each is found); run again, it finds only the others."""
+    import nnct.exec.memit as memit
+    import nnct.exec.rome as rome
+
+    monkeypatch.setattr(memit, "TARGET_BATCH", 1)
+    common = ["edit", "--model", tiny_model_dir, "--data", data_file, "--method", "memit", "--layers", "1-2",
+              "--corpus-tokens", 300, "-q"]
+    real, calls, stop = rome.values, [], [3]
+
+    def values(*args, **kwargs):
+        calls.append(1)
+        if len(calls) in stop:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rome, "values", values)
+    out = tmp_path / "cut.nc"
+    assert invoke(*common, "--out", out).exit_code == 130
+    calls.clear()
+    stop.clear()
+    resumed = invoke(*common, "--out", out, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert len(calls) == 1  # the third fact's target alone
+    monkeypatch.setenv("NNCT_CACHE", str(tmp_path / "fresh"))  # nothing cached: every target found again
+    whole = invoke(*common, "--out", tmp_path / "whole.nc")
+    assert whole.exit_code == 0 and len(calls) == 4
+    assert_same_run(tmp_path / "whole.nc", out)
