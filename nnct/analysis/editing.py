@@ -1,6 +1,10 @@
 """Pooled metrics of an edits file: the mean of each edit's metric over the edits, with a 95%
 interval, and the retention of other facts the edited model knew.
 
+Beside them, `energy` measures how much an update moves a layer's output on given keys (or on
+a second moment's), and how much of the keys lies in a subspace (AlphaEdit's null space): the
+algebra `analysis/edit_disturbance.py` explains the scaling study with.
+
 An edit's efficacy is 0 or 1, so its pooled share takes Wilson's score interval (a t interval
 of a column of ones has width 0, and says nothing about 20 edits against 1,000). The other
 metrics are shares of several prompts (paraphrase, specificity) or continuous (magnitude,
@@ -47,6 +51,17 @@ def pooled(edits, attrs: dict) -> dict[str, tuple[float, float, float, int]]:
         known = int(attrs["retention_known"])
         out["retention"] = (*wilson(int(attrs["retention_kept"]), known), known)
     return out
+
+
+def energy(matrix: np.ndarray, keys: np.ndarray | None = None, second_moment: np.ndarray | None = None) -> float:
+    """The mean squared norm of matrix @ k ([d_out, d_ff] @ [d_ff]): over the columns of
+    `keys` [d_ff, n], or over keys whose second moment E[k k^T] is `second_moment`, where it
+    is trace(M C M^T). With a weight and its update, sqrt(energy(update) / energy(weight))
+    is the update's output change relative to the layer's; with a projection P, energy(P) /
+    energy(identity) is the share of the keys' energy inside P's subspace."""
+    if keys is not None:
+        return float(np.square(matrix @ keys).sum() / keys.shape[1])
+    return float(np.einsum("ij,jk,ik->", matrix, second_moment, matrix))
 
 
 def table(edits, attrs: dict) -> str:
