@@ -349,13 +349,17 @@ def answers(data, out, prompt_format, max_cf, max_examples, **options):
               help="memit/alphaedit: lambda, the weight of C against the new keys [default: 5000 for the embedded model"
                    " (chosen on its development facts), 15000 for other Llama-like models (AlphaEdit's Llama3-8B), else"
                    " 20000 (GPT-2 XL's)].")
+@click.option("--null-space-energy", "null_space_energy", type=float, default=None,
+              help="alphaedit: the null space is the directions of least variance holding at most this share of C's"
+                   " trace (e.g. 0.01), instead of AlphaEdit's eigenvalue threshold 2e-2, whose scale is its models'.")
 @click.option("--evaluate", "evaluate", type=int, default=None,
               help="Edits evaluated together (batch methods, rome --sequential): only N of them, drawn with --seed; every"
                    " edit stays in the weights [default: all].")
 @RESUME
 @QUIET
 def edit(data, out, new_object, layer, from_cube, no_covariance, corpus_tokens, seed, max_examples, save_dir, method,
-         layer_range, batch_size, sequential, unedited, update_weight, evaluate, resume, quiet, **options):
+         layer_range, batch_size, sequential, unedited, update_weight, null_space_energy, evaluate, resume, quiet,
+         **options):
     """ROME: rewrite each record's fact (obj -> the new object) with a rank-one update of one
     layer's MLP, evaluate each edit (efficacy, paraphrase, specificity, fluency) and write
     the edits (left/right vectors, layer, metrics) to OUT. MEMIT and AlphaEdit (--method):
@@ -371,7 +375,8 @@ def edit(data, out, new_object, layer, from_cube, no_covariance, corpus_tokens, 
                               from_cube=from_cube, covariance=not no_covariance, corpus_tokens=corpus_tokens, seed=seed,
                               max_examples=max_examples, save=save_dir, method=method, layers=layer_range,
                               batch_size=batch_size, sequential=sequential, unedited=unedited, evaluate=evaluate,
-                              update_weight=update_weight, resume=resume, **settings(options))
+                              update_weight=update_weight, null_space_energy=null_space_energy, resume=resume,
+                              **settings(options))
     with guarded(f"finished edits are kept in {out}.partial: add --resume to complete the run"):
         result = edit_lib.run(cfg, say=(lambda text: None) if quiet else click.echo, on_retry=Bar(True).retry)
     for problem in result.skipped:

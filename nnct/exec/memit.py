@@ -35,12 +35,14 @@ class Hparams:
     """MEMIT's and AlphaEdit's GPT-2 XL settings (hparams/MEMIT/gpt2-xl.json,
     hparams/AlphaEdit/gpt2-xl.json): the value optimisation is ROME's but for the clamp
     (0.75 |z0|); lambda (mom2_update_weight) 20000; AlphaEdit's null-space threshold 2e-2
-    and its L2 weight 10."""
+    and its L2 weight 10. `nullspace_energy` (not AlphaEdit's): a null space of the
+    directions holding at most this share of C's trace instead of the threshold's."""
 
     value: rome.Hparams = field(default_factory=lambda: rome.Hparams(clamp=0.75))
     mom2_update_weight: float = 20000.0
     nullspace_threshold: float = 2e-2
     l2: float = 10.0
+    nullspace_energy: float | None = None
 
 
 LLAMA_FAMILY = ("llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3_text")
@@ -135,7 +137,7 @@ def memit_solver(covs: dict[int, torch.Tensor], hp: Hparams):
 def alphaedit_solver(covs: dict[int, torch.Tensor], preserved: dict[int, torch.Tensor], hp: Hparams):
     """AlphaEdit's update at each layer: inside C_l's null space (computed here, once per
     layer), keeping the keys K_p K_p^T in `preserved` (per layer; a missing layer has none)."""
-    projections = {layer: batch_update.null_space(c, hp.nullspace_threshold) for layer, c in covs.items()}
+    projections = {layer: batch_update.null_space(c, hp.nullspace_threshold, hp.nullspace_energy) for layer, c in covs.items()}
 
     def solve(layer, keys, residuals):
         kept = preserved.get(layer, torch.zeros_like(projections[layer]))

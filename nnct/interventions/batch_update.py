@@ -42,11 +42,17 @@ def memit(keys: torch.Tensor, residuals: torch.Tensor, cov: torch.Tensor, weight
     return r, torch.linalg.solve(weight * c + k @ k.T, k)
 
 
-def null_space(cov: torch.Tensor, threshold: float) -> torch.Tensor:
+def null_space(cov: torch.Tensor, threshold: float, energy: float | None = None) -> torch.Tensor:
     """[d_ff, d_ff]: AlphaEdit's P, the projection onto the eigenvectors of `cov` whose
-    eigenvalues are below `threshold` (the directions the corpus's keys hardly use)."""
+    eigenvalues are below `threshold` (the directions the corpus's keys hardly use); with
+    `energy`, onto the eigenvectors of smallest eigenvalue that together hold at most that
+    share of trace(cov) (the same idea on a model whose keys have another scale)."""
     values, vectors = torch.linalg.eigh(cov.detach().double())
-    small = vectors[:, values < threshold]
+    if energy is None:
+        small = vectors[:, values < threshold]
+    else:
+        held = values.clamp(min=0)
+        small = vectors[:, torch.cumsum(held, 0) <= energy * held.sum()]
     return small @ small.T
 
 

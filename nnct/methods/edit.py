@@ -100,6 +100,7 @@ class EditConfig(Execution):
     evaluate: int | None = None  # edits evaluated together: only this many, drawn with `seed` (all stay in the weights)
     batch_hparams: memit.Hparams | None = None  # None: `memit.hparams_for` the model's family
     update_weight: float | None = None  # MEMIT's lambda (mom2_update_weight), if not the family's
+    null_space_energy: float | None = None  # AlphaEdit: a null space holding this share of C's trace, not the threshold's
     resume: bool = False  # complete the unfinished run of the same settings at `out`
 
 
@@ -144,6 +145,8 @@ def check_method(cfg: EditConfig) -> EditConfig:
         raise ConfigError("--layer with --layers: the range's last layer is where the targets are found; give one")
     if cfg.batch_size is not None and cfg.batch_size < 1:
         raise ConfigError(f"--batch-size {cfg.batch_size}: need at least 1 fact per batch")
+    if cfg.null_space_energy is not None and (cfg.method != "alphaedit" or not 0 < cfg.null_space_energy < 1):
+        raise ConfigError(f"--null-space-energy {cfg.null_space_energy}: a share in (0, 1), for --method alphaedit")
     if cfg.method == "alphaedit" and not cfg.covariance:
         raise ConfigError("--no-covariance with --method alphaedit: C = identity has no null space, nothing would change")
     return cfg
@@ -593,6 +596,8 @@ def _edit_batches(cfg: EditConfig, session: pipeline.Session, where: Where, othe
     hp = cfg.batch_hparams or memit.hparams_for(adapter.model_type, adapter.name)
     if cfg.update_weight is not None:
         hp = replace(hp, mom2_update_weight=cfg.update_weight)
+    if cfg.null_space_energy is not None:
+        hp = replace(hp, nullspace_energy=cfg.null_space_energy)
     cfg = replace(cfg, batch_hparams=hp)
     top = layers[-1]
     say(f"editing with {cfg.method} at layers {layers[0]}-{top}")

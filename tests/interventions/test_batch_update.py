@@ -132,3 +132,15 @@ def test_factors_apply_as_an_intervention_and_in_conv1d_layout():
     x = torch.randn(2, 4, D_FF, dtype=torch.float64)
     torch.testing.assert_close(edit_output(x @ w.T, x, left, right), x @ edited(w, left, right).T)
     torch.testing.assert_close(edited(w.T.contiguous(), left, right), edited(w, left, right).T)
+
+
+def test_a_null_space_by_energy_holds_the_directions_of_least_variance_up_to_that_share():
+    """Eigenvalues 0.001, 0.002, 0.01, 1, 2 (trace 3.013): a share of 0.005 (0.01507) holds the
+    first three (0.013), 0.0005 only the first, and the absolute threshold ignores the scale."""
+    q, _ = torch.linalg.qr(torch.randn(5, 5, generator=torch.Generator().manual_seed(12), dtype=torch.float64))
+    cov = q @ torch.diag(torch.tensor([0.001, 0.002, 0.01, 1.0, 2.0], dtype=torch.float64)) @ q.T
+    torch.testing.assert_close(null_space(cov, 1e-2, energy=0.005), q[:, :3] @ q[:, :3].T, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(null_space(cov, 1e-2, energy=0.0005), q[:, :1] @ q[:, :1].T, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(null_space(100 * cov, 1e-2, energy=0.005), q[:, :3] @ q[:, :3].T, rtol=1e-9,
+                               atol=1e-9)
+    assert null_space(100 * cov, 1e-2).abs().max() < 1e-12  # scaled up, nothing is under the threshold

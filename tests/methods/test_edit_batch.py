@@ -98,6 +98,12 @@ def test_alphaedit_and_sequential_batches_run(tmp_path, tiny_model_dir, data_fil
     assert attrs["batches"] == 3 and attrs["sequential"] == 1 and [e.batch for e in made] == [0, 1, 2]
     assert [(f.batch, f.layer, f.left.shape[1]) for f in factors] == [(b, layer, 1) for b in range(3) for layer in (1, 2)]
 
+    energy = tmp_path / "energy.nc"
+    done = invoke("edit", "--model", tiny_model_dir, "--data", data_file, "--method", "alphaedit", "--layers", "1-2",
+                  "--null-space-energy", 0.2, "--corpus-tokens", 300, "--max-examples", 2, "--out", energy, "-q")
+    assert done.exit_code == 0, done.output
+    assert json.loads(edits.read(energy)[1]["batch_hparams"])["nullspace_energy"] == 0.2
+
 
 def test_memit_sequential_from_python(tiny_model_dir, data_file):
     import nnct
@@ -120,6 +126,8 @@ def test_memit_sequential_from_python(tiny_model_dir, data_file):
     (["--method", "alphaedit", "--no-covariance"], "--no-covariance"),
     (["--method", "memit", "--evaluate", 0], "--evaluate"),
     (["--method", "memit", "--layers", "2-9"], "layers 0..3"),
+    (["--method", "memit", "--null-space-energy", 0.01], "--null-space-energy"),
+    (["--method", "alphaedit", "--null-space-energy", 1.5], "--null-space-energy"),
 ])
 def test_bad_combinations(tmp_path, tiny_model_dir, data_file, extra, named):
     done = invoke("edit", "--model", tiny_model_dir, "--data", data_file, "--out", tmp_path / "e.nc", *extra)
