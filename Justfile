@@ -145,9 +145,10 @@ lint:
     ruff check nnct tests experiments analysis
 
 # Many edits at once (analysis/results/editing/scaling/): ROME one after another, MEMIT and
-# AlphaEdit in one batch and in sequential batches of 10, at each size; each arm one `nnct
-# edit` process (time and peak memory recorded); resumes from scaling.csv.
-edit-scaling sizes="1,10,100,300,948" arms="rome-sequential,memit,alphaedit,memit-seq10,alphaedit-seq10":
+# AlphaEdit in one batch and in sequential batches of 10 (AlphaEdit also with a null space of
+# at most 1% of C's trace), at each size; each arm one `nnct edit` process (time and peak
+# memory recorded); resumes from scaling.csv and from each run's finished batches.
+edit-scaling sizes="1,10,100,300,948" arms="rome-sequential,memit,alphaedit,memit-seq10,alphaedit-seq10,alphaedit-e01,alphaedit-e01-seq10":
     python analysis/edit_scaling.py --sizes {{sizes}} --arms {{arms}} -o analysis/results/editing/scaling
 
 # Interactive pages of the committed studies (`nnct view`: one self-contained HTML file each,

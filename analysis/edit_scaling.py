@@ -1,6 +1,8 @@
 """Many edits at once: ROME one edit after another, MEMIT and AlphaEdit in one batch and in
 sequential batches of 10, at 1, 10, 100, 300 and all 948 edits (MEMIT's Figure 5 and
-AlphaEdit's tables on one small model).
+AlphaEdit's tables on one small model); and AlphaEdit again with a null space holding at most
+1% of C's trace (`--null-space-energy 0.01`), since AlphaEdit's threshold leaves most of this
+model's key energy inside its null space (`analysis/edit_disturbance.py`).
 
     python analysis/edit_scaling.py --sizes 1,10,100,300,948 -o analysis/results/editing/scaling
 
@@ -48,6 +50,10 @@ ARMS = {  # name: nnct edit's options
     "alphaedit": ["--method", "alphaedit", "--layers", "0-4"],
     "memit-seq10": ["--method", "memit", "--layers", "0-4", "--batch-size", "10", "--sequential"],
     "alphaedit-seq10": ["--method", "alphaedit", "--layers", "0-4", "--batch-size", "10", "--sequential"],
+    # AlphaEdit with a null space that is null on this model: at most 1% of C's trace (docs/method.md)
+    "alphaedit-e01": ["--method", "alphaedit", "--layers", "0-4", "--null-space-energy", "0.01"],
+    "alphaedit-e01-seq10": ["--method", "alphaedit", "--layers", "0-4", "--null-space-energy", "0.01",
+                            "--batch-size", "10", "--sequential"],
 }
 METRICS = ("efficacy", "efficacy_magnitude", "paraphrase", "specificity", "fluency", "retention")
 FIELDS = ["arm", "edits", "seconds", "peak_mib"] + [f"{m}{s}" for m in METRICS for s in ("", "_low", "_high", "_n")]
