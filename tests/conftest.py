@@ -140,3 +140,18 @@ def config(model_dir, data, out, **kw):
     from nnct.methods.run import RunConfig
 
     return RunConfig(data=str(data), out=str(out), model=str(model_dir), **{**SMALL, **kw})
+
+
+def invoke(*args):
+    """The nnct command line on `args` (each made a str), in this process."""
+    from click.testing import CliRunner
+
+    from nnct.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture
+def own_cache(tmp_path, monkeypatch):
+    """The nnct cache (covariances, targets, costs) of the test's own, not the user's."""
+    monkeypatch.setenv("NNCT_CACHE", str(tmp_path / "cache"))

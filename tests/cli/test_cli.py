@@ -5,24 +5,14 @@ from __future__ import annotations
 
 
 import pytest
-from click.testing import CliRunner
 
-from conftest import RECORDS, write_jsonl
-from nnct.cli import main
+from conftest import RECORDS, invoke, write_jsonl
 from nnct.results.cube import open_cube
 
 METHOD_ATTRS = (
     "model", "model_revision", "nnct_version", "experiment", "prompt_format", "samples", "window", "noise_rule",
     "noise_level", "seed", "replace", "reverse_patching", "dtype", "backend", "device", "created",
 )
-
-
-
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from click.testing import CliRunner
 
-from conftest import make_adapter, make_hf_model, make_tokenizer, write_jsonl
+from conftest import invoke, make_adapter, make_hf_model, make_tokenizer, write_jsonl
 from nnct.errors import ConfigError
 from nnct.exec import edges, paths
 from nnct.model.graph import graph_of
@@ -162,12 +161,6 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pairs_file(tmp_path_factory):
     return write_jsonl(tmp_path_factory.mktemp("pairs") / "pairs.jsonl", PAIRS)
-
-
-def invoke(*args):
-    from nnct.cli import main
-
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def test_the_api_returns_the_labelled_file(model_dir):

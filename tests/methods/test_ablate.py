@@ -6,19 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from conftest import RECORDS, write_jsonl
-from nnct.cli import main
+from conftest import RECORDS, invoke, write_jsonl
 from nnct.errors import ConfigError
 from nnct.model.loading import load
 from nnct.results.cube import metric_effects, open_cube
 from nnct.analysis.summary import summarize
 from reference import Reference
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

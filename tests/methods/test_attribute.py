@@ -8,11 +8,9 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from conftest import write_jsonl
+from conftest import invoke, write_jsonl
 from nnct.analysis.summary import summarize
-from nnct.cli import main
 from nnct.errors import ConfigError
 from nnct.results.cube import effects, metric_effects, open_cube
 
@@ -21,10 +19,6 @@ from nnct.results.cube import effects, metric_effects, open_cube
 # the paths through which an earlier write acts, which the sum of gradients does not see).
 TINY = ["--experiment", "subject-noctx", "--samples", "1", "--window", "1", "--noise-level", "s0.01", "--max-examples", "2",
         "--components", "hidden,attn,head", "-q"]
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def test_attribute_records_at_tiny_noise_is_the_exact_trace(tmp_path, tiny_model_dir, data_file):

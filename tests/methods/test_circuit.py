@@ -11,10 +11,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from conftest import WORDS, make_hf_model, make_tokenizer, write_jsonl
-from nnct.cli import main
+from conftest import WORDS, invoke, make_hf_model, make_tokenizer, write_jsonl
 from nnct.model.graph import Graph
 from nnct.results import circuit as circuit_file
 from nnct.results.cube import open_cube
@@ -26,10 +24,6 @@ PAIRS = [
     {"id": "p3", "clean": "the capital of France is", "corrupt": "the capital of Italy is", "target": "Paris", "alt": "Rome"},
     {"id": "bad", "clean": "the capital of France is", "corrupt": "the big capital of Italy is", "target": "Paris", "alt": "Rome"},
 ]
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,8 @@ against a probability computed here by hand, the layer found from a cube, bad in
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from conftest import write_jsonl
-from nnct.cli import main
+from conftest import invoke, write_jsonl
 from nnct.errors import ConfigError
 from nnct.exec import rome
 from nnct.model import load
@@ -15,14 +13,7 @@ from nnct.results import edits
 from nnct.results.cube import open_cube
 
 
-@pytest.fixture(autouse=True)
-def own_cache(tmp_path, monkeypatch):
-    """Covariances go to a cache of the test's own, not the user's."""
-    monkeypatch.setenv("NNCT_CACHE", str(tmp_path / "cache"))
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+pytestmark = pytest.mark.usefixtures("own_cache")
 
 
 def test_edit_writes_evaluated_edits(tmp_path, tiny_model_dir, data_file):

@@ -9,22 +9,13 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from click.testing import CliRunner
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from nnct.cli import main
+from conftest import invoke
 from nnct.results import edits
 
 
-@pytest.fixture(autouse=True)
-def own_cache(tmp_path, monkeypatch):
-    """Covariances go to a cache of the test's own, not the user's."""
-    monkeypatch.setenv("NNCT_CACHE", str(tmp_path / "cache"))
-    torch.set_num_threads(1)
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+pytestmark = pytest.mark.usefixtures("own_cache")
 
 
 def test_memit_factors_applied_by_hand_give_the_reported_probabilities(tmp_path, tiny_model_dir, data_file):

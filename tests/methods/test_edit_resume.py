@@ -5,22 +5,13 @@ metrics as one uninterrupted run, and recompute only the units that were not fin
 
 import numpy as np
 import pytest
-import torch
-from click.testing import CliRunner
 
+from conftest import invoke
 import nnct.methods.edit as edit_lib
-from nnct.cli import main
 from nnct.results import edits
 
 
-@pytest.fixture(autouse=True)
-def own_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("NNCT_CACHE", str(tmp_path / "cache"))
-    torch.set_num_threads(1)
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+pytestmark = pytest.mark.usefixtures("own_cache")
 
 
 def counting(monkeypatch, name, stop_at=None):

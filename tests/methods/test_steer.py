@@ -10,10 +10,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from conftest import make_adapter, write_jsonl
-from nnct.cli import main
+from conftest import invoke, make_adapter, write_jsonl
 from nnct.errors import ConfigError
 from nnct.methods import steer as lib
 from nnct.results import steering as steering_file
@@ -30,10 +28,6 @@ PROMPTS = [
     {"id": "same", "prompt": "the city of", "target": "Paris", "alt": "Paris"},  # one token: reported
     {"id": "vinson", "prompt": "Vinson Massif is part of", "target": "Antarctica"},  # no alt: reported
 ]
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
