@@ -273,7 +273,7 @@ def _path(pairs, items, out, output_dir, chosen: dict, quiet: bool, options: dic
         fail("give --out FILE.nc or --output-dir DIR: where the path-patching file goes")
     cfg = lib.PathConfig(pairs=pairs, out=out, max_pairs=options.pop("max_examples"), **chosen,
                          **settings(options))
-    with guarded(f"finished edits are kept in {out}.partial: add --resume to complete the run"):
+    with guarded("nothing was written: run the same command again"):
         found = lib.run(cfg, items=items, say=_say(quiet), on_retry=Bar(True).retry)
     _skipped(found.skipped)
     click.echo(view.table(found.dataset))

@@ -88,8 +88,8 @@ TARGET_BATCH = 8  # facts whose targets `targets` optimises together (analysis/b
 
 def targets(parts, facts: list[Fact], layer: int, hp: rome.Hparams, pad: int = 0,
             batch: int | None = None, found=None) -> list[tuple[torch.Tensor, dict]]:
-    """`target` of every fact, `batch` (TARGET_BATCH) facts at a time optimised together in the same forward
-    passes (`rome.values`: each as if alone), the facts taken in order of how many tokens
+    """`target` of every fact, `batch` (TARGET_BATCH) facts at a time optimised together in
+    the same forward passes (`rome.values`: each as if alone), the facts taken in order of how many tokens
     each step runs of their rows (those from the lookup on: less padding in a batch);
     `found(i, (z, log))` is called as each fact's is done (a long run keeps them as it goes)."""
     tokens = [max(len(p) + len(f.target) - 1 - at for p, at in zip(f.prompts, f.lookups)) for f in facts]
@@ -137,7 +137,8 @@ def memit_solver(covs: dict[int, torch.Tensor], hp: Hparams):
 def alphaedit_solver(covs: dict[int, torch.Tensor], preserved: dict[int, torch.Tensor], hp: Hparams):
     """AlphaEdit's update at each layer: inside C_l's null space (computed here, once per
     layer), keeping the keys K_p K_p^T in `preserved` (per layer; a missing layer has none)."""
-    projections = {layer: batch_update.null_space(c, hp.nullspace_threshold, hp.nullspace_energy) for layer, c in covs.items()}
+    projections = {layer: batch_update.null_space(c, hp.nullspace_threshold, hp.nullspace_energy)
+                   for layer, c in covs.items()}
 
     def solve(layer, keys, residuals):
         kept = preserved.get(layer, torch.zeros_like(projections[layer]))

@@ -151,10 +151,10 @@ def frozen(parts: Parts):
 
 
 def _value_inputs(rows: list[list[int]], pad: int, lookups: list[int], target: list[int], n_rw: int, device):
-    """The tensors of a server step's batch (`_value_step`, whole rows) on `device`: right-padded ids and their mask, the
-    lookup positions, where each rewriting row predicts the target's tokens (at its end, from
-    the positions before them) and which, each row's index, and the position after each KL
-    prompt's last token (P(. | "{s} is a"))."""
+    """The tensors of a server step's batch (`_value_step`, whole rows) on `device`:
+    right-padded ids and their mask, the lookup positions, where each rewriting row predicts
+    the target's tokens (at its end, from the positions before them) and which, each row's
+    index, and the position after each KL prompt's last token (P(. | "{s} is a"))."""
     ids, mask = _padded(rows, pad, device)
     n_t = len(target)
     pred = torch.tensor([[len(r) - n_t + j for j in range(n_t)] for r in rows[:n_rw]], device=device)

@@ -567,14 +567,14 @@ def _edit_rome(cfg: EditConfig, session: pipeline.Session, where: Where, others:
         except (RecordError, ConfigError) as exc:
             skipped.append(_skipped(cfg, record, exc))
             continue
-        if done is not None:
-            edit = done[0][0]
-        else:
+        if done is None:
             if not cfg.sequential:
                 before = _score(where, [record.prompt_wo_ctx], [new, record.obj])[0]
                 with where.edited([(edit.layer, edit.left, edit.right)]) as edited:
                     _evaluated(edited, edit, record, others, before, say)
             kept.keep(k, [edit])
+        else:
+            edit = done[0][0]
         made.append(edit)
         rows.append((record, new, edit))
     attrs = {**_attrs(cfg, session, kept, layer, tokens, prefixes), "method": "rome", "sequential": int(cfg.sequential)}
@@ -618,7 +618,8 @@ def _edit_batches(cfg: EditConfig, session: pipeline.Session, where: Where, othe
         return EditRun([], {}, skipped)
     size = cfg.batch_size or len(facts)
     hparams = {**asdict(hp), "covariance": cfg.covariance, "prefixes": len(prefixes)}
-    written, factors, made = _write_batches(cfg, adapter, facts, layers, cov, size, hparams, kept, say)
+    factors, made = _write_batches(cfg, adapter, facts, layers, cov, size, hparams, kept, say)
+    written = edits_file.updates(made, factors)
     retention = _evaluate_together(cfg, where, others, [(r, new, e) for (r, new, _), e in zip(facts, made)], written, say)
     attrs = {**_attrs(cfg, session, kept, top, tokens, prefixes), "layers": f"{layers[0]}-{top}", "method": cfg.method,
              "batches": -(-len(facts) // size), "sequential": int(cfg.sequential),
@@ -681,7 +682,7 @@ def _cache_target(path, target: tuple) -> None:
 
 def _write_batches(cfg: EditConfig, adapter, facts: list[tuple], layers: list[int], cov: dict, size: int,
                    hparams: dict, kept: _Kept, say):
-    """(every batch's (layer, left, right) in numpy, their `Factors`, an `Edit` per fact):
+    """(every batch's `Factors` of each layer, in numpy; an `Edit` per fact):
     `facts` ((record, new object, `memit.Fact`) each) in batches of `size`, each computed on
     the original model, or with `--sequential` on the model as the earlier batches left it
     (AlphaEdit then preserving the earlier batches' keys); a batch finished before is read
@@ -691,9 +692,9 @@ def _write_batches(cfg: EditConfig, adapter, facts: list[tuple], layers: list[in
     batches = [facts[i:i + size] for i in range(0, len(facts), size)]
     preserved: dict[int, torch.Tensor] = {}
     solve = memit.memit_solver(cov, hp) if cfg.method == "memit" else memit.alphaedit_solver(cov, preserved, hp)
-    written, factors, made = [], [], []
+    factors, made = [], []
     for b, batch in enumerate(batches):
-        earlier = list(written) if cfg.sequential else []
+        earlier = edits_file.updates(made, factors) if cfg.sequential else []
         done = kept.get(b)
         if done is None:
             with rome.edited_weights(adapter, earlier):
@@ -706,14 +707,13 @@ def _write_batches(cfg: EditConfig, adapter, facts: list[tuple], layers: list[in
                     [edits_file.Factors(b, layer, left.cpu().numpy(), right.cpu().numpy())
                      for layer, left, right in update])
             kept.keep(b, *done)
-        update = [(f.layer, f.left, f.right) for f in done[1]]
         if cfg.sequential and cfg.method == "alphaedit":
-            memit.preserve(adapter, [f for _, _, f in batch], layers, [*earlier, *update], preserved)
-        written += update
+            memit.preserve(adapter, [f for _, _, f in batch], layers, [*earlier, *edits_file.updates([], done[1])],
+                           preserved)
         made += done[0]
         factors += done[1]
         say(f"batch {b + 1}/{len(batches)}: {len(batch)} facts written")
-    return written, factors, made
+    return factors, made
 
 
 def save_edited(adapter, updates: list[tuple], directory) -> None:
