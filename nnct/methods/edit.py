@@ -34,7 +34,11 @@ each ROME edit (evaluated, unless edits are evaluated together) and each batch (
 and factors) in a file of its own, written whole, beside the layer, layers and prefixes the
 run fixed once. Killed at any moment, it completes with `resume` (the same settings, data
 and weights) from the first unit it had not finished; the evaluation of edits together runs
-after the last unit, so it runs again in full.
+after the last unit, so it runs again in full. `max_examples` may differ: a unit is taken
+when it holds the same records as this run's unit of that number (ROME's edits, batches of
+`batch_size`; not one batch of all records), so a sequential run of the first 300 records
+completes from a longer run's partial directory with nothing to compute but its evaluation,
+and a longer run from a shorter one's.
 
 Specificity's neighbours and retention's facts come from the records of `unedited` (a
 file of facts the run does not edit), else from the data's. Edits evaluated together are
@@ -491,13 +495,16 @@ class _Kept:
         if not cfg.out:
             return
         unedited = str(Path(cfg.unedited).resolve()) if cfg.unedited else None
-        settings = {**pipeline.settings_of(cfg, "out", "resume", "save"), "data": str(Path(cfg.data).resolve()),
-                    "unedited": unedited, "model_revision": adapter.revision, "device": adapter.device,
-                    "nnct_version": __version__}
+        # max_examples is left out: units are matched by their records instead (`get`)
+        settings = {**pipeline.settings_of(cfg, "out", "resume", "save", "max_examples"),
+                    "data": str(Path(cfg.data).resolve()), "unedited": unedited, "model_revision": adapter.revision,
+                    "device": adapter.device, "nnct_version": __version__}
         self.partial = Partial.open(cfg.out, json.loads(json.dumps(settings)), cfg.resume)
         ids = [r.id for r in records]
-        if self.partial.state.setdefault("records", ids) != ids:
+        stored = self.partial.state.get("records", ids)
+        if stored[: len(ids)] != ids[: len(stored)]:
             raise ResumeMismatch(f"{self.partial.dir}: the stored run edited other records than this data set gives now")
+        self.partial.state["records"] = max(stored, ids, key=len)
         self.partial.save()
 
     def fixed(self, name: str, make):
@@ -509,10 +516,18 @@ class _Kept:
             self.partial.save()
         return self.partial.state[name]
 
-    def get(self, k: int) -> tuple[list[edits_file.Edit], list[edits_file.Factors]] | None:
-        """Unit k's (edits, factors), if it was finished."""
+    def get(self, k: int, ids: list[str]) -> tuple[list[edits_file.Edit], list[edits_file.Factors]] | None:
+        """Unit k's (edits, factors), if it was finished, over the records `ids`: a run of
+        more or fewer of the same records (`--max-examples`) shares the units that hold the
+        same records (each sequential one computed on what the units before it left)."""
         path = self.partial.unit(k, ".nc") if self.partial else None
-        return (edits_file.read(path)[0], edits_file.read_factors(path)) if path and path.is_file() else None
+        if not (path and path.is_file()):
+            return None
+        edits = edits_file.read(path)[0]
+        if [e.record_id for e in edits] != ids:
+            raise ResumeMismatch(f"{path}: the stored unit {k} edited other records than this run's unit {k} "
+                                 "(a batch over all records changes with their number)")
+        return edits, edits_file.read_factors(path)
 
     def keep(self, k: int, edits: list[edits_file.Edit], factors: list[edits_file.Factors] = ()) -> None:
         if self.partial:
@@ -560,7 +575,7 @@ def _edit_rome(cfg: EditConfig, session: pipeline.Session, where: Where, others:
     for k, record in enumerate(records):
         try:
             new = _new_object(record, cfg.new_object)
-            done = kept.get(k)
+            done = kept.get(k, [record.id])
             if done is None:
                 with rome.edited_weights(adapter, edits_file.updates(made) if cfg.sequential else []):
                     edit = edit_record(where, record, new, layer, prefixes, cov[layer], cfg.hparams)
@@ -695,7 +710,7 @@ def _write_batches(cfg: EditConfig, adapter, facts: list[tuple], layers: list[in
     factors, made = [], []
     for b, batch in enumerate(batches):
         earlier = edits_file.updates(made, factors) if cfg.sequential else []
-        done = kept.get(b)
+        done = kept.get(b, [record.id for record, _, _ in batch])
         if done is None:
             with rome.edited_weights(adapter, earlier):
                 found = _targets(adapter, [f for _, _, f in batch], top, hp.value, pad, cached=not earlier)

@@ -113,3 +113,48 @@ def test_a_batch_stopped_while_finding_its_targets_keeps_those_found(tmp_path, t
     whole = invoke(*common, "--out", tmp_path / "whole.nc")
     assert whole.exit_code == 0 and len(calls) == 4
     assert_same_run(tmp_path / "whole.nc", out)
+
+
+def test_a_sequential_run_of_fewer_records_completes_from_a_longer_runs_units(tmp_path, tiny_model_dir, data_file,
+                                                                              monkeypatch):
+    """Sequential ROME over the first 2 records, resumed from the units of an interrupted run
+    over all 3 (a copy of its partial directory), computes no edit and equals its own
+    uninterrupted run; a run over all 3 from the 2-record run's units computes only the third.
+    One MEMIT batch of all records is not the batch of fewer: refused."""
+    import shutil
+
+    common = ["edit", "--model", tiny_model_dir, "--data", data_file, "--layer", 1, "--no-covariance",
+              "--sequential", "-q"]
+    two = invoke(*common, "--max-examples", 2, "--out", tmp_path / "two.nc")
+    assert two.exit_code == 0, two.output
+
+    real = edit_lib.edit_record
+    counting(monkeypatch, "edit_record", stop_at=3)
+    assert invoke(*common, "--out", tmp_path / "three.nc").exit_code == 130
+    shutil.copytree(tmp_path / "three.nc.partial", tmp_path / "short.nc.partial")
+    monkeypatch.setattr(edit_lib, "edit_record", real)
+    calls = counting(monkeypatch, "edit_record")
+    short = invoke(*common, "--max-examples", 2, "--out", tmp_path / "short.nc", "--resume")
+    assert short.exit_code == 0, short.output
+    assert len(calls) == 0
+    assert_same_run(tmp_path / "two.nc", tmp_path / "short.nc")
+
+    counting(monkeypatch, "edit_record", stop_at=2)  # the 2-record run stopped after its first edit
+    assert invoke(*common, "--max-examples", 2, "--out", tmp_path / "long.nc").exit_code == 130
+    monkeypatch.setattr(edit_lib, "edit_record", real)
+    calls = counting(monkeypatch, "edit_record")
+    longer = invoke(*common, "--out", tmp_path / "long.nc", "--resume")
+    assert longer.exit_code == 0, longer.output
+    assert len(calls) == 2  # the second and third records
+    whole = invoke(*common, "--out", tmp_path / "whole.nc")
+    assert whole.exit_code == 0, whole.output
+    assert_same_run(tmp_path / "whole.nc", tmp_path / "long.nc")
+
+    batch = ["edit", "--model", tiny_model_dir, "--data", data_file, "--method", "memit", "--layers", "1-2",
+             "--no-covariance", "-q"]
+    monkeypatch.setattr(edit_lib, "edit_record", real)
+    counting(monkeypatch, "_evaluate_together", stop_at=1)  # its one batch kept, then stopped
+    assert invoke(*batch, "--out", tmp_path / "all.nc").exit_code == 130
+    (tmp_path / "all.nc.partial").rename(tmp_path / "fewer.nc.partial")
+    refused = invoke(*batch, "--max-examples", 2, "--out", tmp_path / "fewer.nc", "--resume")
+    assert refused.exit_code == 2 and "other records" in refused.stderr
