@@ -16,7 +16,10 @@ all of them in the weights), its wall time and peak resident memory read by wait
 pooled metrics (`nnct.analysis.editing`) with their 95% intervals are one row of
 `scaling.csv`. A row already there is not run again, and a run stopped midway completes from
 the edits or batches it had finished (`nnct edit --resume`), so an interrupted study resumes;
-the edits files stay in `--runs`. Studies of other arms may run side by side (one thread each):
+the edits files stay in `--runs`. A sequential arm's run of n edits starts from a copy of
+the partial directory of its unfinished longer run, once that has finished the units of the
+first n: they are this run's (`nnct edit --resume` matches units by their records), so only
+its evaluation is left, and its seconds are that evaluation's. Studies of other arms may run side by side (one thread each):
 each adds its row to the file under a lock. Then `scaling.txt` and `scaling.png` (metrics against the
 number of edits, one line per arm, with the intervals).
 """
@@ -26,6 +29,8 @@ from __future__ import annotations
 import csv
 import fcntl
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -40,6 +45,7 @@ import numpy as np  # noqa: E402
 
 from nnct.analysis.editing import pooled  # noqa: E402
 from nnct.results import edits as edits_file  # noqa: E402
+from nnct.results.partial import partial_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "experiments" / "data" / "edit_scaling.jsonl"
@@ -63,6 +69,10 @@ def run_arm(arm: str, n: int, runs: Path, evaluate: int) -> dict:
     """One `nnct edit` process of `arm` over the first n facts: its row (time, peak memory,
     pooled metrics)."""
     out = runs / f"{arm}-{n}.nc"
+    if "--sequential" in ARMS[arm] and not partial_dir(out).exists():
+        shared = longer_run(arm, n, runs)
+        if shared:  # its units hold this run's edits (`nnct edit --resume`): only the evaluation is left
+            shutil.copytree(shared, partial_dir(out))
     command = [sys.executable, "-m", "nnct.cli", "edit", "--data", str(DATA), "--unedited", str(UNEDITED),
                "--max-examples", str(n), "--evaluate", str(evaluate), "--out", str(out), "--resume", "-q", *ARMS[arm]]
     start = time.perf_counter()
@@ -77,6 +87,18 @@ def run_arm(arm: str, n: int, runs: Path, evaluate: int) -> dict:
     for name, (mean, low, high, count) in pooled(made, attrs).items():
         row.update({name: mean, f"{name}_low": low, f"{name}_high": high, f"{name}_n": count})
     return row
+
+
+def longer_run(arm: str, n: int, runs: Path) -> Path | None:
+    """The partial directory of a sequential arm's unfinished run of more than n edits that
+    has finished the units of the first n, if there is one."""
+    options = ARMS[arm]
+    size = int(options[options.index("--batch-size") + 1]) if "--batch-size" in options else 1
+    for path in runs.glob(f"{arm}-*.nc.partial"):
+        m = re.fullmatch(rf"{re.escape(arm)}-(\d+)\.nc\.partial", path.name)
+        if m and int(m[1]) > n and (path / f"{-(-n // size) - 1:06d}.nc").is_file():
+            return path
+    return None
 
 
 def read(path: Path) -> list[dict]:
