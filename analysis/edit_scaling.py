@@ -17,9 +17,9 @@ pooled metrics (`nnct.analysis.editing`) with their 95% intervals are one row of
 `scaling.csv`. A row already there is not run again, and a run stopped midway completes from
 the edits or batches it had finished (`nnct edit --resume`), so an interrupted study resumes;
 the edits files stay in `--runs`. A sequential arm's run of n edits starts from a copy of
-the partial directory of its unfinished longer run, once that has finished the units of the
-first n: they are this run's (`nnct edit --resume` matches units by their records), so only
-its evaluation is left, and its seconds are that evaluation's. Studies of other arms may run side by side (one thread each):
+the units of its unfinished longer run that hold only the first n facts: they are this
+run's (`nnct edit --resume` matches units by their records), so what is left may be only
+its evaluation, and then its seconds are that evaluation's. Studies of other arms may run side by side (one thread each):
 each adds its row to the file under a lock. Then `scaling.txt` and `scaling.png` (metrics against the
 number of edits, one line per arm, with the intervals).
 """
@@ -44,6 +44,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from nnct.analysis.editing import pooled  # noqa: E402
+from nnct.inputs.records import load_records  # noqa: E402
 from nnct.results import edits as edits_file  # noqa: E402
 from nnct.results.partial import partial_dir  # noqa: E402
 
@@ -70,9 +71,7 @@ def run_arm(arm: str, n: int, runs: Path, evaluate: int) -> dict:
     pooled metrics)."""
     out = runs / f"{arm}-{n}.nc"
     if "--sequential" in ARMS[arm] and not partial_dir(out).exists():
-        shared = longer_run(arm, n, runs)
-        if shared:  # its units hold this run's edits (`nnct edit --resume`): only the evaluation is left
-            shutil.copytree(shared, partial_dir(out))
+        share_longer_run(arm, n, runs, out)
     command = [sys.executable, "-m", "nnct.cli", "edit", "--data", str(DATA), "--unedited", str(UNEDITED),
                "--max-examples", str(n), "--evaluate", str(evaluate), "--out", str(out), "--resume", "-q", *ARMS[arm]]
     start = time.perf_counter()
@@ -89,16 +88,30 @@ def run_arm(arm: str, n: int, runs: Path, evaluate: int) -> dict:
     return row
 
 
-def longer_run(arm: str, n: int, runs: Path) -> Path | None:
-    """The partial directory of a sequential arm's unfinished run of more than n edits that
-    has finished the units of the first n, if there is one."""
-    options = ARMS[arm]
-    size = int(options[options.index("--batch-size") + 1]) if "--batch-size" in options else 1
+def share_longer_run(arm: str, n: int, runs: Path, out: Path) -> None:
+    """`out`'s partial directory made of the finished units of an unfinished longer run of
+    the sequential `arm` that hold only the first n facts: they are this run's (`nnct edit
+    --resume` matches units by their records). Copied whole or not at all, and not at all
+    when that run finishes meanwhile."""
+    first = {record.id for record in load_records(DATA).items[:n]}
     for path in runs.glob(f"{arm}-*.nc.partial"):
         m = re.fullmatch(rf"{re.escape(arm)}-(\d+)\.nc\.partial", path.name)
-        if m and int(m[1]) > n and (path / f"{-(-n // size) - 1:06d}.nc").is_file():
-            return path
-    return None
+        if not (m and int(m[1]) > n):
+            continue
+        copy = partial_dir(out).with_name(f".{partial_dir(out).name}.copying")
+        shutil.rmtree(copy, ignore_errors=True)
+        try:
+            units = [u for u in sorted(path.glob("0*.nc")) if {e.record_id for e in edits_file.read(u)[0]} <= first]
+            if not units:
+                continue
+            copy.mkdir()
+            for f in [path / "run.json", *units]:
+                shutil.copy2(f, copy)
+        except OSError:
+            shutil.rmtree(copy, ignore_errors=True)
+            continue
+        copy.rename(partial_dir(out))
+        return
 
 
 def read(path: Path) -> list[dict]:

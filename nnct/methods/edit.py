@@ -34,11 +34,12 @@ each ROME edit (evaluated, unless edits are evaluated together) and each batch (
 and factors) in a file of its own, written whole, beside the layer, layers and prefixes the
 run fixed once. Killed at any moment, it completes with `resume` (the same settings, data
 and weights) from the first unit it had not finished; the evaluation of edits together runs
-after the last unit, so it runs again in full. `max_examples` may differ: a unit is taken
-when it holds the same records as this run's unit of that number (ROME's edits, batches of
-`batch_size`; not one batch of all records), so a sequential run of the first 300 records
-completes from a longer run's partial directory with nothing to compute but its evaluation,
-and a longer run from a shorter one's.
+after the last unit, so it runs again in full. `max_examples` may differ, unless the layer
+is traced here (over those records): a unit is taken when it holds the same records as this
+run's unit of that number (ROME's edits, batches of `batch_size`; not one batch of all
+records), so a sequential run of the first 300 records completes from a longer run's
+partial directory with nothing to compute but its evaluation, and a longer run from a
+shorter one's.
 
 Specificity's neighbours and retention's facts come from the records of `unedited` (a
 file of facts the run does not edit), else from the data's. Edits evaluated together are
@@ -495,8 +496,10 @@ class _Kept:
         if not cfg.out:
             return
         unedited = str(Path(cfg.unedited).resolve()) if cfg.unedited else None
-        # max_examples is left out: units are matched by their records instead (`get`)
-        settings = {**pipeline.settings_of(cfg, "out", "resume", "save", "max_examples"),
+        # units are matched by their records instead (`get`), unless the layer is traced over the first max_examples
+        traced = cfg.layer is None and not cfg.from_cube and (cfg.method == "rome" or cfg.layers is None)
+        leave = ("out", "resume", "save") + (() if traced else ("max_examples",))
+        settings = {**pipeline.settings_of(cfg, *leave),
                     "data": str(Path(cfg.data).resolve()), "unedited": unedited, "model_revision": adapter.revision,
                     "device": adapter.device, "nnct_version": __version__}
         self.partial = Partial.open(cfg.out, json.loads(json.dumps(settings)), cfg.resume)

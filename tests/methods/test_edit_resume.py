@@ -157,4 +157,16 @@ def test_a_sequential_run_of_fewer_records_completes_from_a_longer_runs_units(tm
     assert invoke(*batch, "--out", tmp_path / "all.nc").exit_code == 130
     (tmp_path / "all.nc.partial").rename(tmp_path / "fewer.nc.partial")
     refused = invoke(*batch, "--max-examples", 2, "--out", tmp_path / "fewer.nc", "--resume")
-    assert refused.exit_code == 2 and "other records" in refused.stderr
+    assert refused.exit_code == 2 and "stored unit 0" in refused.stderr
+
+
+def test_a_layer_traced_over_the_records_keeps_their_number_in_the_settings(tmp_path, tiny_model_dir, data_file,
+                                                                            monkeypatch):
+    """Without --layer the layer is traced over the first --max-examples records, so a run of
+    another number would edit with another run's layer: refused."""
+    common = ["edit", "--model", tiny_model_dir, "--data", data_file, "--no-covariance", "--sequential", "-q"]
+    counting(monkeypatch, "edit_record", stop_at=2)
+    out = tmp_path / "traced.nc"
+    assert invoke(*common, "--out", out).exit_code == 130
+    refused = invoke(*common, "--max-examples", 1, "--out", out, "--resume")
+    assert refused.exit_code == 2 and "max_examples" in refused.stderr
