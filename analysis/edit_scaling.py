@@ -19,9 +19,10 @@ the edits or batches it had finished (`nnct edit --resume`), so an interrupted s
 the edits files stay in `--runs`. A sequential arm's run of n edits starts from a copy of
 the units of its unfinished longer run that hold only the first n facts: they are this
 run's (`nnct edit --resume` matches units by their records), so what is left may be only
-its evaluation, and then its seconds are that evaluation's. Studies of other arms may run side by side (one thread each):
-each adds its row to the file under a lock. Then `scaling.txt` and `scaling.png` (metrics against the
-number of edits, one line per arm, with the intervals).
+its evaluation, and then its seconds are that evaluation's. Studies of other arms may run
+side by side (one thread each): each adds its row to the file under a lock. Then
+`scaling.txt` and `scaling.png` (metrics against the number of edits, one line per arm,
+with the intervals).
 """
 
 from __future__ import annotations
